@@ -1,0 +1,38 @@
+# Two commands set everything up: `make run` and `make test`. Both build .venv from scratch.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export WALLETD_DATA_DIR ?= $(CURDIR)/.walletd
+
+.PHONY: install run test bench bench-smoke audit clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	# ReDoc's offline bundle only: the package's Django dependency is never imported.
+	$(BIN)/pip install --quiet --no-deps 'drf-spectacular-sidecar>=2024.1'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/walletd serve --host 0.0.0.0 --port 8010
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m bench.run
+
+bench-smoke: install
+	$(BIN)/python -m bench.run --smoke
+
+audit: install
+	$(BIN)/walletd audit
+
+clean:
+	rm -rf $(VENV) .pytest_cache

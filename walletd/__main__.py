@@ -1,0 +1,3 @@
+from walletd.cli import main
+
+main()

@@ -1,0 +1,131 @@
+"""The composition root: builds the aiohttp app, wires resources, routes and middlewares.
+
+Resources start and stop through cleanup_ctx in this order: pool, then ledger + actors, so on
+shutdown the actors drain their accepted commands while the pool is still open.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import aiohttp
+import structlog
+from aiohttp import web
+from aiohttp_apigami import AiohttpApiSpec, docs
+
+from walletd.actors.committer import GroupCommitter
+from walletd.actors.registry import ActorRegistry
+from walletd.appkeys import database_url_key, http_key, ledger_key, pool_key, principal_key, registry_key, request_id_key, settings_key, tokens_key
+from walletd.auth.tokens import TokenIssuer
+from walletd.config import Settings
+from walletd.domain.errors import DomainError
+from walletd.handlers import endpoint, identity, meta, money, service, wallets
+from walletd.handlers.errors import domain_error_response, error_response
+from walletd.logs import get_logger
+from walletd.persistence.db import create_pool
+from walletd.persistence.ledger import PgLedger
+
+log = get_logger("walletd.http")
+ROUTE_TABLES = (identity.routes, wallets.routes, money.routes, service.routes)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler):
+    """One canonical log line per request, with a request id (echoed as X-Request-ID).
+
+    Only the path is logged, never the query string: the original's clients send passwords in it.
+    """
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+    request[request_id_key] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-ID"] = request_id
+        return response
+    finally:
+        route = request.match_info.route.resource
+        log.info("http.request", method=request.method, path=request.path,
+                 route=route.canonical if route is not None else None, status=status,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                 principal=request.get(principal_key))
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """Every failure becomes {"status", "message", ...}; nothing a client sends yields a 500."""
+    request_id = request.get(request_id_key)
+    try:
+        return await handler(request)
+    except endpoint.BadRequest as exc:
+        extra = {"errors": exc.errors} if exc.errors else {}
+        return error_response(exc.status, exc.message, request_id, **extra)
+    except DomainError as exc:
+        return domain_error_response(exc, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k in ("WWW-Authenticate", "Allow")}
+        response = error_response(exc.status, exc.reason, request_id)
+        response.headers.update(headers)
+        return response
+    except Exception:
+        log.exception("http.unhandled", path=request.path)
+        return error_response(500, "internal error", request_id)
+
+
+def add_routes(app: web.Application) -> None:
+    components: dict = {}
+    for table in ROUTE_TABLES:
+        for spec, handler in table.entries:
+            documented = docs(**endpoint.operation(spec, components))(handler)
+            app.router.add_route(spec.method, spec.path, documented, name=handler.__name__)
+    api = AiohttpApiSpec(
+        app=app, url="/openapi.json", swagger_path="/docs", static_path="/static/swagger", in_place=True,
+        openapi_version="3.0.3", title="walletd", version="0.1.0",
+        info={"description": "Multi-currency e-wallet with a double-entry ledger. Amounts are decimal strings "
+                             "with 10 places. Parameters go in the query string or a JSON body (both: they "
+                             "must agree). Errors: {status, message, request_id, errors?}."},
+        components={"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            "tokenHeader": {"type": "apiKey", "in": "header", "name": "token"},
+            "basic": {"type": "http", "scheme": "basic"},
+        }},
+    )
+    for name, schema in sorted(components.items()):
+        if name not in api.spec.components.schemas:
+            api.spec.components.schema(name, component=schema)
+
+
+async def resources_ctx(app: web.Application):
+    settings = app[settings_key]
+    pool = await create_pool(app[database_url_key], settings.pool_size)
+    app[pool_key] = pool
+    ledger = PgLedger(pool, settings.rates_max_age)
+    app[ledger_key] = ledger
+    committer = GroupCommitter(ledger, workers=settings.committers, max_batch=settings.max_batch)
+    app[registry_key] = ActorRegistry(committer, mailbox_size=settings.mailbox_size,
+                                      idle_seconds=settings.actor_idle_seconds, max_batch=settings.max_batch)
+    app[http_key] = aiohttp.ClientSession()
+    try:
+        yield
+    finally:
+        await app[registry_key].close()
+        await app[http_key].close()
+        await pool.close()
+
+
+def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Application:
+    app = web.Application(middlewares=[request_context, json_errors], client_max_size=settings.max_body_bytes)
+    app[settings_key] = settings
+    app[database_url_key] = database_url
+    app[tokens_key] = TokenIssuer(jwt_secret, settings.token_ttl_seconds)
+    app.cleanup_ctx.append(resources_ctx)
+    meta.setup(app)
+    add_routes(app)
+    return app

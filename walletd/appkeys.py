@@ -1,0 +1,21 @@
+"""Typed application state, shared by the composition root and the handlers."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import ClientSession, web
+
+from walletd.actors.registry import ActorRegistry
+from walletd.auth.tokens import TokenIssuer
+from walletd.config import Settings
+from walletd.persistence.ledger import PgLedger
+
+settings_key = web.AppKey("settings", Settings)
+pool_key = web.AppKey("pool", asyncpg.Pool)
+ledger_key = web.AppKey("ledger", PgLedger)
+registry_key = web.AppKey("registry", ActorRegistry)
+tokens_key = web.AppKey("tokens", TokenIssuer)
+http_key = web.AppKey("http", ClientSession)
+database_url_key = web.AppKey("database_url", str)
+request_id_key = web.RequestKey("request_id", str)
+principal_key = web.RequestKey("principal", str)

@@ -1,0 +1,1 @@
+"""Identity: password hashing, tokens, the principal a request acts for."""

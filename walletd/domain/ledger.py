@@ -1,0 +1,350 @@
+"""The money rules as pure code: commands, the postings of each movement, the pending state machine.
+
+Planning works on an in-memory snapshot of the wallets a batch touches (read under row locks by
+persistence). A command either raises a DomainError and leaves the snapshot untouched, or updates
+the snapshot and appends a balanced journal entry to the batch's Effects. No I/O here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from walletd.domain import errors
+from walletd.domain.money import commission, convert
+
+ONE = Decimal(1)
+
+
+@dataclass
+class WalletState:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    currency_id: int
+    kind: str
+    balance: Decimal
+    reserved: Decimal
+
+    @property
+    def may_go_negative(self) -> bool:
+        return self.kind in ("gateway", "operator")
+
+
+@dataclass
+class PendingState:
+    id: uuid.UUID
+    type: str
+    status: str
+    amount: Decimal
+    from_wallet_id: uuid.UUID | None
+    to_wallet_id: uuid.UUID | None
+    user_id: uuid.UUID
+    service_user_id: uuid.UUID | None
+    external_wallet_id: uuid.UUID | None
+    record: dict  # the row as the API shows it, to answer repeats of a settlement
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    principal_id: uuid.UUID
+    key: str
+    request_hash: str
+
+
+# ---- commands (imperative names) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transfer:
+    user_id: uuid.UUID
+    source_wallet_id: uuid.UUID
+    target_wallet_id: uuid.UUID
+    amount: Decimal
+    request_id: str | None = None
+    idempotency: Idempotency | None = None
+
+
+@dataclass(frozen=True)
+class RequestDeposit:
+    user_id: uuid.UUID
+    wallet_id: uuid.UUID
+    gateway_wallet_id: uuid.UUID
+    service_user_id: uuid.UUID
+    amount: Decimal
+    request_id: str | None = None
+    idempotency: Idempotency | None = None
+
+
+@dataclass(frozen=True)
+class RequestWithdraw:
+    user_id: uuid.UUID
+    wallet_id: uuid.UUID
+    gateway_wallet_id: uuid.UUID
+    service_user_id: uuid.UUID
+    external_wallet_id: uuid.UUID
+    amount: Decimal
+    request_id: str | None = None
+    idempotency: Idempotency | None = None
+
+
+@dataclass(frozen=True)
+class Settle:
+    """Settle a pending deposit or withdrawal: new_status is 'paid' or 'rejected'."""
+
+    service_user_id: uuid.UUID
+    transaction_id: uuid.UUID
+    type: str
+    new_status: str
+    user_wallet_id: uuid.UUID
+    service_wallet_id: uuid.UUID
+    gateway_wallet_id: uuid.UUID
+    commission_rate: Decimal
+    request_id: str | None = None
+    idempotency: Idempotency | None = None
+
+
+Command = Transfer | RequestDeposit | RequestWithdraw | Settle
+
+
+def routing_wallet(command: Command) -> uuid.UUID:
+    """The wallet whose actor runs the command: the one it debits or holds, never more than one."""
+    if isinstance(command, Transfer):
+        return command.source_wallet_id
+    if isinstance(command, Settle):
+        return command.user_wallet_id
+    return command.wallet_id
+
+
+def wallets_touched(command: Command) -> set[uuid.UUID]:
+    """The wallets a command may change, except the exchange desk (added once currencies are known)."""
+    if isinstance(command, Transfer):
+        return {command.source_wallet_id, command.target_wallet_id}
+    if isinstance(command, Settle):
+        return {command.user_wallet_id, command.service_wallet_id, command.gateway_wallet_id}
+    return {command.wallet_id, command.gateway_wallet_id}
+
+
+@dataclass(frozen=True)
+class RateBook:
+    """Stored rates with their age; the quote and the transfer both price through rate()."""
+
+    rates: dict[tuple[int, int], tuple[Decimal, datetime]]
+    now: datetime
+    max_age: timedelta | None = None
+
+    def rate(self, from_currency: int, to_currency: int) -> Decimal:
+        if from_currency == to_currency:
+            return ONE
+        found = self.rates.get((from_currency, to_currency))
+        if found is None:
+            raise errors.RateNotFound()
+        rate, updated_at = found
+        if self.max_age is not None and self.now - updated_at > self.max_age:
+            raise errors.RateStale(updated_at=updated_at.isoformat())
+        return rate
+
+    def quote(self, from_currency: int, to_currency: int, amount: Decimal) -> tuple[Decimal, Decimal]:
+        rate = self.rate(from_currency, to_currency)
+        converted = amount if rate == ONE and from_currency == to_currency else convert(amount, rate)
+        if converted <= 0:
+            raise errors.InvalidAmount("amount converts to zero")
+        return rate, converted
+
+
+# ---- effects ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Effects:
+    """Everything one batch writes; persistence flushes it in a few set-based statements."""
+
+    now: datetime
+    entries: list[tuple[uuid.UUID, str, str | None]] = field(default_factory=list)
+    postings: list[tuple[uuid.UUID, uuid.UUID, int, str, Decimal]] = field(default_factory=list)
+    new_transactions: list[dict] = field(default_factory=list)
+    status_updates: list[tuple[uuid.UUID, str, uuid.UUID | None]] = field(default_factory=list)
+    external_credits: list[tuple[uuid.UUID, Decimal]] = field(default_factory=list)
+    events: list[tuple[str, dict]] = field(default_factory=list)
+
+    def entry(self, kind: str, request_id: str | None, legs: list[tuple[WalletState, str, Decimal]]) -> uuid.UUID:
+        entry_id = uuid.uuid4()
+        self.entries.append((entry_id, kind, request_id))
+        for wallet, bucket, amount in legs:
+            if amount:
+                self.postings.append((entry_id, wallet.id, wallet.currency_id, bucket, amount))
+                if bucket == "B":
+                    wallet.balance += amount
+                else:
+                    wallet.reserved += amount
+        return entry_id
+
+    def record(self, *, type: str, status: str, source: WalletState | None, target: WalletState | None,
+               amount: Decimal, converted: Decimal, rate: Decimal, user_id: uuid.UUID,
+               entry_id: uuid.UUID | None, service_user_id: uuid.UUID | None = None,
+               external_wallet_id: uuid.UUID | None = None, parent_id: uuid.UUID | None = None) -> dict:
+        row = {
+            "id": uuid.uuid4(), "type": type, "status": status,
+            "from_wallet_id": source.id if source else None,
+            "from_currency_id": source.currency_id if source else None,
+            "from_user_id": source.user_id if source else None,
+            "amount": amount,
+            "to_wallet_id": target.id if target else None,
+            "to_currency_id": target.currency_id if target else None,
+            "to_user_id": target.user_id if target else None,
+            "rate": rate, "converted_amount": converted, "user_id": user_id,
+            "service_user_id": service_user_id, "external_wallet_id": external_wallet_id,
+            "parent_id": parent_id, "entry_id": entry_id, "created_at": self.now,
+        }
+        self.new_transactions.append(row)
+        return row
+
+
+# ---- planning ---------------------------------------------------------------------------------
+
+
+def _available(wallet: WalletState, amount: Decimal) -> None:
+    if not wallet.may_go_negative and wallet.balance < amount:
+        raise errors.InsufficientFunds()
+
+
+def plan_transfer(cmd: Transfer, wallets: dict[uuid.UUID, WalletState], desks: dict[int, WalletState],
+                  rates: RateBook, effects: Effects) -> dict:
+    source = wallets.get(cmd.source_wallet_id)
+    if source is None or source.user_id != cmd.user_id or source.kind != "user":
+        raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
+    target = wallets.get(cmd.target_wallet_id)
+    if target is None or target.kind != "user":
+        raise errors.TargetWalletNotFound()
+    if target.id == source.id:
+        raise errors.SameWallet()
+    rate, converted = rates.quote(source.currency_id, target.currency_id, cmd.amount)
+    _available(source, cmd.amount)
+    if source.currency_id == target.currency_id:
+        legs = [(source, "B", -cmd.amount), (target, "B", converted)]
+    else:
+        # Across currencies the operator's exchange desk buys the source currency and sells
+        # the target one, so every entry still sums to zero per currency.
+        desk_in, desk_out = desks[source.currency_id], desks[target.currency_id]
+        legs = [(source, "B", -cmd.amount), (desk_in, "B", cmd.amount),
+                (desk_out, "B", -converted), (target, "B", converted)]
+    entry_id = effects.entry("transfer", cmd.request_id, legs)
+    row = effects.record(type="transfer", status="close", source=source, target=target, amount=cmd.amount,
+                         converted=converted, rate=rate, user_id=cmd.user_id, entry_id=entry_id)
+    effects.events.append(("money.transferred", {
+        "entry_id": entry_id, "transaction_id": row["id"], "from_wallet_id": source.id, "to_wallet_id": target.id,
+        "amount": cmd.amount, "currency_id": source.currency_id, "converted_amount": converted,
+        "to_currency_id": target.currency_id, "rate": rate, "principal": cmd.user_id, "request_id": cmd.request_id}))
+    return tx_json(row)
+
+
+def _own(wallets: dict[uuid.UUID, WalletState], wallet_id: uuid.UUID, user_id: uuid.UUID) -> WalletState:
+    wallet = wallets.get(wallet_id)
+    if wallet is None or wallet.user_id != user_id or wallet.kind != "user":
+        raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
+    return wallet
+
+
+def plan_deposit_request(cmd: RequestDeposit, wallets: dict[uuid.UUID, WalletState], effects: Effects) -> dict:
+    wallet = _own(wallets, cmd.wallet_id, cmd.user_id)
+    gateway = wallets[cmd.gateway_wallet_id]
+    row = effects.record(type="deposit", status="pending", source=gateway, target=wallet, amount=cmd.amount,
+                         converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=None,
+                         service_user_id=cmd.service_user_id)
+    effects.events.append(("deposit.requested", {
+        "transaction_id": row["id"], "wallet_id": wallet.id, "amount": cmd.amount, "currency_id": wallet.currency_id,
+        "service_user_id": cmd.service_user_id, "principal": cmd.user_id, "request_id": cmd.request_id}))
+    return tx_json(row)
+
+
+def plan_withdraw_request(cmd: RequestWithdraw, wallets: dict[uuid.UUID, WalletState], effects: Effects) -> dict:
+    wallet = _own(wallets, cmd.wallet_id, cmd.user_id)
+    gateway = wallets[cmd.gateway_wallet_id]
+    _available(wallet, cmd.amount)
+    entry_id = effects.entry("withdraw_hold", cmd.request_id, [(wallet, "B", -cmd.amount), (wallet, "R", cmd.amount)])
+    row = effects.record(type="withdraw", status="pending", source=wallet, target=gateway, amount=cmd.amount,
+                         converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=entry_id,
+                         service_user_id=cmd.service_user_id, external_wallet_id=cmd.external_wallet_id)
+    effects.events.append(("withdraw.requested", {
+        "entry_id": entry_id, "transaction_id": row["id"], "wallet_id": wallet.id, "amount": cmd.amount,
+        "currency_id": wallet.currency_id, "service_user_id": cmd.service_user_id, "principal": cmd.user_id,
+        "request_id": cmd.request_id}))
+    return tx_json(row)
+
+
+def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uuid.UUID, WalletState],
+                    effects: Effects) -> dict:
+    """Exactly once: only a pending transaction moves; a repeat of the same outcome answers the
+    stored record, a conflicting one is SettlementConflict."""
+    if pending is None or pending.service_user_id != cmd.service_user_id:
+        raise errors.TransactionNotFound()
+    if pending.type != cmd.type:
+        raise errors.InvalidTransactionType()
+    new_status = "rejected" if cmd.new_status in ("rejected", "reject") else cmd.new_status
+    if pending.status != "pending":
+        if pending.status == new_status:
+            return pending.record
+        raise errors.SettlementConflict(detail=f"transaction is already {pending.status}")
+    user = wallets[cmd.user_wallet_id]
+    service = wallets[cmd.service_wallet_id]
+    gateway = wallets[cmd.gateway_wallet_id]
+    amount = pending.amount
+    entry_id = None
+    if pending.type == "deposit" and new_status == "paid":
+        fee = commission(amount, cmd.commission_rate)
+        entry_id = effects.entry("deposit", cmd.request_id,
+                                 [(gateway, "B", -amount), (user, "B", amount - fee), (service, "B", fee)])
+        effects.record(type="transfer", status="close", source=service, target=user, amount=amount, converted=amount,
+                       rate=ONE, user_id=pending.user_id, entry_id=entry_id, service_user_id=cmd.service_user_id,
+                       parent_id=pending.id)
+        if fee:
+            effects.record(type="commission", status="close", source=user, target=service, amount=fee, converted=fee,
+                           rate=ONE, user_id=pending.user_id, entry_id=entry_id,
+                           service_user_id=cmd.service_user_id, parent_id=pending.id)
+        moved = {"amount": amount, "commission": fee, "credited": amount - fee}
+    elif pending.type == "withdraw" and new_status == "paid":
+        fee = commission(amount, cmd.commission_rate)
+        net = amount - fee
+        if user.reserved < amount:  # cannot happen while holds only move through this code
+            raise errors.InsufficientFunds()
+        entry_id = effects.entry("withdraw", cmd.request_id,
+                                 [(user, "R", -amount), (service, "B", fee), (gateway, "B", net)])
+        if fee:
+            effects.record(type="commission", status="close", source=user, target=service, amount=fee, converted=fee,
+                           rate=ONE, user_id=pending.user_id, entry_id=entry_id,
+                           service_user_id=cmd.service_user_id, parent_id=pending.id)
+        if pending.external_wallet_id is not None:
+            effects.external_credits.append((pending.external_wallet_id, net))
+        moved = {"amount": amount, "commission": fee, "paid_out": net}
+    elif pending.type == "withdraw":
+        entry_id = effects.entry("withdraw_release", cmd.request_id, [(user, "R", -amount), (user, "B", amount)])
+        moved = {"amount": amount, "released": amount}
+    else:
+        moved = {"amount": amount}
+    effects.status_updates.append((pending.id, new_status, entry_id))
+    pending.status = new_status
+    pending.record = {**pending.record, "status": new_status}
+    effects.events.append((f"{pending.type}.settled", {
+        "entry_id": entry_id, "transaction_id": pending.id, "status": new_status, "wallet_id": user.id,
+        "service_wallet_id": service.id, "gateway_wallet_id": gateway.id, "currency_id": user.currency_id,
+        "principal": cmd.service_user_id, "request_id": cmd.request_id,
+        **{k: v for k, v in moved.items()}}))
+    return pending.record
+
+
+def tx_json(row) -> dict:
+    """A transactions row (record or dict) as the API shows it: strings only, so it can be stored
+    as an idempotent response and rendered identically later."""
+    def text(value):
+        return None if value is None else str(value)
+
+    return {
+        "id": str(row["id"]), "type": row["type"], "status": row["status"],
+        "from_wallet_id": text(row["from_wallet_id"]), "from_currency_id": row["from_currency_id"],
+        "amount": f"{row['amount']:f}", "to_wallet_id": text(row["to_wallet_id"]),
+        "to_currency_id": row["to_currency_id"], "rate": f"{row['rate']:f}",
+        "converted_amount": f"{row['converted_amount']:f}", "timestamp": row["created_at"].isoformat(),
+        "user_id": str(row["user_id"]), "service_user_id": text(row["service_user_id"]),
+        "parent_id": text(row["parent_id"]),
+    }

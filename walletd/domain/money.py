@@ -1,0 +1,61 @@
+"""Exact money arithmetic: amounts are Decimal with 10 fractional digits, never float."""
+
+from __future__ import annotations
+
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+
+from walletd.domain.errors import InvalidAmount
+
+SCALE = Decimal("1E-10")
+# The largest accepted amount in one request: 10^15 units. Balances are NUMERIC(38,10), so
+# even sums of many maximal amounts converted at any stored rate (< 10^20) cannot overflow.
+MAX_AMOUNT = Decimal("1000000000000000")
+# Enough precision for 38-digit products; traps make any inexact surprise loud.
+_CTX = Context(prec=60)
+
+
+def parse_amount(raw: object) -> Decimal:
+    """Parse a client amount exactly ("0.05", 0.05, 1e-3) and normalise it to 10 places."""
+    if isinstance(raw, bool) or raw is None:
+        raise InvalidAmount()
+    if isinstance(raw, float):
+        # JSON numbers are parsed as Decimal by our loader; a float here came from elsewhere,
+        # so take its shortest repr rather than its binary expansion.
+        raw = repr(raw)
+    if isinstance(raw, (int, Decimal)):
+        value = Decimal(raw)
+    elif isinstance(raw, str):
+        text = raw.strip()
+        if not text or len(text) > 64:
+            raise InvalidAmount()
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            raise InvalidAmount() from None
+    else:
+        raise InvalidAmount()
+    if not value.is_finite() or value > MAX_AMOUNT:
+        raise InvalidAmount()
+    value = value.quantize(SCALE, rounding=ROUND_HALF_EVEN, context=_CTX)
+    if value <= 0:
+        raise InvalidAmount()
+    return value
+
+
+def convert(amount: Decimal, rate: Decimal) -> Decimal:
+    """amount × rate truncated to 10 places; the quote and the transfer both use this."""
+    return _CTX.multiply(amount, rate).quantize(SCALE, rounding=ROUND_DOWN, context=_CTX)
+
+
+def commission(amount: Decimal, rate: Decimal) -> Decimal:
+    """The commission is rounded once; the parts (amount − commission, commission) sum exactly."""
+    return _CTX.multiply(amount, rate).quantize(SCALE, rounding=ROUND_HALF_EVEN, context=_CTX)
+
+
+def quantize_rate(rate: Decimal) -> Decimal:
+    return rate.quantize(SCALE, rounding=ROUND_HALF_EVEN, context=_CTX)
+
+
+def fmt(value: Decimal) -> str:
+    """Fixed-point string with 10 places: never exponent notation."""
+    return f"{value.quantize(SCALE, context=_CTX):f}"

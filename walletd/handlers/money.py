@@ -1,0 +1,108 @@
+"""Money-moving endpoints: each builds one command and hands it to the wallet's actor."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+
+from aiohttp import web
+
+from walletd.appkeys import pool_key, registry_key, request_id_key, settings_key
+from walletd.auth.tokens import Principal
+from walletd.domain import errors
+from walletd.domain.ledger import Idempotency, RequestDeposit, RequestWithdraw, Transfer
+from walletd.handlers.endpoint import BadRequest, Routes
+from walletd.handlers.schemas import (
+    DepositParams, ExchangeParams, QuoteOut, TransferParams, TxOut, WithdrawParams,
+)
+from walletd.persistence import accounts, rates
+from walletd.persistence.ledger import Replay
+
+routes = Routes()
+
+_WALLET_ERRORS = [(400, "Wrong wallet ID or it is not your wallet ID"), (400, "Invalid amount")]
+_MOVE_ERRORS = [(422, "Idempotency-Key was used with a different request"),
+                (503, "wallet busy, retry later (Retry-After)")]
+
+
+def idempotency(request: web.Request, principal: Principal, raw_params: dict) -> Idempotency | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 128:
+        raise BadRequest(400, "Idempotency-Key must be 1-128 characters")
+    canonical = json.dumps({"path": request.path, "params": raw_params}, sort_keys=True, default=str)
+    return Idempotency(principal.user_id, key, hashlib.sha256(canonical.encode()).hexdigest())
+
+
+async def run(request: web.Request, command) -> web.StreamResponse | TxOut:
+    result = await request.app[registry_key].execute(command)
+    if isinstance(result, Replay):
+        return web.json_response(result.body, status=result.status, headers={"Idempotent-Replayed": "true"})
+    return TxOut(**result)
+
+
+@routes("POST", "/wallet/transfer", summary="Transfer to any user's wallet, converting currency when they differ",
+        description="Same currency: rate 1. Otherwise converted = amount × stored rate, truncated to 10 places "
+                    "(exactly the /wallet/exchange quote). No commission.",
+        auth="user", params=TransferParams, response=TxOut, tags=["money"], idempotent=True,
+        errors=_WALLET_ERRORS + _MOVE_ERRORS + [(400, "insufficient_funds"), (400, "target_wallet_id does not exist"),
+                                                (400, "source and target wallet are the same"),
+                                                (400, "exchange_rate_not_found"), (409, "exchange_rate_stale")])
+async def transfer(request: web.Request, principal: Principal, params: TransferParams, raw_params: dict):
+    if params.source_wallet_id == params.target_wallet_id:
+        raise errors.SameWallet()
+    return await run(request, Transfer(principal.user_id, params.source_wallet_id, params.target_wallet_id,
+                                       params.amount, request.get(request_id_key),
+                                       idempotency(request, principal, raw_params)))
+
+
+@routes("POST", "/wallet/deposit", summary="Request a deposit through a payment service (pending; moves nothing)",
+        auth="user", params=DepositParams, response=TxOut, tags=["money"], idempotent=True,
+        errors=_WALLET_ERRORS + _MOVE_ERRORS + [(400, "service_wallet_not_found")])
+async def deposit(request: web.Request, principal: Principal, params: DepositParams, raw_params: dict):
+    pool = request.app[pool_key]
+    wallet = await _own_wallet(pool, principal, params.wallet_id)
+    service = await accounts.service_wallets(pool, params.service_user_id, wallet["currency_id"])
+    return await run(request, RequestDeposit(principal.user_id, wallet["id"], service["gateway_wallet_id"],
+                                             params.service_user_id, params.amount, request.get(request_id_key),
+                                             idempotency(request, principal, raw_params)))
+
+
+@routes("POST", "/wallet/withdraw", summary="Request a withdrawal: the amount is held until the service settles",
+        description="balance −amount, reserved_balance +amount. Needs an external wallet in the currency.",
+        auth="user", params=WithdrawParams, response=TxOut, tags=["money"], idempotent=True,
+        errors=_WALLET_ERRORS + _MOVE_ERRORS + [(400, "insufficient_funds"), (400, "service_wallet_not_found"),
+                                                (400, "user_ext_wallet_not_found")])
+async def withdraw(request: web.Request, principal: Principal, params: WithdrawParams, raw_params: dict):
+    pool = request.app[pool_key]
+    wallet = await _own_wallet(pool, principal, params.from_wallet_id)
+    service = await accounts.service_wallets(pool, params.service_user_id, wallet["currency_id"])
+    external = await accounts.external_wallet(pool, principal.user_id, wallet["currency_id"])
+    if external is None:
+        raise errors.ExternalWalletNotFound()
+    return await run(request, RequestWithdraw(principal.user_id, wallet["id"], service["gateway_wallet_id"],
+                                              params.service_user_id, external["id"], params.amount,
+                                              request.get(request_id_key), idempotency(request, principal, raw_params)))
+
+
+@routes("POST", "/wallet/exchange", summary="Quote a currency exchange (moves no money)",
+        description="Priced exactly like a transfer between wallets of the two currencies.",
+        auth="user", params=ExchangeParams, response=QuoteOut, tags=["money"],
+        errors=[(400, "Invalid amount"), (400, "currency_not_found"), (400, "exchange_rate_not_found"),
+                (409, "exchange_rate_stale")])
+async def exchange(request: web.Request, principal: Principal, params: ExchangeParams):
+    pool = request.app[pool_key]
+    await rates.require_currencies(pool, params.from_currency, params.to_currency)
+    book = await rates.rate_book(pool, datetime.now(timezone.utc), request.app[settings_key].rates_max_age)
+    rate, converted = book.quote(params.from_currency, params.to_currency, params.amount)
+    return QuoteOut(from_currency=params.from_currency, amount_int=params.amount, to_currency=params.to_currency,
+                    rate=rate, amount_ext=converted)
+
+
+async def _own_wallet(pool, principal: Principal, wallet_id):
+    try:
+        return await accounts.owned_wallet(pool, principal.user_id, wallet_id)
+    except errors.WalletNotFound:
+        raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID") from None

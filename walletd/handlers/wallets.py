@@ -1,0 +1,77 @@
+"""Reading wallets and history; creating external wallets. Reads go straight to the database."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from walletd.appkeys import pool_key
+from walletd.auth.tokens import Principal
+from walletd.domain.ledger import tx_json
+from walletd.handlers.endpoint import BadRequest, Routes
+from walletd.handlers.schemas import (
+    ExternalWalletOut, ExternalWalletParams, HistoryOut, HistoryParams, TxOut, WalletHistoryParams, WalletIdParams,
+    WalletOut, WalletsOut,
+)
+from walletd.persistence import accounts, history
+
+routes = Routes()
+
+
+def wallet_out(row) -> WalletOut:
+    return WalletOut(id=row["id"], balance=row["balance"], reserved_balance=row["reserved_balance"],
+                     available=row["balance"], currency_id=row["currency_id"], currency=row["currency"],
+                     user_id=row["user_id"])
+
+
+@routes("GET", "/user/wallets", summary="The caller's wallets, ordered by currency id", auth="user",
+        response=WalletsOut, tags=["user"])
+async def list_wallets(request: web.Request, principal: Principal):
+    rows = await accounts.user_wallets(request.app[pool_key], principal.user_id)
+    return WalletsOut(wallets=[wallet_out(r) for r in rows])
+
+
+@routes("GET", "/user/wallet", summary="One of the caller's wallets", auth="user", params=WalletIdParams,
+        response=WalletOut, tags=["user"], errors=[(404, "wallet_not_found")])
+async def get_wallet(request: web.Request, principal: Principal, params: WalletIdParams):
+    return wallet_out(await accounts.owned_wallet(request.app[pool_key], principal.user_id, params.wallet_id))
+
+
+@routes("POST", "/user/create/external_wallet", summary="Create the caller's external (payout) wallet for a currency",
+        auth="user", params=ExternalWalletParams, response=ExternalWalletOut, tags=["user"],
+        errors=[(400, "currency_not_found"), (409, "external_wallet_already_exists")])
+async def create_external_wallet(request: web.Request, principal: Principal, params: ExternalWalletParams):
+    row = await accounts.create_external_wallet(request.app[pool_key], principal.user_id, params.wallet_name,
+                                                params.currency_id)
+    return ExternalWalletOut(**dict(row))
+
+
+def _cursor(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 19:
+        raise BadRequest(422, "invalid parameters: cursor", [{"loc": "cursor", "msg": "not a cursor walletd issued"}])
+    return int(raw)
+
+
+def _history(page, pending) -> HistoryOut:
+    rows, next_cursor = page
+    return HistoryOut(transactions=[TxOut(**tx_json(r)) for r in rows],
+                      pending_transactions=[TxOut(**tx_json(r)) for r in pending], next_cursor=next_cursor)
+
+
+@routes("GET", "/user/transactions", summary="The caller's history, newest first (keyset pagination)",
+        auth="user", params=HistoryParams, response=HistoryOut, tags=["history"])
+async def user_transactions(request: web.Request, principal: Principal, params: HistoryParams):
+    page, pending = await history.user_page(request.app[pool_key], principal.user_id, _cursor(params.cursor),
+                                            params.limit)
+    return _history(page, pending)
+
+
+@routes("GET", "/wallet/transactions", summary="One wallet's history, newest first (keyset pagination)",
+        auth="user", params=WalletHistoryParams, response=HistoryOut, tags=["history"],
+        errors=[(404, "wallet_not_found")])
+async def wallet_transactions(request: web.Request, principal: Principal, params: WalletHistoryParams):
+    pool = request.app[pool_key]
+    await accounts.owned_wallet(pool, principal.user_id, params.wallet_id)
+    page, pending = await history.wallet_page(pool, params.wallet_id, _cursor(params.cursor), params.limit)
+    return _history(page, pending)

@@ -1,0 +1,39 @@
+"""`walletd audit`: recompute every balance from the journal and report each difference."""
+
+from __future__ import annotations
+
+import asyncpg
+
+_CHECKS = {
+    "wallet balance differs from its postings": """
+        SELECT w.id, w.balance, w.reserved_balance, coalesce(p.b, 0) AS posted_balance, coalesce(p.r, 0) AS posted_reserved
+          FROM wallets w LEFT JOIN (
+               SELECT wallet_id, sum(amount) FILTER (WHERE bucket = 'B') AS b, sum(amount) FILTER (WHERE bucket = 'R') AS r
+                 FROM postings GROUP BY wallet_id) p ON p.wallet_id = w.id
+         WHERE w.balance <> coalesce(p.b, 0) OR w.reserved_balance <> coalesce(p.r, 0)""",
+    "journal entry does not balance": """
+        SELECT entry_id, currency_id, sum(amount) AS total FROM postings
+         GROUP BY entry_id, currency_id HAVING sum(amount) <> 0""",
+    "wallet is negative": """
+        SELECT id, kind, balance, reserved_balance FROM wallets
+         WHERE reserved_balance < 0 OR (balance < 0 AND kind NOT IN ('gateway', 'operator'))""",
+    "currency total is not zero": """
+        SELECT currency_id, sum(balance + reserved_balance) AS total FROM wallets
+         GROUP BY currency_id HAVING sum(balance + reserved_balance) <> 0""",
+    "settled transaction has no journal entry": """
+        SELECT id, type, status FROM transactions
+         WHERE entry_id IS NULL AND status IN ('paid', 'close')""",
+}
+
+
+async def run_audit(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        problems = []
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            for title, sql in _CHECKS.items():
+                for row in await conn.fetch(sql):
+                    problems.append(f"{title}: " + ", ".join(f"{k}={v}" for k, v in row.items()))
+        return problems
+    finally:
+        await conn.close()

@@ -1,0 +1,102 @@
+"""Currencies, exchange rates and commission rates."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+
+from walletd.domain import errors
+from walletd.domain.ledger import RateBook
+from walletd.persistence.migrate import cross_rates, ensure_operator_wallets
+
+
+async def rate_book(pool: asyncpg.Pool, now: datetime, max_age: timedelta | None) -> RateBook:
+    rows = await pool.fetch("SELECT from_currency_id, to_currency_id, rate, updated_at FROM exchange_rates")
+    return RateBook({(r[0], r[1]): (r[2], r[3]) for r in rows}, now, max_age)
+
+
+async def currency_ids(pool: asyncpg.Pool) -> dict[str, int]:
+    return dict(await pool.fetch("SELECT code, id FROM currencies"))
+
+
+async def require_currencies(pool: asyncpg.Pool, *ids: int) -> None:
+    found = await pool.fetchval("SELECT count(*) FROM currencies WHERE id = ANY($1::int2[])", list(set(ids)))
+    if found != len(set(ids)):
+        raise errors.CurrencyNotFound()
+
+
+async def store_provider_rates(pool: asyncpg.Pool, base: str, rates: dict[str, Decimal], at: datetime) -> int:
+    ids = await currency_ids(pool)
+    known = {code: rate for code, rate in rates.items() if code in ids}
+    if base not in ids and base not in known:
+        raise errors.RateProviderError("provider base currency is unknown to walletd")
+    pairs = cross_rates(base, known)
+    rows = [(ids[a], ids[b], rate, at) for (a, b), rate in pairs.items() if a in ids and b in ids]
+    await pool.executemany(
+        """INSERT INTO exchange_rates (from_currency_id, to_currency_id, rate, updated_at) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (from_currency_id, to_currency_id) DO UPDATE SET rate = EXCLUDED.rate, updated_at = EXCLUDED.updated_at""",
+        rows)
+    return len(rows)
+
+
+async def set_rate(pool: asyncpg.Pool, from_id: int, to_id: int, rate: Decimal) -> asyncpg.Record:
+    try:
+        return await pool.fetchrow(
+            """INSERT INTO exchange_rates (from_currency_id, to_currency_id, rate, updated_at) VALUES ($1, $2, $3, now())
+               ON CONFLICT (from_currency_id, to_currency_id) DO UPDATE SET rate = EXCLUDED.rate, updated_at = now()
+               RETURNING from_currency_id, to_currency_id, rate, updated_at""",
+            from_id, to_id, rate)
+    except (asyncpg.ForeignKeyViolationError, asyncpg.CheckViolationError):
+        raise errors.CurrencyNotFound() from None
+
+
+async def last_update(pool: asyncpg.Pool) -> datetime | None:
+    return await pool.fetchval("SELECT max(updated_at) FROM exchange_rates")
+
+
+async def add_currencies(pool: asyncpg.Pool, symbols: dict[str, str]) -> int:
+    """Adds unknown currencies, and a wallet in each for every existing account."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE currencies IN SHARE ROW EXCLUSIVE MODE")
+        known = set(await conn.fetchval("SELECT coalesce(array_agg(code), '{}') FROM currencies"))
+        new = [(code, name) for code, name in sorted(symbols.items()) if code not in known]
+        if not new:
+            return 0
+        start = await conn.fetchval("SELECT coalesce(max(id), 0) + 1 FROM currencies")
+        await conn.executemany("INSERT INTO currencies (id, code, name) VALUES ($1, $2, $3)",
+                               [(start + i, code, name[:100]) for i, (code, name) in enumerate(new)])
+        await conn.execute(
+            """INSERT INTO wallets (id, user_id, currency_id, kind)
+               SELECT gen_random_uuid(), u.id, c.id, k.kind
+                 FROM users u
+                 JOIN LATERAL unnest(CASE u.role WHEN 'service' THEN ARRAY['service', 'gateway']
+                                                 WHEN 'user' THEN ARRAY['user'] ELSE ARRAY[]::text[] END) AS k(kind) ON true
+                 CROSS JOIN currencies c WHERE c.id >= $1
+               ON CONFLICT DO NOTHING""", start)
+        await conn.execute(
+            "INSERT INTO commission_rates (service_user_id, currency_id) SELECT u.id, c.id FROM users u, currencies c "
+            "WHERE u.role = 'service' AND c.id >= $1 ON CONFLICT DO NOTHING", start)
+        await ensure_operator_wallets(conn)
+        return len(new)
+
+
+async def set_commission(pool: asyncpg.Pool, service_user_id: uuid.UUID, currency_id: int, deposit: Decimal,
+                         withdraw: Decimal) -> asyncpg.Record:
+    try:
+        return await pool.fetchrow(
+            """INSERT INTO commission_rates (service_user_id, currency_id, deposit_rate, withdraw_rate)
+               VALUES ($1, $2, $3, $4) ON CONFLICT (service_user_id, currency_id)
+               DO UPDATE SET deposit_rate = EXCLUDED.deposit_rate, withdraw_rate = EXCLUDED.withdraw_rate
+               RETURNING service_user_id, currency_id, deposit_rate, withdraw_rate""",
+            service_user_id, currency_id, deposit, withdraw)
+    except asyncpg.ForeignKeyViolationError:
+        raise errors.CurrencyNotFound() from None
+
+
+async def commissions(pool: asyncpg.Pool, service_user_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT service_user_id, currency_id, deposit_rate, withdraw_rate FROM commission_rates "
+        "WHERE service_user_id = $1 ORDER BY currency_id", service_user_id)
