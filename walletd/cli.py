@@ -35,6 +35,15 @@ async def _migrate(url: str, settings: Settings) -> None:
         await conn.close()
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where available: the same asyncio API with a faster event loop and transports."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def serve(args, settings: Settings) -> int:
     from aiohttp import web
 
@@ -48,7 +57,7 @@ def serve(args, settings: Settings) -> int:
     log.info("walletd.starting", host=args.host, port=args.port, embedded=server is not None)
     app = create_app(settings, url, secret)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None,
-                shutdown_timeout=30, handle_signals=True)
+                shutdown_timeout=30, handle_signals=True, loop=_new_loop())
     log.info("walletd.stopped")
     return 0
 

@@ -6,6 +6,7 @@ import logging
 import re
 import sys
 
+import orjson
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -23,6 +24,11 @@ def _redact(_logger, _name, event: dict) -> dict:
     return event
 
 
+def _dumps(event: dict, **_) -> str:
+    # orjson: several times faster than json.dumps on the per-request line; str() for Decimal.
+    return orjson.dumps(event, default=str).decode()
+
+
 def configure(level: str = "info", stream=None) -> None:
     structlog.configure(
         processors=[
@@ -31,7 +37,7 @@ def configure(level: str = "info", stream=None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jwt
 
@@ -25,6 +25,10 @@ class TokenError(Exception):
 class TokenIssuer:
     secret: str
     ttl_seconds: int
+    # Verified tokens, so a client's every request does not pay for HMAC and JSON parsing again;
+    # each hit still checks expiry. Bounded: cleared whole when full.
+    _verified: dict = field(default_factory=dict, compare=False, repr=False)
+    cache_limit: int = 100_000
 
     def issue(self, user_id: uuid.UUID, role: str) -> str:
         now = int(time.time())
@@ -32,6 +36,19 @@ class TokenIssuer:
         return jwt.encode(claims, self.secret, algorithm="HS256")
 
     def verify(self, token: str) -> Principal:
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires = cached
+            if time.time() < expires:
+                return principal
+            del self._verified[token]
+        principal, expires = self._decode(token)
+        if len(self._verified) >= self.cache_limit:
+            self._verified.clear()
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, float]:
         try:
             # algorithms pinned to HS256: "alg: none" and algorithm-confusion tokens fail here.
             claims = jwt.decode(
@@ -41,6 +58,6 @@ class TokenIssuer:
             role = claims["role"]
             if role not in ROLES:
                 raise TokenError("unknown role")
-            return Principal(uuid.UUID(claims["sub"]), role)
+            return Principal(uuid.UUID(claims["sub"]), role), float(claims["exp"])
         except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
             raise TokenError(str(exc)) from None

@@ -195,40 +195,22 @@ class PgLedger:
 
     @staticmethod
     async def _flush(conn: asyncpg.Connection, fx: Effects, idempotency_rows: list) -> None:
-        if fx.entries:
-            await conn.execute(
-                "INSERT INTO journal_entries (id, kind, request_id, created_at) "
-                "SELECT e.id, e.kind, e.rid, $4 FROM unnest($1::uuid[], $2::text[], $3::text[]) AS e(id, kind, rid)",
-                *zip(*fx.entries), fx.now)
-        if fx.postings:
-            # One statement, so the balancing trigger sees the whole batch at once.
-            await conn.execute(
-                "INSERT INTO postings (entry_id, wallet_id, currency_id, bucket, amount) "
-                "SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int2[], $4::text[], $5::numeric[])",
-                *zip(*fx.postings))
-        if fx.new_transactions:
-            await conn.execute(_INSERT_TRANSACTIONS, *[[row[c] for row in fx.new_transactions] for c, _ in _TX_INSERT])
-        if fx.status_updates:
-            updated = await conn.fetchval(
-                """WITH u AS (UPDATE transactions t SET status = u.status, entry_id = coalesce(u.entry_id, t.entry_id),
-                                                     updated_at = now()
-                                FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS u(id, status, entry_id)
-                               WHERE t.id = u.id AND t.status = 'pending' RETURNING 1)
-                   SELECT count(*) FROM u""",
-                *zip(*fx.status_updates))
-            if updated != len(fx.status_updates):  # compare-and-set lost: impossible under the row lock
-                raise asyncpg.SerializationError("pending transaction changed under lock")
-        if fx.external_credits:
-            await conn.execute(
-                """UPDATE external_wallets e SET amount_withdraw = e.amount_withdraw + c.amount
-                     FROM (SELECT id, sum(amount) AS amount FROM unnest($1::uuid[], $2::numeric[]) AS c(id, amount)
-                           GROUP BY id) c WHERE e.id = c.id""",
-                *zip(*fx.external_credits))
-        if idempotency_rows:
-            await conn.execute(
-                "INSERT INTO idempotency_keys (principal_id, key, request_hash, status_code, response) "
-                "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::jsonb[])",
-                *zip(*idempotency_rows))
+        """All of a batch's writes in one statement: one round trip, and the postings trigger
+        sees the whole batch at once."""
+        if not (fx.entries or fx.new_transactions or fx.status_updates or idempotency_rows):
+            return
+        updated = await conn.fetchval(
+            _WRITE_BATCH,
+            *_columns(fx.entries, 3), *_columns(fx.postings, 5),
+            *[[row[c] for row in fx.new_transactions] for c, _ in _TX_INSERT],
+            *_columns(fx.status_updates, 3), *_columns(fx.external_credits, 2), *_columns(idempotency_rows, 5),
+            fx.now)
+        if updated != len(fx.status_updates):  # compare-and-set lost: impossible under the row lock
+            raise asyncpg.SerializationError("pending transaction changed under lock")
+
+
+def _columns(rows: list[tuple], width: int) -> list[list]:
+    return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(width)]
 
 
 TX_COLUMNS = ("id, type, status, from_wallet_id, from_currency_id, amount, to_wallet_id, to_currency_id, rate, "
@@ -240,7 +222,33 @@ _TX_INSERT = (
     ("service_user_id", "uuid"), ("external_wallet_id", "uuid"), ("parent_id", "uuid"), ("entry_id", "uuid"),
     ("created_at", "timestamptz"),
 )
-_INSERT_TRANSACTIONS = (
-    f"INSERT INTO transactions ({', '.join(c for c, _ in _TX_INSERT)}) SELECT * FROM unnest("
-    + ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(_TX_INSERT, 1)) + ")"
+_TX_ARGS = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(_TX_INSERT, 9))
+_N = 9 + len(_TX_INSERT)  # first parameter after the transactions' columns
+# Foreign keys between the parts (postings → entries, transactions → entries) are checked at
+# the end of the statement, so sibling CTEs may reference each other's rows.
+_WRITE_BATCH = f"""
+WITH entries AS (
+    INSERT INTO journal_entries (id, kind, request_id, created_at)
+    SELECT e.id, e.kind, e.rid, ${_N + 10} FROM unnest($1::uuid[], $2::text[], $3::text[]) AS e(id, kind, rid)
+), posted AS (
+    INSERT INTO postings (entry_id, wallet_id, currency_id, bucket, amount)
+    SELECT * FROM unnest($4::uuid[], $5::uuid[], $6::int2[], $7::text[], $8::numeric[])
+), recorded AS (
+    INSERT INTO transactions ({', '.join(c for c, _ in _TX_INSERT)}) SELECT * FROM unnest({_TX_ARGS})
+), settled AS (
+    UPDATE transactions t SET status = u.status, entry_id = coalesce(u.entry_id, t.entry_id), updated_at = ${_N + 10}
+      FROM unnest(${_N}::uuid[], ${_N + 1}::text[], ${_N + 2}::uuid[]) AS u(id, status, entry_id)
+     WHERE t.id = u.id AND t.status = 'pending'
+    RETURNING 1
+), paid_out AS (
+    UPDATE external_wallets e SET amount_withdraw = e.amount_withdraw + c.amount
+      FROM (SELECT id, sum(amount) AS amount FROM unnest(${_N + 3}::uuid[], ${_N + 4}::numeric[]) AS c(id, amount)
+            GROUP BY id) c
+     WHERE e.id = c.id
+), remembered AS (
+    INSERT INTO idempotency_keys (principal_id, key, request_hash, status_code, response)
+    SELECT * FROM unnest(${_N + 5}::uuid[], ${_N + 6}::text[], ${_N + 7}::text[], ${_N + 8}::int2[],
+                         ${_N + 9}::jsonb[])
 )
+SELECT count(*) FROM settled
+"""
