@@ -28,7 +28,7 @@ class TokenIssuer:
     # Verified tokens, so a client's every request does not pay for HMAC and JSON parsing again;
     # each hit still checks expiry. Bounded: cleared whole when full.
     _verified: dict = field(default_factory=dict, compare=False, repr=False)
-    cache_limit: int = 100_000
+    cache_limit: int = 10_000
 
     def issue(self, user_id: uuid.UUID, role: str) -> str:
         now = int(time.time())

@@ -26,7 +26,8 @@ from walletd.domain.ledger import (
 from walletd.persistence.migrate import OPERATOR_USER_ID
 
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.UniqueViolationError)
-_META_CACHE_LIMIT = 200_000
+# Bounded so memory follows active wallets: cleared whole when full, then refilled on use.
+_META_CACHE_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class PgLedger:
                 await self._desk_wallets()
             desk_ids = {self._desks[cur] for cur in currencies if cur in self._desks}
             ids |= desk_ids
-            meta.update({d: self._meta[d] for d in desk_ids})
+            meta.update(await self._metadata(desk_ids))
         settle_ids = sorted({c.transaction_id for c in commands if isinstance(c, Settle)})
         keys = [c.idempotency for c in commands if c.idempotency is not None]
 
