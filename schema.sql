@@ -104,10 +104,10 @@ CREATE TABLE IF NOT EXISTS transactions (
     created_at         timestamptz NOT NULL DEFAULT now(),
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
+-- A user's history merges the per-wallet index ranges of their few wallets, so no per-user
+-- index is needed (each index costs every insert).
 CREATE INDEX IF NOT EXISTS transactions_from_wallet ON transactions (from_wallet_id, seq DESC);
 CREATE INDEX IF NOT EXISTS transactions_to_wallet ON transactions (to_wallet_id, seq DESC);
-CREATE INDEX IF NOT EXISTS transactions_from_user ON transactions (from_user_id, seq DESC);
-CREATE INDEX IF NOT EXISTS transactions_to_user ON transactions (to_user_id, seq DESC);
 CREATE INDEX IF NOT EXISTS transactions_pending ON transactions (user_id) WHERE status = 'pending';
 
 -- A retried request with the same key returns the stored first response; kept >= 24 hours.

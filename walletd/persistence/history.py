@@ -19,12 +19,19 @@ def _page(side: str) -> str:
 
 _WALLET_PAGE = (f"SELECT * FROM ({_page('from_wallet_id')} UNION ALL {_page('to_wallet_id')}) t "
                 "ORDER BY seq DESC LIMIT $3")
-# A transfer between two wallets of one user appears once: the second branch skips rows the
-# first already returned.
-_USER_PAGE = (f"SELECT * FROM ({_page('from_user_id')} UNION ALL "
-              f"(SELECT {TX_COLUMNS}, seq FROM transactions WHERE to_user_id = $1 AND seq < $2 "
-              "AND status <> 'pending' AND from_user_id IS DISTINCT FROM $1 ORDER BY seq DESC LIMIT $3)) t "
-              "ORDER BY seq DESC LIMIT $3")
+# Per wallet of the user, the newest rows from each wallet index; a transfer between two wallets
+# of one user appears once (the `to` branch skips rows the user sent).
+_USER_PAGE = f"""
+SELECT t.* FROM wallets w CROSS JOIN LATERAL (
+    (SELECT {TX_COLUMNS}, seq FROM transactions WHERE from_wallet_id = w.id AND seq < $2
+        AND status <> 'pending' ORDER BY seq DESC LIMIT $3)
+    UNION ALL
+    (SELECT {TX_COLUMNS}, seq FROM transactions WHERE to_wallet_id = w.id AND seq < $2
+        AND status <> 'pending' AND from_user_id IS DISTINCT FROM $1 ORDER BY seq DESC LIMIT $3)
+) t
+WHERE w.user_id = $1
+ORDER BY t.seq DESC LIMIT $3
+"""
 
 
 async def wallet_page(pool: asyncpg.Pool, wallet_id: uuid.UUID, before: int | None, limit: int):
