@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from walletd.domain import errors
-from walletd.domain.money import commission, convert
+from walletd.domain.money import commission, convert, fmt
 
 ONE = Decimal(1)
 
@@ -334,17 +334,17 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
 
 
 def tx_json(row) -> dict:
-    """A transactions row (record or dict) as the API shows it: strings only, so it can be stored
-    as an idempotent response and rendered identically later."""
+    """A transactions row (record or dict) exactly as the API shows it (handlers.schemas.TxOut):
+    JSON-ready, so it can be stored as an idempotent response and replayed byte for byte."""
     def text(value):
         return None if value is None else str(value)
 
     return {
         "id": str(row["id"]), "type": row["type"], "status": row["status"],
         "from_wallet_id": text(row["from_wallet_id"]), "from_currency_id": row["from_currency_id"],
-        "amount": f"{row['amount']:f}", "to_wallet_id": text(row["to_wallet_id"]),
-        "to_currency_id": row["to_currency_id"], "rate": f"{row['rate']:f}",
-        "converted_amount": f"{row['converted_amount']:f}", "timestamp": row["created_at"].isoformat(),
+        "amount": fmt(row["amount"]), "to_wallet_id": text(row["to_wallet_id"]),
+        "to_currency_id": row["to_currency_id"], "rate": fmt(row["rate"]),
+        "converted_amount": fmt(row["converted_amount"]), "timestamp": row["created_at"].isoformat(),
         "user_id": str(row["user_id"]), "service_user_id": text(row["service_user_id"]),
         "parent_id": text(row["parent_id"]),
     }

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Awaitable, Callable
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -79,6 +80,9 @@ def _wrap(spec: Endpoint, func: Handler) -> Handler:
         result = await func(request, **kwargs)
         if isinstance(result, web.StreamResponse):
             return result
+        if isinstance(result, dict):
+            # Already in the documented shape (e.g. domain.ledger.tx_json): skip re-validation.
+            return web.Response(body=orjson.dumps(result), content_type="application/json")
         return web.Response(body=result.model_dump_json(), content_type="application/json")
 
     handler.__name__ = func.__name__
@@ -94,7 +98,10 @@ async def gather_params(request: web.Request) -> dict[str, Any]:
             raise BadRequest(400, f"parameter {key} given more than once")
         merged[key] = values[0]
     if request.body_exists:
-        text = await request.text()  # client_max_size bounds this; aiohttp answers 413 past it
+        try:
+            text = await request.text()  # client_max_size bounds this; aiohttp answers 413 past it
+        except (UnicodeDecodeError, LookupError):  # bytes not in the declared (or an unknown) charset
+            raise BadRequest(400, "body is not valid text in its declared charset") from None
         if text.strip():
             if request.content_type not in ("application/json", "text/plain", "application/octet-stream", ""):
                 raise BadRequest(415, "body must be application/json")
@@ -109,7 +116,23 @@ async def gather_params(request: web.Request) -> dict[str, Any]:
                 if key in merged and str(merged[key]) != str(value):
                     raise BadRequest(400, f"parameter {key} differs between query string and body")
                 merged[key] = value
+    for key, value in merged.items():
+        if isinstance(value, str) and not _storable(value):
+            # PostgreSQL text cannot hold NUL, and lone surrogates cannot be encoded: refuse them here.
+            raise BadRequest(422, f"invalid parameters: {key}",
+                             [{"loc": key, "msg": "contains a NUL or an unpaired surrogate character",
+                               "type": "string_unstorable"}])
     return merged
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate(model: type[BaseModel], raw: dict[str, Any]) -> BaseModel:
@@ -157,6 +180,8 @@ def basic_credentials(request: web.Request) -> tuple[str, str]:
         username, _, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         raise web.HTTPUnauthorized(reason="Invalid credentials") from None
+    if "\x00" in username or "\x00" in password:  # unstorable, so never a valid credential
+        raise web.HTTPUnauthorized(reason="Invalid credentials")
     return username, password
 
 

@@ -9,7 +9,7 @@ from walletd.auth.tokens import Principal
 from walletd.domain.ledger import tx_json
 from walletd.handlers.endpoint import BadRequest, Routes
 from walletd.handlers.schemas import (
-    ExternalWalletOut, ExternalWalletParams, HistoryOut, HistoryParams, TxOut, WalletHistoryParams, WalletIdParams,
+    ExternalWalletOut, ExternalWalletParams, HistoryOut, HistoryParams, WalletHistoryParams, WalletIdParams,
     WalletOut, WalletsOut,
 )
 from walletd.persistence import accounts, history
@@ -53,10 +53,11 @@ def _cursor(raw: str | None) -> int | None:
     return int(raw)
 
 
-def _history(page, pending) -> HistoryOut:
+def _history(page, pending) -> dict:
+    """HistoryOut's shape, built from tx_json rows without re-validating each one."""
     rows, next_cursor = page
-    return HistoryOut(transactions=[TxOut(**tx_json(r)) for r in rows],
-                      pending_transactions=[TxOut(**tx_json(r)) for r in pending], next_cursor=next_cursor)
+    return {"transactions": [tx_json(r) for r in rows], "pending_transactions": [tx_json(r) for r in pending],
+            "next_cursor": next_cursor}
 
 
 @routes("GET", "/user/transactions", summary="The caller's history, newest first (keyset pagination)",
