@@ -79,15 +79,25 @@ async def json_errors(request: web.Request, handler):
         return error_response(500, "internal error", request_id)
 
 
+def _per_app(handler):
+    async def view(request: web.Request) -> web.StreamResponse:
+        return await handler(request)
+
+    view.__name__, view.__doc__ = handler.__name__, handler.__doc__
+    return view
+
+
 def add_routes(app: web.Application) -> None:
     components: dict = {}
     for table in ROUTE_TABLES:
         for spec, handler in table.entries:
-            documented = docs(**endpoint.operation(spec, components))(handler)
+            # apigami's docs() annotates the function object it is given; a fresh wrapper per app
+            # keeps a second create_app() in one process from doubling every operation's parameters.
+            documented = docs(**endpoint.operation(spec, components))(_per_app(handler))
             app.router.add_route(spec.method, spec.path, documented, name=handler.__name__)
+    # Swagger UI itself is served by handlers/meta.py (our own page and initializer, fully offline).
     api = AiohttpApiSpec(
-        app=app, url="/openapi.json", swagger_path="/docs", static_path="/static/swagger", in_place=True,
-        openapi_version="3.0.3", title="walletd", version="0.1.0",
+        url="/openapi.json", openapi_version="3.0.3", title="walletd", version="0.1.0",
         info={"description": "Multi-currency e-wallet with a double-entry ledger. Amounts are decimal strings "
                              "with 10 places. Parameters go in the query string or a JSON body (both: they "
                              "must agree). Errors: {status, message, request_id, errors?}."},
@@ -97,9 +107,11 @@ def add_routes(app: web.Application) -> None:
             "basic": {"type": "http", "scheme": "basic"},
         }},
     )
+    # The schemas the operations $ref must be in the spec before register() renders the document.
     for name, schema in sorted(components.items()):
         if name not in api.spec.components.schemas:
             api.spec.components.schema(name, component=schema)
+    api.register(app, in_place=True)
 
 
 async def resources_ctx(app: web.Application):

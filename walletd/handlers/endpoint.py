@@ -20,7 +20,6 @@ from pydantic import BaseModel, ValidationError
 
 from walletd.appkeys import tokens_key
 from walletd.auth.tokens import Principal, TokenError
-from walletd.handlers.errors import error_response
 from walletd.handlers.schemas import ErrorOut
 
 Handler = Callable[..., Awaitable[Any]]

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES
 
 from walletd.appkeys import pool_key
 from walletd.persistence.migrate import schema_ready
@@ -13,6 +14,33 @@ from walletd.persistence.migrate import schema_ready
 _REDOC_PAGE = """<!DOCTYPE html>
 <html><head><title>walletd API</title><meta charset="utf-8"/></head>
 <body><redoc spec-url="/openapi.json"></redoc><script src="/static/redoc/redoc.standalone.js"></script></body></html>
+"""
+
+
+# Swagger UI's own initializer (as shipped by aiohttp-apigami) loads petstore.swagger.io, and its
+# default validatorUrl makes the page fetch a badge from validator.swagger.io: serve our own.
+_SWAGGER_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"/><title>walletd API</title>
+<link rel="stylesheet" type="text/css" href="/static/swagger/swagger-ui.css"/>
+<link rel="stylesheet" type="text/css" href="/static/swagger/index.css"/>
+<link rel="icon" type="image/png" href="/static/swagger/favicon-32x32.png" sizes="32x32"/>
+</head><body><div id="swagger-ui"></div>
+<script src="/static/swagger/swagger-ui-bundle.js" charset="UTF-8"></script>
+<script src="/static/swagger/swagger-ui-standalone-preset.js" charset="UTF-8"></script>
+<script src="/static/swagger/swagger-initializer.js" charset="UTF-8"></script>
+</body></html>
+"""
+_SWAGGER_INITIALIZER = """window.onload = function () {
+  window.ui = SwaggerUIBundle({
+    url: "/openapi.json",
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    validatorUrl: null,
+    presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+    plugins: [SwaggerUIBundle.plugins.DownloadUrl],
+    layout: "StandaloneLayout"
+  });
+};
 """
 
 
@@ -46,9 +74,21 @@ async def redoc(request: web.Request) -> web.Response:
     return web.Response(text=_REDOC_PAGE, content_type="text/html")
 
 
+async def swagger(request: web.Request) -> web.Response:
+    return web.Response(text=_SWAGGER_PAGE, content_type="text/html")
+
+
+async def swagger_initializer(request: web.Request) -> web.Response:
+    return web.Response(text=_SWAGGER_INITIALIZER, content_type="application/javascript")
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/docs", swagger)
+    # The exact path outranks the static prefix, so ours replaces the bundled initializer.
+    app.router.add_get("/static/swagger/swagger-initializer.js", swagger_initializer)
+    app.router.add_static("/static/swagger", SWAGGER_UI_STATIC_FILES)
     bundle = redoc_bundle_dir()
     if bundle is not None:
         app.router.add_static("/static/redoc", bundle)
