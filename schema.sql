@@ -72,40 +72,43 @@ CREATE TABLE IF NOT EXISTS journal_entries (
 );
 
 -- bucket 'B' moves balance, 'R' moves reserved_balance (a withdrawal hold).
+-- The references of a posting (its entry; its wallet, in the wallet's currency) are checked by
+-- the statement trigger below for the whole statement at once, which costs far less than
+-- per-row foreign-key triggers on the hottest insert.
 CREATE TABLE IF NOT EXISTS postings (
-    entry_id    uuid NOT NULL REFERENCES journal_entries,
+    entry_id    uuid NOT NULL,
     wallet_id   uuid NOT NULL,
     currency_id smallint NOT NULL,
     bucket      char(1) NOT NULL CHECK (bucket IN ('B', 'R')),
-    amount      numeric(38, 10) NOT NULL CHECK (amount <> 0),
-    FOREIGN KEY (wallet_id, currency_id) REFERENCES wallets (id, currency_id)
+    amount      numeric(38, 10) NOT NULL CHECK (amount <> 0)
 );
 
 -- What the API shows as transactions (Tx / Pending). seq orders history for keyset pagination.
+-- These rows are the API's view of the journal, written by the same statement as the entry. They
+-- carry no foreign keys: each would cost an index probe per row on the hot path, and `walletd
+-- audit` checks that every reference resolves. The journal below carries the hard constraints.
 CREATE TABLE IF NOT EXISTS transactions (
     id                 uuid PRIMARY KEY,
     seq                bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
     type               text NOT NULL CHECK (type IN ('deposit', 'withdraw', 'transfer', 'commission', 'bonus')),
     status             text NOT NULL CHECK (status IN ('pending', 'paid', 'rejected', 'close')),
-    from_wallet_id     uuid REFERENCES wallets,
-    from_currency_id   smallint REFERENCES currencies,
-    from_user_id       uuid REFERENCES users,
+    from_wallet_id     uuid,
+    from_currency_id   smallint,
+    from_user_id       uuid,
     amount             numeric(38, 10) NOT NULL CHECK (amount > 0),
-    to_wallet_id       uuid REFERENCES wallets,
-    to_currency_id     smallint REFERENCES currencies,
-    to_user_id         uuid REFERENCES users,
+    to_wallet_id       uuid,
+    to_currency_id     smallint,
+    to_user_id         uuid,
     rate               numeric(30, 10) NOT NULL DEFAULT 1,
     converted_amount   numeric(38, 10) NOT NULL,
-    user_id            uuid NOT NULL REFERENCES users,
-    service_user_id    uuid REFERENCES users,
-    external_wallet_id uuid REFERENCES external_wallets,
-    parent_id          uuid REFERENCES transactions,
-    entry_id           uuid REFERENCES journal_entries,
+    user_id            uuid NOT NULL,
+    service_user_id    uuid,
+    external_wallet_id uuid,
+    parent_id          uuid,
+    entry_id           uuid,
     created_at         timestamptz NOT NULL DEFAULT now(),
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
--- A user's history merges the per-wallet index ranges of their few wallets, so no per-user
--- index is needed (each index costs every insert).
 CREATE INDEX IF NOT EXISTS transactions_from_wallet ON transactions (from_wallet_id, seq DESC);
 CREATE INDEX IF NOT EXISTS transactions_to_wallet ON transactions (to_wallet_id, seq DESC);
 CREATE INDEX IF NOT EXISTS transactions_pending ON transactions (user_id) WHERE status = 'pending';
@@ -129,23 +132,48 @@ END $$;
 
 CREATE OR REPLACE FUNCTION walletd_apply_postings() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    unbalanced uuid;
+    bad uuid;
+    wallets_expected int;
+    wallets_updated int;
 BEGIN
-    SELECT entry_id INTO unbalanced FROM new_postings
+    SELECT entry_id INTO bad FROM new_postings
         GROUP BY entry_id, currency_id HAVING sum(amount) <> 0 LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'journal entry % does not balance', unbalanced
-            USING ERRCODE = 'check_violation';
+        RAISE EXCEPTION 'journal entry % does not balance', bad USING ERRCODE = 'check_violation';
     END IF;
+    SELECT p.entry_id INTO bad FROM new_postings p
+        WHERE NOT EXISTS (SELECT 1 FROM journal_entries e WHERE e.id = p.entry_id) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'posting names unknown journal entry %', bad USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    -- Lock in id order, so concurrent statements touching the same wallets queue instead of
+    -- deadlocking.
+    PERFORM 1 FROM wallets WHERE id IN (SELECT wallet_id FROM new_postings) ORDER BY id FOR UPDATE;
+    SELECT count(*) INTO wallets_expected FROM (SELECT DISTINCT wallet_id, currency_id FROM new_postings) w;
     UPDATE wallets w
        SET balance = w.balance + d.balance_delta,
            reserved_balance = w.reserved_balance + d.reserved_delta
-      FROM (SELECT wallet_id,
+      FROM (SELECT wallet_id, currency_id,
                    coalesce(sum(amount) FILTER (WHERE bucket = 'B'), 0) AS balance_delta,
                    coalesce(sum(amount) FILTER (WHERE bucket = 'R'), 0) AS reserved_delta
-              FROM new_postings GROUP BY wallet_id) d
-     WHERE w.id = d.wallet_id;
+              FROM new_postings GROUP BY wallet_id, currency_id) d
+     WHERE w.id = d.wallet_id AND w.currency_id = d.currency_id;
+    GET DIAGNOSTICS wallets_updated = ROW_COUNT;
+    IF wallets_updated <> wallets_expected THEN
+        RAISE EXCEPTION 'posting names an unknown wallet or the wrong currency'
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
     RETURN NULL;
+END $$;
+
+-- The batch write's compare-and-set check: fewer rows settled than asked means another writer
+-- settled one first, and the whole statement is rolled back.
+CREATE OR REPLACE FUNCTION walletd_expect(actual bigint, expected bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+    IF actual <> expected THEN
+        RAISE EXCEPTION 'expected % row(s), got %', expected, actual USING ERRCODE = 'serialization_failure';
+    END IF;
+    RETURN actual;
 END $$;
 
 DO $$

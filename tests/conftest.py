@@ -173,3 +173,155 @@ async def balance(client, user: dict, currency_id: int) -> tuple[Decimal, Decima
 
 async def gather(*aws):
     return await asyncio.gather(*aws)
+
+
+# ---- ledger test helpers: real processes and whole-database invariants ------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def walletd_command(*args: str) -> list[str]:
+    """The installed console script when present, else `python -m walletd`."""
+    import sys
+
+    script = Path(sys.executable).with_name("walletd")
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "walletd", *args]
+
+
+async def run_cli(database_url: str, *args: str, timeout: float = 60) -> tuple[int, str]:
+    """Run `walletd <args>` against database_url; returns (exit code, stdout + stderr)."""
+    env = {**os.environ, "DATABASE_URL": database_url, "WALLETD_JWT_SECRET": JWT_SECRET}
+    proc = await asyncio.create_subprocess_exec(*walletd_command(*args), cwd=REPO_ROOT, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out.decode()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServeProcess:
+    """A real `walletd serve` subprocess on 127.0.0.1 and a free port."""
+
+    def __init__(self, database_url: str, **env: str) -> None:
+        self.database_url = database_url
+        self.env = env
+        self.port = free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log = Path(tempfile.mkstemp(prefix="walletd-serve-", suffix=".log")[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 30) -> "ServeProcess":
+        import aiohttp
+
+        env = {**os.environ, "DATABASE_URL": self.database_url, "WALLETD_JWT_SECRET": JWT_SECRET,
+               "WALLETD_OPERATOR_KEY": OPERATOR_KEY, "WALLETD_LOG_LEVEL": "warning", **self.env}
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *walletd_command("serve", "--host", "127.0.0.1", "--port", str(self.port)),
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if self.proc.returncode is not None:
+                    raise RuntimeError(f"walletd serve exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+                try:
+                    async with session.get(self.url + "/ready") as resp:
+                        if resp.status == 200:
+                            return self
+                except aiohttp.ClientError:
+                    pass
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"walletd serve did not become ready: {self.log.read_text()[-2000:]}")
+                await asyncio.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs."""
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+
+    async def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            try:
+                self.proc.terminate()
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except ProcessLookupError:  # already gone (killed and reaped)
+                pass
+            except TimeoutError:
+                self.proc.kill()
+        code = await self.proc.wait()
+        self.log.unlink(missing_ok=True)
+        return code
+
+
+async def wallets_snapshot(db) -> list[tuple]:
+    """Every wallet row, exactly as stored, for before/after comparisons."""
+    rows = await db.fetch("SELECT id, user_id, currency_id, kind, balance::text, reserved_balance::text "
+                          "FROM wallets ORDER BY id")
+    return [tuple(r) for r in rows]
+
+
+async def assert_ledger_consistent(db) -> None:
+    """The double-entry invariants, checked straight in SQL."""
+    unbalanced = await db.fetch("SELECT entry_id, currency_id, sum(amount) FROM postings "
+                                "GROUP BY entry_id, currency_id HAVING sum(amount) <> 0")
+    assert unbalanced == [], unbalanced
+    drift = await db.fetch(
+        """SELECT w.id, w.balance, w.reserved_balance, coalesce(p.b, 0), coalesce(p.r, 0) FROM wallets w
+             LEFT JOIN (SELECT wallet_id, sum(amount) FILTER (WHERE bucket = 'B') AS b,
+                               sum(amount) FILTER (WHERE bucket = 'R') AS r FROM postings GROUP BY wallet_id) p
+                    ON p.wallet_id = w.id
+            WHERE w.balance <> coalesce(p.b, 0) OR w.reserved_balance <> coalesce(p.r, 0)""")
+    assert drift == [], drift
+    totals = await db.fetch("SELECT currency_id, sum(balance + reserved_balance) FROM wallets GROUP BY 1 "
+                            "HAVING sum(balance + reserved_balance) <> 0")
+    assert totals == [], totals
+    negative = await db.fetch("SELECT id, kind, balance, reserved_balance FROM wallets WHERE reserved_balance < 0 "
+                              "OR (balance < 0 AND kind IN ('user', 'service'))")
+    assert negative == [], negative
+    orphans = await db.fetch("SELECT id FROM journal_entries e WHERE NOT EXISTS "
+                             "(SELECT 1 FROM postings p WHERE p.entry_id = e.id)")
+    assert orphans == [], orphans
+
+
+async def api_transfer(client, user: dict, source_currency: int, target_wallet_id: str, amount, headers=None):
+    """POST /wallet/transfer from the user's wallet in source_currency; returns the raw response."""
+    return await client.post("/wallet/transfer", headers={**user["headers"], **(headers or {})}, params={
+        "source_wallet_id": user["wallets"][source_currency]["id"], "target_wallet_id": target_wallet_id,
+        "amount": str(amount)})
+
+
+async def api_deposit(client, user: dict, service: dict, currency_id: int, amount, headers=None):
+    return await client.post("/wallet/deposit", headers={**user["headers"], **(headers or {})}, params={
+        "service_user_id": service["id"], "wallet_id": user["wallets"][currency_id]["id"], "amount": str(amount)})
+
+
+async def api_withdraw(client, user: dict, service: dict, currency_id: int, amount, headers=None):
+    return await client.post("/wallet/withdraw", headers={**user["headers"], **(headers or {})}, params={
+        "service_user_id": service["id"], "from_wallet_id": user["wallets"][currency_id]["id"],
+        "amount": str(amount)})
+
+
+async def api_settle(client, service: dict, kind: str, transaction_id: str, new_status: str, headers=None):
+    return await client.put(f"/service/transaction/{kind}", headers={**service["headers"], **(headers or {})},
+                            params={"transaction_id": transaction_id, "new_status": new_status})
+
+
+async def api_external_wallet(client, user: dict, currency_id: int) -> dict:
+    resp = await client.post("/user/create/external_wallet", headers=user["headers"],
+                             params={"wallet_name": f"card-{currency_id}", "currency_id": currency_id})
+    assert resp.status == 200, await resp.text()
+    return await resp.json()

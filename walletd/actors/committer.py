@@ -28,7 +28,7 @@ class GroupCommitter:
     def __init__(self, ledger, *, workers: int = 2, max_batch: int = 256) -> None:
         self.ledger = ledger
         self.max_batch = max_batch
-        self._queue: list[Envelope] = []
+        self._queue: list[tuple[list[Envelope], asyncio.Future]] = []
         self._ready = asyncio.Event()
         self._closing = False
         self._workers = [
@@ -38,13 +38,17 @@ class GroupCommitter:
         self.batches = 0
         self.commands = 0
 
-    def submit(self, envelopes: list[Envelope]) -> None:
+    def submit(self, envelopes: list[Envelope]) -> asyncio.Future:
+        """Queue an actor's batch; the returned future resolves once every envelope has its outcome."""
+        done = asyncio.get_running_loop().create_future()
         if self._closing:
             for envelope in envelopes:
                 envelope.future.set_exception(Overloaded("shutting down"))
-            return
-        self._queue.extend(envelopes)
+            done.set_result(None)
+            return done
+        self._queue.append((envelopes, done))
         self._ready.set()
+        return done
 
     async def _work(self) -> None:
         while True:
@@ -54,8 +58,18 @@ class GroupCommitter:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
-            await self._commit(batch)
+            # Whole actor batches only, so an actor's commands are never split across commits.
+            taken, size = 0, 0
+            while taken < len(self._queue) and (taken == 0 or size + len(self._queue[taken][0]) <= self.max_batch):
+                size += len(self._queue[taken][0])
+                taken += 1
+            groups, self._queue = self._queue[:taken], self._queue[taken:]
+            try:
+                await self._commit([envelope for envelopes, _ in groups for envelope in envelopes])
+            finally:
+                for _, done in groups:
+                    if not done.done():
+                        done.set_result(None)
 
     async def _commit(self, batch: list[Envelope]) -> None:
         try:

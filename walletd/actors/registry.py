@@ -53,10 +53,9 @@ class WalletActor:
             while len(batch) < registry.max_batch and not self.mailbox.empty():
                 batch.append(self.mailbox.get_nowait())
             self.busy = True
-            registry.committer.submit(batch)
             # Wait for this batch's outcome (never for the callers' reactions to it), so the
             # wallet's next commands are planned against committed state.
-            await asyncio.wait([e.future for e in batch])
+            await registry.committer.submit(batch)
             self.busy = False
             if registry.closing and self.mailbox.empty():
                 registry._retire(self)
@@ -90,9 +89,10 @@ class ActorRegistry:
         return envelope.future
 
     async def execute(self, command: Command) -> object:
-        # shield: a client that disconnects does not cancel a command an actor accepted; it
-        # completes or fails as a whole, and the Idempotency-Key lets the client learn which.
-        return await asyncio.shield(self.submit(command))
+        # If the caller is cancelled (client gone), only its reply future is cancelled: the actor
+        # and the committer never look at it before committing, so an accepted command completes
+        # or fails as a whole, and the Idempotency-Key lets the client learn which.
+        return await self.submit(command)
 
     def _retire(self, actor: WalletActor) -> None:
         if self.actors.get(actor.wallet_id) is actor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 
 from walletd.domain.errors import InvalidAmount
@@ -12,6 +13,9 @@ SCALE = Decimal("1E-10")
 MAX_AMOUNT = Decimal("1000000000000000")
 # Enough precision for 38-digit products; traps make any inexact surprise loud.
 _CTX = Context(prec=60)
+# What a client may write: ASCII digits, one optional point, an optional exponent. Decimal() alone
+# would also take "1_000", Arabic-Indic digits and "NaN"; a payment API should not guess at those.
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def parse_amount(raw: object) -> Decimal:
@@ -26,7 +30,7 @@ def parse_amount(raw: object) -> Decimal:
         value = Decimal(raw)
     elif isinstance(raw, str):
         text = raw.strip()
-        if not text or len(text) > 64:
+        if not text or len(text) > 64 or not _DECIMAL_TEXT.fullmatch(text):
             raise InvalidAmount()
         try:
             value = Decimal(text)
@@ -34,10 +38,13 @@ def parse_amount(raw: object) -> Decimal:
             raise InvalidAmount() from None
     else:
         raise InvalidAmount()
-    if not value.is_finite() or value > MAX_AMOUNT:
+    # Cheap bounds first: quantizing a huge magnitude (say -1e100) would overflow the context
+    # and raise InvalidOperation instead of InvalidAmount.
+    if not value.is_finite() or value <= 0 or value > MAX_AMOUNT + 1:
         raise InvalidAmount()
     value = value.quantize(SCALE, rounding=ROUND_HALF_EVEN, context=_CTX)
-    if value <= 0:
+    # The bounds apply to the normalised amount, like the zero check does.
+    if value <= 0 or value > MAX_AMOUNT:
         raise InvalidAmount()
     return value
 

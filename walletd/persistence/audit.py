@@ -20,6 +20,15 @@ _CHECKS = {
     "currency total is not zero": """
         SELECT currency_id, sum(balance + reserved_balance) AS total FROM wallets
          GROUP BY currency_id HAVING sum(balance + reserved_balance) <> 0""",
+    "posting names a missing wallet or the wrong currency": """
+        SELECT p.entry_id, p.wallet_id, p.currency_id FROM postings p
+         WHERE NOT EXISTS (SELECT 1 FROM wallets w WHERE w.id = p.wallet_id AND w.currency_id = p.currency_id)
+            OR NOT EXISTS (SELECT 1 FROM journal_entries e WHERE e.id = p.entry_id)""",
+    "transaction names a missing wallet or entry": """
+        SELECT t.id, t.type FROM transactions t
+         WHERE (t.from_wallet_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM wallets w WHERE w.id = t.from_wallet_id))
+            OR (t.to_wallet_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM wallets w WHERE w.id = t.to_wallet_id))
+            OR (t.entry_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM journal_entries e WHERE e.id = t.entry_id))""",
     "settled transaction has no journal entry": """
         SELECT id, type, status FROM transactions
          WHERE entry_id IS NULL AND status IN ('paid', 'close')""",

@@ -1,14 +1,22 @@
-"""PgLedger: applies a batch of commands in one PostgreSQL transaction (group commit).
+"""PgLedger: applies a batch of commands in one PostgreSQL statement or transaction (group commit).
 
-Every wallet the batch touches is locked up front in id order (SELECT … FOR UPDATE), so two
-batches, in this process or any other, never wait on each other in a cycle. Planning then runs
-against balances read under those locks, so no other process can change them mid-batch; the
-CHECK constraints and the postings trigger are the last guard. A batch that fails in the
-database is retried one command per transaction, so one bad command fails only its caller.
+Fast path, one round trip: the batch is planned against balances this process predicts (its
+cache of what it read and what it committed), and written by one statement. The database
+decides, not the prediction: the postings trigger takes the wallets' row locks in id order,
+refuses unbalanced entries and unknown wallets, and the CHECK constraints refuse any overdraft;
+a settlement is a compare-and-set on the pending status. If the database refuses the statement,
+or the prediction says a command lacks funds (it may be stale when other processes share the
+database), the batch goes the locked path instead.
+
+Locked path: every wallet the batch touches is locked up front in id order (SELECT … FOR UPDATE),
+the batch is planned against balances read under those locks, and written in that transaction.
+A batch that still fails there is retried one command per transaction, so one bad command fails
+only its caller.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass
@@ -27,7 +35,8 @@ from walletd.persistence.migrate import OPERATOR_USER_ID
 
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.UniqueViolationError)
 # Bounded so memory follows active wallets: cleared whole when full, then refilled on use.
-_META_CACHE_LIMIT = 20_000
+_CACHE_LIMIT = 20_000
+_WALLET_FACTS = "SELECT id, user_id, currency_id, kind, balance, reserved_balance FROM wallets WHERE id = ANY($1::uuid[])"
 
 
 @dataclass(frozen=True)
@@ -38,23 +47,29 @@ class Replay:
     body: dict
 
 
-@dataclass(frozen=True)
-class WalletMeta:
-    user_id: uuid.UUID
-    currency_id: int
-    kind: str
+class _Unsure(Exception):
+    """The fast path cannot settle this batch; take the locked path."""
 
 
 class PgLedger:
     def __init__(self, pool: asyncpg.Pool, rates_max_age: timedelta | None = None) -> None:
         self.pool = pool
         self.rates_max_age = rates_max_age
-        # Owner, currency and kind of a wallet never change, so caching them is always safe.
-        self._meta: dict[uuid.UUID, WalletMeta] = {}
+        # Per wallet: owner, currency and kind (never change) and a predicted balance.
+        self._known: dict[uuid.UUID, WalletState] = {}
         self._desks: dict[int, uuid.UUID] = {}
+        self.fast_batches = 0
+        self.locked_batches = 0
 
     async def apply(self, commands: list[Command]) -> tuple[list[object], list[tuple[str, dict]]]:
         """Results aligned with commands (a tx dict, a Replay, or a DomainError), plus audit events."""
+        try:
+            outcome = await self._apply_fast(commands)
+            self.fast_batches += 1
+            return outcome
+        except (_Unsure, asyncpg.PostgresError):
+            pass
+        self.locked_batches += 1
         try:
             return await self._apply_with_retry(commands)
         except (asyncpg.PostgresError, errors.DomainError):
@@ -73,7 +88,7 @@ class PgLedger:
     async def _apply_with_retry(self, commands: list[Command]):
         for attempt in range(3):
             try:
-                return await self._apply_batch(commands)
+                return await self._apply_locked(commands)
             except _RETRYABLE:
                 # A lost race with another process (deadlock victim, or a concurrent first use
                 # of the same Idempotency-Key): the next attempt reads the winner's result.
@@ -84,64 +99,128 @@ class PgLedger:
                 raise errors.InsufficientFunds() from None
         raise AssertionError("unreachable")
 
-    async def _apply_batch(self, commands: list[Command]):
+    # ---- fast path ---------------------------------------------------------------------------
+
+    async def _apply_fast(self, commands: list[Command]):
+        known = await self._facts(self._touched(commands))
+        ids = set(known) | await self._desks_for(commands, known)
+        known = await self._facts(ids)
+        # Plan on copies: a refused statement must leave the predictions as they were.
+        wallets = {i: dataclasses.replace(state) for i, state in known.items()}
+        now = datetime.now(timezone.utc)
+        settle_ids = [c.transaction_id for c in commands if isinstance(c, Settle)]
+        pending = await self._pending(self.pool, settle_ids, lock=False) if settle_ids else {}
+        rates = await self._rates(self.pool, now) if self._crosses(commands, wallets) else RateBook({}, now)
+        keys = [c.idempotency for c in commands if c.idempotency is not None]
+        stored = await self._stored_responses(self.pool, keys) if keys else {}
+        effects = Effects(now)
+        results, idempotency_rows = self._plan_all(commands, wallets, rates, pending, stored, effects)
+        if any(isinstance(r, errors.InsufficientFunds) for r in results):
+            raise _Unsure()  # the prediction may be stale: ask the database under lock
+        await self._flush(self.pool, effects, idempotency_rows)
+        self._learn(effects)
+        return results, effects.events
+
+    def _learn(self, effects: Effects) -> None:
+        """Apply a committed batch's postings to the predictions."""
+        for _, wallet_id, _, bucket, amount in effects.postings:
+            state = self._known.get(wallet_id)
+            if state is not None:
+                if bucket == "B":
+                    state.balance += amount
+                else:
+                    state.reserved += amount
+
+    async def _facts(self, ids: set[uuid.UUID]) -> dict[uuid.UUID, WalletState]:
+        # Built from what this call saw and fetched, never re-read from the cache after an await:
+        # a concurrent locked batch may drop entries meanwhile.
+        found = {i: self._known[i] for i in ids if i in self._known}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            rows = await self.pool.fetch(_WALLET_FACTS, missing)
+            if len(self._known) + len(rows) > _CACHE_LIMIT:
+                self._known.clear()
+            for r in rows:
+                found[r[0]] = self._known[r[0]] = WalletState(r[0], r[1], r[2], r[3], r[4], r[5])
+        return found
+
+    @staticmethod
+    def _touched(commands: list[Command]) -> set[uuid.UUID]:
         ids: set[uuid.UUID] = set()
         for command in commands:
             ids |= wallets_touched(command)
-        meta = await self._metadata(ids)
-        crosses = {
-            (meta[c.source_wallet_id].currency_id, meta[c.target_wallet_id].currency_id)
-            for c in commands
-            if isinstance(c, Transfer) and c.source_wallet_id in meta and c.target_wallet_id in meta
-            and meta[c.source_wallet_id].currency_id != meta[c.target_wallet_id].currency_id
-        }
-        if crosses:
-            currencies = {cur for pair in crosses for cur in pair}
-            if not currencies <= self._desks.keys():
-                await self._desk_wallets()
-            desk_ids = {self._desks[cur] for cur in currencies if cur in self._desks}
-            ids |= desk_ids
-            meta.update(await self._metadata(desk_ids))
+        return ids
+
+    @staticmethod
+    def _crosses(commands: list[Command], known) -> set[int]:
+        """Currencies on either side of a cross-currency transfer in the batch."""
+        currencies: set[int] = set()
+        for c in commands:
+            if isinstance(c, Transfer) and c.source_wallet_id in known and c.target_wallet_id in known:
+                src, dst = known[c.source_wallet_id].currency_id, known[c.target_wallet_id].currency_id
+                if src != dst:
+                    currencies |= {src, dst}
+        return currencies
+
+    async def _desks_for(self, commands: list[Command], known) -> set[uuid.UUID]:
+        """The exchange-desk wallets the batch's cross-currency transfers need."""
+        currencies = self._crosses(commands, known)
+        if not currencies:
+            return set()
+        if not currencies <= self._desks.keys():
+            rows = await self.pool.fetch(
+                "SELECT id, currency_id FROM wallets WHERE user_id = $1 AND kind = 'operator'", OPERATOR_USER_ID)
+            self._desks = {r["currency_id"]: r["id"] for r in rows}
+        return {self._desks[c] for c in currencies if c in self._desks}
+
+    # ---- locked path -------------------------------------------------------------------------
+
+    async def _apply_locked(self, commands: list[Command]):
+        known = await self._facts(self._touched(commands))
+        ids = set(known) | await self._desks_for(commands, known)
+        known = await self._facts(ids)
         settle_ids = sorted({c.transaction_id for c in commands if isinstance(c, Settle)})
         keys = [c.idempotency for c in commands if c.idempotency is not None]
-
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT id, balance, reserved_balance FROM wallets WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
-                sorted(i for i in ids if i in meta))
-            wallets = {
-                r["id"]: WalletState(r["id"], meta[r["id"]].user_id, meta[r["id"]].currency_id, meta[r["id"]].kind,
-                                     r["balance"], r["reserved_balance"])
-                for r in rows
-            }
-            pending = await self._lock_pending(conn, settle_ids) if settle_ids else {}
+                sorted(known))
+            wallets = {r[0]: dataclasses.replace(known[r[0]], balance=r[1], reserved=r[2]) for r in rows}
+            pending = await self._pending(conn, settle_ids, lock=True) if settle_ids else {}
             now = datetime.now(timezone.utc)
-            rates = await self._rates(conn, now) if crosses else RateBook({}, now)
-            desks = {cur: wallets[w] for cur, w in self._desks.items() if w in wallets}
+            rates = await self._rates(conn, now) if self._crosses(commands, wallets) else RateBook({}, now)
             stored = await self._stored_responses(conn, keys) if keys else {}
-
             effects = Effects(now)
-            idempotency_rows = []
-            results: list[object] = []
-            for command in commands:
-                try:
-                    key = command.idempotency
-                    if key is not None and (key.principal_id, key.key) in stored:
-                        request_hash, status, body = stored[(key.principal_id, key.key)]
-                        if request_hash != key.request_hash:
-                            raise errors.IdempotencyKeyReused()
-                        results.append(Replay(status, body))
-                        continue
-                    result = self._plan(command, wallets, desks, rates, pending, effects)
-                    body = result
-                    if key is not None:
-                        stored[(key.principal_id, key.key)] = (key.request_hash, 200, body)
-                        idempotency_rows.append((key.principal_id, key.key, key.request_hash, 200, body))
-                    results.append(body)
-                except errors.DomainError as exc:
-                    results.append(exc)
+            results, idempotency_rows = self._plan_all(commands, wallets, rates, pending, stored, effects)
             await self._flush(conn, effects, idempotency_rows)
+        # Balances were read under lock: drop the predictions, the next fast path re-reads them.
+        for wallet_id in wallets:
+            self._known.pop(wallet_id, None)
         return results, effects.events
+
+    # ---- shared ------------------------------------------------------------------------------
+
+    def _plan_all(self, commands, wallets, rates, pending, stored, effects):
+        desks = {cur: wallets[w] for cur, w in self._desks.items() if w in wallets}
+        idempotency_rows = []
+        results: list[object] = []
+        for command in commands:
+            try:
+                key = command.idempotency
+                if key is not None and (key.principal_id, key.key) in stored:
+                    request_hash, status, body = stored[(key.principal_id, key.key)]
+                    if request_hash != key.request_hash:
+                        raise errors.IdempotencyKeyReused()
+                    results.append(Replay(status, body))
+                    continue
+                body = self._plan(command, wallets, desks, rates, pending, effects)
+                if key is not None:
+                    stored[(key.principal_id, key.key)] = (key.request_hash, 200, body)
+                    idempotency_rows.append((key.principal_id, key.key, key.request_hash, 200, body))
+                results.append(body)
+            except errors.DomainError as exc:
+                results.append(exc)
+        return results, idempotency_rows
 
     @staticmethod
     def _plan(command, wallets, desks, rates, pending, effects):
@@ -155,32 +234,14 @@ class PgLedger:
             return plan_withdraw_request(command, wallets, effects)
         raise TypeError(f"unknown command {command!r}")
 
-    async def _metadata(self, ids: set[uuid.UUID]) -> dict[uuid.UUID, WalletMeta]:
-        missing = [i for i in ids if i not in self._meta]
-        if missing:
-            if len(self._meta) > _META_CACHE_LIMIT:
-                self._meta.clear()
-            rows = await self.pool.fetch(
-                "SELECT id, user_id, currency_id, kind FROM wallets WHERE id = ANY($1::uuid[])", missing)
-            for r in rows:
-                self._meta[r["id"]] = WalletMeta(r["user_id"], r["currency_id"], r["kind"])
-        return {i: self._meta[i] for i in ids if i in self._meta}
-
-    async def _desk_wallets(self) -> None:
-        rows = await self.pool.fetch(
-            "SELECT id, currency_id FROM wallets WHERE user_id = $1 AND kind = 'operator'", OPERATOR_USER_ID)
-        self._desks = {r["currency_id"]: r["id"] for r in rows}
-        for r in rows:
-            self._meta[r["id"]] = WalletMeta(OPERATOR_USER_ID, r["currency_id"], "operator")
-
-    async def _rates(self, conn: asyncpg.Connection, now: datetime) -> RateBook:
+    async def _rates(self, conn, now: datetime) -> RateBook:
         rows = await conn.fetch("SELECT from_currency_id, to_currency_id, rate, updated_at FROM exchange_rates")
         return RateBook({(r[0], r[1]): (r[2], r[3]) for r in rows}, now, self.rates_max_age)
 
     @staticmethod
-    async def _lock_pending(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> dict[uuid.UUID, PendingState]:
+    async def _pending(conn, ids: list[uuid.UUID], *, lock: bool) -> dict[uuid.UUID, PendingState]:
         rows = await conn.fetch(f"SELECT {TX_COLUMNS}, external_wallet_id FROM transactions "
-                                "WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", ids)
+                                "WHERE id = ANY($1::uuid[]) ORDER BY id" + (" FOR UPDATE" if lock else ""), ids)
         return {
             r["id"]: PendingState(r["id"], r["type"], r["status"], r["amount"], r["from_wallet_id"], r["to_wallet_id"],
                                   r["user_id"], r["service_user_id"], r["external_wallet_id"], tx_json(r))
@@ -188,7 +249,7 @@ class PgLedger:
         }
 
     @staticmethod
-    async def _stored_responses(conn: asyncpg.Connection, keys) -> dict:
+    async def _stored_responses(conn, keys) -> dict:
         rows = await conn.fetch(
             """SELECT principal_id, key, request_hash, status_code, response FROM idempotency_keys
                WHERE (principal_id, key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))""",
@@ -196,7 +257,7 @@ class PgLedger:
         return {(r[0], r[1]): (r[2], r[3], json.loads(r[4])) for r in rows}
 
     @staticmethod
-    async def _flush(conn: asyncpg.Connection, fx: Effects, idempotency_rows: list) -> None:
+    async def _flush(conn, fx: Effects, idempotency_rows: list) -> None:
         """All of a batch's writes in one statement and one parameter: a single JSON document is
         several times cheaper to encode than dozens of typed arrays, and the postings trigger
         sees the whole batch at once."""
@@ -210,12 +271,13 @@ class PgLedger:
             "transactions": fx.new_transactions,
             "settled": [{"id": i, "status": st, "entry_id": e} for i, st, e in fx.status_updates],
             "paid_out": [{"id": i, "amount": a} for i, a in fx.external_credits],
+            "settling": len(fx.status_updates),
             "idempotency": [{"principal_id": p, "key": k, "request_hash": h, "status_code": c, "response": r}
                             for p, k, h, c, r in idempotency_rows],
         }
-        updated = await conn.fetchval(_WRITE_BATCH, orjson.dumps(document, default=str).decode())
-        if updated != len(fx.status_updates):  # compare-and-set lost: impossible under the row lock
-            raise asyncpg.SerializationError("pending transaction changed under lock")
+        # A settlement whose compare-and-set finds the transaction no longer pending makes the
+        # statement raise serialization_failure: nothing of the batch is written.
+        await conn.fetchval(_WRITE_BATCH, orjson.dumps(document, default=str).decode())
 
 
 TX_COLUMNS = ("id, type, status, from_wallet_id, from_currency_id, amount, to_wallet_id, to_currency_id, rate, "
@@ -258,5 +320,5 @@ WITH doc AS (SELECT $1::jsonb AS d), entries AS (
     SELECT i.* FROM doc, jsonb_to_recordset(d->'idempotency')
         AS i(principal_id uuid, key text, request_hash text, status_code int2, response jsonb)
 )
-SELECT count(*) FROM settled
+SELECT walletd_expect((SELECT count(*) FROM settled), (SELECT (d->>'settling')::bigint FROM doc))
 """

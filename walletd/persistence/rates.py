@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -11,6 +12,10 @@ import asyncpg
 from walletd.domain import errors
 from walletd.domain.ledger import RateBook
 from walletd.persistence.migrate import cross_rates, ensure_operator_wallets
+
+
+_RATE_LIMIT = Decimal(10) ** 20  # exchange_rates.rate is NUMERIC(30, 10)
+_CURRENCY_CODE = re.compile(r"[A-Z0-9]{2,10}")  # the CHECK on currencies.code
 
 
 async def rate_book(pool: asyncpg.Pool, now: datetime, max_age: timedelta | None) -> RateBook:
@@ -30,11 +35,15 @@ async def require_currencies(pool: asyncpg.Pool, *ids: int) -> None:
 
 async def store_provider_rates(pool: asyncpg.Pool, base: str, rates: dict[str, Decimal], at: datetime) -> int:
     ids = await currency_ids(pool)
-    known = {code: rate for code, rate in rates.items() if code in ids}
+    # NaN, infinite, zero or negative quotes price nothing (and NaN would not even compare).
+    known = {code: rate for code, rate in rates.items() if code in ids and rate.is_finite() and rate > 0}
     if base not in ids and base not in known:
         raise errors.RateProviderError("provider base currency is unknown to walletd")
     pairs = cross_rates(base, known)
-    rows = [(ids[a], ids[b], rate, at) for (a, b), rate in pairs.items() if a in ids and b in ids]
+    # A cross rate that rounds to zero at 10 places, or does not fit NUMERIC(30, 10), cannot be
+    # stored (CHECK rate > 0 / numeric overflow): skip that pair rather than fail the whole pull.
+    rows = [(ids[a], ids[b], rate, at) for (a, b), rate in pairs.items()
+            if a in ids and b in ids and 0 < rate < _RATE_LIMIT]
     await pool.executemany(
         """INSERT INTO exchange_rates (from_currency_id, to_currency_id, rate, updated_at) VALUES ($1, $2, $3, $4)
            ON CONFLICT (from_currency_id, to_currency_id) DO UPDATE SET rate = EXCLUDED.rate, updated_at = EXCLUDED.updated_at""",
@@ -62,7 +71,9 @@ async def add_currencies(pool: asyncpg.Pool, symbols: dict[str, str]) -> int:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("LOCK TABLE currencies IN SHARE ROW EXCLUSIVE MODE")
         known = set(await conn.fetchval("SELECT coalesce(array_agg(code), '{}') FROM currencies"))
-        new = [(code, name) for code, name in sorted(symbols.items()) if code not in known]
+        # Only codes the schema can hold (ASCII A-Z, 0-9): str.isalnum() also passes "ÉUR".
+        new = [(code, name.replace("\x00", "")) for code, name in sorted(symbols.items())
+               if code not in known and _CURRENCY_CODE.fullmatch(code)]
         if not new:
             return 0
         start = await conn.fetchval("SELECT coalesce(max(id), 0) + 1 FROM currencies")
