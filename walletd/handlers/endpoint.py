@@ -107,7 +107,7 @@ async def gather_params(request: web.Request) -> dict[str, Any]:
             try:
                 # parse_float=Decimal keeps JSON numbers exact; amounts never pass through float.
                 body = json.loads(text, parse_float=Decimal)
-            except (json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):  # JSONDecodeError, or an integer past Python's digit limit
                 raise BadRequest(400, "malformed JSON body") from None
             if not isinstance(body, dict):
                 raise BadRequest(400, "JSON body must be an object")

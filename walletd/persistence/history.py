@@ -10,6 +10,9 @@ import asyncpg
 from walletd.persistence.ledger import TX_COLUMNS
 
 _NO_CURSOR = 2**63 - 1
+# Pending deposits and withdrawals are listed whole (newest first, up to this many) on every
+# page rather than paginated: a client must always see what is still open.
+PENDING_LIMIT = 500
 
 
 def _page(side: str) -> str:
@@ -39,7 +42,7 @@ async def wallet_page(pool: asyncpg.Pool, wallet_id: uuid.UUID, before: int | No
     pending = await pool.fetch(
         f"""SELECT {TX_COLUMNS} FROM transactions WHERE user_id = (SELECT user_id FROM wallets WHERE id = $1)
             AND status = 'pending' AND (from_wallet_id = $1 OR to_wallet_id = $1) ORDER BY seq DESC LIMIT $2""",
-        wallet_id, limit)
+        wallet_id, PENDING_LIMIT)
     return _split(rows, limit), pending
 
 
@@ -47,7 +50,7 @@ async def user_page(pool: asyncpg.Pool, user_id: uuid.UUID, before: int | None, 
     rows = await pool.fetch(_USER_PAGE, user_id, before or _NO_CURSOR, limit + 1)
     pending = await pool.fetch(
         f"SELECT {TX_COLUMNS} FROM transactions WHERE user_id = $1 AND status = 'pending' ORDER BY seq DESC LIMIT $2",
-        user_id, limit)
+        user_id, PENDING_LIMIT)
     return _split(rows, limit), pending
 
 
