@@ -6,6 +6,9 @@ shutdown the actors drain their accepted commands while the pool is still open.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import time
 import uuid
 
@@ -114,6 +117,27 @@ def add_routes(app: web.Application) -> None:
     api.register(app, in_place=True)
 
 
+def release_memory(ledger: PgLedger, tokens: TokenIssuer) -> None:
+    """Every actor has retired: forget the per-wallet caches and return freed heap to the OS
+    (glibc keeps freed arenas otherwise), so RSS falls back once a burst of wallets goes idle."""
+    ledger.forget()
+    tokens.forget()
+    gc.collect()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+    log.info("memory.released")
+
+
+def _load_malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
 async def resources_ctx(app: web.Application):
     settings = app[settings_key]
     pool = await create_pool(app[database_url_key], settings.pool_size)
@@ -122,7 +146,8 @@ async def resources_ctx(app: web.Application):
     app[ledger_key] = ledger
     committer = GroupCommitter(ledger, workers=settings.committers, max_batch=settings.max_batch)
     app[registry_key] = ActorRegistry(committer, mailbox_size=settings.mailbox_size,
-                                      idle_seconds=settings.actor_idle_seconds, max_batch=settings.max_batch)
+                                      idle_seconds=settings.actor_idle_seconds, max_batch=settings.max_batch,
+                                      on_idle=lambda: release_memory(ledger, app[tokens_key]))
     app[http_key] = aiohttp.ClientSession()
     try:
         yield

@@ -13,7 +13,7 @@ import aiohttp
 from tests.conftest import (
     api_transfer, assert_ledger_consistent, balance, fund, register, register_service,
 )
-from walletd.appkeys import registry_key
+from walletd.appkeys import ledger_key, registry_key
 from walletd.domain.ledger import Transfer
 
 
@@ -87,6 +87,20 @@ async def test_idle_actors_retire_and_respawn(make_client, db):
     assert resp.status == 200
     assert set(registry.actors) <= {uuid.UUID(users[0]["wallets"][1]["id"])}
     await assert_ledger_consistent(db)
+
+
+async def test_caches_are_dropped_once_every_actor_has_retired(make_client, log_tap):
+    client = await make_client(actor_idle_seconds=0.2)
+    app = client.server.app
+    user, service = await register(client, "mem"), await register_service(client)
+    await fund(client, user, service, 1, "10")
+    assert app[ledger_key]._known, "the settlement left predictions behind"
+    assert await retired(registry_of(client))
+    deadline = time.monotonic() + 5
+    while app[ledger_key]._known and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not app[ledger_key]._known
+    assert any('"memory.released"' in line for line in log_tap.lines)
 
 
 async def test_graceful_shutdown_commits_every_accepted_command(make_client, db):

@@ -64,7 +64,7 @@ class WalletActor:
 
 class ActorRegistry:
     def __init__(self, committer: GroupCommitter, *, mailbox_size: int = 256, idle_seconds: float = 30.0,
-                 max_batch: int = 256) -> None:
+                 max_batch: int = 256, on_idle=None) -> None:
         self.committer = committer
         self.mailbox_size = mailbox_size
         self.idle_seconds = idle_seconds
@@ -72,6 +72,10 @@ class ActorRegistry:
         self.actors: dict[uuid.UUID, WalletActor] = {}
         self.closing = False
         self._retired = asyncio.Event()
+        # Called once every actor has retired (debounced): the composition root uses it to drop
+        # caches and hand freed memory back to the OS, so RSS follows the active wallets.
+        self.on_idle = on_idle
+        self._idle_call: asyncio.TimerHandle | None = None
 
     def submit(self, command: Command) -> asyncio.Future:
         """Queue a command on its wallet's actor; the future resolves after commit."""
@@ -99,10 +103,19 @@ class ActorRegistry:
             del self.actors[actor.wallet_id]
         if not self.actors:
             self._retired.set()
+            if self.on_idle is not None and self._idle_call is None and not self.closing:
+                self._idle_call = asyncio.get_running_loop().call_later(1.0, self._idle)
+
+    def _idle(self) -> None:
+        self._idle_call = None
+        if not self.actors and not self.closing:
+            self.on_idle()
 
     async def close(self, timeout: float = 30.0) -> None:
         """Stop accepting, let every actor finish what it accepted, then stop the committer."""
         self.closing = True
+        if self._idle_call is not None:
+            self._idle_call.cancel()
         for actor in list(self.actors.values()):
             if actor.mailbox.empty() and not actor.busy:
                 actor.task.cancel()  # idle: nothing accepted is lost

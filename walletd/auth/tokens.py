@@ -48,6 +48,9 @@ class TokenIssuer:
         self._verified[token] = (principal, expires)
         return principal
 
+    def forget(self) -> None:
+        self._verified.clear()
+
     def _decode(self, token: str) -> tuple[Principal, float]:
         try:
             # algorithms pinned to HS256: "alg: none" and algorithm-confusion tokens fail here.

@@ -121,6 +121,10 @@ class PgLedger:
         self._learn(effects)
         return results, effects.events
 
+    def forget(self) -> None:
+        """Drop every prediction (they are re-read on next use)."""
+        self._known = {}
+
     def _learn(self, effects: Effects) -> None:
         """Apply a committed batch's postings to the predictions."""
         for _, wallet_id, _, bucket, amount in effects.postings:
