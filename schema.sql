@@ -89,7 +89,8 @@ CREATE TABLE IF NOT EXISTS postings (
 -- audit` checks that every reference resolves. The journal below carries the hard constraints.
 CREATE TABLE IF NOT EXISTS transactions (
     id                 uuid PRIMARY KEY,
-    seq                bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+    seq                bigint GENERATED ALWAYS AS IDENTITY,  -- unique by construction; no index of its own,
+                                                               -- so history pages use the per-wallet indexes
     type               text NOT NULL CHECK (type IN ('deposit', 'withdraw', 'transfer', 'commission', 'bonus')),
     status             text NOT NULL CHECK (status IN ('pending', 'paid', 'rejected', 'close')),
     from_wallet_id     uuid,

@@ -339,12 +339,15 @@ def tx_json(row) -> dict:
     def text(value):
         return None if value is None else str(value)
 
+    def money(value):  # history queries already select NUMERIC(…, 10) as its fixed-point text
+        return value if isinstance(value, str) else fmt(value)
+
     return {
         "id": str(row["id"]), "type": row["type"], "status": row["status"],
         "from_wallet_id": text(row["from_wallet_id"]), "from_currency_id": row["from_currency_id"],
-        "amount": fmt(row["amount"]), "to_wallet_id": text(row["to_wallet_id"]),
-        "to_currency_id": row["to_currency_id"], "rate": fmt(row["rate"]),
-        "converted_amount": fmt(row["converted_amount"]), "timestamp": row["created_at"].isoformat(),
+        "amount": money(row["amount"]), "to_wallet_id": text(row["to_wallet_id"]),
+        "to_currency_id": row["to_currency_id"], "rate": money(row["rate"]),
+        "converted_amount": money(row["converted_amount"]), "timestamp": row["created_at"].isoformat(),
         "user_id": str(row["user_id"]), "service_user_id": text(row["service_user_id"]),
         "parent_id": text(row["parent_id"]),
     }

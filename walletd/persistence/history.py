@@ -7,9 +7,14 @@ import uuid
 
 import asyncpg
 
-from walletd.persistence.ledger import TX_COLUMNS
 
 _NO_CURSOR = 2**63 - 1
+# Ids and amounts as text: PostgreSQL formats them (NUMERIC(…, 10) prints exactly 10 places),
+# which costs walletd far less CPU per row than decoding and re-formatting them.
+TX_COLUMNS = ("id::text AS id, type, status, from_wallet_id::text AS from_wallet_id, from_currency_id, "
+              "amount::text AS amount, to_wallet_id::text AS to_wallet_id, to_currency_id, rate::text AS rate, "
+              "converted_amount::text AS converted_amount, created_at, user_id::text AS user_id, "
+              "service_user_id::text AS service_user_id, parent_id::text AS parent_id")
 # Pending deposits and withdrawals are listed whole (newest first, up to this many) on every
 # page rather than paginated: a client must always see what is still open.
 PENDING_LIMIT = 500
