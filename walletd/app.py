@@ -9,8 +9,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import itertools
+import os
 import time
-import uuid
 
 import aiohttp
 import structlog
@@ -33,53 +34,56 @@ log = get_logger("walletd.http")
 ROUTE_TABLES = (identity.routes, wallets.routes, money.routes, service.routes)
 
 
+# Request ids: unique per process start (random prefix) and per request (counter). No system
+# call per request, unlike uuid4.
+_REQUEST_PREFIX = os.urandom(4).hex() + "-"
+_request_counter = itertools.count(1)
+
+
 @web.middleware
 async def request_context(request: web.Request, handler):
-    """One canonical log line per request, with a request id (echoed as X-Request-ID).
+    """One canonical log line per request, with a request id (echoed as X-Request-ID), and every
+    failure rendered as {"status", "message", ...}: nothing a client sends yields a 500.
 
     Only the path is logged, never the query string: the original's clients send passwords in it.
     """
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+    if 0 < len(incoming) <= 64 and incoming.isprintable():
+        request_id = incoming
+    else:
+        request_id = f"{_REQUEST_PREFIX}{next(_request_counter):x}"
     request[request_id_key] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
-    status = 500
     try:
         response = await handler(request)
-        status = response.status
-        response.headers["X-Request-ID"] = request_id
-        return response
-    finally:
-        route = request.match_info.route.resource
-        log.info("http.request", method=request.method, path=request.path,
-                 route=route.canonical if route is not None else None, status=status,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                 principal=request.get(principal_key))
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
+        response = error_for(exc, request)
+    response.headers["X-Request-ID"] = request_id
+    route = request.match_info.route.resource
+    log.info("http.request", method=request.method, path=request.path,
+             route=route.canonical if route is not None else None, status=response.status,
+             duration_ms=round((time.perf_counter() - started) * 1000, 2),
+             principal=request.get(principal_key))
+    return response
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler):
-    """Every failure becomes {"status", "message", ...}; nothing a client sends yields a 500."""
+def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:
     request_id = request.get(request_id_key)
-    try:
-        return await handler(request)
-    except endpoint.BadRequest as exc:
+    if isinstance(exc, endpoint.BadRequest):
         extra = {"errors": exc.errors} if exc.errors else {}
         return error_response(exc.status, exc.message, request_id, **extra)
-    except DomainError as exc:
+    if isinstance(exc, DomainError):
         return domain_error_response(exc, request_id)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k in ("WWW-Authenticate", "Allow")}
+            return exc  # a redirect is a response
         response = error_response(exc.status, exc.reason, request_id)
-        response.headers.update(headers)
+        response.headers.update({k: v for k, v in exc.headers.items() if k in ("WWW-Authenticate", "Allow")})
         return response
-    except Exception:
-        log.exception("http.unhandled", path=request.path)
-        return error_response(500, "internal error", request_id)
+    log.exception("http.unhandled", path=request.path)
+    return error_response(500, "internal error", request_id)
 
 
 def _per_app(handler):
@@ -158,7 +162,7 @@ async def resources_ctx(app: web.Application):
 
 
 def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Application:
-    app = web.Application(middlewares=[request_context, json_errors], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[settings_key] = settings
     app[database_url_key] = database_url
     app[tokens_key] = TokenIssuer(jwt_secret, settings.token_ttl_seconds)

@@ -27,6 +27,7 @@ class WalletActor:
         self.registry = registry
         self.mailbox: asyncio.Queue[Envelope] = asyncio.Queue(registry.mailbox_size)
         self.busy = False
+        self.retired = False
         # A fresh context: the actor outlives the request that spawned it, so it must not carry
         # that request's id into later log lines.
         self.task = asyncio.create_task(self._run(), name=f"wallet-{wallet_id}", context=contextvars.Context())
@@ -40,15 +41,22 @@ class WalletActor:
 
     async def _run(self) -> None:
         registry = self.registry
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                first = await asyncio.wait_for(self.mailbox.get(), registry.idle_seconds)
-            except TimeoutError:
-                # No await between this check and the removal, so no message can slip in.
-                if self.mailbox.empty():
-                    registry._retire(self)
-                    return
-                continue
+            if self.mailbox.empty():
+                # One timer per idle spell (cheaper than asyncio.wait_for per message, which on
+                # Python 3.11 creates a task each time); it cancels this task if nothing arrives.
+                idle_timer = loop.call_later(registry.idle_seconds, self._retire_if_idle)
+                try:
+                    first = await self.mailbox.get()
+                except asyncio.CancelledError:
+                    if self.retired:
+                        return
+                    raise
+                finally:
+                    idle_timer.cancel()
+            else:
+                first = self.mailbox.get_nowait()
             batch = [first]
             while len(batch) < registry.max_batch and not self.mailbox.empty():
                 batch.append(self.mailbox.get_nowait())
@@ -60,6 +68,14 @@ class WalletActor:
             if registry.closing and self.mailbox.empty():
                 registry._retire(self)
                 return
+
+    def _retire_if_idle(self) -> None:
+        # Runs as a loop callback: nothing else runs between this check and the removal, so no
+        # message can slip into a mailbox that is being abandoned.
+        if self.mailbox.empty() and not self.busy:
+            self.retired = True
+            self.registry._retire(self)
+            self.task.cancel()
 
 
 class ActorRegistry:

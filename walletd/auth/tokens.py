@@ -16,6 +16,10 @@ class Principal:
     user_id: uuid.UUID
     role: str
 
+    @property
+    def subject(self) -> str:
+        return str(self.user_id)
+
 
 class TokenError(Exception):
     pass

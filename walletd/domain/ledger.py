@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from walletd.domain import errors
+from walletd.domain.ids import new_id
 from walletd.domain.money import commission, convert, fmt
 
 ONE = Decimal(1)
@@ -169,7 +170,7 @@ class Effects:
     events: list[tuple[str, dict]] = field(default_factory=list)
 
     def entry(self, kind: str, request_id: str | None, legs: list[tuple[WalletState, str, Decimal]]) -> uuid.UUID:
-        entry_id = uuid.uuid4()
+        entry_id = new_id()
         self.entries.append((entry_id, kind, request_id))
         for wallet, bucket, amount in legs:
             if amount:
@@ -185,7 +186,7 @@ class Effects:
                entry_id: uuid.UUID | None, service_user_id: uuid.UUID | None = None,
                external_wallet_id: uuid.UUID | None = None, parent_id: uuid.UUID | None = None) -> dict:
         row = {
-            "id": uuid.uuid4(), "type": type, "status": status,
+            "id": new_id(), "type": type, "status": status,
             "from_wallet_id": source.id if source else None,
             "from_currency_id": source.currency_id if source else None,
             "from_user_id": source.user_id if source else None,

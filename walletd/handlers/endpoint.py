@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from walletd.appkeys import tokens_key
+from walletd.appkeys import principal_key, tokens_key
 from walletd.auth.tokens import Principal, TokenError
 from walletd.handlers.schemas import ErrorOut
 
@@ -168,6 +168,7 @@ def authenticate(request: web.Request, role: str) -> Principal:
         raise web.HTTPUnauthorized(reason="Invalid token") from None
     if principal.role != role:
         raise web.HTTPUnauthorized(reason="Invalid token")
+    request[principal_key] = principal.subject
     return principal
 
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 import asyncpg
 
 from walletd.domain import errors
+from walletd.domain.ids import new_id
 from walletd.persistence.migrate import OPERATOR_USER_ID
 
 WALLET_COLUMNS = """w.id, w.balance, w.reserved_balance, w.currency_id, c.code AS currency, w.user_id, w.kind"""
@@ -46,7 +47,7 @@ async def create_user(pool: asyncpg.Pool, *, username: str, email: str, password
 
 async def _book_signup_bonus(conn: asyncpg.Connection, user_id: uuid.UUID, amount: Decimal,
                              request_id: str | None) -> uuid.UUID:
-    entry_id = uuid.uuid4()
+    entry_id = new_id()
     await conn.execute("INSERT INTO journal_entries (id, kind, request_id) VALUES ($1, 'bonus', $2)", entry_id, request_id)
     # One posting pair per currency: operator −amount, new wallet +amount.
     await conn.execute(
