@@ -329,7 +329,8 @@ async def main_async(cfg: Config) -> int:
             "concurrency": cfg.concurrency, "warmup_s": cfg.warmup, "duration_s": cfg.duration,
             "wallets": cfg.wallets, "history_rows": cfg.history_rows, "memory_wallets": cfg.memory_wallets,
             "transfer_amount": TRANSFER_AMOUNT,
-            "walletd_env": {"WALLETD_LOG_LEVEL": "warning", "WALLETD_ACTOR_IDLE_SECONDS": str(cfg.idle_seconds)},
+            "walletd_env": {"WALLETD_LOG_LEVEL": "warning", "WALLETD_ACTOR_IDLE_SECONDS": str(cfg.idle_seconds),
+                            "PYTHONMALLOC": "malloc"},
             "notes": [
                 "walletd runs with WALLETD_LOG_LEVEL=warning: per-request and per-movement log lines are off.",
                 "CPU per op: utime+stime from /proc over the measured window; 'server' is the HTTP process "
@@ -398,6 +399,7 @@ async def main_async(cfg: Config) -> int:
         # -- walletd ------------------------------------------------------------------------------
         env = {**os.environ, "DATABASE_URL": url, "WALLETD_JWT_SECRET": JWT_SECRET,
                "WALLETD_OPERATOR_KEY": OPERATOR_KEY, "WALLETD_LOG_LEVEL": "warning",
+               "PYTHONMALLOC": "malloc",  # as `make run` and the Dockerfile deploy walletd
                "WALLETD_ACTOR_IDLE_SECONDS": str(cfg.idle_seconds), "PYTHONUNBUFFERED": "1"}
         env.pop("WALLETD_SIGNUP_BONUS", None)
         report["meta"]["walletd_env"].update({k: v for k, v in env.items() if k.startswith("WALLETD_")

@@ -19,7 +19,7 @@ from walletd.domain.money import commission, convert, fmt
 ONE = Decimal(1)
 
 
-@dataclass
+@dataclass(slots=True)
 class WalletState:
     id: uuid.UUID
     user_id: uuid.UUID
