@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import uuid
+from collections import deque
 
 from walletd.actors.committer import Envelope, GroupCommitter
 from walletd.domain.errors import Overloaded
@@ -22,16 +23,28 @@ log = get_logger("walletd.actors")
 
 
 class WalletActor:
+    # Kept small (slots, one deque, one wake-up future while idle): a burst can spawn an actor
+    # for each of a hundred thousand wallets.
+    __slots__ = ("wallet_id", "registry", "mailbox", "busy", "retired", "task", "_wakeup")
+
     def __init__(self, wallet_id: uuid.UUID, registry: "ActorRegistry") -> None:
         self.wallet_id = wallet_id
         self.registry = registry
-        self.mailbox: asyncio.Queue[Envelope] = asyncio.Queue(registry.mailbox_size)
+        self.mailbox: deque[Envelope] = deque()
         self.busy = False
         self.retired = False
+        self._wakeup: asyncio.Future | None = None
         # A fresh context: the actor outlives the request that spawned it, so it must not carry
         # that request's id into later log lines.
         self.task = asyncio.create_task(self._run(), name=f"wallet-{wallet_id}", context=contextvars.Context())
         self.task.add_done_callback(self._finished)
+
+    def post(self, envelope: Envelope) -> None:
+        if len(self.mailbox) >= self.registry.mailbox_size:
+            raise Overloaded()
+        self.mailbox.append(envelope)
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
 
     def _finished(self, task: asyncio.Task) -> None:
         # An actor that dies is forgotten; the next message for its wallet spawns a new one.
@@ -42,37 +55,36 @@ class WalletActor:
     async def _run(self) -> None:
         registry = self.registry
         loop = asyncio.get_running_loop()
+        mailbox = self.mailbox
         while True:
-            if self.mailbox.empty():
-                # One timer per idle spell (cheaper than asyncio.wait_for per message, which on
-                # Python 3.11 creates a task each time); it cancels this task if nothing arrives.
+            if not mailbox:
+                # One timer per idle spell; it retires the actor if nothing arrives meanwhile.
+                self._wakeup = loop.create_future()
                 idle_timer = loop.call_later(registry.idle_seconds, self._retire_if_idle)
                 try:
-                    first = await self.mailbox.get()
+                    await self._wakeup
                 except asyncio.CancelledError:
                     if self.retired:
                         return
                     raise
                 finally:
                     idle_timer.cancel()
-            else:
-                first = self.mailbox.get_nowait()
-            batch = [first]
-            while len(batch) < registry.max_batch and not self.mailbox.empty():
-                batch.append(self.mailbox.get_nowait())
+                    self._wakeup = None
+                continue
+            batch = [mailbox.popleft() for _ in range(min(len(mailbox), registry.max_batch))]
             self.busy = True
             # Wait for this batch's outcome (never for the callers' reactions to it), so the
             # wallet's next commands are planned against committed state.
             await registry.committer.submit(batch)
             self.busy = False
-            if registry.closing and self.mailbox.empty():
+            if registry.closing and not mailbox:
                 registry._retire(self)
                 return
 
     def _retire_if_idle(self) -> None:
         # Runs as a loop callback: nothing else runs between this check and the removal, so no
         # message can slip into a mailbox that is being abandoned.
-        if self.mailbox.empty() and not self.busy:
+        if not self.mailbox and not self.busy:
             self.retired = True
             self.registry._retire(self)
             self.task.cancel()
@@ -102,10 +114,7 @@ class ActorRegistry:
         if actor is None:
             actor = self.actors[wallet_id] = WalletActor(wallet_id, self)
         envelope = Envelope(command)
-        try:
-            actor.mailbox.put_nowait(envelope)
-        except asyncio.QueueFull:
-            raise Overloaded() from None
+        actor.post(envelope)
         return envelope.future
 
     async def execute(self, command: Command) -> object:
@@ -125,6 +134,7 @@ class ActorRegistry:
     def _idle(self) -> None:
         self._idle_call = None
         if not self.actors and not self.closing:
+            self.actors = {}  # a dict never shrinks its table; a new one does
             self.on_idle()
 
     async def close(self, timeout: float = 30.0) -> None:
@@ -133,7 +143,7 @@ class ActorRegistry:
         if self._idle_call is not None:
             self._idle_call.cancel()
         for actor in list(self.actors.values()):
-            if actor.mailbox.empty() and not actor.busy:
+            if not actor.mailbox and not actor.busy:
                 actor.task.cancel()  # idle: nothing accepted is lost
                 self._retire(actor)
         tasks = [a.task for a in self.actors.values()]
