@@ -182,3 +182,23 @@ async def test_bob_sees_transfers_to_him_but_not_alices_other_movements(history_
         bob_side = {tx["from_wallet_id"], tx["to_wallet_id"]} & {w["id"] for w in bob["wallets"].values()}
         assert bob_side, tx
     assert any(tx["from_wallet_id"] in alice_wallets for tx in seen)
+
+
+async def test_history_records_are_exactly_the_responses_that_created_them(make_client):
+    client = await make_client()
+    alice, bob = await register(client, "exact_a"), await register(client, "exact_b")
+    service = await register_service(client)
+    await fund(client, alice, service, 1, "50")
+    sent = []
+    for target, amount in ((bob["wallets"][1]["id"], "1.5"), (bob["wallets"][2]["id"], "2"),
+                           (alice["wallets"][3]["id"], "0.0000000001")):
+        resp = await client.post("/wallet/transfer", headers=alice["headers"], params={
+            "source_wallet_id": alice["wallets"][1]["id"], "target_wallet_id": target, "amount": amount})
+        assert resp.status == 200, await resp.text()
+        sent.append(await resp.json())
+    for path, params in (("/wallet/transactions", {"wallet_id": alice["wallets"][1]["id"]}),
+                         ("/user/transactions", {})):
+        listed = (await (await client.get(path, headers=alice["headers"], params=params)).json())["transactions"]
+        by_id = {record["id"]: record for record in listed}
+        for record in sent:
+            assert by_id[record["id"]] == record

@@ -348,7 +348,7 @@ def tx_json(row) -> dict:
         "from_wallet_id": text(row["from_wallet_id"]), "from_currency_id": row["from_currency_id"],
         "amount": money(row["amount"]), "to_wallet_id": text(row["to_wallet_id"]),
         "to_currency_id": row["to_currency_id"], "rate": money(row["rate"]),
-        "converted_amount": money(row["converted_amount"]), "timestamp": row["created_at"].isoformat(),
+        "converted_amount": money(row["converted_amount"]), "timestamp": row["created_at"].isoformat(timespec="microseconds"),
         "user_id": str(row["user_id"]), "service_user_id": text(row["service_user_id"]),
         "parent_id": text(row["parent_id"]),
     }

@@ -22,7 +22,7 @@ async def create_pool(url: str, size: int) -> asyncpg.Pool:
     # JIT compilation only slows walletd's short OLTP statements.
     return await asyncpg.create_pool(
         url,
-        min_size=min(2, size),
+        min_size=size,  # opened at start: a first-use connect (and codec setup) mid-load is a latency spike
         max_size=size,
         reset=_keep_session,
         init=_setup_connection,
