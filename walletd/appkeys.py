@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncpg
 from aiohttp import ClientSession, web
 
 from walletd.actors.registry import ActorRegistry
 from walletd.auth.tokens import TokenIssuer
 from walletd.config import Settings
+from walletd.persistence.db import FairPool
 from walletd.persistence.ledger import PgLedger
 
 settings_key = web.AppKey("settings", Settings)
-pool_key = web.AppKey("pool", asyncpg.Pool)
+pool_key = web.AppKey("pool", FairPool)
 ledger_key = web.AppKey("ledger", PgLedger)
 registry_key = web.AppKey("registry", ActorRegistry)
 tokens_key = web.AppKey("tokens", TokenIssuer)

@@ -50,28 +50,32 @@ SELECT seq, {TX_DOC} FROM (
 """
 
 
+# One round trip per page: the settled records (kind 0) and the pending ones (kind 1).
+_WALLET_PENDING = f"""SELECT 1, seq, {TX_DOC} FROM (
+    SELECT * FROM transactions WHERE user_id = (SELECT user_id FROM wallets WHERE id = $1)
+       AND status = 'pending' AND (from_wallet_id = $1 OR to_wallet_id = $1) ORDER BY seq DESC LIMIT {PENDING_LIMIT}
+) pending"""
+_USER_PENDING = f"""SELECT 1, seq, {TX_DOC} FROM (
+    SELECT * FROM transactions WHERE user_id = $1 AND status = 'pending' ORDER BY seq DESC LIMIT {PENDING_LIMIT}
+) pending"""
+_WALLET_HISTORY = f"SELECT 0, * FROM ({_WALLET_PAGE}) page UNION ALL ({_WALLET_PENDING}) ORDER BY 1, 2 DESC"
+_USER_HISTORY = f"SELECT 0, * FROM ({_USER_PAGE}) page UNION ALL ({_USER_PENDING}) ORDER BY 1, 2 DESC"
+
+
 async def wallet_page(pool: asyncpg.Pool, wallet_id: uuid.UUID, before: int | None, limit: int):
     """(records as JSON texts, next cursor or None, pending records as JSON texts)."""
-    rows = await pool.fetch(_WALLET_PAGE, wallet_id, before or _NO_CURSOR, limit + 1)
-    pending = await pool.fetch(
-        f"""SELECT {TX_DOC} FROM transactions WHERE user_id = (SELECT user_id FROM wallets WHERE id = $1)
-            AND status = 'pending' AND (from_wallet_id = $1 OR to_wallet_id = $1) ORDER BY seq DESC LIMIT $2""",
-        wallet_id, PENDING_LIMIT)
-    return (*_split(rows, limit), [r[0] for r in pending])
+    return _split(await pool.fetch(_WALLET_HISTORY, wallet_id, before or _NO_CURSOR, limit + 1), limit)
 
 
 async def user_page(pool: asyncpg.Pool, user_id: uuid.UUID, before: int | None, limit: int):
-    rows = await pool.fetch(_USER_PAGE, user_id, before or _NO_CURSOR, limit + 1)
-    pending = await pool.fetch(
-        f"SELECT {TX_DOC} FROM transactions WHERE user_id = $1 AND status = 'pending' ORDER BY seq DESC LIMIT $2",
-        user_id, PENDING_LIMIT)
-    return (*_split(rows, limit), [r[0] for r in pending])
+    return _split(await pool.fetch(_USER_HISTORY, user_id, before or _NO_CURSOR, limit + 1), limit)
 
 
 def _split(rows, limit):
-    page = rows[:limit]
-    next_cursor = str(page[-1][0]) if len(rows) > limit else None
-    return [r[1] for r in page], next_cursor
+    settled = [r for r in rows if r[0] == 0]
+    page = settled[:limit]
+    next_cursor = str(page[-1][1]) if len(settled) > limit else None
+    return [r[2] for r in page], next_cursor, [r[2] for r in rows if r[0] == 1]
 
 
 async def find_transaction(pool: asyncpg.Pool, transaction_id: uuid.UUID) -> asyncpg.Record | None:
