@@ -215,3 +215,19 @@ async def test_openapi_is_the_same_for_a_second_app(make_client):
         for method, op in ops.items():
             keys = [(p["name"], p["in"]) for p in op.get("parameters", [])]
             assert len(keys) == len(set(keys)), (method, path, keys)
+
+
+async def test_metrics_count_commits_and_their_commands(client):
+    from tests.conftest import fund, register, register_service
+
+    def values(text: str) -> dict[str, float]:
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if not line.startswith("#")}
+
+    before = values(await (await client.get("/metrics")).text())
+    user, service = await register(client, "metrics"), await register_service(client)
+    await fund(client, user, service, 1, "10")  # two commands: the deposit request, its settlement
+    after = values(await (await client.get("/metrics")).text())
+    assert after["walletd_commit_commands_total"] - before["walletd_commit_commands_total"] == 2
+    assert 1 <= after["walletd_commit_batches_total"] - before["walletd_commit_batches_total"] <= 2
+    assert (after["walletd_ledger_fast_batches_total"] + after["walletd_ledger_locked_batches_total"]
+            == after["walletd_commit_batches_total"])

@@ -99,7 +99,6 @@ class ActorRegistry:
         self.max_batch = max_batch
         self.actors: dict[uuid.UUID, WalletActor] = {}
         self.closing = False
-        self._retired = asyncio.Event()
         # Called once every actor has retired (debounced): the composition root uses it to drop
         # caches and hand freed memory back to the OS, so RSS follows the active wallets.
         self.on_idle = on_idle
@@ -127,7 +126,6 @@ class ActorRegistry:
         if self.actors.get(actor.wallet_id) is actor:
             del self.actors[actor.wallet_id]
         if not self.actors:
-            self._retired.set()
             if self.on_idle is not None and self._idle_call is None and not self.closing:
                 self._idle_call = asyncio.get_running_loop().call_later(1.0, self._idle)
 
