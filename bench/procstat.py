@@ -77,6 +77,16 @@ def rss_bytes(pid: int) -> int | None:
     return None if kb is None else kb * 1024
 
 
+def tree_rss_bytes(pid: int) -> int | None:
+    """RSS of pid plus its direct children (walletd's --workers processes)."""
+    total = rss_bytes(pid)
+    if total is None:
+        return None
+    for child in children(pid):
+        total += rss_bytes(child) or 0
+    return total
+
+
 def peak_rss_bytes(pid: int) -> int | None:
     kb = _status_kb(pid, "VmHWM")
     return None if kb is None else kb * 1024

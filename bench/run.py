@@ -74,6 +74,7 @@ class Config:
     idle_seconds: float
     distinct_requests: int
     out: Path
+    workers: int = 1
     only: set[str] = field(default_factory=set)
 
     def wants(self, group: str) -> bool:
@@ -95,6 +96,8 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--memory-wallets", type=int, help="wallets touched by the memory run (100,000; smoke 2,000)")
     p.add_argument("--idle-seconds", type=float,
                    help="WALLETD_ACTOR_IDLE_SECONDS given to walletd (10; smoke 2): the memory run waits it out")
+    p.add_argument("--workers", type=int, default=1,
+                   help="walletd serve --workers N (1: one process, like the single-process references)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(GROUPS)} (development aid)")
     p.add_argument("--out", type=Path,
                    help="where to write the JSON (bench/results/latest.json; smoke: bench/results/smoke.json, "
@@ -118,6 +121,7 @@ def parse_args(argv: list[str] | None) -> Config:
         distinct_requests=5_000 if smoke else 20_000,
         out=a.out or RESULTS / ("smoke.json" if smoke else "latest.json"),
         only=only,
+        workers=a.workers,
     )
 
 
@@ -252,11 +256,12 @@ class Bench:
             nonlocal peak_sampled
             while True:
                 if target.app_pid is not None:
-                    peak_sampled = max(peak_sampled, procstat.rss_bytes(target.app_pid) or 0)
+                    peak_sampled = max(peak_sampled, procstat.tree_rss_bytes(target.app_pid) or 0)
                 await asyncio.sleep(0.1)
 
         def snapshot() -> tuple[float, float | None]:
-            app = procstat.cpu_seconds(target.app_pid) if target.app_pid is not None else None
+            # The tree: with --workers, walletd's worker processes are its children.
+            app = procstat.tree_cpu_seconds(target.app_pid) if target.app_pid is not None else None
             return procstat.tree_cpu_seconds(target.pg_pid), app
 
         assert proc.stdout is not None
@@ -329,6 +334,7 @@ async def main_async(cfg: Config) -> int:
             "concurrency": cfg.concurrency, "warmup_s": cfg.warmup, "duration_s": cfg.duration,
             "wallets": cfg.wallets, "history_rows": cfg.history_rows, "memory_wallets": cfg.memory_wallets,
             "transfer_amount": TRANSFER_AMOUNT,
+            "walletd_workers": cfg.workers,
             "walletd_env": {"WALLETD_LOG_LEVEL": "warning", "WALLETD_ACTOR_IDLE_SECONDS": str(cfg.idle_seconds),
                             "PYTHONMALLOC": "malloc"},
             "notes": [
@@ -405,7 +411,8 @@ async def main_async(cfg: Config) -> int:
         report["meta"]["walletd_env"].update({k: v for k, v in env.items() if k.startswith("WALLETD_")
                                               and k not in ("WALLETD_JWT_SECRET", "WALLETD_OPERATOR_KEY")})
         walletd_port = free_port()
-        walletd = Server("walletd", walletd_command() + ["serve", "--host", HOST, "--port", str(walletd_port)],
+        walletd = Server("walletd", walletd_command() + ["serve", "--host", HOST, "--port", str(walletd_port),
+                                                         "--workers", str(cfg.workers)],
                          env, walletd_port, workdir)
         servers.append(walletd)
         say("starting walletd")
@@ -637,12 +644,12 @@ class MemoryRun:
         if remaining > 0:
             say(f"memory: waiting {remaining:.0f}s for earlier actors to retire (baseline)")
             await asyncio.sleep(remaining)
-        baseline = procstat.rss_bytes(pid)
+        baseline = procstat.tree_rss_bytes(pid)
         say(f"memory: touching {len(args):,} wallets once (a transfer out of each)")
         touched = await self.bench.drive("memory-touch", self.wd, transfer_tpl, args, mode="once", warmup=0,
                                          duration=900)
         self.touch_ended = time.monotonic()
-        after_touch = procstat.rss_bytes(pid)
+        after_touch = procstat.tree_rss_bytes(pid)
         self.figures = {
             "wallets_touched": touched["requests"],
             "touch": {k: touched.get(k) for k in ("ops_per_s", "latency_ms", "errors", "http_4xx", "http_5xx",
@@ -661,7 +668,7 @@ class MemoryRun:
         if remaining > 0:
             say(f"memory: idle {remaining:.0f}s more (WALLETD_ACTOR_IDLE_SECONDS={self.cfg.idle_seconds:g} + grace)")
             await asyncio.sleep(remaining)
-        after_idle = procstat.rss_bytes(self.wd.app_pid)
+        after_idle = procstat.tree_rss_bytes(self.wd.app_pid)
         baseline = self.figures.pop("_baseline")
         self.figures.update({
             "waited_seconds": round(time.monotonic() - self.touch_ended, 1),

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
+import signal
+import subprocess
 import sys
 
 from walletd.config import ConfigError, Settings
@@ -53,19 +56,39 @@ def serve(args, settings: Settings) -> int:
 
     logs.configure(settings.log_level)
     url, secret, server = resolve_database(settings)
-    asyncio.run(_migrate(url, settings))
+    if not args.worker:
+        asyncio.run(_migrate(url, settings))
     log = logs.get_logger("walletd")
-    log.info("walletd.starting", host=args.host, port=args.port, embedded=server is not None)
+    log.info("walletd.starting", host=args.host, port=args.port, embedded=server is not None,
+             workers=args.workers, pid=os.getpid())
+    # Extra worker processes share the port (SO_REUSEPORT; the kernel spreads connections) and
+    # the database; each has its own actors. Correctness across them comes from PostgreSQL.
+    children = [_spawn_worker(args, url, secret) for _ in range(args.workers - 1)]
     app = create_app(settings, url, secret)
     # Everything built so far lives as long as the process: keep it out of the cyclic collector's
     # sweeps, and collect the young generation less often (a full sweep stalls every request).
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None,
-                shutdown_timeout=30, handle_signals=True, loop=_new_loop())
+    try:
+        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=30,
+                    handle_signals=True, loop=_new_loop(), reuse_port=args.workers > 1 or args.worker)
+    finally:
+        for child in children:  # each finishes what it accepted, like this process did
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=35)
+            except subprocess.TimeoutExpired:
+                child.kill()
     log.info("walletd.stopped")
     return 0
+
+
+def _spawn_worker(args, url: str, secret: str) -> subprocess.Popen:
+    env = {**os.environ, "DATABASE_URL": url, "WALLETD_JWT_SECRET": secret}
+    return subprocess.Popen([sys.executable, "-m", "walletd", "serve", "--host", args.host, "--port", str(args.port),
+                             "--workers", "1", "--worker"], env=env)
 
 
 def migrate_cmd(args, settings: Settings) -> int:
@@ -98,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     p_serve = sub.add_parser("serve", help="run the HTTP server")
     p_serve.add_argument("--host", default="0.0.0.0")
     p_serve.add_argument("--port", type=int, default=8010)
+    p_serve.add_argument("--workers", type=int, default=int(os.environ.get("WALLETD_WORKERS", "1")),
+                         help="processes serving the port (default 1, env WALLETD_WORKERS)")
+    p_serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers
     p_serve.set_defaults(run=serve)
     sub.add_parser("migrate", help="apply schema.sql and the seed data, then exit").set_defaults(run=migrate_cmd)
     sub.add_parser("audit", help="recompute balances from the journal; exit 1 on any difference").set_defaults(

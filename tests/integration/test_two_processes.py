@@ -5,6 +5,7 @@ Idempotency-Keys single-use."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -139,3 +140,31 @@ async def test_audit_is_clean_after_the_processes_ran(servers, database_url, db)
                                  "ON c.parent_id = t.id AND c.type = 'commission' WHERE t.type = 'deposit'")
     assert deposits and all(fee == (amount * Decimal("0.01")).quantize(TEN, rounding=ROUND_HALF_EVEN)
                             for amount, fee in commissions)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(child) for child in handle.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+async def test_workers_share_the_port_and_stop_with_the_parent(database_url, db):
+    server = await ServeProcess(database_url, WALLETD_WORKERS="2").start()
+    try:
+        workers = _children(server.proc.pid)
+        assert len(workers) == 1, workers  # the parent serves too
+        async with aiohttp.ClientSession() as session:
+            statuses = await asyncio.gather(*[_get_status(session, server.url + "/ready") for _ in range(60)])
+        assert statuses == [200] * 60
+    finally:
+        code = await server.stop()
+    assert code == 0
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+async def _get_status(session, url: str) -> int:
+    async with session.get(url) as resp:
+        return resp.status
