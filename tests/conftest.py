@@ -63,14 +63,20 @@ def admin_url(pg_server) -> str:
     return embedded.database_url(pg_server)
 
 
-async def create_database(admin_url: str) -> str:
+async def create_empty_database(admin_url: str) -> str:
+    """A new database nothing has been applied to; returns its URL."""
     name = f"walletd_test_{os.getpid()}_{next(_db_counter)}"
     conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    url = admin_url.replace("/postgres?", f"/{name}?")
+    return admin_url.replace("/postgres?", f"/{name}?")
+
+
+async def create_database(admin_url: str) -> str:
+    """A new database with walletd's schema and seed data applied."""
+    url = await create_empty_database(admin_url)
     conn = await asyncpg.connect(url)
     try:
         await migrate(conn)

@@ -86,22 +86,14 @@ def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:
     return error_response(500, "internal error", request_id)
 
 
-def _per_app(handler):
-    async def view(request: web.Request) -> web.StreamResponse:
-        return await handler(request)
-
-    view.__name__, view.__doc__ = handler.__name__, handler.__doc__
-    return view
-
-
 def add_routes(app: web.Application) -> None:
     components: dict = {}
     for table in ROUTE_TABLES:
-        for spec, handler in table.entries:
-            # apigami's docs() annotates the function object it is given; a fresh wrapper per app
+        for spec, func in table.entries:
+            # apigami's docs() annotates the function object it is given; a fresh handler per app
             # keeps a second create_app() in one process from doubling every operation's parameters.
-            documented = docs(**endpoint.operation(spec, components))(_per_app(handler))
-            app.router.add_route(spec.method, spec.path, documented, name=handler.__name__)
+            documented = docs(**endpoint.operation(spec, components))(endpoint.wrap(spec, func))
+            app.router.add_route(spec.method, spec.path, documented, name=func.__name__)
     # Swagger UI itself is served by handlers/meta.py (our own page and initializer, fully offline).
     api = AiohttpApiSpec(
         url="/openapi.json", openapi_version="3.0.3", title="walletd", version="0.1.0",

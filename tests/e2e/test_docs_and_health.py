@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-import asyncpg
 
-from tests.conftest import OPERATOR_KEY
+from tests.conftest import OPERATOR_KEY, create_empty_database
 
 URL = re.compile(r"""(?:https?:)?//[^\s"'<>()`]+""", re.IGNORECASE)
 SRC = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", re.IGNORECASE)
@@ -51,14 +50,7 @@ async def test_ready_with_the_database_up(client):
 
 async def test_not_ready_without_the_schema(make_client, admin_url):
     """A database walletd has not migrated is reported unavailable (503), not ready."""
-    name = "walletd_unmigrated_ready"
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    client = await make_client(database_url=admin_url.replace("/postgres?", f"/{name}?"))
+    client = await make_client(database_url=await create_empty_database(admin_url))
     resp = await client.get("/ready")
     assert resp.status == 503, await resp.text()
     body = await resp.json()

@@ -135,7 +135,7 @@ async def test_pagination_is_stable_while_new_records_arrive(history_world, db):
 
 
 async def test_pending_deposits_and_withdrawals_are_listed_apart(history_world, db):
-    client, alice, service = history_world["client"], history_world["alice"], history_world["service"]
+    client, alice = history_world["client"], history_world["alice"]
     body = await (await client.get("/user/transactions", headers=alice["headers"])).json()
     pending = body["pending_transactions"]
     assert [tx["id"] for tx in pending] == history_world["pending"], "newest first"

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import uuid
 from decimal import Decimal
 
 import asyncpg
 import pytest
 
+from tests.conftest import create_empty_database
 from walletd.persistence.migrate import OPERATOR_USER_ID, migrate, schema_ready
 
-_names = itertools.count()
 TRIGGERS = {"postings_apply", "postings_append_only", "journal_append_only"}
-
-
-async def empty_database(admin_url: str) -> str:
-    """A database nothing has been applied to (tests.conftest.create_database without the migrate)."""
-    name = f"walletd_migrate_{os.getpid()}_{next(_names)}"
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return admin_url.replace("/postgres?", f"/{name}?")
 
 
 async def snapshot(conn: asyncpg.Connection) -> dict:
@@ -45,7 +32,7 @@ async def snapshot(conn: asyncpg.Connection) -> dict:
 
 @pytest.fixture
 async def fresh(admin_url):
-    url = await empty_database(admin_url)
+    url = await create_empty_database(admin_url)
     conns = []
 
     async def connect() -> asyncpg.Connection:

@@ -58,13 +58,14 @@ class Routes:
                         idempotent, description, tuple(extra_headers))
 
         def register(func: Handler) -> Handler:
-            self.entries.append((spec, _wrap(spec, func)))
+            self.entries.append((spec, func))
             return func
 
         return register
 
 
-def _wrap(spec: Endpoint, func: Handler) -> Handler:
+def wrap(spec: Endpoint, func: Handler) -> Handler:
+    """A fresh aiohttp handler for one app: parse, authenticate, call func, render."""
     async def handler(request: web.Request) -> web.StreamResponse:
         kwargs: dict[str, Any] = {}
         if spec.auth in ("user", "service"):

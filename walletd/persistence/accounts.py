@@ -9,12 +9,13 @@ import asyncpg
 
 from walletd.domain import errors
 from walletd.domain.ids import new_id
+from walletd.persistence.db import FairPool
 from walletd.persistence.migrate import OPERATOR_USER_ID
 
 WALLET_COLUMNS = """w.id, w.balance, w.reserved_balance, w.currency_id, c.code AS currency, w.user_id, w.kind"""
 
 
-async def create_user(pool: asyncpg.Pool, *, username: str, email: str, password_hash: str, role: str,
+async def create_user(pool: FairPool, *, username: str, email: str, password_hash: str, role: str,
                       signup_bonus: Decimal = Decimal(0), request_id: str | None = None) -> tuple[uuid.UUID, uuid.UUID | None]:
     """The user and a wallet in every currency, in one transaction; returns (user id, bonus entry id).
 
@@ -69,26 +70,26 @@ async def _book_signup_bonus(conn: asyncpg.Connection, user_id: uuid.UUID, amoun
     return entry_id
 
 
-async def find_user(pool: asyncpg.Pool, username: str) -> asyncpg.Record | None:
+async def find_user(pool: FairPool, username: str) -> asyncpg.Record | None:
     return await pool.fetchrow("SELECT id, username, email, password_hash, role, created_at FROM users WHERE username = $1", username)
 
 
-async def get_user(pool: asyncpg.Pool, user_id: uuid.UUID) -> asyncpg.Record | None:
+async def get_user(pool: FairPool, user_id: uuid.UUID) -> asyncpg.Record | None:
     return await pool.fetchrow("SELECT id, username, email, role, created_at FROM users WHERE id = $1", user_id)
 
 
-async def user_wallets(pool: asyncpg.Pool, user_id: uuid.UUID) -> list[asyncpg.Record]:
+async def user_wallets(pool: FairPool, user_id: uuid.UUID) -> list[asyncpg.Record]:
     return await pool.fetch(
         f"""SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id
             WHERE w.user_id = $1 AND w.kind = 'user' ORDER BY w.currency_id""", user_id)
 
 
-async def wallet(pool: asyncpg.Pool | asyncpg.Connection, wallet_id: uuid.UUID) -> asyncpg.Record | None:
+async def wallet(pool: FairPool | asyncpg.Connection, wallet_id: uuid.UUID) -> asyncpg.Record | None:
     return await pool.fetchrow(
         f"SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id WHERE w.id = $1", wallet_id)
 
 
-async def owned_wallet(pool: asyncpg.Pool, user_id: uuid.UUID, wallet_id: uuid.UUID) -> asyncpg.Record:
+async def owned_wallet(pool: FairPool, user_id: uuid.UUID, wallet_id: uuid.UUID) -> asyncpg.Record:
     """A wallet of this user; anyone else's looks exactly like one that does not exist."""
     row = await wallet(pool, wallet_id)
     if row is None or row["user_id"] != user_id or row["kind"] != "user":
@@ -96,7 +97,7 @@ async def owned_wallet(pool: asyncpg.Pool, user_id: uuid.UUID, wallet_id: uuid.U
     return row
 
 
-async def service_wallets(pool: asyncpg.Pool, service_user_id: uuid.UUID, currency_id: int) -> asyncpg.Record:
+async def service_wallets(pool: FairPool, service_user_id: uuid.UUID, currency_id: int) -> asyncpg.Record:
     row = await pool.fetchrow(
         """SELECT s.id AS service_wallet_id, g.id AS gateway_wallet_id,
                   coalesce(r.deposit_rate, 0.01) AS deposit_rate, coalesce(r.withdraw_rate, 0.02) AS withdraw_rate
@@ -110,7 +111,7 @@ async def service_wallets(pool: asyncpg.Pool, service_user_id: uuid.UUID, curren
     return row
 
 
-async def create_external_wallet(pool: asyncpg.Pool, user_id: uuid.UUID, name: str, currency_id: int) -> asyncpg.Record:
+async def create_external_wallet(pool: FairPool, user_id: uuid.UUID, name: str, currency_id: int) -> asyncpg.Record:
     try:
         return await pool.fetchrow(
             """INSERT INTO external_wallets (id, user_id, currency_id, wallet_name, card_id)
@@ -123,6 +124,6 @@ async def create_external_wallet(pool: asyncpg.Pool, user_id: uuid.UUID, name: s
         raise errors.CurrencyNotFound() from None
 
 
-async def external_wallet(pool: asyncpg.Pool, user_id: uuid.UUID, currency_id: int) -> asyncpg.Record | None:
+async def external_wallet(pool: FairPool, user_id: uuid.UUID, currency_id: int) -> asyncpg.Record | None:
     return await pool.fetchrow(
         "SELECT id, amount_withdraw FROM external_wallets WHERE user_id = $1 AND currency_id = $2", user_id, currency_id)

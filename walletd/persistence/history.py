@@ -7,6 +7,8 @@ import uuid
 
 import asyncpg
 
+from walletd.persistence.db import FairPool
+
 
 _NO_CURSOR = 2**63 - 1
 # Each record as its JSON text, rendered by PostgreSQL exactly as domain.ledger.tx_json renders
@@ -62,12 +64,12 @@ _WALLET_HISTORY = f"SELECT 0, * FROM ({_WALLET_PAGE}) page UNION ALL ({_WALLET_P
 _USER_HISTORY = f"SELECT 0, * FROM ({_USER_PAGE}) page UNION ALL ({_USER_PENDING}) ORDER BY 1, 2 DESC"
 
 
-async def wallet_page(pool: asyncpg.Pool, wallet_id: uuid.UUID, before: int | None, limit: int):
+async def wallet_page(pool: FairPool, wallet_id: uuid.UUID, before: int | None, limit: int):
     """(records as JSON texts, next cursor or None, pending records as JSON texts)."""
     return _split(await pool.fetch(_WALLET_HISTORY, wallet_id, before or _NO_CURSOR, limit + 1), limit)
 
 
-async def user_page(pool: asyncpg.Pool, user_id: uuid.UUID, before: int | None, limit: int):
+async def user_page(pool: FairPool, user_id: uuid.UUID, before: int | None, limit: int):
     return _split(await pool.fetch(_USER_HISTORY, user_id, before or _NO_CURSOR, limit + 1), limit)
 
 
@@ -78,7 +80,7 @@ def _split(rows, limit):
     return [r[2] for r in page], next_cursor, [r[2] for r in rows if r[0] == 1]
 
 
-async def find_transaction(pool: asyncpg.Pool, transaction_id: uuid.UUID) -> asyncpg.Record | None:
+async def find_transaction(pool: FairPool, transaction_id: uuid.UUID) -> asyncpg.Record | None:
     return await pool.fetchrow(
         "SELECT id, type, status, service_user_id, from_wallet_id, to_wallet_id, "
         "coalesce(from_currency_id, to_currency_id) AS currency_id FROM transactions WHERE id = $1", transaction_id)

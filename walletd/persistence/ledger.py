@@ -31,6 +31,7 @@ from walletd.domain.ledger import (
     WalletState, plan_deposit_request, plan_settlement, plan_transfer, plan_withdraw_request, tx_json,
     wallets_touched,
 )
+from walletd.persistence.db import FairPool
 from walletd.persistence.migrate import OPERATOR_USER_ID
 
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.UniqueViolationError)
@@ -52,7 +53,7 @@ class _Unsure(Exception):
 
 
 class PgLedger:
-    def __init__(self, pool: asyncpg.Pool, rates_max_age: timedelta | None = None) -> None:
+    def __init__(self, pool: FairPool, rates_max_age: timedelta | None = None) -> None:
         self.pool = pool
         self.rates_max_age = rates_max_age
         # Per wallet: owner, currency and kind (never change) and a predicted balance.
@@ -102,15 +103,13 @@ class PgLedger:
     # ---- fast path ---------------------------------------------------------------------------
 
     async def _apply_fast(self, commands: list[Command]):
-        known = await self._facts(self._touched(commands))
-        ids = set(known) | await self._desks_for(commands, known)
-        known = await self._facts(ids)
+        known, crosses = await self._wallets_for(commands)
         # Plan on copies: a refused statement must leave the predictions as they were.
         wallets = {i: dataclasses.replace(state) for i, state in known.items()}
         now = datetime.now(timezone.utc)
         settle_ids = [c.transaction_id for c in commands if isinstance(c, Settle)]
         pending = await self._pending(self.pool, settle_ids, lock=False) if settle_ids else {}
-        rates = await self._rates(self.pool, now) if self._crosses(commands, wallets) else RateBook({}, now)
+        rates = await self._rates(self.pool, now) if crosses else RateBook({}, now)
         keys = [c.idempotency for c in commands if c.idempotency is not None]
         stored = await self._stored_responses(self.pool, keys) if keys else {}
         effects = Effects(now)
@@ -166,11 +165,16 @@ class PgLedger:
                     currencies |= {src, dst}
         return currencies
 
-    async def _desks_for(self, commands: list[Command], known) -> set[uuid.UUID]:
-        """The exchange-desk wallets the batch's cross-currency transfers need."""
+    async def _wallets_for(self, commands: list[Command]) -> tuple[dict[uuid.UUID, WalletState], set[int]]:
+        """Every wallet the batch may touch, with the exchange desks its cross-currency transfers
+        need, and the currencies those transfers cross."""
+        known = await self._facts(self._touched(commands))
         currencies = self._crosses(commands, known)
-        if not currencies:
-            return set()
+        if currencies:
+            known |= await self._facts(await self._desk_ids(currencies))
+        return known, currencies
+
+    async def _desk_ids(self, currencies: set[int]) -> set[uuid.UUID]:
         if not currencies <= self._desks.keys():
             rows = await self.pool.fetch(
                 "SELECT id, currency_id FROM wallets WHERE user_id = $1 AND kind = 'operator'", OPERATOR_USER_ID)
@@ -180,9 +184,7 @@ class PgLedger:
     # ---- locked path -------------------------------------------------------------------------
 
     async def _apply_locked(self, commands: list[Command]):
-        known = await self._facts(self._touched(commands))
-        ids = set(known) | await self._desks_for(commands, known)
-        known = await self._facts(ids)
+        known, crosses = await self._wallets_for(commands)
         settle_ids = sorted({c.transaction_id for c in commands if isinstance(c, Settle)})
         keys = [c.idempotency for c in commands if c.idempotency is not None]
         async with self.pool.acquire() as conn, conn.transaction():
@@ -192,7 +194,7 @@ class PgLedger:
             wallets = {r[0]: dataclasses.replace(known[r[0]], balance=r[1], reserved=r[2]) for r in rows}
             pending = await self._pending(conn, settle_ids, lock=True) if settle_ids else {}
             now = datetime.now(timezone.utc)
-            rates = await self._rates(conn, now) if self._crosses(commands, wallets) else RateBook({}, now)
+            rates = await self._rates(conn, now) if crosses else RateBook({}, now)
             stored = await self._stored_responses(conn, keys) if keys else {}
             effects = Effects(now)
             results, idempotency_rows = self._plan_all(commands, wallets, rates, pending, stored, effects)

@@ -11,6 +11,7 @@ import asyncpg
 
 from walletd.domain import errors
 from walletd.domain.ledger import RateBook
+from walletd.persistence.db import FairPool
 from walletd.persistence.migrate import cross_rates, ensure_operator_wallets
 
 
@@ -18,22 +19,22 @@ _RATE_LIMIT = Decimal(10) ** 20  # exchange_rates.rate is NUMERIC(30, 10)
 _CURRENCY_CODE = re.compile(r"[A-Z0-9]{2,10}")  # the CHECK on currencies.code
 
 
-async def rate_book(pool: asyncpg.Pool, now: datetime, max_age: timedelta | None) -> RateBook:
+async def rate_book(pool: FairPool, now: datetime, max_age: timedelta | None) -> RateBook:
     rows = await pool.fetch("SELECT from_currency_id, to_currency_id, rate, updated_at FROM exchange_rates")
     return RateBook({(r[0], r[1]): (r[2], r[3]) for r in rows}, now, max_age)
 
 
-async def currency_ids(pool: asyncpg.Pool) -> dict[str, int]:
+async def currency_ids(pool: FairPool) -> dict[str, int]:
     return dict(await pool.fetch("SELECT code, id FROM currencies"))
 
 
-async def require_currencies(pool: asyncpg.Pool, *ids: int) -> None:
+async def require_currencies(pool: FairPool, *ids: int) -> None:
     found = await pool.fetchval("SELECT count(*) FROM currencies WHERE id = ANY($1::int2[])", list(set(ids)))
     if found != len(set(ids)):
         raise errors.CurrencyNotFound()
 
 
-async def store_provider_rates(pool: asyncpg.Pool, base: str, rates: dict[str, Decimal], at: datetime) -> int:
+async def store_provider_rates(pool: FairPool, base: str, rates: dict[str, Decimal], at: datetime) -> int:
     ids = await currency_ids(pool)
     # NaN, infinite, zero or negative quotes price nothing (and NaN would not even compare).
     known = {code: rate for code, rate in rates.items() if code in ids and rate.is_finite() and rate > 0}
@@ -51,7 +52,7 @@ async def store_provider_rates(pool: asyncpg.Pool, base: str, rates: dict[str, D
     return len(rows)
 
 
-async def set_rate(pool: asyncpg.Pool, from_id: int, to_id: int, rate: Decimal) -> asyncpg.Record:
+async def set_rate(pool: FairPool, from_id: int, to_id: int, rate: Decimal) -> asyncpg.Record:
     try:
         return await pool.fetchrow(
             """INSERT INTO exchange_rates (from_currency_id, to_currency_id, rate, updated_at) VALUES ($1, $2, $3, now())
@@ -62,11 +63,11 @@ async def set_rate(pool: asyncpg.Pool, from_id: int, to_id: int, rate: Decimal) 
         raise errors.CurrencyNotFound() from None
 
 
-async def last_update(pool: asyncpg.Pool) -> datetime | None:
+async def last_update(pool: FairPool) -> datetime | None:
     return await pool.fetchval("SELECT max(updated_at) FROM exchange_rates")
 
 
-async def add_currencies(pool: asyncpg.Pool, symbols: dict[str, str]) -> int:
+async def add_currencies(pool: FairPool, symbols: dict[str, str]) -> int:
     """Adds unknown currencies, and a wallet in each for every existing account."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("LOCK TABLE currencies IN SHARE ROW EXCLUSIVE MODE")
@@ -94,7 +95,7 @@ async def add_currencies(pool: asyncpg.Pool, symbols: dict[str, str]) -> int:
         return len(new)
 
 
-async def set_commission(pool: asyncpg.Pool, service_user_id: uuid.UUID, currency_id: int, deposit: Decimal,
+async def set_commission(pool: FairPool, service_user_id: uuid.UUID, currency_id: int, deposit: Decimal,
                          withdraw: Decimal) -> asyncpg.Record:
     try:
         return await pool.fetchrow(
@@ -107,7 +108,7 @@ async def set_commission(pool: asyncpg.Pool, service_user_id: uuid.UUID, currenc
         raise errors.CurrencyNotFound() from None
 
 
-async def commissions(pool: asyncpg.Pool, service_user_id: uuid.UUID) -> list[asyncpg.Record]:
+async def commissions(pool: FairPool, service_user_id: uuid.UUID) -> list[asyncpg.Record]:
     return await pool.fetch(
         "SELECT service_user_id, currency_id, deposit_rate, withdraw_rate FROM commission_rates "
         "WHERE service_user_id = $1 ORDER BY currency_id", service_user_id)
