@@ -16,7 +16,6 @@ import time
 import aiohttp
 import structlog
 from aiohttp import web
-from aiohttp_apigami import AiohttpApiSpec, docs
 
 from walletd.actors.committer import GroupCommitter
 from walletd.actors.registry import ActorRegistry
@@ -24,8 +23,8 @@ from walletd.appkeys import database_url_key, http_key, ledger_key, pool_key, pr
 from walletd.auth.tokens import TokenIssuer
 from walletd.config import Settings
 from walletd.domain.errors import DomainError
-from walletd.handlers import endpoint, identity, meta, money, service, wallets
-from walletd.handlers.errors import domain_error_response, error_response
+from walletd.handlers import endpoint, identity, meta, money, openapi, service, wallets
+from walletd.handlers.errors import challenge_key, domain_error_response, error_response, http_error_response
 from walletd.logs import get_logger
 from walletd.persistence.db import create_pool
 from walletd.persistence.ledger import PgLedger
@@ -71,46 +70,24 @@ async def request_context(request: web.Request, handler):
 
 def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:
     request_id = request.get(request_id_key)
-    if isinstance(exc, endpoint.BadRequest):
-        extra = {"errors": exc.errors} if exc.errors else {}
-        return error_response(exc.status, exc.message, request_id, **extra)
     if isinstance(exc, DomainError):
-        return domain_error_response(exc, request_id)
+        return domain_error_response(exc, request_id, request.get(challenge_key))
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             return exc  # a redirect is a response
-        response = error_response(exc.status, exc.reason, request_id)
-        response.headers.update({k: v for k, v in exc.headers.items() if k in ("WWW-Authenticate", "Allow")})
-        return response
+        return http_error_response(exc, request_id)
     log.exception("http.unhandled", path=request.path)
-    return error_response(500, "internal error", request_id)
+    return error_response(500, "internal_error", "internal error", request_id)
 
 
 def add_routes(app: web.Application) -> None:
-    components: dict = {}
+    documented = []
     for table in ROUTE_TABLES:
         for spec, func in table.entries:
-            # apigami's docs() annotates the function object it is given; a fresh handler per app
-            # keeps a second create_app() in one process from doubling every operation's parameters.
-            documented = docs(**endpoint.operation(spec, components))(endpoint.wrap(spec, func))
-            app.router.add_route(spec.method, spec.path, documented, name=func.__name__)
-    # Swagger UI itself is served by handlers/meta.py (our own page and initializer, fully offline).
-    api = AiohttpApiSpec(
-        url="/openapi.json", openapi_version="3.0.3", title="walletd", version="0.1.0",
-        info={"description": "Multi-currency e-wallet with a double-entry ledger. Amounts are decimal strings "
-                             "with 10 places. Parameters go in the query string or a JSON body (both: they "
-                             "must agree). Errors: {status, message, request_id, errors?}."},
-        components={"securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-            "tokenHeader": {"type": "apiKey", "in": "header", "name": "token"},
-            "basic": {"type": "http", "scheme": "basic"},
-        }},
-    )
-    # The schemas the operations $ref must be in the spec before register() renders the document.
-    for name, schema in sorted(components.items()):
-        if name not in api.spec.components.schemas:
-            api.spec.components.schema(name, component=schema)
-    api.register(app, in_place=True)
+            # The route name (unique per router) is the operationId.
+            app.router.add_route(spec.method, spec.path, endpoint.wrap(spec, func), name=func.__name__)
+            documented.append((spec, func.__name__))
+    meta.serve_document(app, openapi.document(documented))
 
 
 def release_memory(ledger: PgLedger, tokens: TokenIssuer) -> None:

@@ -9,8 +9,9 @@ from aiohttp import web
 from walletd.appkeys import pool_key, principal_key, request_id_key, settings_key, tokens_key
 from walletd.auth.passwords import hash_password, verify_password
 from walletd.auth.tokens import Principal
-from walletd.domain.errors import InvalidCredentials
+from walletd.domain.errors import DuplicateAccount, InvalidCredentials, TooManyAttempts
 from walletd.handlers.endpoint import Routes
+from walletd.handlers.errors import OperatorKeyRequired
 from walletd.handlers.schemas import LoginParams, RegisterParams, ServiceTokenOut, TokenOut, UserOut
 from walletd.logs import get_logger
 from walletd.persistence import accounts
@@ -42,7 +43,7 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
 
 @routes("POST", "/auth/register", summary="Register a user; a wallet in every currency is created",
         params=RegisterParams, response=TokenOut, tags=["auth"],
-        errors=[(409, "username or email already registered")])
+        errors=[DuplicateAccount])
 async def register(request: web.Request, params: RegisterParams):
     _, token = await _register(request, params, "user")
     return TokenOut(access_token=token)
@@ -52,7 +53,7 @@ async def register(request: web.Request, params: RegisterParams):
         params=RegisterParams, response=ServiceTokenOut, tags=["service"], extra_headers=[_OPERATOR_HEADER],
         description="Requires header X-Operator-Key equal to WALLETD_OPERATOR_KEY. With no key configured "
                     "registration is refused unless WALLETD_OPEN_SERVICE_REGISTRATION=1 (development only).",
-        errors=[(403, "operator credential required"), (409, "username or email already registered")])
+        errors=[OperatorKeyRequired, DuplicateAccount])
 async def register_service(request: web.Request, params: RegisterParams):
     settings = request.app[settings_key]
     given = request.headers.get("X-Operator-Key", "")
@@ -65,7 +66,7 @@ async def register_service(request: web.Request, params: RegisterParams):
                     configured=bool(settings.operator_key))
         message = ("operator credential required (X-Operator-Key)" if settings.operator_key else
                    "service registration is closed: set WALLETD_OPERATOR_KEY and send it as X-Operator-Key")
-        raise web.HTTPForbidden(reason=message)
+        raise OperatorKeyRequired(message)
     user_id, token = await _register(request, params, "service")
     return ServiceTokenOut(access_token=token, user_id=user_id)
 
@@ -82,21 +83,21 @@ async def _login(request: web.Request, username: str, password: str, role: str):
 
 
 @routes("POST", "/auth/login", summary="Log in; returns a JWT", params=LoginParams, response=TokenOut,
-        tags=["auth"], errors=[(401, "Invalid credentials")])
+        tags=["auth"], errors=[InvalidCredentials, TooManyAttempts])
 async def login(request: web.Request, params: LoginParams):
     _, token = await _login(request, params.username, params.password, "user")
     return TokenOut(access_token=token)
 
 
 @routes("GET", "/user/get/token", summary="A JWT for HTTP Basic credentials", auth="basic", response=TokenOut,
-        tags=["auth"], errors=[(401, "Invalid credentials")])
+        tags=["auth"], errors=[InvalidCredentials, TooManyAttempts])
 async def token_for_basic(request: web.Request, credentials: tuple[str, str]):
     _, token = await _login(request, *credentials, "user")
     return TokenOut(access_token=token)
 
 
 @routes("GET", "/service/auth/login", summary="Log a service user in", params=LoginParams,
-        response=ServiceTokenOut, tags=["service"], errors=[(401, "Invalid credentials")])
+        response=ServiceTokenOut, tags=["service"], errors=[InvalidCredentials, TooManyAttempts])
 async def service_login(request: web.Request, params: LoginParams):
     user_id, token = await _login(request, params.username, params.password, "service")
     return ServiceTokenOut(access_token=token, user_id=user_id)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import orjson
+
 from aiohttp import web
 from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES
 
 from walletd.appkeys import ledger_key, pool_key, registry_key
 from walletd.persistence.migrate import schema_ready
+
+openapi_key = web.AppKey("openapi", bytes)
 
 _REDOC_PAGE = """<!DOCTYPE html>
 <html><head><title>walletd API</title><meta charset="utf-8"/></head>
@@ -83,6 +87,16 @@ async def metrics(request: web.Request) -> web.Response:
         f"walletd_ledger_locked_batches_total {ledger.locked_batches}",
     ]
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+def serve_document(app: web.Application, document: dict) -> None:
+    """The OpenAPI document, rendered once."""
+    app[openapi_key] = orjson.dumps(document)
+    app.router.add_get("/openapi.json", openapi_document)
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[openapi_key], content_type="application/json")
 
 
 async def redoc(request: web.Request) -> web.Response:

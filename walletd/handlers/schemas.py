@@ -17,6 +17,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from pydantic_core import PydanticCustomError
+
 from walletd.domain.errors import InvalidAmount
 from walletd.domain.money import MAX_AMOUNT, fmt, parse_amount
 
@@ -24,8 +26,9 @@ from walletd.domain.money import MAX_AMOUNT, fmt, parse_amount
 def _amount(raw: object) -> Decimal:
     try:
         return parse_amount(raw)
-    except InvalidAmount:
-        raise ValueError("Invalid amount") from None
+    except InvalidAmount as exc:
+        # A typed error (endpoint.validate answers it with code invalid_amount), the reason in ctx.
+        raise PydanticCustomError(InvalidAmount.code, "Invalid amount: {reason}", {"reason": exc.reason}) from None
 
 
 _AMOUNT_DOC = (
@@ -261,7 +264,8 @@ class CommissionOut(Model):
 
 
 class ErrorOut(Model):
-    status: int
-    message: str
+    status: int = Field(description="The HTTP status, repeated")
+    code: str = Field(description="Stable snake_case error code: what clients should match on")
+    message: str = Field(description="For people; the original service's text where it had one")
     request_id: str | None = None
     errors: list[dict] | None = Field(default=None, description="Per-field problems: loc, msg")
