@@ -203,22 +203,29 @@ class Overloaded(DomainError):
     message = "wallet busy, retry later"
 
 
+class RateProviderError(DomainError):
+    """The configured rate provider failed or is not configured."""
+
+    code = "rate_provider_unavailable"
+    message = "rate provider unavailable"
+
+
 class Unavailable(DomainError):
-    """The database is unreachable; nothing moved, retry after `Retry-After`."""
+    """The database cannot be reached or written right now; certainly nothing moved (retry after `Retry-After`)."""
 
     code = "unavailable"
     message = "service unavailable, retry later"
 
 
 class OutcomeUnknown(DomainError):
-    """The commit's outcome could not be learned; retry with the same Idempotency-Key to find out."""
+    """A commit was cut off and its outcome could not be found out in time; retry with the same Idempotency-Key."""
 
     code = "outcome_unknown"
-    message = "outcome unknown: retry with the same Idempotency-Key"
+    message = "outcome unknown: retry with the same Idempotency-Key to learn it"
 
 
-class RateProviderError(DomainError):
-    """The configured rate provider failed or is not configured."""
+class InternalFailure(DomainError):
+    """A command failed for a reason that is walletd's fault, not the caller's; nothing of it moved."""
 
-    code = "rate_provider_unavailable"
-    message = "rate provider unavailable"
+    code = "internal_error"
+    message = "internal error; nothing moved"

@@ -102,6 +102,7 @@ STATUS: dict[type[e.DomainError], int] = {
     UnsupportedMediaType: 415,
     InvalidIdempotencyKey: 400,
     OperatorKeyRequired: 403,
+    e.InternalFailure: 500,
 }
 
 # Errors raised as aiohttp HTTP exceptions (routing, body size, handlers outside the domain):

@@ -24,7 +24,8 @@ from walletd.persistence.ledger import Replay
 routes = Routes()
 
 _WALLET_ERRORS = [(errors.NotYourWallet, "Wrong wallet ID or it is not your wallet ID"), errors.InvalidAmount]
-MOVE_ERRORS = [errors.IdempotencyKeyReused, InvalidIdempotencyKey, errors.Overloaded, errors.OutcomeUnknown]
+MOVE_ERRORS = [errors.IdempotencyKeyReused, InvalidIdempotencyKey, errors.Overloaded, errors.OutcomeUnknown,
+               errors.InternalFailure]
 
 
 def idempotency(request: web.Request, principal: Principal, raw_params: dict) -> Idempotency | None:
@@ -33,6 +34,10 @@ def idempotency(request: web.Request, principal: Principal, raw_params: dict) ->
         return None
     if not 1 <= len(key) <= 128:
         raise InvalidIdempotencyKey()
+    if not key.isprintable() or not key.isascii():
+        # Keys are stored as text: a byte that is not UTF-8 (or a control character) must be
+        # refused here, never reach the database inside somebody else's batch.
+        raise InvalidIdempotencyKey("Idempotency-Key must be printable ASCII")
     canonical = json.dumps({"path": request.path, "params": raw_params}, sort_keys=True, default=str)
     return Idempotency(principal.user_id, key, hashlib.sha256(canonical.encode()).hexdigest())
 
