@@ -19,6 +19,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from walletd import metrics
 from walletd.actors.committer import GroupCommitter
 from walletd.actors.registry import ActorRegistry
 from walletd.appkeys import database_url_key, http_key, ledger_key, pool_key, principal_key, registry_key, request_id_key, settings_key, tokens_key
@@ -64,10 +65,11 @@ async def request_context(request: web.Request, handler):
         response = error_for(exc, request)
     response.headers["X-Request-ID"] = request_id
     route = request.match_info.route.resource
-    log.info("http.request", method=request.method, path=request.path,
-             route=route.canonical if route is not None else None, status=response.status,
-             duration_ms=round((time.perf_counter() - started) * 1000, 2),
-             principal=request.get(principal_key))
+    template = route.canonical if route is not None else None
+    elapsed = time.perf_counter() - started
+    metrics.observe_request(request.method, template, response.status, elapsed)
+    log.info("http.request", method=request.method, path=request.path, route=template, status=response.status,
+             duration_ms=round(elapsed * 1000, 2), principal=request.get(principal_key))
     return response
 
 
@@ -168,7 +170,7 @@ def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Ap
     app[settings_key] = settings
     app[database_url_key] = database_url
     app[tokens_key] = TokenIssuer(jwt_secret, settings.token_ttl_seconds)
-    app.cleanup_ctx.extend([pool_ctx, actors_ctx, http_client_ctx])
+    app.cleanup_ctx.extend([pool_ctx, actors_ctx, http_client_ctx, meta.metrics_ctx])
     meta.setup(app)
     add_routes(app)
     return app

@@ -49,6 +49,10 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def serve(args, settings: Settings) -> int:
+    from walletd import metrics_dir
+
+    # Before walletd.app imports prometheus_client: the workers share one metrics directory.
+    own_metrics_dir = None if args.worker else metrics_dir.prepare(args.workers)
     from aiohttp import web
 
     from walletd import logs
@@ -81,6 +85,9 @@ def serve(args, settings: Settings) -> int:
                 child.wait(timeout=35)
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()
+            metrics_dir.process_exited(child.pid)
+        metrics_dir.remove(own_metrics_dir)
     log.info("walletd.stopped")
     return 0
 

@@ -10,7 +10,8 @@ import orjson
 from aiohttp import web
 from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES
 
-from walletd.appkeys import ledger_key, pool_key, registry_key
+from walletd import metrics
+from walletd.appkeys import pool_key, registry_key
 from walletd.persistence.failures import outage
 from walletd.persistence.migrate import schema_ready
 
@@ -85,19 +86,21 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format: how the group commit is doing in this process."""
-    registry, ledger = request.app[registry_key], request.app[ledger_key]
-    committer = registry.committer
-    lines = [
-        "# TYPE walletd_actors gauge", f"walletd_actors {len(registry.actors)}",
-        "# TYPE walletd_commit_batches_total counter", f"walletd_commit_batches_total {committer.batches}",
-        "# TYPE walletd_commit_commands_total counter", f"walletd_commit_commands_total {committer.commands}",
-        "# TYPE walletd_ledger_fast_batches_total counter", f"walletd_ledger_fast_batches_total {ledger.fast_batches}",
-        "# TYPE walletd_ledger_locked_batches_total counter",
-        f"walletd_ledger_locked_batches_total {ledger.locked_batches}",
-    ]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus text format (walletd/metrics.py): this process's live gauges are refreshed
+    first; under --workers the answer aggregates every process."""
+    metrics.sample(request.app[registry_key], request.app[pool_key])
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+async def metrics_ctx(app: web.Application):
+    """Samples the cheap gauges once a second, for scrapes that reach another worker."""
+    task = asyncio.create_task(metrics.sampler(app[registry_key], app[pool_key]), name="metrics-sampler")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def serve_document(app: web.Application, document: dict) -> None:
@@ -125,7 +128,7 @@ async def swagger_initializer(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/docs", swagger)
     # The exact path outranks the static prefix, so ours replaces the bundled initializer.
     app.router.add_get("/static/swagger/swagger-initializer.js", swagger_initializer)
