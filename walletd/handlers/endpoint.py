@@ -21,9 +21,11 @@ from pydantic import BaseModel, ValidationError
 from walletd.appkeys import principal_key, tokens_key
 from walletd.auth.tokens import Principal, TokenError, TokenExpiredError
 from walletd.domain import errors
+from walletd.handlers import audit
 from walletd.handlers.errors import (
     BASIC_CHALLENGE, MalformedBody, ParameterConflict, UnsupportedMediaType, ValidationFailed, challenge_key,
 )
+from walletd.persistence.ledger import Replay
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -62,30 +64,52 @@ class Routes:
 
 
 def wrap(spec: Endpoint, func: Handler) -> Handler:
-    """A fresh aiohttp handler for one app: parse, authenticate, call func, render."""
+    """A fresh aiohttp handler for one app: parse, authenticate, call func, render. On the
+    money-moving (idempotent) routes, refusals and replays are audited here, at the edge."""
     async def handler(request: web.Request) -> web.StreamResponse:
         kwargs: dict[str, Any] = {}
+        principal = params = None
         if spec.auth in ("user", "service"):
-            kwargs["principal"] = authenticate(request, spec.auth)
+            principal = kwargs["principal"] = authenticate(request, spec.auth)
         elif spec.auth == "basic":
             request[challenge_key] = BASIC_CHALLENGE
             kwargs["credentials"] = basic_credentials(request)
-        if spec.params is not None:
-            raw = await gather_params(request)
-            kwargs["params"] = validate(spec.params, raw)
+        try:
+            if spec.params is not None:
+                raw = await gather_params(request)
+                params = kwargs["params"] = validate(spec.params, raw)
+                if spec.idempotent:
+                    kwargs["raw_params"] = params.model_dump(mode="json")
+            result = await func(request, **kwargs)
+        except errors.DomainError as exc:
             if spec.idempotent:
-                kwargs["raw_params"] = kwargs["params"].model_dump(mode="json")
-        result = await func(request, **kwargs)
+                audit.refused(request, exc, principal, params)
+            raise
         if isinstance(result, web.StreamResponse):
             return result
-        if isinstance(result, dict):
-            # Already in the documented shape (e.g. domain.ledger.tx_json): skip re-validation.
-            return web.Response(body=orjson.dumps(result), content_type="application/json")
-        return web.Response(body=result.model_dump_json(), content_type="application/json")
+        if isinstance(result, Replay):
+            audit.replayed(request, principal, params)
+            return web.Response(body=render(spec, result.body), status=result.status, content_type="application/json",
+                                headers=_REPLAYED)
+        return web.Response(body=render(spec, result), content_type="application/json")
 
     handler.__name__ = func.__name__
     handler.__doc__ = func.__doc__
     return handler
+
+
+_REPLAYED = {"Idempotent-Replayed": "true"}
+
+
+def render(spec: Endpoint, result: dict | BaseModel) -> bytes:
+    """The one serializer of a first response and of its replay, so both are the same bytes: a
+    dict (already in the documented shape, e.g. domain.ledger.tx_json, or a stored response that
+    came back from jsonb with its keys reordered) is written in the response model's field order."""
+    if isinstance(result, BaseModel):
+        return result.model_dump_json().encode()
+    if spec.response is not None:
+        result = {name: result.get(name) for name in spec.response.model_fields}
+    return orjson.dumps(result)
 
 
 async def gather_params(request: web.Request) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import hashlib
 import json
 from datetime import datetime, timezone
 
-import orjson
 from aiohttp import web
 
 from walletd.appkeys import pool_key, registry_key, request_id_key, settings_key
@@ -42,14 +41,10 @@ def idempotency(request: web.Request, principal: Principal, raw_params: dict) ->
     return Idempotency(principal.user_id, key, hashlib.sha256(canonical.encode()).hexdigest())
 
 
-async def run(request: web.Request, command) -> web.StreamResponse | dict:
-    """Hand the command to its wallet's actor. The reply, first or replayed, is the ledger's
-    tx_json record, already in TxOut's exact shape, so a retry answers byte for byte the same."""
-    result = await request.app[registry_key].execute(command)
-    if isinstance(result, Replay):
-        return web.Response(body=orjson.dumps(result.body), status=result.status, content_type="application/json",
-                            headers={"Idempotent-Replayed": "true"})
-    return result
+async def run(request: web.Request, command) -> dict | Replay:
+    """Hand the command to its wallet's actor. The reply is the ledger's tx_json record, or a
+    Replay of the stored first one; endpoint.render writes both the same way."""
+    return await request.app[registry_key].execute(command)
 
 
 @routes("POST", "/wallet/transfer", summary="Transfer to any user's wallet, converting currency when they differ",
