@@ -224,7 +224,11 @@ class ExternalWalletOut(Model):
 
 
 class TxOut(Model):
+    # Field order = domain.ledger.tx_json's key order: the order of every record on the wire,
+    # first response and idempotent replay alike (endpoint.render).
     id: uuid.UUID
+    type: Literal["deposit", "withdraw", "transfer", "commission", "bonus"]
+    status: Literal["pending", "paid", "rejected", "close"]
     from_wallet_id: uuid.UUID | None
     from_currency_id: int | None
     amount: Money
@@ -232,8 +236,6 @@ class TxOut(Model):
     to_currency_id: int | None
     rate: Money
     converted_amount: Money
-    type: Literal["deposit", "withdraw", "transfer", "commission", "bonus"]
-    status: Literal["pending", "paid", "rejected", "close"]
     timestamp: datetime
     user_id: uuid.UUID
     service_user_id: uuid.UUID | None = None
