@@ -130,3 +130,15 @@ async def test_openapi_lists_every_code(client):
     for code, status, _ in catalogue():
         assert f"| `{code}` | {status} |" in doc["info"]["description"], code
     assert "code" in doc["components"]["schemas"]["ErrorOut"]["required"]
+
+
+def test_every_domain_error_has_a_code_and_a_status():
+    import inspect
+
+    from walletd.domain import errors
+    from walletd.handlers.errors import STATUS
+
+    for name, cls in vars(errors).items():
+        if inspect.isclass(cls) and issubclass(cls, errors.DomainError) and cls is not errors.DomainError:
+            assert cls.code != errors.DomainError.code and CODE.match(cls.code), name
+            assert any(base in STATUS for base in cls.__mro__ if base is not errors.DomainError), name

@@ -51,7 +51,7 @@ class UnsupportedMediaType(RequestError):
 
 
 class InvalidIdempotencyKey(RequestError):
-    """The Idempotency-Key header is empty or longer than 128 characters."""
+    """The Idempotency-Key header is not 1-128 printable ASCII characters."""
 
     code = "invalid_idempotency_key"
     message = "Idempotency-Key must be 1-128 characters"
