@@ -29,6 +29,8 @@ from walletd.handlers.errors import domain_error_response, error_response
 from walletd.logs import get_logger
 from walletd.persistence.db import create_pool
 from walletd.persistence.ledger import PgLedger
+from walletd.persistence.retention import IdempotencySweeper
+from walletd.supervisor import start_supervised, stop_task
 
 log = get_logger("walletd.http")
 ROUTE_TABLES = (identity.routes, wallets.routes, money.routes, service.routes)
@@ -153,12 +155,24 @@ async def resources_ctx(app: web.Application):
         await pool.close()
 
 
+async def idempotency_sweep_ctx(app: web.Application):
+    """Deletes expired idempotency keys in the background (walletd/persistence/retention.py);
+    after resources_ctx, so it stops before the pool closes."""
+    sweeper = IdempotencySweeper(app[pool_key], app[settings_key].idempotency_retention_seconds)
+    task = start_supervised("idempotency_sweep", sweeper.run)
+    try:
+        yield
+    finally:
+        await stop_task(task, timeout=5)
+
+
 def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[settings_key] = settings
     app[database_url_key] = database_url
     app[tokens_key] = TokenIssuer(jwt_secret, settings.token_ttl_seconds)
     app.cleanup_ctx.append(resources_ctx)
+    app.cleanup_ctx.append(idempotency_sweep_ctx)
     meta.setup(app)
     add_routes(app)
     return app

@@ -17,6 +17,13 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _positive_int(env: dict[str, str], name: str, default: int) -> int:
+    value = int(env.get(name, str(default)))
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -36,6 +43,7 @@ class Settings:
     committers: int = 2
     pool_size: int = 8
     log_level: str = "info"
+    idempotency_retention_seconds: int = 86400
 
     @property
     def rates_max_age(self) -> timedelta | None:
@@ -64,6 +72,7 @@ class Settings:
                 committers=int(env.get("WALLETD_COMMITTERS", "2")),
                 pool_size=int(env.get("WALLETD_POOL_SIZE", "8")),
                 log_level=env.get("WALLETD_LOG_LEVEL", "info"),
+                idempotency_retention_seconds=_positive_int(env, "WALLETD_IDEMPOTENCY_RETENTION", 86400),
             )
         except (ValueError, ArithmeticError) as exc:
             raise ConfigError(f"invalid walletd setting: {exc}") from exc
