@@ -18,8 +18,6 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 LOOPBACK = "127.0.0.1"
 
 
@@ -35,17 +33,25 @@ def walletd_command(*args: str) -> list[str]:
     return [str(script), *args] if script.exists() else [sys.executable, "-m", "walletd", *args]
 
 
-def run(main: Coroutine[Any, Any, Any]) -> Any:
-    """asyncio.run on uvloop where installed, the loop `walletd serve` uses."""
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed (the loop `walletd serve` uses), else asyncio's."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(main: Coroutine[Any, Any, Any]) -> Any:
+    """asyncio.run on new_event_loop()."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
 
 
 async def create_empty_database(admin_url: str, name: str, *, replace: bool = False) -> str:
     """A new database nothing has been applied to; returns its URL. admin_url names `postgres`."""
+    import asyncpg  # here, so the load generator importing this module stays light
+
     conn = await asyncpg.connect(admin_url)
     try:
         if replace:
