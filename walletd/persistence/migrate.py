@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
-from importlib.abc import Traversable
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import asyncpg
