@@ -30,7 +30,9 @@ _TOKEN_ERRORS = [e.TokenMissing, e.TokenInvalid, e.TokenExpired, e.WrongRole]
 _PARAM_ERRORS = [he.ValidationFailed, he.ParameterConflict, he.MalformedBody, he.UnsupportedMediaType]
 _IDEMPOTENCY_DOC = ("A retry with the same key and the same parameters returns the first response byte for byte "
                     "(header Idempotent-Replayed: true) and moves no money again; the same key with other "
-                    "parameters is 422 idempotency_key_reused. Keys are scoped to the caller.")
+                    "parameters is 422 idempotency_key_reused. Keys are scoped to the caller and kept "
+                    "WALLETD_IDEMPOTENCY_RETENTION seconds (default 86400: 24 hours); a retry after that is a new "
+                    "request.")
 _CHALLENGE_HEADER = {"WWW-Authenticate": {"description": "How to authenticate (RFC 7235; RFC 6750 error codes)",
                                           "schema": {"type": "string"}}}
 _RETRY_HEADER = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}}
