@@ -237,7 +237,7 @@ def _env_int(name: str, default: int) -> int:
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", default=os.environ.get("WALLETD_URL", f"http://127.0.0.1:{DEFAULT_PORT}"),
-                        help="the walletd to talk to (env WALLETD_URL)")
+                        help=f"the walletd to talk to (env WALLETD_URL; default http://127.0.0.1:{DEFAULT_PORT})")
     parser.add_argument("--operator-key", default=None,
                         help="operator credential; default: env WALLETD_OPERATOR_KEY, else the file "
                              "WALLETD_DATA_DIR/operator-key of an embedded installation")
