@@ -98,8 +98,8 @@ def serve(args, settings: Settings) -> int:
         web.run_app(app, host=args.host, port=args.port, print=banner, access_log=None, shutdown_timeout=30,
                     handle_signals=True, loop=_new_loop(), reuse_port=args.workers > 1 or args.worker)
     except OSError as exc:  # the port was taken between the check and the bind
-        if args.worker:
-            raise
+        if args.worker or exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            raise  # not a listening problem (a database refusing connections is an OSError too)
         print(f"walletd: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
