@@ -71,7 +71,8 @@ def serve(args, settings: Settings) -> int:
     from walletd import metrics_dir
 
     # Before walletd.app imports prometheus_client: the workers share one metrics directory.
-    own_metrics_dir = None if args.worker else metrics_dir.prepare(args.workers)
+    if not args.worker:
+        metrics_dir.prepare(args.workers)
     from aiohttp import web
 
     from walletd import logs
@@ -117,7 +118,6 @@ def serve(args, settings: Settings) -> int:
                 child.kill()
                 child.wait()
             metrics_dir.process_exited(child.pid)
-        metrics_dir.remove(own_metrics_dir)
     log.info("walletd.stopped")
     return 0
 

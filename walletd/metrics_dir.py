@@ -6,6 +6,7 @@ PROMETHEUS_MULTIPROC_DIR) when it is first imported: the directory must be chose
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -16,8 +17,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 def prepare(workers: int) -> Path | None:
     """With more than one worker, give the processes a shared directory (inherited through the
-    environment). Returns the directory if created here, to remove at exit; a directory the
-    operator set is emptied of stale files instead (prometheus_client requires a clean start)."""
+    environment), removed when this process exits. A directory the operator set is emptied of
+    stale files instead (prometheus_client requires a clean start)."""
     configured = os.environ.get(MULTIPROC_ENV)
     if configured:
         for stale in Path(configured).glob("*.db"):
@@ -27,6 +28,7 @@ def prepare(workers: int) -> Path | None:
         return None  # one process: values in memory
     created = Path(tempfile.mkdtemp(prefix="walletd-metrics-"))
     os.environ[MULTIPROC_ENV] = str(created)
+    atexit.register(remove, created)  # however serve ends (a port in use, a failed migration, Ctrl-C)
     return created
 
 
