@@ -73,6 +73,13 @@ class SettlementConflict(DomainError):
     message = "transaction_already_settled"
 
 
+class TransactionExpired(DomainError):
+    """Settling a deposit or withdrawal that stayed pending past WALLETD_PENDING_TTL and expired."""
+
+    message = "transaction_expired"
+    code = "transaction_expired"
+
+
 class InvalidTransactionType(DomainError):
     message = "invalid_type_transaction"
 

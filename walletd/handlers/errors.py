@@ -25,6 +25,7 @@ STATUS = {
     e.TransactionNotFound: 404,
     e.InvalidStatusUpdate: 400,
     e.SettlementConflict: 409,
+    e.TransactionExpired: 409,
     e.InvalidTransactionType: 400,
     e.DuplicateAccount: 409,
     e.InvalidCredentials: 401,

@@ -10,6 +10,8 @@ from aiohttp import web
 from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES
 
 from walletd.appkeys import ledger_key, pool_key, registry_key
+from walletd.events.delivery import dispatcher_key
+from walletd.persistence import outbox
 from walletd.persistence.failures import outage
 from walletd.persistence.migrate import schema_ready
 
@@ -94,7 +96,23 @@ async def metrics(request: web.Request) -> web.Response:
         "# TYPE walletd_ledger_locked_batches_total counter",
         f"walletd_ledger_locked_batches_total {ledger.locked_batches}",
     ]
+    lines += await _webhook_metrics(request.app)
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+async def _webhook_metrics(app: web.Application) -> list[str]:
+    """Issue 11 (walletd/events/delivery.py): this process's delivery counters and latency, plus
+    the deliveries still pending in the database (all processes); the gauge is left out if the
+    database cannot answer within READY_TIMEOUT, so /metrics never hangs on it."""
+    dispatcher = app.get(dispatcher_key)
+    if dispatcher is None:
+        return []
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            pending = await outbox.pending_count(app[pool_key])
+    except Exception:  # noqa: BLE001 - a scrape must answer even while the database does not
+        pending = None
+    return dispatcher.metrics_lines(pending)
 
 
 async def redoc(request: web.Request) -> web.Response:

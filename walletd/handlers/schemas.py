@@ -208,7 +208,7 @@ class TxOut(Model):
     rate: Money
     converted_amount: Money
     type: Literal["deposit", "withdraw", "transfer", "commission", "bonus"]
-    status: Literal["pending", "paid", "rejected", "close"]
+    status: Literal["pending", "paid", "rejected", "close", "expired"]
     timestamp: datetime
     user_id: uuid.UUID
     service_user_id: uuid.UUID | None = None

@@ -1,0 +1,185 @@
+"""Webhook delivery: signed POSTs of outbox events, at least once, with backoff.
+
+- One dispatcher task per process (supervised). It keeps at most `concurrency` attempts in
+  flight; whenever slots are free it claims that many due deliveries (persistence/outbox.py:
+  SKIP LOCKED and a lease, so several processes never send one delivery at once), and sleeps
+  POLL seconds when nothing is due. Memory is bounded by the slots whatever the endpoints do:
+  nothing is queued in memory, the queue is the table.
+- An attempt is one POST with a total timeout (WALLETD_WEBHOOK_TIMEOUT, default 10 s). Any 2xx
+  is delivered; any other status, a timeout or a connection error is retried after
+  base × 2^(attempt−1) seconds (WALLETD_WEBHOOK_BACKOFF, default 2 s, capped at one hour), with
+  equal jitter (half fixed, half random), so the first retry comes within 1–2 s. Once the next
+  attempt would fall past the event's age WALLETD_WEBHOOK_HORIZON (default 3 days), the delivery
+  is marked failed and the audit line `webhook.given_up` is logged; the feed still lists it.
+- A process killed mid-attempt loses nothing: the row becomes due again when its lease (timeout
+  × 2 + 5 s) ends. Duplicates are possible (the receiver got it, walletd died before recording
+  it) and carry the same `Walletd-Event-Id`: receivers deduplicate on it.
+- Headers: `Walletd-Event-Id`, `Walletd-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
+  "<t>.<raw body>")>` (signed afresh per attempt), `Content-Type: application/json`. The body is
+  the stored event text, byte for byte the same on every attempt and in the feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import random
+import time
+from datetime import datetime, timezone
+
+import aiohttp
+from aiohttp import web
+
+from walletd.logs import get_logger
+from walletd.persistence import outbox
+from walletd.persistence.db import FairPool
+from walletd.persistence.outbox import Delivery
+
+log = get_logger("walletd.webhooks")
+POLL = 0.25  # seconds between claims while nothing is due
+MAX_DELAY = 3600.0
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify(secret: str, body: bytes, header: str, tolerance: float = 300, now: float | None = None) -> bool:
+    """What a receiver does (the README's snippet is this function)."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        timestamp = int(parts["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs((time.time() if now is None else now) - timestamp) > tolerance:
+        return False
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+def backoff(attempt: int, base: float) -> float:
+    """Seconds before the attempt after `attempt` (1-based): equal jitter over base × 2^(attempt−1)."""
+    delay = min(MAX_DELAY, base * 2 ** min(attempt - 1, 30))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+class DeliveryStats:
+    """This process's counters for /metrics."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.retried = 0
+        self.failed = 0
+        self.latency_buckets = [0] * len(LATENCY_BUCKETS)
+        self.latency_sum = 0.0
+        self.latency_count = 0
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latency_sum += seconds
+        self.latency_count += 1
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.latency_buckets[i] += 1
+
+
+class WebhookDispatcher:
+    def __init__(self, pool: FairPool, *, concurrency: int = 16, timeout: float = 10.0, backoff_base: float = 2.0,
+                 horizon: float = 259200.0) -> None:
+        self.pool = pool
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.backoff_base = backoff_base
+        self.horizon = horizon
+        self.lease = timeout * 2 + 5
+        self.stats = DeliveryStats()
+        self._in_flight: set[asyncio.Task] = set()
+        self._slot_freed = asyncio.Event()
+
+    async def run(self) -> None:
+        """Claims and sends forever (run it under walletd.supervisor)."""
+        connector = aiohttp.TCPConnector(limit=self.concurrency)
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            try:
+                while True:
+                    free = self.concurrency - len(self._in_flight)
+                    if free <= 0:
+                        self._slot_freed.clear()
+                        await self._slot_freed.wait()
+                        continue
+                    claimed = await outbox.claim_due(self.pool, free, self.lease)
+                    for delivery in claimed:
+                        task = asyncio.create_task(self._attempt(session, delivery))
+                        self._in_flight.add(task)
+                        task.add_done_callback(self._done)
+                    if not claimed:
+                        await asyncio.sleep(POLL)
+            finally:
+                # Cancelled (shutdown): attempts in flight are abandoned; their leases expire and
+                # another process (or the next start) sends them again.
+                for task in list(self._in_flight):
+                    task.cancel()
+                if self._in_flight:
+                    await asyncio.wait(self._in_flight, timeout=2)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._in_flight.discard(task)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            # The outcome could not be recorded (database down): the lease makes it due again.
+            log.warning("webhook.record_failed", error=repr(task.exception())[:300])
+
+    async def _attempt(self, session: aiohttp.ClientSession, d: Delivery) -> None:
+        body = d.body.encode()
+        headers = {"Content-Type": "application/json", "Walletd-Event-Id": str(d.event_id),
+                   "Walletd-Signature": sign(d.secret, body, int(time.time())), "User-Agent": "walletd-webhooks"}
+        error = None
+        try:
+            async with session.post(d.url, data=body, headers=headers, allow_redirects=False) as response:
+                if not 200 <= response.status < 300:
+                    error = f"HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+        if error is None:
+            if await outbox.mark_delivered(self.pool, d):
+                self.stats.delivered += 1
+                self.stats.observe_latency((datetime.now(timezone.utc) - d.created_at).total_seconds())
+            return
+        delay = backoff(d.attempt, self.backoff_base)
+        age = (datetime.now(timezone.utc) - d.created_at).total_seconds()
+        if age + delay > self.horizon:
+            if await outbox.mark_failed(self.pool, d, error):
+                self.stats.failed += 1
+                log.warning("webhook.given_up", event_id=str(d.event_id), endpoint_id=str(d.endpoint_id),
+                            attempts=d.attempt, age_s=round(age, 1), error=error)
+            return
+        if await outbox.mark_retry(self.pool, d, delay, error):
+            self.stats.retried += 1
+            log.info("webhook.retry", event_id=str(d.event_id), endpoint_id=str(d.endpoint_id), attempt=d.attempt,
+                     retry_in_s=round(delay, 2), error=error)
+
+    def metrics_lines(self, pending: int | None) -> list[str]:
+        """Prometheus text lines (served by /metrics in handlers/meta.py)."""
+        s = self.stats
+        lines = []
+        if pending is not None:
+            lines += ["# TYPE walletd_webhook_deliveries_pending gauge", f"walletd_webhook_deliveries_pending {pending}"]
+        lines += [
+            "# TYPE walletd_webhook_delivered_total counter", f"walletd_webhook_delivered_total {s.delivered}",
+            "# TYPE walletd_webhook_retried_total counter", f"walletd_webhook_retried_total {s.retried}",
+            "# TYPE walletd_webhook_failed_total counter", f"walletd_webhook_failed_total {s.failed}",
+            "# TYPE walletd_webhook_in_flight gauge", f"walletd_webhook_in_flight {len(self._in_flight)}",
+            "# TYPE walletd_webhook_delivery_latency_seconds histogram",
+        ]
+        for bound, count in zip(LATENCY_BUCKETS, s.latency_buckets):
+            lines.append(f'walletd_webhook_delivery_latency_seconds_bucket{{le="{bound}"}} {count}')
+        lines += [f'walletd_webhook_delivery_latency_seconds_bucket{{le="+Inf"}} {s.latency_count}',
+                  f"walletd_webhook_delivery_latency_seconds_sum {s.latency_sum:.6f}",
+                  f"walletd_webhook_delivery_latency_seconds_count {s.latency_count}"]
+        return lines
+
+
+dispatcher_key = web.AppKey("webhook_dispatcher", WebhookDispatcher)
