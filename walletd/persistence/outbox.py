@@ -71,10 +71,10 @@ class UnknownCursor(Exception):
 
 async def feed(pool: FairPool, service_user_id: uuid.UUID, after: uuid.UUID | None, limit: int) -> list[tuple]:
     """(id, body text) oldest first, after the event `after` (keyset on the writing transaction, then seq)."""
-    position = ("0", 0)
+    position = (0, 0)
     async with pool.acquire() as conn:
         if after is not None:
-            row = await conn.fetchrow("SELECT xid::text, seq FROM events WHERE id = $1 AND service_user_id = $2",
+            row = await conn.fetchrow("SELECT xid, seq FROM events WHERE id = $1 AND service_user_id = $2",
                                       after, service_user_id)
             if row is None:
                 raise UnknownCursor()
