@@ -121,8 +121,9 @@ class Bench:
         if "start" in marks and "end" in marks and ops:
             pg_cpu = marks["end"][0] - marks["start"][0]
             result["pg_cpu_ms_per_op"] = round(pg_cpu / ops * 1000, 4)
-            if target.app_pid is not None:
-                app_cpu = marks["end"][1] - marks["start"][1]
+            app_end, app_start = marks["end"][1], marks["start"][1]
+            if app_end is not None and app_start is not None:  # an HTTP server was measured
+                app_cpu = app_end - app_start
                 result["server_cpu_ms_per_op"] = round(app_cpu / ops * 1000, 4)
                 result["server_cpu_util"] = round(app_cpu / result["window_s"], 3)
             result["pg_cpu_util"] = round(pg_cpu / result["window_s"], 3)

@@ -27,8 +27,9 @@ class MemoryRun:
     async def touch(self, memory_users: list[seed.User], targets: list[seed.User], transfer_tpl: str,
                     idle_since: float) -> None:
         cfg, pid = self.cfg, self.wd.app_pid
+        assert pid is not None, "the memory run measures walletd's process"
         rng = random.Random(7)
-        args = []
+        args: list[list] = []
         for user in memory_users:
             for cur, wallet_id in user.wallets.items():
                 if len(args) < cfg.memory_wallets:
@@ -64,6 +65,7 @@ class MemoryRun:
         if remaining > 0:
             say(f"memory: idle {remaining:.0f}s more (WALLETD_ACTOR_IDLE_SECONDS={self.cfg.idle_seconds:g} + grace)")
             await asyncio.sleep(remaining)
+        assert self.wd.app_pid is not None
         after_idle = procstat.tree_rss_bytes(self.wd.app_pid)
         baseline = self.figures.pop("_baseline")
         self.figures.update({

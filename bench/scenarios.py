@@ -43,7 +43,9 @@ async def populate(cfg: Config, url: str, admin: asyncpg.Connection) -> Populati
     await pool.close()
     users = await seed.create_users(admin, "bench", cfg.wallets, password_hash)
     specials = await seed.create_users(admin, "bench_special", 6, password_hash)
-    population = Population(service, users, *specials)
+    hot_credit, hot_debit, hist_big, hist_big_peer, hist_small, hist_small_peer = specials
+    population = Population(service, users, hot_credit, hot_debit, hist_big, hist_big_peer, hist_small,
+                            hist_small_peer)
     issuer = TokenIssuer(JWT_SECRET, 24 * 3600)
     for user in users + specials:
         user.token = issuer.issue(user.id, "user")

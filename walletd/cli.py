@@ -93,6 +93,9 @@ def _spawn_worker(args, url: str, secret: str) -> subprocess.Popen:
 
 
 def migrate_cmd(args, settings: Settings) -> int:
+    from walletd import logs
+
+    logs.configure(settings.log_level, buffered=False)  # migrate.* events as JSON lines, like serve
     url, _, _ = resolve_database(settings) if not settings.database_url else (settings.database_url, "", None)
     applied = asyncio.run(_migrate(url, settings))
     for migration in applied:

@@ -147,3 +147,35 @@ async def test_a_task_that_returns_is_restarted_too(log_tap):
     await asyncio.wait_for(third.wait(), 10)
     await stop_task(task, timeout=5)
     assert sum('"task.exited"' in line for line in log_tap.lines) >= 2
+
+
+async def test_a_task_slow_to_stop_is_reported_and_shutdown_goes_on(log_tap):
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()  # a cleanup that takes longer than shutdown allows
+            raise
+
+    task = start_supervised("stubborn", stubborn)
+    await asyncio.wait_for(started.wait(), 10)
+    await stop_task(task, timeout=0.05)
+    assert not task.done()
+    assert any('"task.stop_timeout"' in line and '"stubborn"' in line for line in log_tap.lines)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_the_app_owns_the_sweep_task(make_client):
+    def sweeps() -> list[asyncio.Task]:
+        return [t for t in asyncio.all_tasks() if t.get_name() == "idempotency_sweep" and not t.done()]
+
+    before = len(sweeps())
+    client = await make_client()
+    assert len(sweeps()) == before + 1
+    await client.close()  # the app's cleanup contexts run
+    assert len(sweeps()) == before
