@@ -1,9 +1,10 @@
 """Webhook delivery: signed POSTs of outbox events, at least once, with backoff.
 
 - One dispatcher task per process (supervised). It keeps at most `concurrency` attempts in
-  flight; whenever slots are free it claims that many due deliveries (persistence/outbox.py:
-  SKIP LOCKED and a lease, so several processes never send one delivery at once), and sleeps
-  POLL seconds when nothing is due. Memory is bounded by the slots whatever the endpoints do:
+  flight; whenever half the slots are free it claims that many due deliveries (persistence/
+  outbox.py: SKIP LOCKED and a lease, so several processes never send one delivery at once),
+  records the outcomes gathered meanwhile in one statement, and sleeps up to POLL seconds when
+  nothing is due. Memory is bounded by the slots whatever the endpoints do:
   nothing is queued in memory, the queue is the table.
 - An attempt is one POST with a total timeout (WALLETD_WEBHOOK_TIMEOUT, default 10 s). Any 2xx
   is delivered; any other status, a timeout or a connection error is retried after
@@ -26,6 +27,7 @@ import hashlib
 import hmac
 import random
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import aiohttp
@@ -85,6 +87,15 @@ class DeliveryStats:
                 self.latency_buckets[i] += 1
 
 
+@dataclass(frozen=True)
+class Outcome:
+    delivery: Delivery
+    status: str  # delivered, pending (retry after delay), failed (given up)
+    delay: float
+    error: str | None
+    seconds: float  # delivered: latency since the event; otherwise the event's age
+
+
 class WebhookDispatcher:
     def __init__(self, pool: FairPool, *, concurrency: int = 16, timeout: float = 10.0, backoff_base: float = 2.0,
                  horizon: float = 259200.0) -> None:
@@ -97,18 +108,20 @@ class WebhookDispatcher:
         self.stats = DeliveryStats()
         self._in_flight: set[asyncio.Task] = set()
         self._slot_freed = asyncio.Event()
+        self._outcomes: list[Outcome] = []  # at most `concurrency` between two _record() calls
 
     async def run(self) -> None:
-        """Claims and sends forever (run it under walletd.supervisor)."""
+        """Claims, sends and records forever (run it under walletd.supervisor)."""
         connector = aiohttp.TCPConnector(limit=self.concurrency)
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             try:
                 while True:
+                    await self._record()
                     free = self.concurrency - len(self._in_flight)
-                    if free <= 0:
-                        self._slot_freed.clear()
-                        await self._slot_freed.wait()
+                    # Claim in batches (half the slots at least), not one row per freed slot.
+                    if self._in_flight and free < max(1, self.concurrency // 2):
+                        await self._wait_for_slot(POLL)
                         continue
                     claimed = await outbox.claim_due(self.pool, free, self.lease)
                     for delivery in claimed:
@@ -116,21 +129,29 @@ class WebhookDispatcher:
                         self._in_flight.add(task)
                         task.add_done_callback(self._done)
                     if not claimed:
-                        await asyncio.sleep(POLL)
+                        await self._wait_for_slot(POLL)
             finally:
-                # Cancelled (shutdown): attempts in flight are abandoned; their leases expire and
-                # another process (or the next start) sends them again.
+                # Cancelled (shutdown): attempts in flight are abandoned (their leases expire and
+                # they are sent again: at least once); outcomes already known are recorded.
                 for task in list(self._in_flight):
                     task.cancel()
                 if self._in_flight:
                     await asyncio.wait(self._in_flight, timeout=2)
+                try:
+                    await asyncio.wait_for(self._record(), 2)
+                except (TimeoutError, asyncio.CancelledError):
+                    pass
+
+    async def _wait_for_slot(self, timeout: float) -> None:
+        self._slot_freed.clear()
+        try:
+            await asyncio.wait_for(self._slot_freed.wait(), timeout)
+        except TimeoutError:
+            pass
 
     def _done(self, task: asyncio.Task) -> None:
         self._in_flight.discard(task)
         self._slot_freed.set()
-        if not task.cancelled() and task.exception() is not None:
-            # The outcome could not be recorded (database down): the lease makes it due again.
-            log.warning("webhook.record_failed", error=repr(task.exception())[:300])
 
     async def _attempt(self, session: aiohttp.ClientSession, d: Delivery) -> None:
         body = d.body.encode()
@@ -143,23 +164,42 @@ class WebhookDispatcher:
                     error = f"HTTP {response.status}"
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
+        now = datetime.now(timezone.utc)
         if error is None:
-            if await outbox.mark_delivered(self.pool, d):
-                self.stats.delivered += 1
-                self.stats.observe_latency((datetime.now(timezone.utc) - d.created_at).total_seconds())
+            self._outcomes.append(Outcome(d, "delivered", 0.0, None, (now - d.created_at).total_seconds()))
             return
         delay = backoff(d.attempt, self.backoff_base)
-        age = (datetime.now(timezone.utc) - d.created_at).total_seconds()
-        if age + delay > self.horizon:
-            if await outbox.mark_failed(self.pool, d, error):
+        age = (now - d.created_at).total_seconds()
+        self._outcomes.append(Outcome(d, "failed" if age + delay > self.horizon else "pending", delay, error, age))
+
+    async def _record(self) -> None:
+        """Every outcome gathered since the last call, in one statement (fenced by the attempt
+        number, so a delivery claimed again meanwhile keeps its newer state)."""
+        if not self._outcomes:
+            return
+        outcomes, self._outcomes = self._outcomes, []
+        try:
+            recorded = await outbox.record_outcomes(self.pool, [
+                (o.delivery.event_id, o.delivery.endpoint_id, o.delivery.attempt, o.status, o.delay, o.error)
+                for o in outcomes])
+        except Exception as exc:  # noqa: BLE001 - the leases make them due again: at least once
+            log.warning("webhook.record_failed", outcomes=len(outcomes), error=repr(exc)[:300])
+            return
+        for o in outcomes:
+            if (o.delivery.event_id, o.delivery.endpoint_id) not in recorded:
+                continue
+            d = o.delivery
+            if o.status == "delivered":
+                self.stats.delivered += 1
+                self.stats.observe_latency(o.seconds)
+            elif o.status == "failed":
                 self.stats.failed += 1
                 log.warning("webhook.given_up", event_id=str(d.event_id), endpoint_id=str(d.endpoint_id),
-                            attempts=d.attempt, age_s=round(age, 1), error=error)
-            return
-        if await outbox.mark_retry(self.pool, d, delay, error):
-            self.stats.retried += 1
-            log.info("webhook.retry", event_id=str(d.event_id), endpoint_id=str(d.endpoint_id), attempt=d.attempt,
-                     retry_in_s=round(delay, 2), error=error)
+                            attempts=d.attempt, age_s=round(o.seconds, 1), error=o.error)
+            else:
+                self.stats.retried += 1
+                log.info("webhook.retry", event_id=str(d.event_id), endpoint_id=str(d.endpoint_id),
+                         attempt=d.attempt, retry_in_s=round(o.delay, 2), error=o.error)
 
     def metrics_lines(self, pending: int | None) -> list[str]:
         """Prometheus text lines (served by /metrics in handlers/meta.py)."""

@@ -105,28 +105,27 @@ async def claim_due(pool: FairPool, limit: int, lease_seconds: float) -> list[De
     return [Delivery(*r) for r in rows]
 
 
-async def mark_delivered(pool: FairPool, d: Delivery) -> bool:
-    status = await pool.execute(
-        "UPDATE webhook_deliveries SET status = 'delivered', delivered_at = now(), last_error = NULL "
-        "WHERE event_id = $1 AND endpoint_id = $2 AND attempts = $3 AND status = 'pending'",
-        d.event_id, d.endpoint_id, d.attempt)
-    return status.endswith(" 1")
+_RECORD = """
+UPDATE webhook_deliveries d
+   SET status = u.status,
+       delivered_at = CASE WHEN u.status = 'delivered' THEN now() END,
+       next_attempt_at = CASE WHEN u.status = 'pending' THEN now() + make_interval(secs => u.delay)
+                              ELSE d.next_attempt_at END,
+       last_error = u.error
+  FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::float8[], $6::text[])
+       AS u(event_id, endpoint_id, attempt, status, delay, error)
+ WHERE d.event_id = u.event_id AND d.endpoint_id = u.endpoint_id AND d.attempts = u.attempt AND d.status = 'pending'
+RETURNING d.event_id, d.endpoint_id
+"""
 
 
-async def mark_retry(pool: FairPool, d: Delivery, delay_seconds: float, error: str) -> bool:
-    status = await pool.execute(
-        "UPDATE webhook_deliveries SET next_attempt_at = now() + make_interval(secs => $4::double precision), "
-        "last_error = $5 WHERE event_id = $1 AND endpoint_id = $2 AND attempts = $3 AND status = 'pending'",
-        d.event_id, d.endpoint_id, d.attempt, delay_seconds, error[:500])
-    return status.endswith(" 1")
-
-
-async def mark_failed(pool: FairPool, d: Delivery, error: str) -> bool:
-    status = await pool.execute(
-        "UPDATE webhook_deliveries SET status = 'failed', last_error = $4 "
-        "WHERE event_id = $1 AND endpoint_id = $2 AND attempts = $3 AND status = 'pending'",
-        d.event_id, d.endpoint_id, d.attempt, error[:500])
-    return status.endswith(" 1")
+async def record_outcomes(pool: FairPool, outcomes: list[tuple]) -> set[tuple[uuid.UUID, uuid.UUID]]:
+    """outcomes: (event_id, endpoint_id, attempt, status, delay_seconds, error). Returns the
+    deliveries actually updated: one claimed again since (its lease ran out) keeps its newer state."""
+    columns = list(zip(*outcomes))
+    rows = await pool.fetch(_RECORD, columns[0], columns[1], columns[2], columns[3], columns[4],
+                            [e[:500] if e else e for e in columns[5]])
+    return {(r[0], r[1]) for r in rows}
 
 
 async def pending_count(pool: FairPool) -> int:
