@@ -1,17 +1,20 @@
 """Webhooks from real `walletd serve` processes: an event acknowledged just before walletd is
 SIGKILLed (with the receiver down) still arrives after a restart; two processes on one database
-send each delivery once per attempt. The receiver is an aiohttp app on 127.0.0.1."""
+send each delivery once per attempt, and expire each pending withdrawal once. The receiver is an aiohttp app on 127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import Counter
+from decimal import Decimal
 
 import aiohttp
 import pytest
 
-from tests.conftest import ServeProcess, api_deposit, register, register_service, run_cli
+from tests.conftest import (
+    ServeProcess, api_deposit, api_external_wallet, api_withdraw, fund, register, register_service, run_cli,
+)
 from tests.receiver import Receiver, of_type
 
 FAST = {"WALLETD_WEBHOOK_BACKOFF": "0.2", "WALLETD_WEBHOOK_TIMEOUT": "1"}
@@ -88,5 +91,46 @@ async def test_two_processes_send_each_delivery_once_per_attempt(database_url, d
         for p in procs:
             await p.stop()
         await receiver.stop()
+    code, out = await run_cli(database_url, "audit")
+    assert code == 0 and "audit: clean" in out, out
+
+
+async def test_two_processes_expire_each_pending_withdrawal_once(database_url, db):
+    procs = [ServeProcess(database_url, WALLETD_PENDING_TTL="1.5"), ServeProcess(database_url, WALLETD_PENDING_TTL="1.5")]
+    try:
+        await asyncio.gather(*(p.start() for p in procs))
+        sessions = [aiohttp.ClientSession(base_url=p.url) for p in procs]
+        try:
+            service = await register_service(sessions[0])
+            users = [await register(sessions[i], f"x{i}") for i in range(2)]
+            for i, user in enumerate(users):
+                await api_external_wallet(sessions[i], user, 1)
+                await fund(sessions[i], user, service, 1, "101.0101010101")  # credits 100
+            responses = await asyncio.gather(*(
+                api_withdraw(sessions[i % 2], users[i % 2], service, 1, "5") for i in range(20)))
+            assert [r.status for r in responses] == [200] * 20
+            ids = [(await r.json())["id"] for r in responses]
+        finally:
+            for s in sessions:
+                await s.close()
+        deadline = time.monotonic() + 20
+        while await db.fetchval("SELECT count(*) FROM transactions WHERE id = ANY($1::uuid[]) AND status = 'pending'",
+                                ids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        statuses = await db.fetch("SELECT status, count(*) FROM transactions WHERE id = ANY($1::uuid[]) GROUP BY 1", ids)
+        assert [tuple(r) for r in statuses] == [("expired", 20)]
+        for user in users:
+            row = await db.fetchrow("SELECT balance, reserved_balance FROM wallets WHERE id = $1",
+                                    user["wallets"][1]["id"])
+            assert (row[0], row[1]) == (Decimal(100), Decimal(0))  # every hold back, none twice
+        events = await db.fetch("SELECT transaction_id, count(*) FROM events WHERE type = 'withdraw.expired' "
+                                "AND transaction_id = ANY($1::uuid[]) GROUP BY 1", ids)
+        assert len(events) == 20 and {r[1] for r in events} == {1}
+        entries = await db.fetchval("SELECT count(*) FROM journal_entries e JOIN transactions t ON t.entry_id = e.id "
+                                    "WHERE t.id = ANY($1::uuid[]) AND e.kind = 'withdraw_expired'", ids)
+        assert entries == 20
+    finally:
+        for p in procs:
+            await p.stop()
     code, out = await run_cli(database_url, "audit")
     assert code == 0 and "audit: clean" in out, out
