@@ -205,10 +205,10 @@ async def events_ctx(app: web.Application):
     """Issue 11's background tasks: the pending-expiry sweep and webhook delivery (walletd/events/).
     After actors_ctx, so on shutdown they stop before the actors drain and the pool closes."""
     settings = app[settings_key]
-    sweeper = PendingExpirySweeper(app[pool_key], app[registry_key], settings.pending_ttl_seconds)
     dispatcher = WebhookDispatcher(app[pool_key], concurrency=settings.webhook_concurrency,
                                    timeout=settings.webhook_timeout_seconds, backoff_base=settings.webhook_backoff_seconds,
                                    horizon=settings.webhook_horizon_seconds)
+    sweeper = PendingExpirySweeper(app[pool_key], app[registry_key], settings.pending_ttl_seconds, dispatcher.wake)
     app[dispatcher_key] = dispatcher
     tasks = [start_supervised("pending_expiry", sweeper.run), start_supervised("webhook_delivery", dispatcher.run)]
     try:

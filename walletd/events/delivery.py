@@ -143,11 +143,17 @@ class WebhookDispatcher:
                     pass
 
     async def _wait_for_slot(self, timeout: float) -> None:
-        self._slot_freed.clear()
+        """Until an attempt ends, wake() is called, or timeout. Cleared after the wait, not
+        before: a wake-up that came while claiming is not lost (at worst one claim too many)."""
         try:
             await asyncio.wait_for(self._slot_freed.wait(), timeout)
         except TimeoutError:
             pass
+        self._slot_freed.clear()
+
+    def wake(self) -> None:
+        """An event was just committed in this process: claim now instead of at the next poll."""
+        self._slot_freed.set()
 
     def _done(self, task: asyncio.Task) -> None:
         self._in_flight.discard(task)
@@ -223,3 +229,11 @@ class WebhookDispatcher:
 
 
 dispatcher_key = web.AppKey("webhook_dispatcher", WebhookDispatcher)
+
+
+def wake_delivery(app: web.Application) -> None:
+    """Called by the deposit, withdrawal and settlement handlers after their commit (never by
+    transfers); other processes' events are found by the poll."""
+    dispatcher = app.get(dispatcher_key)
+    if dispatcher is not None:
+        dispatcher.wake()

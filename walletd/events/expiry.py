@@ -31,8 +31,9 @@ BATCH = 200  # rows per sweep step; the actors' mailboxes bound the rest
 
 
 class PendingExpirySweeper:
-    def __init__(self, pool: FairPool, registry: ActorRegistry, ttl_seconds: float) -> None:
+    def __init__(self, pool: FairPool, registry: ActorRegistry, ttl_seconds: float, on_expired=None) -> None:
         self.pool = pool
+        self.on_expired = on_expired  # wakes the webhook dispatcher
         self.registry = registry
         self.ttl_seconds = ttl_seconds
         self.expired = 0
@@ -60,4 +61,6 @@ class PendingExpirySweeper:
             elif isinstance(result, BaseException):
                 # Unavailable, Overloaded, ...: the row is still pending and the next sweep retries.
                 log.warning("expiry.deferred", transaction_id=str(command.transaction_id), error=repr(result)[:200])
+        if self.on_expired is not None:
+            self.on_expired()
         return len(due)
