@@ -26,9 +26,9 @@ from walletd.appkeys import database_url_key, http_key, ledger_key, pool_key, pr
 from walletd.auth.tokens import TokenIssuer
 from walletd.config import ConfigError, Settings
 from walletd.domain.errors import DomainError, Unavailable
-from walletd.handlers import endpoint, identity, meta, money, service, wallets, webhooks
 from walletd.events.delivery import WebhookDispatcher, dispatcher_key
 from walletd.events.expiry import PendingExpirySweeper
+from walletd.handlers import endpoint, identity, meta, money, service, wallets, webhooks
 from walletd.handlers.errors import domain_error_response, error_response
 from walletd.logs import get_logger
 from walletd.persistence.db import create_pool
