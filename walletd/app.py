@@ -26,7 +26,9 @@ from walletd.appkeys import database_url_key, http_key, ledger_key, pool_key, pr
 from walletd.auth.tokens import TokenIssuer
 from walletd.config import ConfigError, Settings
 from walletd.domain.errors import DomainError, Unavailable
-from walletd.handlers import endpoint, identity, meta, money, openapi, service, wallets
+from walletd.events.delivery import WebhookDispatcher, dispatcher_key
+from walletd.events.expiry import PendingExpirySweeper
+from walletd.handlers import endpoint, identity, meta, money, openapi, service, wallets, webhooks
 from walletd.handlers.errors import challenge_key, domain_error_response, error_response, http_error_response
 from walletd.logs import get_logger
 from walletd.persistence.db import create_pool
@@ -36,7 +38,7 @@ from walletd.persistence.retention import IdempotencySweeper
 from walletd.supervisor import start_supervised, stop_task
 
 log = get_logger("walletd.http")
-ROUTE_TABLES = (identity.routes, wallets.routes, money.routes, service.routes)
+ROUTE_TABLES = (identity.routes, wallets.routes, money.routes, service.routes, webhooks.routes)
 
 
 # Request ids: unique per process start (random prefix) and per request (counter). No system
@@ -178,12 +180,29 @@ async def idempotency_sweep_ctx(app: web.Application):
         await stop_task(task, timeout=5)
 
 
+async def events_ctx(app: web.Application):
+    """Issue 11's background tasks: the pending-expiry sweep and webhook delivery (walletd/events/).
+    After actors_ctx, so on shutdown they stop before the actors drain and the pool closes."""
+    settings = app[settings_key]
+    dispatcher = WebhookDispatcher(app[pool_key], concurrency=settings.webhook_concurrency,
+                                   timeout=settings.webhook_timeout_seconds, backoff_base=settings.webhook_backoff_seconds,
+                                   horizon=settings.webhook_horizon_seconds)
+    sweeper = PendingExpirySweeper(app[pool_key], app[registry_key], settings.pending_ttl_seconds, dispatcher.wake)
+    app[dispatcher_key] = dispatcher
+    tasks = [start_supervised("pending_expiry", sweeper.run), start_supervised("webhook_delivery", dispatcher.run)]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            await stop_task(task, timeout=5)
+
+
 def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[settings_key] = settings
     app[database_url_key] = database_url
     app[tokens_key] = TokenIssuer(jwt_secret, settings.token_ttl_seconds)
-    app.cleanup_ctx.extend([pool_ctx, actors_ctx, http_client_ctx, idempotency_sweep_ctx, meta.metrics_ctx])
+    app.cleanup_ctx.extend([pool_ctx, actors_ctx, http_client_ctx, idempotency_sweep_ctx, events_ctx, meta.metrics_ctx])
     meta.setup(app)
     add_routes(app)
     return app

@@ -40,6 +40,12 @@ class Settings:
     db_connect_timeout: float = 5.0
     log_level: str = "info"
     idempotency_retention_seconds: int = 86400
+    # events to the payment service (issue 11; walletd/events/)
+    pending_ttl_seconds: float = 604800.0
+    webhook_horizon_seconds: float = 259200.0
+    webhook_backoff_seconds: float = 2.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_concurrency: int = 16
 
     @property
     def rates_max_age(self) -> timedelta | None:
@@ -78,6 +84,11 @@ class Settings:
             db_connect_timeout=read.number("WALLETD_DB_CONNECT_TIMEOUT", 5.0, minimum=0.1),
             log_level=level,
             idempotency_retention_seconds=read.integer("WALLETD_IDEMPOTENCY_RETENTION", 86400, minimum=1),
+            pending_ttl_seconds=read.number("WALLETD_PENDING_TTL", 604800.0, minimum=0.1),
+            webhook_horizon_seconds=read.number("WALLETD_WEBHOOK_HORIZON", 259200.0, minimum=1.0),
+            webhook_backoff_seconds=read.number("WALLETD_WEBHOOK_BACKOFF", 2.0, minimum=0.01),
+            webhook_timeout_seconds=read.number("WALLETD_WEBHOOK_TIMEOUT", 10.0, minimum=0.1),
+            webhook_concurrency=read.integer("WALLETD_WEBHOOK_CONCURRENCY", 16, minimum=1),
         )
         if bonus < 0:
             raise ConfigError(f"WALLETD_SIGNUP_BONUS={bonus}: must not be negative")

@@ -51,6 +51,17 @@ MAILBOX_DEPTH = Gauge("walletd_mailbox_depth", "Commands queued in wallet actors
                       "the committer", multiprocess_mode="livesum")
 POOL_WAITERS = Gauge("walletd_pool_waiters", "Coroutines waiting for a database connection (sampled each second "
                      "and at scrape)", multiprocess_mode="livesum")
+WEBHOOKS_DELIVERED = Counter("walletd_webhook_delivered", "Webhook deliveries the receiver acknowledged (2xx)")
+WEBHOOKS_RETRIED = Counter("walletd_webhook_retried", "Webhook delivery attempts that failed and will be retried")
+WEBHOOKS_FAILED = Counter("walletd_webhook_failed", "Webhook deliveries given up past the retry horizon")
+WEBHOOK_LATENCY = Histogram("walletd_webhook_delivery_latency_seconds",
+                            "Seconds from an event's commit to its acknowledged delivery",
+                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0))
+WEBHOOKS_IN_FLIGHT = Gauge("walletd_webhook_in_flight", "Webhook deliveries being sent now",
+                           multiprocess_mode="livesum")
+# The same database count whichever process reads it: the latest reading, never a sum.
+WEBHOOKS_PENDING = Gauge("walletd_webhook_deliveries_pending", "Webhook deliveries waiting in the database "
+                         "(all processes; read at scrape)", multiprocess_mode="mostrecent")
 WORKERS = Gauge("walletd_workers", "walletd processes serving the port", multiprocess_mode="livesum")
 
 _children: dict[tuple[str, str, int], tuple] = {}

@@ -130,6 +130,41 @@ class SettlementConflict(DomainError):
     message = "transaction_already_settled"
 
 
+class TransactionExpired(DomainError):
+    """Settling a deposit or withdrawal that stayed pending past WALLETD_PENDING_TTL and expired."""
+
+    message = "transaction_expired"
+    code = "transaction_expired"
+
+
+class InvalidWebhookUrl(DomainError):
+    """A webhook URL must be http(s), name a host, and carry no credentials or fragment; `message` says which."""
+
+    code = "invalid_webhook_url"
+    message = "url is not a valid URL"
+
+
+class TooManyWebhooks(DomainError):
+    """The caller already has the most webhook endpoints allowed."""
+
+    code = "too_many_webhooks"
+    message = "too many webhook endpoints"
+
+
+class WebhookNotFound(DomainError):
+    """No such webhook endpoint among the caller's."""
+
+    code = "webhook_not_found"
+    message = "webhook_not_found"
+
+
+class UnknownEventCursor(DomainError):
+    """`after` is not the id of one of the caller's events."""
+
+    code = "unknown_cursor"
+    message = "unknown cursor: `after` must be the id of one of your events"
+
+
 class InvalidTransactionType(DomainError):
     """The transaction is not of the kind this endpoint settles (deposit vs withdraw)."""
 

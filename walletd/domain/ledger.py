@@ -92,7 +92,8 @@ class RequestWithdraw:
 
 @dataclass(frozen=True)
 class Settle:
-    """Settle a pending deposit or withdrawal: new_status is 'paid' or 'rejected'."""
+    """Settle a pending deposit or withdrawal: new_status is 'paid' or 'rejected' (the payment
+    service), or 'expired' (walletd's expiry sweeper, walletd/events/expiry.py, past the TTL)."""
 
     service_user_id: uuid.UUID
     transaction_id: uuid.UUID
@@ -168,10 +169,13 @@ class Effects:
     status_updates: list[tuple[uuid.UUID, str, uuid.UUID | None]] = field(default_factory=list)
     external_credits: list[tuple[uuid.UUID, Decimal]] = field(default_factory=list)
     events: list[tuple[str, dict]] = field(default_factory=list)
+    # Events for the payment service (issue 11), written in the same statement as the change:
+    # (service_user_id, event) with event = {"id", "type", "created_at", "data": tx_json record}.
+    outbox: list[tuple[uuid.UUID, dict]] = field(default_factory=list)
 
     def mark(self) -> tuple[int, ...]:
         return (len(self.entries), len(self.postings), len(self.new_transactions), len(self.status_updates),
-                len(self.external_credits), len(self.events))
+                len(self.external_credits), len(self.events), len(self.outbox))
 
     def rollback(self, mark: tuple[int, ...], wallets: dict[uuid.UUID, WalletState]) -> None:
         """Undo a command that failed half-way through planning (a bug, not a refusal: refusals
@@ -185,7 +189,7 @@ class Effects:
                 else:
                     wallet.reserved -= amount
         for items, length in zip((self.entries, self.postings, self.new_transactions, self.status_updates,
-                                  self.external_credits, self.events), mark):
+                                  self.external_credits, self.events, self.outbox), mark):
             del items[length:]
 
     def entry(self, kind: str, request_id: str | None, legs: list[tuple[WalletState, str, Decimal]]) -> uuid.UUID:
@@ -219,6 +223,12 @@ class Effects:
         }
         self.new_transactions.append(row)
         return row
+
+    def publish(self, type: str, service_user_id: uuid.UUID, record: dict) -> None:
+        """An outbox event about a deposit or withdrawal (never a transfer: those name no service user)."""
+        self.outbox.append((service_user_id, {
+            "id": str(new_id()), "type": type, "created_at": self.now.isoformat(timespec="microseconds"),
+            "data": record}))
 
 
 # ---- planning ---------------------------------------------------------------------------------
@@ -275,7 +285,9 @@ def plan_deposit_request(cmd: RequestDeposit, wallets: dict[uuid.UUID, WalletSta
     effects.events.append(("deposit.requested", {
         "transaction_id": row["id"], "wallet_id": wallet.id, "amount": cmd.amount, "currency_id": wallet.currency_id,
         "service_user_id": cmd.service_user_id, "principal": cmd.user_id, "request_id": cmd.request_id}))
-    return tx_json(row)
+    record = tx_json(row)
+    effects.publish("deposit.requested", cmd.service_user_id, record)
+    return record
 
 
 def plan_withdraw_request(cmd: RequestWithdraw, wallets: dict[uuid.UUID, WalletState], effects: Effects) -> dict:
@@ -290,7 +302,9 @@ def plan_withdraw_request(cmd: RequestWithdraw, wallets: dict[uuid.UUID, WalletS
         "entry_id": entry_id, "transaction_id": row["id"], "wallet_id": wallet.id, "amount": cmd.amount,
         "currency_id": wallet.currency_id, "service_user_id": cmd.service_user_id, "principal": cmd.user_id,
         "request_id": cmd.request_id}))
-    return tx_json(row)
+    record = tx_json(row)
+    effects.publish("withdraw.requested", cmd.service_user_id, record)
+    return record
 
 
 def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uuid.UUID, WalletState],
@@ -303,6 +317,8 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
         raise errors.InvalidTransactionType()
     new_status = "rejected" if cmd.new_status in ("rejected", "reject") else cmd.new_status
     if pending.status != "pending":
+        if pending.status == "expired" and new_status != "expired":
+            raise errors.TransactionExpired()
         if pending.status == new_status:
             return pending.record
         raise errors.SettlementConflict(detail=f"transaction is already {pending.status}")
@@ -338,14 +354,18 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
             effects.external_credits.append((pending.external_wallet_id, net))
         moved = {"amount": amount, "commission": fee, "paid_out": net}
     elif pending.type == "withdraw":
-        entry_id = effects.entry("withdraw_release", cmd.request_id, [(user, "R", -amount), (user, "B", amount)])
+        # rejected or expired: the hold returns to the balance, in one entry
+        kind = "withdraw_expired" if new_status == "expired" else "withdraw_release"
+        entry_id = effects.entry(kind, cmd.request_id, [(user, "R", -amount), (user, "B", amount)])
         moved = {"amount": amount, "released": amount}
     else:
         moved = {"amount": amount}
     effects.status_updates.append((pending.id, new_status, entry_id))
     pending.status = new_status
     pending.record = {**pending.record, "status": new_status}
-    effects.events.append((f"{pending.type}.settled", {
+    outcome = {"paid": "settled"}.get(new_status, new_status)  # settled, rejected, expired
+    effects.publish(f"{pending.type}.{outcome}", cmd.service_user_id, pending.record)
+    effects.events.append((f"{pending.type}.{'expired' if new_status == 'expired' else 'settled'}", {
         "entry_id": entry_id, "transaction_id": pending.id, "status": new_status, "wallet_id": user.id,
         "service_wallet_id": service.id, "gateway_wallet_id": gateway.id, "currency_id": user.currency_id,
         "principal": cmd.service_user_id, "request_id": cmd.request_id,

@@ -12,6 +12,8 @@ from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES
 
 from walletd import metrics
 from walletd.appkeys import pool_key, registry_key
+from walletd.events.delivery import dispatcher_key
+from walletd.persistence import outbox
 from walletd.persistence.failures import outage
 from walletd.persistence.migrate import schema_ready
 
@@ -90,6 +92,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     """Prometheus text format (walletd/metrics.py): this process's live gauges are refreshed
     first; under --workers the answer aggregates every process."""
     metrics.sample(request.app[registry_key], request.app[pool_key])
+    await _webhooks_pending(request.app)
     return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
@@ -111,6 +114,19 @@ def serve_document(app: web.Application, document: dict) -> None:
 
 async def openapi_document(request: web.Request) -> web.Response:
     return web.Response(body=request.app[openapi_key], content_type="application/json")
+
+
+async def _webhooks_pending(app: web.Application) -> None:
+    """Issue 11 (walletd/events/delivery.py): the deliveries still pending in the database (all
+    processes). NaN (unknown) if the database cannot answer within READY_TIMEOUT, so /metrics
+    never hangs on it."""
+    if app.get(dispatcher_key) is None:
+        return
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            metrics.WEBHOOKS_PENDING.set(await outbox.pending_count(app[pool_key]))
+    except Exception:  # noqa: BLE001 - a scrape must answer even while the database does not
+        metrics.WEBHOOKS_PENDING.set(float("nan"))
 
 
 async def redoc(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from walletd.appkeys import pool_key, registry_key, request_id_key, settings_key
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
 from walletd.domain.ledger import Idempotency, RequestDeposit, RequestWithdraw, Transfer
+from walletd.events.delivery import wake_delivery
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.errors import InvalidIdempotencyKey
 from walletd.handlers.schemas import (
@@ -68,9 +69,11 @@ async def deposit(request: web.Request, principal: Principal, params: DepositPar
     pool = request.app[pool_key]
     wallet = await _own_wallet(pool, principal, params.wallet_id)
     service = await accounts.service_wallets(pool, params.service_user_id, wallet["currency_id"])
-    return await run(request, RequestDeposit(principal.user_id, wallet["id"], service["gateway_wallet_id"],
-                                             params.service_user_id, params.amount, request.get(request_id_key),
-                                             idempotency(request, principal, raw_params)))
+    result = await run(request, RequestDeposit(principal.user_id, wallet["id"], service["gateway_wallet_id"],
+                                               params.service_user_id, params.amount, request.get(request_id_key),
+                                               idempotency(request, principal, raw_params)))
+    wake_delivery(request.app)  # its event is committed: send it now rather than at the next poll
+    return result
 
 
 @routes("POST", "/wallet/withdraw", summary="Request a withdrawal: the amount is held until the service settles",
@@ -85,9 +88,11 @@ async def withdraw(request: web.Request, principal: Principal, params: WithdrawP
     external = await accounts.external_wallet(pool, principal.user_id, wallet["currency_id"])
     if external is None:
         raise errors.ExternalWalletNotFound()
-    return await run(request, RequestWithdraw(principal.user_id, wallet["id"], service["gateway_wallet_id"],
-                                              params.service_user_id, external["id"], params.amount,
-                                              request.get(request_id_key), idempotency(request, principal, raw_params)))
+    result = await run(request, RequestWithdraw(principal.user_id, wallet["id"], service["gateway_wallet_id"],
+                                                params.service_user_id, external["id"], params.amount,
+                                                request.get(request_id_key), idempotency(request, principal, raw_params)))
+    wake_delivery(request.app)
+    return result
 
 
 @routes("POST", "/wallet/exchange", summary="Quote a currency exchange (moves no money)",

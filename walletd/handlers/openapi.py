@@ -154,7 +154,7 @@ def document(entries: list[tuple[Endpoint, str]]) -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "walletd", "version": __version__, "description": DESCRIPTION + table},
-        "tags": [{"name": name} for name in ("auth", "user", "history", "money", "service", "rates")],
+        "tags": [{"name": name} for name in dict.fromkeys(tag for spec, _ in entries for tag in spec.tags)],
         "paths": paths,
         "components": {
             "schemas": dict(sorted(components.items())),

@@ -228,7 +228,7 @@ class TxOut(Model):
     # first response and idempotent replay alike (endpoint.render).
     id: uuid.UUID
     type: Literal["deposit", "withdraw", "transfer", "commission", "bonus"]
-    status: Literal["pending", "paid", "rejected", "close"]
+    status: Literal["pending", "paid", "rejected", "close", "expired"]
     from_wallet_id: uuid.UUID | None
     from_currency_id: int | None
     amount: Money

@@ -13,6 +13,7 @@ from walletd.appkeys import http_key, pool_key, request_id_key, settings_key
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
 from walletd.domain.ledger import Settle
+from walletd.events.delivery import wake_delivery
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.money import MOVE_ERRORS, idempotency, run
 from walletd.handlers.schemas import (
@@ -40,12 +41,15 @@ async def _settle(request: web.Request, principal: Principal, params: SettlePara
     service = await accounts.service_wallets(pool, principal.user_id, tx["currency_id"])
     user_wallet = tx["to_wallet_id"] if kind == "deposit" else tx["from_wallet_id"]
     rate = service["deposit_rate"] if kind == "deposit" else service["withdraw_rate"]
-    return await run(request, Settle(principal.user_id, params.transaction_id, kind, params.new_status, user_wallet,
-                                     service["service_wallet_id"], service["gateway_wallet_id"], rate,
-                                     request.get(request_id_key), idempotency(request, principal, raw_params)))
+    result = await run(request, Settle(principal.user_id, params.transaction_id, kind, params.new_status, user_wallet,
+                                       service["service_wallet_id"], service["gateway_wallet_id"], rate,
+                                       request.get(request_id_key), idempotency(request, principal, raw_params)))
+    wake_delivery(request.app)  # its event is committed: send it now rather than at the next poll
+    return result
 
 
 _SETTLE_ERRORS = [errors.TransactionNotFound, errors.InvalidTransactionType, errors.SettlementConflict,
+                  errors.TransactionExpired,
                   errors.ServiceWalletNotFound, *MOVE_ERRORS]
 
 

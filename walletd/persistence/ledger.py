@@ -428,12 +428,16 @@ class PgLedger:
             "idempotency": [{"principal_id": p, "key": k, "request_hash": h, "status_code": c, "response": r}
                             for p, k, h, c, r in idempotency_rows],
         }
+        statement = _WRITE_BATCH
+        if fx.outbox:  # only deposits and withdrawals: a batch of transfers runs the statement as before
+            document["events"] = _outbox_rows(fx)
+            statement = _WRITE_BATCH_WITH_EVENTS
         # A settlement whose compare-and-set finds the transaction no longer pending makes the
         # statement raise serialization_failure: nothing of the batch is written.
         payload = orjson.dumps(document, default=str).decode()
         backend = _backend(self.pool, conn)
         try:
-            await conn.fetchval(_WRITE_BATCH, payload)
+            await conn.fetchval(statement, payload)
         except BaseException as exc:
             if not autocommit or server_refused(exc):
                 raise
@@ -498,7 +502,7 @@ _TX_INSERT = (
 _TX_TYPES = ", ".join(f"{c} {t}" for c, t in _TX_INSERT)
 # Foreign keys between the parts (postings → entries, transactions → entries) are checked at
 # the end of the statement, so sibling CTEs may reference each other's rows.
-_WRITE_BATCH = f"""
+_WRITE_BATCH_TEMPLATE = """
 WITH doc AS (SELECT $1::jsonb AS d), entries AS (
     INSERT INTO journal_entries (id, kind, request_id, created_at)
     SELECT e.id, e.kind, e.request_id, (d->>'now')::timestamptz
@@ -508,8 +512,8 @@ WITH doc AS (SELECT $1::jsonb AS d), entries AS (
     SELECT p.* FROM doc, jsonb_to_recordset(d->'postings')
         AS p(entry_id uuid, wallet_id uuid, currency_id int2, bucket text, amount numeric)
 ), recorded AS (
-    INSERT INTO transactions ({', '.join(c for c, _ in _TX_INSERT)})
-    SELECT t.* FROM doc, jsonb_to_recordset(d->'transactions') AS t({_TX_TYPES})
+    INSERT INTO transactions ({tx_columns})
+    SELECT t.* FROM doc, jsonb_to_recordset(d->'transactions') AS t({tx_types})
 ), settled AS (
     UPDATE transactions t SET status = u.status, entry_id = coalesce(u.entry_id, t.entry_id),
                               updated_at = (SELECT (d->>'now')::timestamptz FROM doc)
@@ -525,6 +529,30 @@ WITH doc AS (SELECT $1::jsonb AS d), entries AS (
     INSERT INTO idempotency_keys (principal_id, key, request_hash, status_code, response)
     SELECT i.* FROM doc, jsonb_to_recordset(d->'idempotency')
         AS i(principal_id uuid, key text, request_hash text, status_code int2, response jsonb)
-)
+){outbox}
 SELECT walletd_expect((SELECT count(*) FROM settled), (SELECT (d->>'settling')::bigint FROM doc))
 """
+_WRITE_BATCH = _WRITE_BATCH_TEMPLATE.format(tx_columns=", ".join(c for c, _ in _TX_INSERT), tx_types=_TX_TYPES,
+                                            outbox="")
+# ---- issue 11: the transactional outbox. The events ride in the batch's own statement (so in its
+# transaction, and the in-doubt lookup of one row covers them too), with one delivery row per
+# endpoint of the event's service user (walletd/events/delivery.py sends them).
+_OUTBOX_CTE = """, outbox AS (
+    INSERT INTO events (id, service_user_id, type, transaction_id, body, created_at)
+    SELECT o.id, o.service_user_id, o.type, o.transaction_id, o.body::json, (d->>'now')::timestamptz
+      FROM doc, jsonb_to_recordset(d->'events')
+        AS o(id uuid, service_user_id uuid, type text, transaction_id uuid, body text)
+    RETURNING id, service_user_id
+), fanned_out AS (
+    INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at, created_at)
+    SELECT o.id, w.id, (SELECT (d->>'now')::timestamptz FROM doc), (SELECT (d->>'now')::timestamptz FROM doc)
+      FROM outbox o JOIN webhook_endpoints w ON w.service_user_id = o.service_user_id
+)"""
+_WRITE_BATCH_WITH_EVENTS = _WRITE_BATCH_TEMPLATE.format(
+    tx_columns=", ".join(c for c, _ in _TX_INSERT), tx_types=_TX_TYPES, outbox=_OUTBOX_CTE)
+
+
+def _outbox_rows(fx: Effects) -> list[dict]:
+    return [{"id": event["id"], "service_user_id": service_user_id, "type": event["type"],
+             "transaction_id": event["data"]["id"], "body": orjson.dumps(event).decode()}
+            for service_user_id, event in fx.outbox]

@@ -1,0 +1,207 @@
+"""Issue 11 through real HTTP: subscriptions, signed deliveries to a local receiver, retries, the
+feed, expiry of pending transactions, give-up, metrics. walletd runs in-process on a real
+PostgreSQL; the receiver is an aiohttp app on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from decimal import Decimal
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import (
+    api_deposit, api_external_wallet, api_settle, api_transfer, api_withdraw, balance, fund, register,
+    register_service, run_cli,
+)
+from tests.receiver import Receiver, of_type
+from walletd.events.delivery import verify
+
+
+@pytest.fixture
+async def receiver():
+    r = await Receiver().start()
+    yield r
+    await r.stop()
+
+
+async def subscribe(client, service: dict, url: str) -> dict:
+    resp = await client.post("/service/webhooks", headers=service["headers"], json={"url": url})
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def poll(condition, timeout: float = 20.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(interval)
+
+
+async def test_subscriptions_are_validated_listed_and_deleted(client, log_tap):
+    service, other = await register_service(client), await register_service(client)
+    for bad, why in [("ftp://example.com/x", "http or https"), ("http://user:pw@example.com/", "credentials"),
+                     ("not a url", "http or https"), ("http:///nohost", "host")]:
+        resp = await client.post("/service/webhooks", headers=service["headers"], json={"url": bad})
+        assert resp.status == 400, (bad, await resp.text())
+        assert why in (await resp.json())["message"]
+    user = await register(client)
+    resp = await client.post("/service/webhooks", headers=user["headers"], json={"url": "http://127.0.0.1:9/x"})
+    assert resp.status == 401  # user tokens are refused
+
+    created = await subscribe(client, service, "http://10.0.0.5:8080/hooks?token=abc")  # private hosts allowed
+    assert created["secret"].startswith("whsec_") and len(created["secret"]) > 30
+    listed = await (await client.get("/service/webhooks", headers=service["headers"])).json()
+    assert [w["id"] for w in listed["webhooks"]] == [created["id"]]
+    assert "secret" not in listed["webhooks"][0]
+    assert (await (await client.get("/service/webhooks", headers=other["headers"])).json())["webhooks"] == []
+
+    # someone else's endpoint looks exactly like one that does not exist
+    resp = await client.delete(f"/service/webhooks/{created['id']}", headers=other["headers"])
+    assert resp.status == 404 and (await resp.json())["message"] == "webhook_not_found"
+    assert (await client.delete("/service/webhooks/nope", headers=service["headers"])).status == 404
+    resp = await client.delete(f"/service/webhooks/{created['id']}", headers=service["headers"])
+    assert resp.status == 200
+    assert (await (await client.get("/service/webhooks", headers=service["headers"])).json())["webhooks"] == []
+
+    audit = [json.loads(line) for line in log_tap.lines]
+    assert [e["webhook_id"] for e in audit if e["event"] == "webhook.created"] == [created["id"]]
+    assert [e["webhook_id"] for e in audit if e["event"] == "webhook.deleted"] == [created["id"]]
+    assert not any(created["secret"] in line or "token=abc" in line for line in log_tap.lines)
+
+
+async def test_events_are_signed_delivered_and_listed_in_order(client, receiver, db):
+    service = await register_service(client)
+    hook = await subscribe(client, service, receiver.url)
+    user = await register(client)
+    await api_external_wallet(client, user, 1)
+
+    deposit = await (await api_deposit(client, user, service, 1, "100")).json()
+    settled = await (await api_settle(client, service, "deposit", deposit["id"], "paid")).json()
+    withdrawal = await (await api_withdraw(client, user, service, 1, "5")).json()
+    rejected = await (await api_settle(client, service, "withdraw", withdrawal["id"], "rejected")).json()
+    second = await (await api_deposit(client, user, service, 1, "7")).json()
+    await api_settle(client, service, "deposit", second["id"], "reject")
+    events_before = await db.fetchval("SELECT count(*) FROM events")
+    other = await register(client)
+    assert (await api_transfer(client, user, 1, other["wallets"][1]["id"], "1")).status == 200
+    assert await db.fetchval("SELECT count(*) FROM events") == events_before  # transfers write no events
+
+    expected = [("deposit.requested", deposit), ("deposit.settled", settled), ("withdraw.requested", withdrawal),
+                ("withdraw.rejected", rejected), ("deposit.requested", second)]
+    await receiver.wait_for(lambda got: len([r for r in got if r["status"] < 300]) >= 6)
+    got = receiver.delivered()
+    for r in got:
+        assert verify(hook["secret"], r["body"], r["signature"]), r["signature"]
+        assert not verify(hook["secret"] + "x", r["body"], r["signature"])
+        assert r["event_id"] == r["event"]["id"]
+    by_type = {(r["event"]["type"], r["event"]["data"]["id"]): r["event"] for r in got}
+    for kind, record in expected:
+        assert by_type[(kind, record["id"])]["data"] == record  # the record exactly as the API returned it
+    assert by_type[("deposit.rejected", second["id"])]["data"]["status"] == "rejected"
+
+    # The feed: the same ids, oldest first, in pages.
+    first = await (await client.get("/service/events", headers=service["headers"], params={"limit": 4})).json()
+    rest = await (await client.get("/service/events", headers=service["headers"],
+                                   params={"after": first["next_cursor"], "limit": 100})).json()
+    listed = first["events"] + rest["events"]
+    assert [e["type"] for e in listed] == ["deposit.requested", "deposit.settled", "withdraw.requested",
+                                           "withdraw.rejected", "deposit.requested", "deposit.rejected"]
+    assert sorted(e["id"] for e in listed) == sorted(r["event_id"] for r in got)
+    assert {json.dumps(e, sort_keys=True) for e in listed} == {json.dumps(r["event"], sort_keys=True) for r in got}
+    assert rest["next_cursor"] == listed[-1]["id"]
+    again = await (await client.get("/service/events", headers=service["headers"],
+                                    params={"after": rest["next_cursor"]})).json()
+    assert again == {"events": [], "next_cursor": rest["next_cursor"]}
+    other_service = await register_service(client)
+    resp = await client.get("/service/events", headers=other_service["headers"], params={"after": listed[0]["id"]})
+    assert resp.status == 400  # another service user's event is no cursor of theirs
+    assert (await (await client.get("/service/events", headers=other_service["headers"])).json())["events"] == []
+
+
+async def webhook_counts(client) -> dict[str, float]:
+    """The webhook counters of /metrics (process-wide: compare before and after)."""
+    text = await (await client.get("/metrics")).text()
+    return {name: value for family in text_string_to_metric_families(text) for name, _, value, *_ in family.samples
+            if name.startswith("walletd_webhook_")}
+
+
+async def test_a_delivery_answered_500_is_retried_with_the_same_event_id(make_client, receiver, db):
+    client = await make_client(webhook_backoff_seconds=0.2)
+    before = await webhook_counts(client)
+    service = await register_service(client)
+    await subscribe(client, service, receiver.url)
+    receiver.script = [500, 503]
+    user = await register(client)
+    deposit = await (await api_deposit(client, user, service, 1, "3")).json()
+    delivered = await receiver.wait_for(of_type("deposit.requested", deposit["id"]))
+    attempts = [r for r in receiver.received if r["event"]["data"]["id"] == deposit["id"]]
+    assert [r["status"] for r in attempts] == [500, 503, 200]
+    assert len({r["event_id"] for r in attempts}) == 1 and len({r["body"] for r in attempts}) == 1
+
+    async def recorded():  # the receiver has answered; walletd records the outcome right after
+        return await db.fetchrow("SELECT status, attempts FROM webhook_deliveries WHERE event_id = $1 "
+                                 "AND status <> 'pending'", delivered[0]["event"]["id"])
+    assert tuple(await poll(recorded)) == ("delivered", 3)
+    after = await webhook_counts(client)
+    assert after["walletd_webhook_retried_total"] - before["walletd_webhook_retried_total"] == 2
+    assert after["walletd_webhook_delivered_total"] - before["walletd_webhook_delivered_total"] == 1
+
+
+async def test_a_delivery_past_the_horizon_is_given_up(make_client, receiver, db, log_tap):
+    client = await make_client(webhook_backoff_seconds=0.2, webhook_horizon_seconds=1.0)
+    before = await webhook_counts(client)
+    service = await register_service(client)
+    await subscribe(client, service, receiver.url)
+    receiver.script = [500] * 1000
+    user = await register(client)
+    deposit = await (await api_deposit(client, user, service, 1, "3")).json()
+    event_id = await db.fetchval("SELECT id FROM events WHERE transaction_id = $1", deposit["id"])
+
+    async def failed():
+        return await db.fetchval("SELECT status = 'failed' FROM webhook_deliveries WHERE event_id = $1", event_id)
+    await poll(failed)
+    given_up = [json.loads(line) for line in log_tap.lines if '"webhook.given_up"' in line]
+    assert [e["event_id"] for e in given_up] == [str(event_id)]
+    after = await webhook_counts(client)
+    assert after["walletd_webhook_failed_total"] - before["walletd_webhook_failed_total"] == 1
+    # still in the feed, for reconciliation
+    feed = await (await client.get("/service/events", headers=service["headers"])).json()
+    assert [e["id"] for e in feed["events"]] == [str(event_id)]
+
+
+async def test_a_pending_withdrawal_expires_releases_its_hold_and_refuses_settlement(
+        make_client, receiver, db, database_url):
+    client = await make_client(pending_ttl_seconds=2.0)
+    service = await register_service(client)
+    await subscribe(client, service, receiver.url)
+    user = await register(client)
+    await api_external_wallet(client, user, 1)
+    credited = await fund(client, user, service, 1, "50")
+    withdrawal = await (await api_withdraw(client, user, service, 1, "20")).json()
+    deposit = await (await api_deposit(client, user, service, 1, "9")).json()
+    assert await balance(client, user, 1) == (credited - 20, Decimal(20))
+
+    expired = await receiver.wait_for(of_type("withdraw.expired", withdrawal["id"]))
+    await receiver.wait_for(of_type("deposit.expired", deposit["id"]))
+    assert expired[0]["event"]["data"] == {**withdrawal, "status": "expired"}
+    assert await balance(client, user, 1) == (credited, Decimal(0))  # the hold is back
+    entry = await db.fetch("SELECT p.bucket, p.amount FROM transactions t JOIN postings p ON p.entry_id = t.entry_id "
+                           "WHERE t.id = $1 ORDER BY p.bucket", withdrawal["id"])
+    assert [(r[0], r[1]) for r in entry] == [("B", Decimal(20)), ("R", Decimal(-20))]  # one journal entry
+
+    for kind, tx, status in [("withdraw", withdrawal, "paid"), ("withdraw", withdrawal, "rejected"),
+                             ("deposit", deposit, "paid")]:
+        resp = await api_settle(client, service, kind, tx["id"], status)
+        assert resp.status == 409, await resp.text()
+        assert (await resp.json())["message"] == "transaction_expired"
+    assert await balance(client, user, 1) == (credited, Decimal(0))
+    history = await (await client.get("/user/transactions", headers=user["headers"])).json()
+    assert {t["id"]: t["status"] for t in history["transactions"]}[withdrawal["id"]] == "expired"
+    code, out = await run_cli(database_url, "audit")
+    assert code == 0 and "audit: clean" in out, out
