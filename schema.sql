@@ -189,3 +189,14 @@ BEGIN
             FOR EACH STATEMENT EXECUTE FUNCTION walletd_append_only();
     END IF;
 END $$;
+
+-- ---- branch `auth` (issue 7): failed-login counters shared by every walletd process ----------------
+-- scope 'username' (key: first 16 hex of sha256 of the typed name, never the name itself) or
+-- 'address' (the client's address). A fixed window starts at window_start. Rows are pruned by walletd.
+CREATE TABLE IF NOT EXISTS login_failures (
+    scope        text NOT NULL CHECK (scope IN ('username', 'address')),
+    key          text NOT NULL,
+    window_start timestamptz NOT NULL,
+    failures     integer NOT NULL CHECK (failures > 0),
+    PRIMARY KEY (scope, key)
+);

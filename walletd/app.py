@@ -79,8 +79,10 @@ def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             return exc  # a redirect is a response
-        response = error_response(exc.status, exc.reason, request_id)
-        response.headers.update({k: v for k, v in exc.headers.items() if k in ("WWW-Authenticate", "Allow")})
+        code = getattr(exc, "code", None)  # e.g. auth.throttle.TooManyAttempts: too_many_attempts
+        response = error_response(exc.status, exc.reason, request_id, **({"code": code} if code else {}))
+        response.headers.update({k: v for k, v in exc.headers.items()
+                                 if k in ("WWW-Authenticate", "Allow", "Retry-After")})
         return response
     log.exception("http.unhandled", path=request.path)
     return error_response(500, "internal error", request_id)
@@ -159,6 +161,7 @@ def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Ap
     app[database_url_key] = database_url
     app[tokens_key] = TokenIssuer(jwt_secret, settings.token_ttl_seconds)
     app.cleanup_ctx.append(resources_ctx)
+    identity.setup(app, settings)
     meta.setup(app)
     add_routes(app)
     return app

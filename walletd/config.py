@@ -36,6 +36,15 @@ class Settings:
     committers: int = 2
     pool_size: int = 8
     log_level: str = "info"
+    # Login throttling, the password-hash pool and slow clients (README "Login throttling", "Slow clients").
+    login_max_failures: int = 10
+    login_max_failures_per_address: int = 100
+    login_window_seconds: int = 900
+    hash_threads: int = 2
+    hash_queue: int = 8
+    header_timeout_seconds: float = 15.0
+    body_timeout_seconds: float = 15.0
+    max_connections: int = 512
 
     @property
     def rates_max_age(self) -> timedelta | None:
@@ -64,6 +73,14 @@ class Settings:
                 committers=int(env.get("WALLETD_COMMITTERS", "2")),
                 pool_size=int(env.get("WALLETD_POOL_SIZE", "8")),
                 log_level=env.get("WALLETD_LOG_LEVEL", "info"),
+                login_max_failures=int(env.get("WALLETD_LOGIN_MAX_FAILURES", "10")),
+                login_max_failures_per_address=int(env.get("WALLETD_LOGIN_MAX_FAILURES_PER_ADDRESS", "100")),
+                login_window_seconds=int(env.get("WALLETD_LOGIN_WINDOW_SECONDS", "900")),
+                hash_threads=int(env.get("WALLETD_HASH_THREADS", "2")),
+                hash_queue=int(env.get("WALLETD_HASH_QUEUE", "8")),
+                header_timeout_seconds=float(env.get("WALLETD_HEADER_TIMEOUT_SECONDS", "15")),
+                body_timeout_seconds=float(env.get("WALLETD_BODY_TIMEOUT_SECONDS", "15")),
+                max_connections=int(env.get("WALLETD_MAX_CONNECTIONS", "512")),
             )
         except (ValueError, ArithmeticError) as exc:
             raise ConfigError(f"invalid walletd setting: {exc}") from exc
