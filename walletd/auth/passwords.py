@@ -40,12 +40,14 @@ class PasswordPool:
         self.queue_limit = queue_limit
         self.in_flight = 0  # running + waiting; only the event loop thread touches it
         self.refused = 0
+        self.peak = 0  # the most ever in flight: never above queue_limit
 
     async def _run(self, func, *args):
         if self.in_flight >= self.queue_limit:
             self.refused += 1
             raise Overloaded("too many logins in progress, retry later")
         self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
         try:
             # A cancelled caller leaves its hash running; in_flight is released when the hash ends, so
             # the bound counts threads really busy, not callers still waiting.
