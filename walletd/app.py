@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 from aiohttp_apigami import AiohttpApiSpec, docs
 
+from walletd import server
 from walletd.actors.committer import GroupCommitter
 from walletd.actors.registry import ActorRegistry
 from walletd.appkeys import database_url_key, http_key, ledger_key, pool_key, principal_key, registry_key, request_id_key, settings_key, tokens_key
@@ -84,6 +85,8 @@ def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:
         response.headers.update({k: v for k, v in exc.headers.items()
                                  if k in ("WWW-Authenticate", "Allow", "Retry-After")})
         return response
+    if isinstance(exc, server.CLIENT_GONE):  # the client went away mid-request: not our failure
+        return server.client_aborted(request, exc)
     log.exception("http.unhandled", path=request.path)
     return error_response(500, "internal error", request_id)
 
@@ -156,7 +159,8 @@ async def resources_ctx(app: web.Application):
 
 
 def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Application:
-    app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[request_context, server.read_body_within(settings.body_timeout_seconds)],
+                          client_max_size=settings.max_body_bytes)
     app[settings_key] = settings
     app[database_url_key] = database_url
     app[tokens_key] = TokenIssuer(jwt_secret, settings.token_ttl_seconds)

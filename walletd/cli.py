@@ -49,10 +49,9 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def serve(args, settings: Settings) -> int:
-    from aiohttp import web
-
     from walletd import logs
     from walletd.app import create_app
+    from walletd.server import run as run_server
 
     logs.configure(settings.log_level)
     url, secret, server = resolve_database(settings)
@@ -71,8 +70,8 @@ def serve(args, settings: Settings) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     try:
-        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=30,
-                    handle_signals=True, loop=_new_loop(), reuse_port=args.workers > 1 or args.worker)
+        run_server(app, settings, args.host, args.port, reuse_port=args.workers > 1 or args.worker,
+                   loop_factory=_new_loop)
     finally:
         for child in children:  # each finishes what it accepted, like this process did
             child.send_signal(signal.SIGTERM)
