@@ -42,6 +42,7 @@ class Settings:
     login_window_seconds: int = 900
     hash_threads: int = 2
     hash_queue: int = 8
+    hash_queue_per_address: int = 2
     header_timeout_seconds: float = 15.0
     body_timeout_seconds: float = 15.0
     max_connections: int = 512
@@ -78,6 +79,7 @@ class Settings:
                 login_window_seconds=int(env.get("WALLETD_LOGIN_WINDOW_SECONDS", "900")),
                 hash_threads=int(env.get("WALLETD_HASH_THREADS", "2")),
                 hash_queue=int(env.get("WALLETD_HASH_QUEUE", "8")),
+                hash_queue_per_address=int(env.get("WALLETD_HASH_QUEUE_PER_ADDRESS", "2")),
                 header_timeout_seconds=float(env.get("WALLETD_HEADER_TIMEOUT_SECONDS", "15")),
                 body_timeout_seconds=float(env.get("WALLETD_BODY_TIMEOUT_SECONDS", "15")),
                 max_connections=int(env.get("WALLETD_MAX_CONNECTIONS", "512")),

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 
+import aiohttp
 import pytest
 
 from tests.conftest import PASSWORD, register, register_service, unique
@@ -152,3 +153,35 @@ async def test_the_hash_pool_refuses_beyond_its_bound_instead_of_queueing(make_c
     pool = client.server.app[passwords_key]
     assert pool.peak <= 2 and pool.refused == len(refused) and pool.in_flight == 0
     assert (await login(client, user["username"], PASSWORD)).status == 200
+
+
+async def test_a_crowd_of_guessers_from_one_address_cannot_keep_other_addresses_out(make_client):
+    """16 guessers on 127.0.0.1 retrying every refusal at once hold at most their address's share of
+    the hash pool (2 of 4 places), so a real user on 127.0.0.2 is checked every time, not refused."""
+    client = await make_client(hash_threads=1, hash_queue=4, hash_queue_per_address=2,
+                               login_max_failures=100_000, login_max_failures_per_address=100_000)
+    user = await register(client)
+    statuses: list[int] = []
+    done = asyncio.Event()
+
+    async def guesser() -> None:
+        while not done.is_set():
+            statuses.append((await login(client, unique("guesser"), "guess")).status)
+
+    crowd = [asyncio.create_task(guesser()) for _ in range(16)]
+    real_user = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+    try:
+        async with asyncio.timeout(120):  # a guard, not a timing
+            while not any(status == 503 for status in statuses):  # the crowd is saturating its share
+                await asyncio.sleep(0.01)
+            for _ in range(5):
+                async with real_user.post(client.make_url("/auth/login"),
+                                          params={"username": user["username"], "password": PASSWORD}) as resp:
+                    assert resp.status == 200, await resp.text()
+    finally:
+        done.set()
+        await asyncio.gather(*crowd)
+        await real_user.close()
+    assert set(statuses) <= {401, 503}
+    pool = client.server.app[passwords_key]
+    assert pool.peak <= 3 and pool.in_flight == 0  # the crowd's 2 places and the real user's 1

@@ -29,7 +29,7 @@ _OPERATOR_HEADER = {"name": "X-Operator-Key", "in": "header", "required": True, 
 
 async def _register(request: web.Request, params: RegisterParams, role: str):
     settings = request.app[settings_key]
-    password_hash = await request.app[passwords_key].hash(params.password)
+    password_hash = await request.app[passwords_key].hash(params.password, request.remote or "unknown")
     try:
         user_id, bonus_entry = await accounts.create_user(
             request.app[pool_key], username=params.username, email=params.email, password_hash=password_hash,
@@ -78,7 +78,7 @@ async def register_service(request: web.Request, params: RegisterParams):
 
 def setup(app: web.Application, settings: Settings) -> None:
     """The password-hash pool and the login throttle, one each per app."""
-    app[passwords_key] = PasswordPool(settings.hash_threads, settings.hash_queue)
+    app[passwords_key] = PasswordPool(settings.hash_threads, settings.hash_queue, settings.hash_queue_per_address)
     app[throttle_key] = LoginThrottle(settings.login_max_failures, settings.login_max_failures_per_address,
                                       settings.login_window_seconds)
 
@@ -98,7 +98,7 @@ async def _login(request: web.Request, username: str, password: str, role: str):
         log.info("auth.login_throttled", username_sha256=username_key(username), role=role)
         raise
     user = await accounts.find_user(pool, username)
-    ok = await request.app[passwords_key].verify(user["password_hash"] if user else None, password)
+    ok = await request.app[passwords_key].verify(user["password_hash"] if user else None, password, address)
     if not ok or user["role"] != role:
         await throttle.failed(pool, username, address)
         # Never the typed name (people type passwords into it): the user id, or a hash of the name.
