@@ -89,6 +89,17 @@ async def test_unknown_usernames_are_counted_like_known_ones(make_client):
     await assert_throttled(await login(client, ghost, "guess"))
 
 
+async def test_an_unknown_username_costs_the_same_password_check_as_a_known_one(client):
+    """Not a timing test: it counts the argon2 verifications each kind of failure performs."""
+    user = await register(client)
+    pool = client.server.app[passwords_key]
+    before = pool.hashes
+    assert (await login(client, unique("ghost"), "guess")).status == 401
+    assert pool.hashes == before + 1
+    assert (await login(client, user["username"], "guess")).status == 401
+    assert pool.hashes == before + 2
+
+
 async def test_service_login_is_throttled_too(make_client):
     client = await make_client(login_max_failures=2, login_window_seconds=WINDOW)
     service = await register_service(client)

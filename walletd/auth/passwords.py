@@ -37,7 +37,8 @@ class PasswordPool:
         if threads < 1:
             raise ConfigError(f"WALLETD_HASH_THREADS must be at least 1, got {threads}")
         if queue_limit < threads:
-            raise ConfigError(f"WALLETD_HASH_QUEUE must be at least WALLETD_HASH_THREADS ({threads}), got {queue_limit}")
+            raise ConfigError(f"WALLETD_HASH_QUEUE must be at least WALLETD_HASH_THREADS ({threads}), "
+                              f"got {queue_limit}")
         if not 1 <= per_address <= queue_limit:
             raise ConfigError(f"WALLETD_HASH_QUEUE_PER_ADDRESS must be 1..WALLETD_HASH_QUEUE ({queue_limit}), "
                               f"got {per_address}")
@@ -47,6 +48,7 @@ class PasswordPool:
         self._by_address: dict[str, int] = {}
         self.refused = 0
         self.peak = 0  # the most ever in flight: never above queue_limit
+        self.hashes = 0  # hashes computed or verified: a login for an unknown user costs one too
 
     async def _run(self, address: str, func, *args):
         if self.in_flight >= self.queue_limit or self._by_address.get(address, 0) >= self.per_address:
@@ -55,6 +57,7 @@ class PasswordPool:
         self.in_flight += 1
         self._by_address[address] = self._by_address.get(address, 0) + 1
         self.peak = max(self.peak, self.in_flight)
+        self.hashes += 1
         try:
             # A cancelled caller leaves its hash running; its place is released when the hash ends,
             # so the bound counts threads really busy, not callers still waiting.

@@ -12,7 +12,8 @@ from walletd.persistence.db import FairPool
 _WINDOW = "make_interval(secs => $3)"
 
 
-async def current(pool: FairPool, username_key: str, address_key: str, window_seconds: int) -> dict[str, tuple[int, float]]:
+async def current(pool: FairPool, username_key: str, address_key: str,
+                  window_seconds: int) -> dict[str, tuple[int, float]]:
     """{scope: (failures, seconds until its window ends)} for the live windows of both keys."""
     rows = await pool.fetch(
         f"""SELECT scope, failures, extract(epoch FROM window_start + {_WINDOW} - now())::float8 AS remaining
