@@ -132,7 +132,9 @@ def runner_options(settings: Settings) -> dict:
     """Keyword arguments for web.AppRunner (also usable as a TestServer's server_kwargs)."""
     if settings.header_timeout_seconds <= 0:
         raise ConfigError(f"WALLETD_HEADER_TIMEOUT_SECONDS must be positive, got {settings.header_timeout_seconds}")
-    return {"access_log": None, "keepalive_timeout": settings.header_timeout_seconds}
+    # lingering_time: after an early answer (413, 408) aiohttp discards the unread rest of the body so
+    # the client can read the answer; 2 s rather than its default 10 s, or a slow body is held longer.
+    return {"access_log": None, "keepalive_timeout": settings.header_timeout_seconds, "lingering_time": 2.0}
 
 
 async def serve(app: web.Application, settings: Settings, host: str, port: int, *, reuse_port: bool,

@@ -43,21 +43,6 @@ def events(log_tap, name: str) -> list[dict]:
     return [json.loads(line) for line in log_tap.lines if f'"{name}"' in line]
 
 
-async def test_a_body_slower_than_its_timeout_gets_408_and_the_connection_closes(make_client, log_tap):
-    client = await make_client(body_timeout_seconds=0.3)
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(HALF_BODY)  # and never the rest
-    await writer.drain()
-    answer = await read_until_closed(reader)
-    await close(writer)
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408"), answer
-    assert b"connection: close" in head.lower()
-    error = json.loads(body)
-    assert error["status"] == 408 and error["code"] == "body_timeout" and error["request_id"]
-    assert events(log_tap, "http.unhandled") == []
-
-
 async def test_a_complete_body_within_the_timeout_is_served(make_client):
     client = await make_client(body_timeout_seconds=5)
     resp = await client.post("/auth/login", json={"username": "nobody-here", "password": "x"})
@@ -99,6 +84,22 @@ async def test_a_client_leaving_mid_body_is_logged_as_an_abort_not_a_500(serve):
     writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     assert (await read_until_closed(reader)).startswith(b"HTTP/1.1 200")
     await close(writer)
+
+
+async def test_a_body_slower_than_its_timeout_gets_408_and_the_connection_closes(serve):
+    server = await serve(WALLETD_BODY_TIMEOUT_SECONDS="0.3", WALLETD_LOG_LEVEL="info")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(HALF_BODY)  # and never the rest
+    await writer.drain()
+    answer = await read_until_closed(reader)
+    await close(writer)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert b"connection: close" in head.lower()
+    error = json.loads(body)
+    assert error["status"] == 408 and error["code"] == "body_timeout" and error["request_id"]
+    await wait_for(lambda: log_events(server, "http.body_timeout"))
+    assert log_events(server, "http.unhandled") == []
 
 
 async def test_walletd_serve_cuts_a_slow_header_client_after_the_header_timeout(serve):
