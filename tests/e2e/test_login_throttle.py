@@ -10,7 +10,7 @@ import json
 import aiohttp
 import pytest
 
-from tests.conftest import PASSWORD, register, register_service, unique
+from tests.conftest import OPERATOR_KEY, PASSWORD, register, register_service, unique
 from walletd.auth.throttle import username_key
 from walletd.handlers.identity import passwords_key
 
@@ -196,3 +196,19 @@ async def test_a_crowd_of_guessers_from_one_address_cannot_keep_other_addresses_
     assert set(statuses) <= {401, 503}
     pool = client.server.app[passwords_key]
     assert pool.peak <= 3 and pool.in_flight == 0  # the crowd's 2 places and the real user's 1
+
+
+async def test_wrong_operator_keys_count_against_the_address_not_the_operator(make_client, db):
+    client = await make_client(login_max_failures_per_address=3, login_window_seconds=WINDOW)
+    body = {"username": unique("svc"), "email": f"{unique('svc')}@example.com", "password": PASSWORD}
+    for _ in range(3):
+        resp = await client.post("/auth/register_service", headers={"X-Operator-Key": "guess"}, json=body)
+        assert resp.status == 403
+    await assert_throttled(await client.post("/auth/register_service", headers={"X-Operator-Key": "guess"},
+                                             json=body))
+    assert await db.fetchval("SELECT count(*) FROM login_failures WHERE scope = 'username'") == 0
+    # The operator, on another address, is not locked out.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as operator:
+        async with operator.post(client.make_url("/auth/register_service"), json=body,
+                                 headers={"X-Operator-Key": OPERATOR_KEY}) as resp:
+            assert resp.status == 200, await resp.text()

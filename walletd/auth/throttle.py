@@ -39,6 +39,10 @@ def username_key(username: str) -> str:
     return hashlib.sha256(username.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+def _key(username: str | None) -> str | None:
+    return None if username is None else username_key(username)
+
+
 class LoginThrottle:
     def __init__(self, max_failures: int, max_failures_per_address: int, window_seconds: int) -> None:
         for name, value in (("WALLETD_LOGIN_MAX_FAILURES", max_failures),
@@ -50,17 +54,18 @@ class LoginThrottle:
         self.window_seconds = window_seconds
         self._next_prune = 0.0
 
-    async def check(self, pool: FairPool, username: str, address: str) -> bool:
+    async def check(self, pool: FairPool, username: str | None, address: str) -> bool:
         """Raises TooManyAttempts if either counter is at its limit; True if the username has failures
-        on record (so a success has something to reset)."""
-        counts = await login_failures.current(pool, username_key(username), address, self.window_seconds)
+        on record (so a success has something to reset). username None: a credential with no user
+        (the operator key), counted per address only, so nobody can lock the operator out."""
+        counts = await login_failures.current(pool, _key(username), address, self.window_seconds)
         blocked = [remaining for scope, (failures, remaining) in counts.items() if failures >= self.limits[scope]]
         if blocked:
             raise TooManyAttempts(max(blocked))
         return "username" in counts
 
-    async def failed(self, pool: FairPool, username: str, address: str) -> None:
-        await login_failures.record_failure(pool, username_key(username), address, self.window_seconds)
+    async def failed(self, pool: FairPool, username: str | None, address: str) -> None:
+        await login_failures.record_failure(pool, _key(username), address, self.window_seconds)
         if time.monotonic() >= self._next_prune:  # expired rows go once per window per process
             self._next_prune = time.monotonic() + self.window_seconds
             await login_failures.prune(pool, self.window_seconds)

@@ -58,12 +58,18 @@ async def register(request: web.Request, params: RegisterParams):
         params=RegisterParams, response=ServiceTokenOut, tags=["service"], extra_headers=[_OPERATOR_HEADER],
         description="Requires header X-Operator-Key equal to WALLETD_OPERATOR_KEY. With no key configured "
                     "registration is refused unless WALLETD_OPEN_SERVICE_REGISTRATION=1 (development only).",
-        errors=[(403, "operator credential required"), (409, "username or email already registered"), _HASH_BUSY])
+        errors=[(403, "operator credential required"), (409, "username or email already registered"),
+                _THROTTLED, _HASH_BUSY])
 async def register_service(request: web.Request, params: RegisterParams):
     settings = request.app[settings_key]
     given = request.headers.get("X-Operator-Key", "")
     if settings.operator_key:
+        # The operator key is a password too: its failures count against the client's address.
+        pool, throttle, address = request.app[pool_key], request.app[throttle_key], request.remote or "unknown"
+        await throttle.check(pool, None, address)
         allowed = hmac.compare_digest(given.encode(), settings.operator_key.encode())
+        if not allowed:
+            await throttle.failed(pool, None, address)
     else:
         allowed = settings.open_service_registration
     if not allowed:

@@ -12,7 +12,7 @@ from walletd.persistence.db import FairPool
 _WINDOW = "make_interval(secs => $3)"
 
 
-async def current(pool: FairPool, username_key: str, address_key: str,
+async def current(pool: FairPool, username_key: str | None, address_key: str,
                   window_seconds: int) -> dict[str, tuple[int, float]]:
     """{scope: (failures, seconds until its window ends)} for the live windows of both keys."""
     rows = await pool.fetch(
@@ -24,11 +24,14 @@ async def current(pool: FairPool, username_key: str, address_key: str,
     return {row["scope"]: (row["failures"], row["remaining"]) for row in rows}
 
 
-async def record_failure(pool: FairPool, username_key: str, address_key: str, window_seconds: int) -> None:
+async def record_failure(pool: FairPool, username_key: str | None, address_key: str, window_seconds: int) -> None:
+    """One more failure for the address, and for the username unless it is None (an operator key)."""
     # Rows in a fixed order (username, then address), so concurrent upserts cannot deadlock.
     await pool.execute(
         f"""INSERT INTO login_failures AS f (scope, key, window_start, failures)
-            VALUES ('username', $1, now(), 1), ('address', $2, now(), 1)
+            SELECT scope, key, now(), 1
+              FROM (VALUES (1, 'username', $1::text), (2, 'address', $2::text)) AS v(n, scope, key)
+             WHERE key IS NOT NULL ORDER BY n
             ON CONFLICT (scope, key) DO UPDATE SET
                 failures = CASE WHEN f.window_start > now() - {_WINDOW} THEN f.failures + 1 ELSE 1 END,
                 window_start = CASE WHEN f.window_start > now() - {_WINDOW} THEN f.window_start ELSE now() END""",
