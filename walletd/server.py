@@ -44,6 +44,13 @@ CLIENT_GONE = (ConnectionResetError, ContentLengthError)
 CLIENT_CLOSED_STATUS = 499  # nginx's "client closed request": nobody receives it, the log line shows it
 
 
+def client_went_away(request: web.BaseRequest, exc: BaseException) -> bool:
+    """exc is the client's disconnection, not (say) a database connection reset: the client's
+    own transport is gone too."""
+    transport = request.transport
+    return isinstance(exc, CLIENT_GONE) and (transport is None or transport.is_closing())
+
+
 def client_aborted(request: web.BaseRequest, exc: BaseException) -> web.Response:
     log.info("http.client_aborted", method=request.method, path=request.path, reason=type(exc).__name__)
     response = web.Response(status=CLIENT_CLOSED_STATUS)
@@ -138,7 +145,8 @@ def runner_options(settings: Settings) -> dict:
 
 
 async def serve(app: web.Application, settings: Settings, host: str, port: int, *, reuse_port: bool,
-                shutdown_timeout: float = 30, backlog: int = 128) -> None:
+                shutdown_timeout: float = 30, backlog: int = 128,
+                on_listening: Callable[[str], object] | None = None) -> None:
     """Listen until SIGINT/SIGTERM, then stop accepting, let requests in progress finish (at most
     shutdown_timeout) and run the app's cleanup (actors drain before the pool closes)."""
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **runner_options(settings))
@@ -152,6 +160,8 @@ async def serve(app: web.Application, settings: Settings, host: str, port: int, 
         assert runner.server is not None
         listener = await loop.create_server(ConnectionCap(runner.server, settings.max_connections), host, port,
                                             backlog=backlog, reuse_address=True, reuse_port=reuse_port or None)
+        if on_listening is not None:
+            on_listening(f"listening on http://{host}:{port}")
         await stop.wait()
     finally:
         if listener is not None:
@@ -162,9 +172,10 @@ async def serve(app: web.Application, settings: Settings, host: str, port: int, 
 
 
 def run(app: web.Application, settings: Settings, host: str, port: int, *, reuse_port: bool,
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+        on_listening: Callable[[str], object] | None = None) -> None:
     runner_options(settings)  # a nonsense setting stops us here, before anything starts
     if settings.max_connections < 1:
         raise ConfigError(f"WALLETD_MAX_CONNECTIONS must be at least 1, got {settings.max_connections}")
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(app, settings, host, port, reuse_port=reuse_port))
+        runner.run(serve(app, settings, host, port, reuse_port=reuse_port, on_listening=on_listening))

@@ -64,7 +64,7 @@ async def serve(database_url):
 
 
 def log_events(server: ServeProcess, name: str) -> list[dict]:
-    return [json.loads(line) for line in server.log.read_text().splitlines() if f'"{name}"' in line]
+    return [json.loads(line) for line in server.log_path.read_text().splitlines() if f'"{name}"' in line]
 
 
 async def test_a_client_leaving_mid_body_is_logged_as_an_abort_not_a_500(serve):
@@ -79,7 +79,7 @@ async def test_a_client_leaving_mid_body_is_logged_as_an_abort_not_a_500(serve):
     assert len(aborted) == 1 and aborted[0]["level"] == "info" and aborted[0]["path"] == "/auth/login", aborted
     assert log_events(server, "http.unhandled") == []
     assert [e["status"] for e in log_events(server, "http.request") if e["path"] == "/auth/login"] == [499]
-    assert "Traceback" not in server.log.read_text()
+    assert "Traceback" not in server.log_path.read_text()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)  # the server is unharmed
     writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     assert (await read_until_closed(reader)).startswith(b"HTTP/1.1 200")
