@@ -31,9 +31,7 @@ from typing import Callable
 from aiohttp import web
 from aiohttp.http_exceptions import ContentLengthError
 
-from walletd.appkeys import request_id_key
 from walletd.config import ConfigError, Settings
-from walletd.handlers.errors import error_response
 from walletd.logs import get_logger
 
 log = get_logger("walletd.http")
@@ -58,6 +56,13 @@ def client_aborted(request: web.BaseRequest, exc: BaseException) -> web.Response
     return response
 
 
+class BodyTimeout(web.HTTPRequestTimeout):
+    code = "request_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(reason=f"request body not received within {seconds:g} s")
+
+
 def read_body_within(seconds: float):
     """Middleware: the body is read whole, within `seconds`, before the handler runs."""
     if seconds <= 0:
@@ -70,9 +75,10 @@ def read_body_within(seconds: float):
                 async with asyncio.timeout(seconds):
                     await request.read()  # kept by aiohttp: the handler's request.text() reads it again
             except TimeoutError:
+                from walletd.app import error_for  # here: app imports this module
+
                 log.info("http.body_timeout", method=request.method, path=request.path, seconds=seconds)
-                response = error_response(408, f"request body not received within {seconds:g} s",
-                                          request.get(request_id_key), code="body_timeout")
+                response = error_for(BodyTimeout(seconds), request)
                 response.force_close()  # the rest of a slow body must never be parsed as a next request
                 return response
             except CLIENT_GONE as exc:

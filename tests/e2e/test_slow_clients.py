@@ -97,7 +97,7 @@ async def test_a_body_slower_than_its_timeout_gets_408_and_the_connection_closes
     assert head.startswith(b"HTTP/1.1 408"), answer
     assert b"connection: close" in head.lower()
     error = json.loads(body)
-    assert error["status"] == 408 and error["code"] == "body_timeout" and error["request_id"]
+    assert error["status"] == 408 and error["code"] == "request_timeout" and error["request_id"]
     await wait_for(lambda: log_events(server, "http.body_timeout"))
     assert log_events(server, "http.unhandled") == []
 
