@@ -156,13 +156,13 @@ async def serve(app: web.Application, settings: Settings, host: str, port: int, 
     """Listen until SIGINT/SIGTERM, then stop accepting, let requests in progress finish (at most
     shutdown_timeout) and run the app's cleanup (actors drain before the pool closes)."""
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **runner_options(settings))
-    await runner.setup()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     listener = None
     try:
+        await runner.setup()  # inside the try: a start-up that fails half-way is cleaned up too
         assert runner.server is not None
         listener = await loop.create_server(ConnectionCap(runner.server, settings.max_connections), host, port,
                                             backlog=backlog, reuse_address=True, reuse_port=reuse_port or None)
