@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WALLETD_DATA_DIR ?= $(CURDIR)/.walletd
 
-.PHONY: install run test bench bench-smoke audit clean
+.PHONY: install run test test-ha bench bench-smoke audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The failover test: etcd + two Patroni nodes on loopback, the leader SIGKILLed under load.
+# Needs root on Debian (installs etcd-server, python3-venv, Patroni and a system user).
+test-ha: install
+	tests/ha/run.sh failover
 
 bench: install
 	$(BIN)/python -m bench.run
