@@ -1,7 +1,9 @@
 """The composition root: builds the aiohttp app, wires resources, routes and middlewares.
 
-Resources start and stop through cleanup_ctx in this order: pool, then ledger + actors, so on
-shutdown the actors drain their accepted commands while the pool is still open.
+Resources start and stop through cleanup_ctx, one generator each, in this order: pool, then
+ledger + actors, then the HTTP client; aiohttp closes them in reverse, so on shutdown the actors
+drain their accepted commands while the pool is still open, and a failure while starting one
+closes those already started.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from walletd.actors.committer import GroupCommitter
 from walletd.actors.registry import ActorRegistry
 from walletd.appkeys import database_url_key, http_key, ledger_key, pool_key, principal_key, registry_key, request_id_key, settings_key, tokens_key
 from walletd.auth.tokens import TokenIssuer
-from walletd.config import Settings
-from walletd.domain.errors import DomainError
+from walletd.config import ConfigError, Settings
+from walletd.domain.errors import DomainError, Unavailable
 from walletd.handlers import endpoint, identity, meta, money, service, wallets
 from walletd.handlers.errors import domain_error_response, error_response
 from walletd.logs import get_logger
 from walletd.persistence.db import create_pool
+from walletd.persistence.failures import UNAVAILABLE, is_unavailable, outage
 from walletd.persistence.ledger import PgLedger
 
 log = get_logger("walletd.http")
@@ -76,6 +79,10 @@ def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:
         return error_response(exc.status, exc.message, request_id, **extra)
     if isinstance(exc, DomainError):
         return domain_error_response(exc, request_id)
+    if is_unavailable(exc):
+        # A read or a non-ledger write could not reach the database: nothing was done.
+        outage.failed(exc)
+        return domain_error_response(Unavailable(), request_id)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             return exc  # a redirect is a response
@@ -134,23 +141,49 @@ def _load_malloc_trim():
 _malloc_trim = _load_malloc_trim()
 
 
-async def resources_ctx(app: web.Application):
+async def pool_ctx(app: web.Application):
     settings = app[settings_key]
-    pool = await create_pool(app[database_url_key], settings.pool_size)
+    try:
+        pool = await create_pool(app[database_url_key], settings.pool_size,
+                                 acquire_timeout=settings.db_acquire_timeout,
+                                 connect_timeout=settings.db_connect_timeout)
+    except UNAVAILABLE as exc:
+        raise StartupError(f"database unreachable at start: {type(exc).__name__}: {exc}") from None
     app[pool_key] = pool
-    ledger = PgLedger(pool, settings.rates_max_age)
+    try:
+        yield
+    finally:
+        await pool.close()
+
+
+async def actors_ctx(app: web.Application):
+    """Ledger, group committer and actors; on shutdown the actors drain what they accepted while
+    the pool (an earlier context) is still open."""
+    settings = app[settings_key]
+    ledger = PgLedger(app[pool_key], settings.rates_max_age, in_doubt_seconds=settings.in_doubt_seconds)
     app[ledger_key] = ledger
     committer = GroupCommitter(ledger, workers=settings.committers, max_batch=settings.max_batch)
-    app[registry_key] = ActorRegistry(committer, mailbox_size=settings.mailbox_size,
-                                      idle_seconds=settings.actor_idle_seconds, max_batch=settings.max_batch,
-                                      on_idle=lambda: release_memory(ledger, app[tokens_key]))
+    registry = ActorRegistry(committer, mailbox_size=settings.mailbox_size,
+                             idle_seconds=settings.actor_idle_seconds, max_batch=settings.max_batch,
+                             on_idle=lambda: release_memory(ledger, app[tokens_key]))
+    app[registry_key] = registry
+    committer.start()
+    try:
+        yield
+    finally:
+        await registry.close()
+
+
+async def http_client_ctx(app: web.Application):
     app[http_key] = aiohttp.ClientSession()
     try:
         yield
     finally:
-        await app[registry_key].close()
         await app[http_key].close()
-        await pool.close()
+
+
+class StartupError(ConfigError):
+    """walletd cannot start; the message says why."""
 
 
 def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Application:
@@ -158,7 +191,7 @@ def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Ap
     app[settings_key] = settings
     app[database_url_key] = database_url
     app[tokens_key] = TokenIssuer(jwt_secret, settings.token_ttl_seconds)
-    app.cleanup_ctx.append(resources_ctx)
+    app.cleanup_ctx.extend([pool_ctx, actors_ctx, http_client_ctx])
     meta.setup(app)
     add_routes(app)
     return app

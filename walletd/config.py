@@ -35,6 +35,9 @@ class Settings:
     max_batch: int = 256
     committers: int = 2
     pool_size: int = 8
+    in_doubt_seconds: float = 15.0
+    db_acquire_timeout: float = 5.0
+    db_connect_timeout: float = 5.0
     log_level: str = "info"
 
     @property
@@ -43,27 +46,86 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        """Every value is checked here, at start: a nonsense value exits with a message naming
+        the variable instead of hanging or refusing every request later."""
         env = dict(os.environ if env is None else env)
-        max_age = env.get("WALLETD_RATES_MAX_AGE")
+        read = _Reader(env)
+        max_age = read.integer("WALLETD_RATES_MAX_AGE", None, minimum=1)
+        level = env.get("WALLETD_LOG_LEVEL", "info").strip().lower()
+        if level not in LOG_LEVELS:
+            raise ConfigError(f"WALLETD_LOG_LEVEL={level!r}: expected one of {', '.join(LOG_LEVELS)}")
+        bonus = read.decimal("WALLETD_SIGNUP_BONUS", "0")
+        settings = cls(
+            database_url=env.get("DATABASE_URL") or None,
+            data_dir=Path(env.get("WALLETD_DATA_DIR", ".walletd")),
+            jwt_secret=env.get("WALLETD_JWT_SECRET") or None,
+            token_ttl_seconds=read.integer("WALLETD_TOKEN_TTL", 3600, minimum=1),
+            operator_key=env.get("WALLETD_OPERATOR_KEY") or None,
+            open_service_registration=_flag(env.get("WALLETD_OPEN_SERVICE_REGISTRATION")),
+            signup_bonus=bonus,
+            rates_url=env.get("WALLETD_RATES_URL") or None,
+            rates_max_age_seconds=max_age,
+            seed_file=Path(env["WALLETD_SEED_FILE"]) if env.get("WALLETD_SEED_FILE") else None,
+            max_body_bytes=read.integer("WALLETD_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
+            mailbox_size=read.integer("WALLETD_MAILBOX_SIZE", 256, minimum=1),
+            actor_idle_seconds=read.number("WALLETD_ACTOR_IDLE_SECONDS", 30.0, minimum=0.1),
+            max_batch=read.integer("WALLETD_MAX_BATCH", 256, minimum=1),
+            committers=read.integer("WALLETD_COMMITTERS", 2, minimum=1),
+            pool_size=read.integer("WALLETD_POOL_SIZE", 8, minimum=2),
+            in_doubt_seconds=read.number("WALLETD_IN_DOUBT_SECONDS", 15.0, minimum=0.5),
+            db_acquire_timeout=read.number("WALLETD_DB_ACQUIRE_TIMEOUT", 5.0, minimum=0.1),
+            db_connect_timeout=read.number("WALLETD_DB_CONNECT_TIMEOUT", 5.0, minimum=0.1),
+            log_level=level,
+        )
+        if bonus < 0:
+            raise ConfigError(f"WALLETD_SIGNUP_BONUS={bonus}: must not be negative")
+        if settings.committers >= settings.pool_size:
+            raise ConfigError(f"WALLETD_COMMITTERS={settings.committers} needs WALLETD_POOL_SIZE above it "
+                              f"(is {settings.pool_size}): reads need connections too")
+        return settings
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Reader:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def _raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        return value.strip() if value is not None and value.strip() else None
+
+    def integer(self, name: str, default: int | None, *, minimum: int) -> int | None:
+        raw = self._raw(name)
+        if raw is None:
+            return default
         try:
-            return cls(
-                database_url=env.get("DATABASE_URL") or None,
-                data_dir=Path(env.get("WALLETD_DATA_DIR", ".walletd")),
-                jwt_secret=env.get("WALLETD_JWT_SECRET") or None,
-                token_ttl_seconds=int(env.get("WALLETD_TOKEN_TTL", "3600")),
-                operator_key=env.get("WALLETD_OPERATOR_KEY") or None,
-                open_service_registration=_flag(env.get("WALLETD_OPEN_SERVICE_REGISTRATION")),
-                signup_bonus=Decimal(env.get("WALLETD_SIGNUP_BONUS", "0")),
-                rates_url=env.get("WALLETD_RATES_URL") or None,
-                rates_max_age_seconds=int(max_age) if max_age else None,
-                seed_file=Path(env["WALLETD_SEED_FILE"]) if env.get("WALLETD_SEED_FILE") else None,
-                max_body_bytes=int(env.get("WALLETD_MAX_BODY_BYTES", str(64 * 1024))),
-                mailbox_size=int(env.get("WALLETD_MAILBOX_SIZE", "256")),
-                actor_idle_seconds=float(env.get("WALLETD_ACTOR_IDLE_SECONDS", "30")),
-                max_batch=int(env.get("WALLETD_MAX_BATCH", "256")),
-                committers=int(env.get("WALLETD_COMMITTERS", "2")),
-                pool_size=int(env.get("WALLETD_POOL_SIZE", "8")),
-                log_level=env.get("WALLETD_LOG_LEVEL", "info"),
-            )
-        except (ValueError, ArithmeticError) as exc:
-            raise ConfigError(f"invalid walletd setting: {exc}") from exc
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: expected a whole number") from None
+        if value < minimum:
+            raise ConfigError(f"{name}={value}: must be at least {minimum}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float) -> float:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: expected a number of seconds") from None
+        if not value >= minimum or value == float("inf"):
+            raise ConfigError(f"{name}={raw}: must be a finite number of at least {minimum}")
+        return value
+
+    def decimal(self, name: str, default: str) -> Decimal:
+        raw = self._raw(name) or default
+        try:
+            value = Decimal(raw)
+        except ArithmeticError:
+            raise ConfigError(f"{name}={raw!r}: expected a decimal amount") from None
+        if not value.is_finite():
+            raise ConfigError(f"{name}={raw!r}: expected a finite decimal amount")
+        return value

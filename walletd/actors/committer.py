@@ -3,6 +3,11 @@
 A hot wallet (every commission lands in one service wallet) then costs one commit per batch,
 not one per request, and PostgreSQL's one-row-lock-per-commit limit stops being walletd's.
 A few workers run at once so one batch is being planned while another waits for its commit.
+
+Every envelope handed to the committer gets an outcome, whatever fails: a worker that crashes
+is logged and its loop goes on; a batch's commit runs in its own task, shielded, so cancelling
+a worker (shutdown past its timeout) never cuts a write in half; on close, commands not yet
+taken are refused (503, nothing moved).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import asyncio
 import contextvars
 from dataclasses import dataclass, field
 
-from walletd.domain.errors import DomainError, Overloaded
+from walletd.domain.errors import DomainError, InternalFailure, OutcomeUnknown, Overloaded
 from walletd.domain.ledger import Command
 from walletd.logs import get_logger
 
@@ -26,24 +31,44 @@ class Envelope:
 
 class GroupCommitter:
     def __init__(self, ledger, *, workers: int = 2, max_batch: int = 256) -> None:
+        if workers < 1 or max_batch < 1:
+            raise ValueError("a committer needs at least one worker and a batch of at least one")
         self.ledger = ledger
         self.max_batch = max_batch
+        self.worker_count = workers
         self._queue: list[tuple[list[Envelope], asyncio.Future]] = []
-        self._ready = asyncio.Event()
+        self._ready: asyncio.Event | None = None
         self._closing = False
-        self._workers = [
-            asyncio.create_task(self._work(), name=f"committer-{i}", context=contextvars.Context())
-            for i in range(workers)
-        ]
+        self._workers: list[asyncio.Task] = []
+        self._commits: set[asyncio.Task] = set()
         self.batches = 0
         self.commands = 0
+        self.crashes = 0
+
+    def start(self) -> None:
+        self._ready = asyncio.Event()
+        self._workers = [self._spawn(i) for i in range(self.worker_count)]
+
+    def _spawn(self, index: int) -> asyncio.Task:
+        task = asyncio.create_task(self._work(), name=f"committer-{index}", context=contextvars.Context())
+        task.add_done_callback(lambda t, i=index: self._worker_done(t, i))
+        return task
+
+    def _worker_done(self, task: asyncio.Task, index: int) -> None:
+        # The loop catches its own failures; this is the last resort, so a worker never just vanishes.
+        if task.cancelled() or self._closing:
+            return
+        self.crashes += 1
+        log.error("committer.worker_died", worker=index, error=repr(task.exception()))
+        self._workers[index] = self._spawn(index)
 
     def submit(self, envelopes: list[Envelope]) -> asyncio.Future:
         """Queue an actor's batch; the returned future resolves once every envelope has its outcome."""
         done = asyncio.get_running_loop().create_future()
-        if self._closing:
+        if self._closing or self._ready is None:
             for envelope in envelopes:
-                envelope.future.set_exception(Overloaded("shutting down"))
+                if not envelope.future.done():
+                    envelope.future.set_exception(Overloaded("shutting down"))
             done.set_result(None)
             return done
         self._queue.append((envelopes, done))
@@ -51,6 +76,7 @@ class GroupCommitter:
         return done
 
     async def _work(self) -> None:
+        assert self._ready is not None
         while True:
             if not self._queue:
                 if self._closing:
@@ -58,47 +84,85 @@ class GroupCommitter:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            # Whole actor batches only, so an actor's commands are never split across commits.
-            taken, size = 0, 0
-            while taken < len(self._queue) and (taken == 0 or size + len(self._queue[taken][0]) <= self.max_batch):
-                size += len(self._queue[taken][0])
-                taken += 1
-            groups, self._queue = self._queue[:taken], self._queue[taken:]
+            groups = self._take()
+            batch = [envelope for envelopes, _ in groups for envelope in envelopes]
             try:
-                await self._commit([envelope for envelopes, _ in groups for envelope in envelopes])
+                commit = asyncio.create_task(self._commit(batch))
+                self._commits.add(commit)
+                commit.add_done_callback(self._commits.discard)
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                raise  # the commit task goes on and answers its callers
+            except Exception as exc:  # noqa: BLE001 - a bug here must not stop the loop
+                self.crashes += 1
+                log.exception("committer.crashed", size=len(batch))
+                _fail(batch, InternalFailure())
+                del exc
             finally:
                 for _, done in groups:
                     if not done.done():
                         done.set_result(None)
 
+    def _take(self) -> list[tuple[list[Envelope], asyncio.Future]]:
+        # Whole actor batches only, so an actor's commands are never split across commits.
+        taken, size = 0, 0
+        while taken < len(self._queue) and (taken == 0 or size + len(self._queue[taken][0]) <= self.max_batch):
+            size += len(self._queue[taken][0])
+            taken += 1
+        groups, self._queue = self._queue[:taken], self._queue[taken:]
+        return groups
+
     async def _commit(self, batch: list[Envelope]) -> None:
         try:
             results, events = await self.ledger.apply([e.command for e in batch])
-        except BaseException as exc:  # the whole batch failed; each caller learns why
-            failure = exc if isinstance(exc, Exception) else Overloaded("cancelled")
-            if not isinstance(exc, DomainError):
-                log.error("ledger.batch_failed", size=len(batch), error=repr(exc))
-            for envelope in batch:
-                if not envelope.future.done():
-                    envelope.future.set_exception(failure)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+        except DomainError as exc:  # the whole batch has one outcome (Unavailable, OutcomeUnknown)
+            _fail(batch, exc)
             return
+        except BaseException:  # the ledger raises only DomainErrors; anything else is a bug
+            log.exception("ledger.batch_failed", size=len(batch))
+            _fail(batch, OutcomeUnknown())  # it may have failed after writing: do not claim otherwise
+            raise
         self.batches += 1
         self.commands += len(batch)
         # Acknowledge only after COMMIT returned: a 200 means the movement is durable.
-        for event, fields in events:
-            log.info(event, **fields)
         for envelope, result in zip(batch, results):
             if envelope.future.done():
-                continue
+                continue  # the caller went away; the Idempotency-Key lets it learn the outcome
             if isinstance(result, BaseException):
                 envelope.future.set_exception(result)
             else:
                 envelope.future.set_result(result)
+        for event, fields in events:
+            try:
+                log.info(event, **fields)
+            except Exception:  # noqa: BLE001 - the movement committed; a log failure must not undo the answer
+                log.exception("audit.log_failed", audit_event=event)
 
-    async def close(self) -> None:
-        """Finish every submitted command, then stop the workers."""
+    async def close(self, timeout: float = 30.0) -> None:
+        """Finish every submitted command, then stop the workers; past the timeout, refuse what
+        is still queued and cancel the workers (commits in flight still finish on their own)."""
         self._closing = True
-        self._ready.set()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._ready is not None:
+            self._ready.set()
+        if not self._workers:
+            return
+        done, pending = await asyncio.wait(self._workers, timeout=timeout)
+        if pending:
+            log.error("committer.shutdown_timeout", queued=sum(len(e) for e, _ in self._queue),
+                      in_flight=len(self._commits))
+            for envelopes, finished in self._queue:
+                _fail(envelopes, Overloaded("shutting down"))
+                if not finished.done():
+                    finished.set_result(None)
+            self._queue = []
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1)
+        if self._commits:
+            await asyncio.wait(list(self._commits), timeout=max(1.0, timeout / 3))
+
+
+def _fail(batch: list[Envelope], exc: BaseException) -> None:
+    for envelope in batch:
+        if not envelope.future.done():
+            envelope.future.set_exception(exc)

@@ -15,7 +15,7 @@ import uuid
 from collections import deque
 
 from walletd.actors.committer import Envelope, GroupCommitter
-from walletd.domain.errors import Overloaded
+from walletd.domain.errors import InternalFailure, Overloaded
 from walletd.domain.ledger import Command, routing_wallet
 from walletd.logs import get_logger
 
@@ -47,9 +47,16 @@ class WalletActor:
             self._wakeup.set_result(None)
 
     def _finished(self, task: asyncio.Task) -> None:
-        # An actor that dies is forgotten; the next message for its wallet spawns a new one.
+        # An actor that dies is forgotten; the next message for its wallet spawns a new one. What
+        # it had queued was never handed to the committer, so nothing of it moved: say so.
         if not task.cancelled() and task.exception() is not None:
-            log.error("actor.crashed", wallet_id=str(self.wallet_id), error=repr(task.exception()))
+            log.error("actor.crashed", wallet_id=str(self.wallet_id), error=repr(task.exception()),
+                      queued=len(self.mailbox))
+        while self.mailbox:
+            envelope = self.mailbox.popleft()
+            if not envelope.future.done():
+                envelope.future.set_exception(
+                    Overloaded("shutting down") if self.registry.closing else InternalFailure())
         self.registry._retire(self)
 
     async def _run(self) -> None:
@@ -93,6 +100,8 @@ class WalletActor:
 class ActorRegistry:
     def __init__(self, committer: GroupCommitter, *, mailbox_size: int = 256, idle_seconds: float = 30.0,
                  max_batch: int = 256, on_idle=None) -> None:
+        if mailbox_size < 1 or max_batch < 1 or idle_seconds <= 0:
+            raise ValueError("mailbox_size and max_batch must be >= 1 and idle_seconds > 0")
         self.committer = committer
         self.mailbox_size = mailbox_size
         self.idle_seconds = idle_seconds
@@ -150,4 +159,6 @@ class ActorRegistry:
             for task in pending:
                 log.error("actor.shutdown_timeout", wallet=task.get_name())
                 task.cancel()
-        await self.committer.close()
+            if pending:
+                await asyncio.wait(pending, timeout=1)
+        await self.committer.close(timeout)

@@ -95,3 +95,21 @@ class Overloaded(DomainError):
 
 class RateProviderError(DomainError):
     message = "rate provider unavailable"
+
+
+class Unavailable(DomainError):
+    """The database cannot be reached or written right now; certainly nothing moved."""
+
+    message = "service unavailable, retry later"
+
+
+class OutcomeUnknown(DomainError):
+    """A commit was cut off and its outcome could not be found out in time."""
+
+    message = "outcome unknown: retry with the same Idempotency-Key to learn it"
+
+
+class InternalFailure(DomainError):
+    """A command failed for a reason that is walletd's fault, not the caller's; nothing of it moved."""
+
+    message = "internal error; nothing moved"

@@ -169,6 +169,25 @@ class Effects:
     external_credits: list[tuple[uuid.UUID, Decimal]] = field(default_factory=list)
     events: list[tuple[str, dict]] = field(default_factory=list)
 
+    def mark(self) -> tuple[int, ...]:
+        return (len(self.entries), len(self.postings), len(self.new_transactions), len(self.status_updates),
+                len(self.external_credits), len(self.events))
+
+    def rollback(self, mark: tuple[int, ...], wallets: dict[uuid.UUID, WalletState]) -> None:
+        """Undo a command that failed half-way through planning (a bug, not a refusal: refusals
+        raise before they change anything): drop what it appended, take its postings back off
+        the snapshot, so the rest of the batch is planned as if it had never come."""
+        for _, wallet_id, _, bucket, amount in self.postings[mark[1]:]:
+            wallet = wallets.get(wallet_id)
+            if wallet is not None:
+                if bucket == "B":
+                    wallet.balance -= amount
+                else:
+                    wallet.reserved -= amount
+        for items, length in zip((self.entries, self.postings, self.new_transactions, self.status_updates,
+                                  self.external_credits, self.events), mark):
+            del items[length:]
+
     def entry(self, kind: str, request_id: str | None, legs: list[tuple[WalletState, str, Decimal]]) -> uuid.UUID:
         entry_id = new_id()
         self.entries.append((entry_id, kind, request_id))

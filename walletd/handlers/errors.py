@@ -31,6 +31,9 @@ STATUS = {
     e.IdempotencyKeyReused: 422,
     e.Overloaded: 503,
     e.RateProviderError: 502,
+    e.Unavailable: 503,
+    e.OutcomeUnknown: 500,
+    e.InternalFailure: 500,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from pathlib import Path
 
@@ -9,7 +10,11 @@ from aiohttp import web
 from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES
 
 from walletd.appkeys import ledger_key, pool_key, registry_key
+from walletd.persistence.failures import outage
 from walletd.persistence.migrate import schema_ready
+
+READY_TIMEOUT = 2.0
+_RETRY = {"Retry-After": "1"}
 
 _REDOC_PAGE = """<!DOCTYPE html>
 <html><head><title>walletd API</title><meta charset="utf-8"/></head>
@@ -59,14 +64,21 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
+    """Answers within READY_TIMEOUT whatever the load: the deadline covers the pool's gate, the
+    connect and the query (a writable primary is required: a standby is not ready)."""
     try:
-        async with request.app[pool_key].acquire(timeout=2) as conn:
-            applied = await schema_ready(conn)
+        async with asyncio.timeout(READY_TIMEOUT):
+            async with request.app[pool_key].acquire(timeout=READY_TIMEOUT) as conn:
+                applied = await schema_ready(conn)
+                writable = not await conn.fetchval("SELECT pg_is_in_recovery()")
     except Exception as exc:  # any failure to reach the database means not ready
         return web.json_response({"status": "unavailable", "message": f"database unreachable: {type(exc).__name__}"},
-                                 status=503)
+                                 status=503, headers=_RETRY)
     if not applied:
-        return web.json_response({"status": "unavailable", "message": "schema not applied"}, status=503)
+        return web.json_response({"status": "unavailable", "message": "schema not applied"}, status=503, headers=_RETRY)
+    if not writable:
+        return web.json_response({"status": "unavailable", "message": "database is a read-only standby"}, status=503, headers=_RETRY)
+    outage.succeeded()
     return web.json_response({"status": "ready"})
 
 

@@ -33,6 +33,10 @@ def idempotency(request: web.Request, principal: Principal, raw_params: dict) ->
         return None
     if not 1 <= len(key) <= 128:
         raise BadRequest(400, "Idempotency-Key must be 1-128 characters")
+    if not key.isprintable() or not key.isascii():
+        # Keys are stored as text: a byte that is not UTF-8 (or a control character) must be
+        # refused here, never reach the database inside somebody else's batch.
+        raise BadRequest(400, "Idempotency-Key must be printable ASCII")
     canonical = json.dumps({"path": request.path, "params": raw_params}, sort_keys=True, default=str)
     return Idempotency(principal.user_id, key, hashlib.sha256(canonical.encode()).hexdigest())
 

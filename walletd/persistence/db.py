@@ -1,23 +1,26 @@
-"""The asyncpg pool."""
+"""The asyncpg pool behind a FIFO gate, with a deadline on getting a connection.
+
+A connection that saw a connection-level failure is terminated, never handed out again: after a
+failover or a cut connection, asyncpg's protocol state can be left mid-operation, and reusing it
+would drive one connection from two operations.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
 
+from walletd.persistence.failures import is_unavailable
+
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """walletd sets no session state (no SET, LISTEN or session advisory locks), so the
-    default reset query on every release would be a wasted round trip."""
-
-
-async def _setup_connection(conn: asyncpg.Connection) -> None:
-    # NUMERIC in text format: asyncpg's binary numeric codec costs about twice as much CPU per
-    # value as str()/Decimal(), and walletd moves many amounts per batch. Still exact.
-    await conn.set_type_codec("numeric", encoder=str, decoder=Decimal, schema="pg_catalog", format="text")
+    default reset query on every release would be a wasted round trip (asyncpg still rolls back
+    an open transaction and waits for a pending cancellation before this runs)."""
 
 
 class FairPool:
@@ -27,48 +30,99 @@ class FairPool:
     waiter can be passed over again and again (measured: 800 ms tails with 32 concurrent reads
     on 8 connections). asyncio.Semaphore does not let newcomers overtake its waiters, so with
     at most `size` holders inside, nobody ever waits on the pool itself.
+
+    `acquire_timeout` bounds the wait for the gate and the connect together: when the database
+    hangs, requests fail fast (503) instead of queueing behind connections that never return.
     """
 
-    def __init__(self, pool: asyncpg.Pool, size: int) -> None:
-        self._pool = pool
+    def __init__(self, size: int, acquire_timeout: float) -> None:
+        self.size = size
+        self.acquire_timeout = acquire_timeout
         self._gate = asyncio.Semaphore(size)
+        self._pool: asyncpg.Pool | None = None
+        # Server pid -> backend start time of each connection this pool opened, so an in-doubt
+        # commit's backend can be found (and stopped) on the server.
+        self.backends: dict[int, datetime] = {}
+
+    async def open(self, url: str, *, connect_timeout: float) -> None:
+        self._pool = await asyncpg.create_pool(
+            url,
+            min_size=self.size,  # opened at start: a first-use connect mid-load is a latency spike
+            max_size=self.size,
+            reset=_keep_session,
+            init=self._setup_connection,
+            timeout=connect_timeout,
+            # JIT compilation only slows walletd's short OLTP statements.
+            server_settings={"jit": "off", "application_name": "walletd"},
+        )
+
+    async def _setup_connection(self, conn: asyncpg.Connection) -> None:
+        # NUMERIC in text format: asyncpg's binary numeric codec costs about twice as much CPU
+        # per value as str()/Decimal(), and walletd moves many amounts per batch. Still exact.
+        await conn.set_type_codec("numeric", encoder=str, decoder=Decimal, schema="pg_catalog", format="text")
+        started = await conn.fetchval("SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        if len(self.backends) > 4 * self.size + 100:  # reconnects leave stale entries behind
+            self.backends.clear()
+        self.backends[conn.get_server_pid()] = started
+
+    @property
+    def waiters(self) -> int:
+        waiting = getattr(self._gate, "_waiters", None)
+        return len(waiting) if waiting else 0
 
     @contextlib.asynccontextmanager
     async def acquire(self, timeout: float | None = None):
-        async with self._gate, self._pool.acquire(timeout=timeout) as conn:
-            yield conn
+        assert self._pool is not None, "pool not open"
+        async with contextlib.AsyncExitStack() as stack:
+            async with asyncio.timeout(timeout or self.acquire_timeout):
+                await stack.enter_async_context(self._gate)
+                conn = await stack.enter_async_context(self._pool.acquire())
+            try:
+                yield conn
+            except BaseException as exc:
+                if is_unavailable(exc) or isinstance(exc, asyncio.CancelledError):
+                    discard(conn)  # never reuse a connection whose protocol state is unknown
+                raise
 
     async def fetch(self, query: str, *args):
-        async with self._gate:
-            return await self._pool.fetch(query, *args)
+        async with self.acquire() as conn:
+            return await conn.fetch(query, *args)
 
     async def fetchrow(self, query: str, *args):
-        async with self._gate:
-            return await self._pool.fetchrow(query, *args)
+        async with self.acquire() as conn:
+            return await conn.fetchrow(query, *args)
 
     async def fetchval(self, query: str, *args):
-        async with self._gate:
-            return await self._pool.fetchval(query, *args)
+        async with self.acquire() as conn:
+            return await conn.fetchval(query, *args)
 
     async def execute(self, query: str, *args):
-        async with self._gate:
-            return await self._pool.execute(query, *args)
+        async with self.acquire() as conn:
+            return await conn.execute(query, *args)
 
     async def executemany(self, query: str, args):
-        async with self._gate:
-            return await self._pool.executemany(query, args)
+        async with self.acquire() as conn:
+            return await conn.executemany(query, args)
 
-    async def close(self) -> None:
-        await self._pool.close()
+    async def close(self, timeout: float = 10.0) -> None:
+        if self._pool is None:
+            return
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            self._pool.terminate()
 
 
-async def create_pool(url: str, size: int) -> FairPool:
-    # JIT compilation only slows walletd's short OLTP statements.
-    return FairPool(await asyncpg.create_pool(
-        url,
-        min_size=size,  # opened at start: a first-use connect (and codec setup) mid-load is a latency spike
-        max_size=size,
-        reset=_keep_session,
-        init=_setup_connection,
-        server_settings={"jit": "off", "application_name": "walletd"},
-    ), size)
+def discard(conn) -> None:
+    """Close a pooled connection for good (asyncpg may already have taken it back, when the
+    connection closed under it)."""
+    try:
+        conn.terminate()
+    except asyncpg.InterfaceError:
+        pass
+
+
+async def create_pool(url: str, size: int, *, acquire_timeout: float = 5.0, connect_timeout: float = 5.0) -> FairPool:
+    pool = FairPool(size, acquire_timeout)
+    await pool.open(url, connect_timeout=connect_timeout)
+    return pool

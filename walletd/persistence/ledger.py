@@ -11,13 +11,23 @@ database), the batch goes the locked path instead.
 Locked path: every wallet the batch touches is locked up front in id order (SELECT … FOR UPDATE),
 the batch is planned against balances read under those locks, and written in that transaction.
 A batch that still fails there is retried one command per transaction, so one bad command fails
-only its caller.
+only its caller, whatever it raises.
+
+Failures (persistence/failures.py): an unreachable database is `Unavailable` (503, nothing
+moved). A write whose answer never came back (connection lost or cancelled while the fast path's
+statement or the locked path's COMMIT was in flight) is in doubt: walletd generated every id it
+wrote, so `_resolve` stops the old backend if it still runs, then looks one of the batch's ids up
+once the database answers, and reports what really happened: the results (committed) or
+`Unavailable` (not committed). Past `in_doubt_seconds` it is `OutcomeUnknown` (500): the client
+retries with its Idempotency-Key and learns the outcome. Only DomainErrors leave `apply`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -31,8 +41,12 @@ from walletd.domain.ledger import (
     WalletState, plan_deposit_request, plan_settlement, plan_transfer, plan_withdraw_request, tx_json,
     wallets_touched,
 )
-from walletd.persistence.db import FairPool
+from walletd.logs import get_logger
+from walletd.persistence.db import FairPool, discard
+from walletd.persistence.failures import UNAVAILABLE, outage, server_refused
 from walletd.persistence.migrate import OPERATOR_USER_ID
+
+log = get_logger("walletd.ledger")
 
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.UniqueViolationError)
 # Bounded so memory follows active wallets: cleared whole when full, then refilled on use.
@@ -52,36 +66,84 @@ class _Unsure(Exception):
     """The fast path cannot settle this batch; take the locked path."""
 
 
+class _InDoubt(Exception):
+    """A write was sent and its answer never came: it may or may not have committed."""
+
+    def __init__(self, backend: tuple[int, datetime | None], cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.backend = backend
+        self.cause = cause
+        self.outcome: tuple[list[object], Effects] | None = None
+
+
 class PgLedger:
-    def __init__(self, pool: FairPool, rates_max_age: timedelta | None = None) -> None:
+    def __init__(self, pool: FairPool, rates_max_age: timedelta | None = None, *,
+                 in_doubt_seconds: float = 15.0) -> None:
         self.pool = pool
         self.rates_max_age = rates_max_age
+        self.in_doubt_seconds = in_doubt_seconds
         # Per wallet: owner, currency and kind (never change) and a predicted balance.
         self._known: dict[uuid.UUID, WalletState] = {}
         self._desks: dict[int, uuid.UUID] = {}
         self.fast_batches = 0
         self.locked_batches = 0
+        self.in_doubt = {"committed": 0, "not_committed": 0, "unknown": 0}
 
     async def apply(self, commands: list[Command]) -> tuple[list[object], list[tuple[str, dict]]]:
-        """Results aligned with commands (a tx dict, a Replay, or a DomainError), plus audit events."""
+        """Results aligned with commands (a tx dict, a Replay, or a DomainError), plus audit events.
+        Raises only DomainErrors, and then for the whole batch: Unavailable, OutcomeUnknown."""
         try:
-            outcome = await self._apply_fast(commands)
-            self.fast_batches += 1
-            return outcome
-        except (_Unsure, asyncpg.PostgresError):
-            pass
-        self.locked_batches += 1
-        try:
-            return await self._apply_with_retry(commands)
-        except (asyncpg.PostgresError, errors.DomainError):
-            if len(commands) == 1:
-                raise
-        results, events = [], []
-        for command in commands:
             try:
-                (result,), more = await self._apply_with_retry([command])
+                outcome = await self._apply_fast(commands)
+                self.fast_batches += 1
+                return outcome
+            except _Unsure:
+                pass
+            except asyncpg.PostgresError as exc:
+                if isinstance(exc, UNAVAILABLE):
+                    raise
+            self.locked_batches += 1
+            try:
+                return await self._apply_with_retry(commands)
+            except (asyncpg.PostgresError, errors.DomainError) as exc:
+                if isinstance(exc, UNAVAILABLE):
+                    raise
+                if len(commands) == 1 and isinstance(exc, errors.DomainError):
+                    raise
+            return await self._apply_one_by_one(commands)
+        except _InDoubt as doubt:
+            return await self._resolve(doubt)
+        except UNAVAILABLE as exc:
+            outage.failed(exc)
+            raise errors.Unavailable() from None
+        except errors.DomainError:
+            raise
+        except Exception:
+            # A bug before anything was written (writes end in _InDoubt or a server refusal).
+            log.exception("ledger.batch_failed", size=len(commands))
+            raise errors.InternalFailure() from None
+
+    async def _apply_one_by_one(self, commands: list[Command]):
+        """The batch failed as a whole: each command in its own transaction, so a poisoned one
+        (whatever it raises) fails only its own caller."""
+        results: list[object] = []
+        events: list[tuple[str, dict]] = []
+        for command in commands:
+            more: list[tuple[str, dict]] = []
+            try:
+                try:
+                    (result,), more = await self._apply_with_retry([command])
+                except _InDoubt as doubt:
+                    (result,), more = await self._resolve(doubt)
             except errors.DomainError as exc:
-                result, more = exc, []
+                result = exc
+            except UNAVAILABLE as exc:
+                outage.failed(exc)
+                result = errors.Unavailable()
+            except Exception:
+                log.exception("ledger.command_failed", command=type(command).__name__,
+                              request_id=command.request_id)
+                result = errors.InternalFailure()
             results.append(result)
             events.extend(more)
         return results, events
@@ -94,11 +156,47 @@ class PgLedger:
                 # A lost race with another process (deadlock victim, or a concurrent first use
                 # of the same Idempotency-Key): the next attempt reads the winner's result.
                 if attempt == 2:
-                    raise
+                    raise errors.Unavailable() from None  # nothing moved; a retry will get through
             except asyncpg.CheckViolationError:
                 # Only reachable if another writer changed a balance outside this batch's locks.
                 raise errors.InsufficientFunds() from None
         raise AssertionError("unreachable")
+
+    # ---- in doubt ----------------------------------------------------------------------------
+
+    async def _resolve(self, doubt: _InDoubt):
+        """Find out whether an in-doubt write committed (see the module docstring)."""
+        assert doubt.outcome is not None
+        results, effects = doubt.outcome
+        marker = _marker(effects)
+        log.warning("ledger.in_doubt", error=repr(doubt.cause)[:300], commands=len(results), marker=str(marker[1]))
+        deadline = time.monotonic() + self.in_doubt_seconds
+        delay = 0.05
+        while True:
+            try:
+                async with self.pool.acquire(timeout=max(0.1, deadline - time.monotonic())) as conn:
+                    await _stop_backend(conn, doubt.backend, deadline)
+                    committed = await _was_written(conn, marker)
+                break
+            except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+                outage.failed(exc)
+                if time.monotonic() + delay >= deadline:
+                    self.in_doubt["unknown"] += 1
+                    log.error("ledger.outcome_unknown", marker=str(marker[1]), commands=len(results),
+                              transactions=[str(t["id"]) for t in effects.new_transactions],
+                              request_ids=sorted({r for _, _, r in effects.entries if r}))
+                    raise errors.OutcomeUnknown() from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        outage.succeeded()
+        for _, wallet_id, _, _, _ in effects.postings:
+            self._known.pop(wallet_id, None)  # re-read: cheaper than reasoning about half-known state
+        log.warning("ledger.in_doubt_resolved", committed=committed, marker=str(marker[1]))
+        if committed:
+            self.in_doubt["committed"] += 1
+            return results, effects.events
+        self.in_doubt["not_committed"] += 1
+        raise errors.Unavailable()
 
     # ---- fast path ---------------------------------------------------------------------------
 
@@ -116,7 +214,14 @@ class PgLedger:
         results, idempotency_rows = self._plan_all(commands, wallets, rates, pending, stored, effects)
         if any(isinstance(r, errors.InsufficientFunds) for r in results):
             raise _Unsure()  # the prediction may be stale: ask the database under lock
-        await self._flush(self.pool, effects, idempotency_rows)
+        if _writes_anything(effects, idempotency_rows):
+            try:
+                async with self.pool.acquire() as conn:
+                    await self._flush(conn, effects, idempotency_rows, autocommit=True)
+            except _InDoubt as doubt:
+                doubt.outcome = (results, effects)
+                raise
+            outage.succeeded()
         self._learn(effects)
         return results, effects.events
 
@@ -125,7 +230,8 @@ class PgLedger:
         self._known = {}
 
     def _learn(self, effects: Effects) -> None:
-        """Apply a committed batch's postings to the predictions."""
+        """Apply a committed batch's postings to the predictions (a wrong prediction only costs a
+        locked-path retry: the database decides)."""
         for _, wallet_id, _, bucket, amount in effects.postings:
             state = self._known.get(wallet_id)
             if state is not None:
@@ -187,18 +293,41 @@ class PgLedger:
         known, crosses = await self._wallets_for(commands)
         settle_ids = sorted({c.transaction_id for c in commands if isinstance(c, Settle)})
         keys = [c.idempotency for c in commands if c.idempotency is not None]
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT id, balance, reserved_balance FROM wallets WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
-                sorted(known))
-            wallets = {r[0]: dataclasses.replace(known[r[0]], balance=r[1], reserved=r[2]) for r in rows}
-            pending = await self._pending(conn, settle_ids, lock=True) if settle_ids else {}
-            now = datetime.now(timezone.utc)
-            rates = await self._rates(conn, now) if crosses else RateBook({}, now)
-            stored = await self._stored_responses(conn, keys) if keys else {}
-            effects = Effects(now)
-            results, idempotency_rows = self._plan_all(commands, wallets, rates, pending, stored, effects)
-            await self._flush(conn, effects, idempotency_rows)
+        async with self.pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                rows = await conn.fetch(
+                    "SELECT id, balance, reserved_balance FROM wallets WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+                    sorted(known))
+                wallets = {r[0]: dataclasses.replace(known[r[0]], balance=r[1], reserved=r[2]) for r in rows}
+                pending = await self._pending(conn, settle_ids, lock=True) if settle_ids else {}
+                now = datetime.now(timezone.utc)
+                rates = await self._rates(conn, now) if crosses else RateBook({}, now)
+                stored = await self._stored_responses(conn, keys) if keys else {}
+                effects = Effects(now)
+                results, idempotency_rows = self._plan_all(commands, wallets, rates, pending, stored, effects)
+                if _writes_anything(effects, idempotency_rows):
+                    await self._flush(conn, effects, idempotency_rows, autocommit=False)
+            except BaseException:
+                # Before COMMIT: whatever happened, nothing of this transaction is written.
+                if not conn.is_closed():
+                    try:
+                        await transaction.rollback()
+                    except Exception:  # noqa: BLE001 - a broken connection; the pool terminates it
+                        pass
+                raise
+            backend = _backend(self.pool, conn)
+            try:
+                await transaction.commit()
+            except BaseException as exc:
+                if server_refused(exc):
+                    raise
+                discard(conn)
+                doubt = _InDoubt(backend, exc)
+                doubt.outcome = (results, effects)
+                raise doubt from exc
+        outage.succeeded()
         # Balances were read under lock: drop the predictions, the next fast path re-reads them.
         for wallet_id in wallets:
             self._known.pop(wallet_id, None)
@@ -219,7 +348,7 @@ class PgLedger:
                         raise errors.IdempotencyKeyReused()
                     results.append(Replay(status, body))
                     continue
-                body = self._plan(command, wallets, desks, rates, pending, effects)
+                body = self._plan_contained(command, wallets, desks, rates, pending, effects)
                 if key is not None:
                     stored[(key.principal_id, key.key)] = (key.request_hash, 200, body)
                     idempotency_rows.append((key.principal_id, key.key, key.request_hash, 200, body))
@@ -227,6 +356,23 @@ class PgLedger:
             except errors.DomainError as exc:
                 results.append(exc)
         return results, idempotency_rows
+
+    def _plan_contained(self, command, wallets, desks, rates, pending, effects):
+        """Plan one command; if it fails with anything but a refusal (a bug), undo what it had
+        planned so the rest of the batch goes on without it."""
+        mark = effects.mark()
+        state = pending.get(command.transaction_id) if isinstance(command, Settle) else None
+        saved = (state.status, state.record) if state is not None else None
+        try:
+            return self._plan(command, wallets, desks, rates, pending, effects)
+        except errors.DomainError:
+            raise
+        except Exception:
+            effects.rollback(mark, wallets)
+            if state is not None and saved is not None:
+                state.status, state.record = saved
+            log.exception("ledger.plan_failed", command=type(command).__name__, request_id=command.request_id)
+            raise errors.InternalFailure() from None
 
     @staticmethod
     def _plan(command, wallets, desks, rates, pending, effects):
@@ -262,13 +408,11 @@ class PgLedger:
             [k.principal_id for k in keys], [k.key for k in keys])
         return {(r[0], r[1]): (r[2], r[3], json.loads(r[4])) for r in rows}
 
-    @staticmethod
-    async def _flush(conn, fx: Effects, idempotency_rows: list) -> None:
+    async def _flush(self, conn, fx: Effects, idempotency_rows: list, *, autocommit: bool) -> None:
         """All of a batch's writes in one statement and one parameter: a single JSON document is
         several times cheaper to encode than dozens of typed arrays, and the postings trigger
-        sees the whole batch at once."""
-        if not (fx.entries or fx.new_transactions or fx.status_updates or idempotency_rows):
-            return
+        sees the whole batch at once. In autocommit the statement is its own transaction, so a
+        lost answer leaves it in doubt; inside a transaction only the COMMIT can."""
         document = {
             "now": fx.now,
             "entries": [{"id": e, "kind": k, "request_id": r} for e, k, r in fx.entries],
@@ -283,7 +427,60 @@ class PgLedger:
         }
         # A settlement whose compare-and-set finds the transaction no longer pending makes the
         # statement raise serialization_failure: nothing of the batch is written.
-        await conn.fetchval(_WRITE_BATCH, orjson.dumps(document, default=str).decode())
+        payload = orjson.dumps(document, default=str).decode()
+        backend = _backend(self.pool, conn)
+        try:
+            await conn.fetchval(_WRITE_BATCH, payload)
+        except BaseException as exc:
+            if not autocommit or server_refused(exc):
+                raise
+            discard(conn)
+            raise _InDoubt(backend, exc) from exc
+
+
+def _writes_anything(fx: Effects, idempotency_rows: list) -> bool:
+    return bool(fx.entries or fx.new_transactions or fx.status_updates or idempotency_rows)
+
+
+def _backend(pool: FairPool, conn) -> tuple[int, datetime | None]:
+    pid = conn.get_server_pid()
+    return pid, pool.backends.get(pid)
+
+
+def _marker(fx: Effects) -> tuple:
+    """One row the batch wrote: the batch is one transaction, so that row's presence is the
+    whole batch's outcome. Every id is walletd's own (UUIDv7), so nothing else can have it."""
+    if fx.entries:
+        return ("entry", fx.entries[0][0])
+    if fx.new_transactions:
+        return ("transaction", fx.new_transactions[0]["id"])
+    # Only status changes (e.g. deposits rejected): the row with this status at this batch's instant.
+    transaction_id, status, _ = fx.status_updates[0]
+    return ("settled", transaction_id, status, fx.now)
+
+
+async def _was_written(conn, marker: tuple) -> bool:
+    if marker[0] == "entry":
+        return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM journal_entries WHERE id = $1)", marker[1])
+    if marker[0] == "transaction":
+        return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM transactions WHERE id = $1)", marker[1])
+    return await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM transactions WHERE id = $1 AND status = $2 AND updated_at = $3)", *marker[1:])
+
+
+async def _stop_backend(conn, backend: tuple[int, datetime | None], deadline: float) -> None:
+    """The old connection's server process may still be running the write (the client side of
+    a connection can die first): terminate it and wait until it is gone, so the lookup that
+    follows sees the final outcome. After a failover it is not on this server at all."""
+    pid, started = backend
+    if started is None:
+        return
+    while await conn.fetchval(
+            "SELECT pg_terminate_backend(pid, 1000) IS NOT NULL FROM pg_stat_activity "
+            "WHERE pid = $1 AND backend_start = $2", pid, started):
+        if time.monotonic() >= deadline:
+            raise TimeoutError("the in-doubt backend did not stop")
+        await asyncio.sleep(0.05)
 
 
 TX_COLUMNS = ("id, type, status, from_wallet_id, from_currency_id, amount, to_wallet_id, to_currency_id, rate, "

@@ -1,0 +1,98 @@
+"""A commit whose answer is lost is found out, never guessed (issue: failure semantics).
+
+A proxy between walletd and PostgreSQL (tests/pgproxy.py) loses the answer to the batch write
+after PostgreSQL committed it, or loses the write itself: walletd must answer 200 for the first
+(it committed), 503 for the second (it did not), and 500 `outcome_unknown` only when it cannot
+reach the database to find out before its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from tests.conftest import api_transfer, assert_ledger_consistent, balance, fund, register, register_service
+from tests.pgproxy import PgProxy
+
+
+@pytest.fixture
+async def proxy(admin_url):
+    proxy = await PgProxy(admin_url).start()
+    yield proxy
+    await proxy.close()
+
+
+@pytest.fixture
+async def proxied(make_client, proxy, database_url):
+    client = await make_client(database_url=proxy.url(database_url), in_doubt_seconds=2.0, pool_size=3)
+    alice, bob, service = await register(client, "alice"), await register(client, "bob"), await register_service(client)
+    await fund(client, alice, service, 1, "100")
+    return client, alice, bob
+
+
+def key() -> dict:
+    return {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+
+
+async def test_reply_lost_after_commit_answers_200_once(proxied, proxy, log_tap, db):
+    client, alice, bob = proxied
+    before, _ = await balance(client, alice, 1)
+    headers = key()
+    proxy.arm("lose_reply")
+    resp = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "7", headers)
+    assert proxy.fired.is_set(), "the proxy never saw the batch write"
+    assert resp.status == 200, await resp.text()
+    first = await resp.json()
+    assert any('"ledger.in_doubt_resolved"' in line and '"committed": true' in line.replace('":true', '": true')
+               for line in log_tap.lines), "the in-doubt path was not taken"
+    after, _ = await balance(client, alice, 1)
+    assert before - after == Decimal("7")
+    again = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "7", headers)
+    assert again.status == 200 and again.headers.get("Idempotent-Replayed") == "true"
+    assert (await again.json())["id"] == first["id"]
+    assert (await balance(client, alice, 1))[0] == after
+    await assert_ledger_consistent(db)
+
+
+async def test_write_lost_before_commit_answers_503_and_moves_nothing(proxied, proxy, db):
+    client, alice, bob = proxied
+    before, _ = await balance(client, alice, 1)
+    headers = key()
+    proxy.arm("lose_write")
+    resp = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "5", headers)
+    assert proxy.fired.is_set()
+    assert resp.status == 503, await resp.text()
+    assert resp.headers.get("Retry-After")
+    assert (await balance(client, alice, 1))[0] == before
+    # Retrying the 503 with its key applies it now, for the first time.
+    again = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "5", headers)
+    assert again.status == 200 and again.headers.get("Idempotent-Replayed") is None
+    assert before - (await balance(client, alice, 1))[0] == Decimal("5")
+    await assert_ledger_consistent(db)
+
+
+async def test_unreachable_until_the_deadline_answers_outcome_unknown(proxied, proxy, db):
+    client, alice, bob = proxied
+    before, _ = await balance(client, alice, 1)
+    headers = key()
+    proxy.arm("lose_reply")
+
+    async def database_gone_after_the_write():
+        await proxy.fired.wait()
+        proxy.refuse()
+
+    outage = asyncio.create_task(database_gone_after_the_write())
+    resp = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "3", headers)
+    await outage
+    assert resp.status == 500, await resp.text()
+    assert "outcome unknown" in (await resp.json())["message"]
+    proxy.accept()
+    # The movement did commit: the same key now tells the client so, and nothing moves twice.
+    again = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "3", headers)
+    assert again.status == 200, await again.text()
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert before - (await balance(client, alice, 1))[0] == Decimal("3")
+    await assert_ledger_consistent(db)

@@ -1,0 +1,74 @@
+"""What a database failure means for the answer: the only place that reads driver exceptions.
+
+Three outcomes, and the rest of walletd sees only domain errors:
+- unavailable: the database could not be reached, refused to work (starting up, shutting down,
+  read-only standby after a failover, too many connections) or the connection broke before any
+  write was sent. Certainly nothing moved: 503 + Retry-After.
+- in doubt: a write (the fast path's one statement, or the locked path's COMMIT) was sent and no
+  answer came back. Only a lookup on the database can tell; see PgLedger.
+- anything else is a statement the server refused: it rolled back, nothing moved.
+"""
+
+from __future__ import annotations
+
+import time
+
+import asyncpg
+
+from walletd.logs import get_logger
+
+log = get_logger("walletd.db")
+
+# Errors that mean "the database is not there for us right now", wherever they are raised.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable (ConnectionError is an OSError)
+    TimeoutError,  # connect or pool-acquire deadline
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.OperatorInterventionError,  # class 57: admin shutdown, crash shutdown, cannot connect now
+    asyncpg.InsufficientResourcesError,  # class 53: too many connections, disk full
+    asyncpg.ReadOnlySQLTransactionError,  # a standby after failover
+    asyncpg.InterfaceError,  # the connection is closed or was lost
+    asyncpg.InternalClientError,  # includes target_session_attrs finding no writable host
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, UNAVAILABLE)
+
+
+def server_refused(exc: BaseException) -> bool:
+    """The server answered the statement with an error and kept the session: the statement (and
+    its implicit or explicit transaction) did not commit. FATAL and PANIC end the session, and a
+    backend terminated while waiting for a synchronous standby has already committed locally,
+    so those stay in doubt."""
+    if not isinstance(exc, asyncpg.PostgresError) or isinstance(exc, asyncpg.PostgresConnectionError):
+        return False  # the latter are raised by the driver itself when the connection goes
+    severity = getattr(exc, "severity_en", None) or getattr(exc, "severity", None)
+    return severity == "ERROR"
+
+
+class OutageLog:
+    """One warning when the database goes away and one line when it is back, instead of a
+    traceback per request."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.failures = 0
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("db.unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            log.warning("db.recovered", seconds=round(time.monotonic() - self.since, 2), failed_requests=self.failures)
+            self.since, self.failures = None, 0
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+
+outage = OutageLog()
