@@ -39,18 +39,17 @@ chmod 755 "$RUN_DIR"
 cleanup() {
     status=$?
     # The script kills what it started; this catches whatever a crashed script left behind.
-    for pidfile in "$RUN_DIR"/*/data/postmaster.pid; do
-        [ -f "$pidfile" ] || continue
+    find "$RUN_DIR" -path '*/data/postmaster.pid' | while read -r pidfile; do
         pgid=$(ps -o pgid= -p "$(head -1 "$pidfile")" 2>/dev/null | tr -d ' ') || true
-        [ -n "$pgid" ] && echo "$pgid" >> "$RUN_DIR/pgids"
+        if [ -n "$pgid" ]; then kill -KILL -- "-$pgid" 2>/dev/null || true; fi
     done
-    if [ -f "$RUN_DIR/pgids" ]; then
-        while read -r pgid; do kill -KILL -- "-$pgid" 2>/dev/null || true; done < "$RUN_DIR/pgids"
-    fi
+    find "$RUN_DIR" -name pgids | while read -r groups; do
+        while read -r pgid; do kill -KILL -- "-$pgid" 2>/dev/null || true; done < "$groups"
+    done
     if [ "$status" = 0 ] && [ -z "${WALLETD_HA_KEEP:-}" ]; then
         rm -rf "$RUN_DIR"
     else  # keep the logs for a look, drop the data
-        rm -rf "$RUN_DIR"/*/data "$RUN_DIR/etcd"
+        find "$RUN_DIR" -depth -type d \( -name data -o -name etcd \) -exec rm -rf {} +
         echo "logs kept in $RUN_DIR" >&2
     fi
 }
