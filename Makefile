@@ -27,10 +27,11 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# The failover test: etcd + two Patroni nodes on loopback, the leader SIGKILLed under load.
-# Needs root on Debian (installs etcd-server, python3-venv, Patroni and a system user).
+# The failover tests: etcd + two Patroni nodes on loopback, the leader SIGKILLed under load;
+# then an in-doubt commit on a leader that dies next. Needs root on Debian (installs
+# etcd-server, python3-venv, Patroni and a system user).
 test-ha: install
-	tests/ha/run.sh failover
+	tests/ha/run.sh failover sync_gap
 
 bench: install
 	$(BIN)/python -m bench.run

