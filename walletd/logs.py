@@ -69,13 +69,48 @@ class LineBuffer:
             self.stream.flush()
 
 
+class _StdlibToSink(logging.Handler):
+    """Lines from stdlib loggers (aiohttp, asyncpg, warnings) rendered as the same JSON and
+    written through the same sink, so the stream never carries a line of another shape."""
+
+    def __init__(self, sink) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
 def configure(level: str = "info", stream=None, *, buffered: bool = True) -> None:
     """JSON lines to `stream` (stdout); `buffered=False` writes each line at once (tests)."""
+    if level not in _LEVELS:
+        raise ValueError(f"unknown log level {level!r}: expected one of {', '.join(_LEVELS)}")
+    out = stream or sys.stdout
     if buffered:
-        buffer = LineBuffer(stream or sys.stdout)
+        buffer = LineBuffer(out)
         factory = lambda *_: buffer  # noqa: E731 - one shared buffer keeps lines in order
+        sink = buffer.msg
     else:
-        factory = structlog.PrintLoggerFactory(stream or sys.stdout)
+        factory = structlog.PrintLoggerFactory(out)
+        sink = lambda line: (out.write(line + "\n"), out.flush())  # noqa: E731
+    handler = _StdlibToSink(sink)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.JSONRenderer(serializer=_dumps)],
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.processors.add_log_level,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True), _redact,
+                           structlog.processors.format_exc_info],
+    ))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(_LEVELS[level], logging.WARNING))
+    logging.captureWarnings(True)
+    # asyncpg retries its connection floor while the database is down and logs a traceback per
+    # try; walletd reports the outage itself once (db.unavailable / db.recovered).
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -85,7 +120,7 @@ def configure(level: str = "info", stream=None, *, buffered: bool = True) -> Non
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )

@@ -82,7 +82,15 @@ class WalletActor:
             self.busy = True
             # Wait for this batch's outcome (never for the callers' reactions to it), so the
             # wallet's next commands are planned against committed state.
-            await registry.committer.submit(batch)
+            try:
+                await registry.committer.submit(batch)
+            except BaseException:
+                # The batch in hand must not be lost with the actor: whatever it had not
+                # answered yet never reached the committer's hands, so nothing of it moved.
+                for envelope in batch:
+                    if not envelope.future.done():
+                        envelope.future.set_exception(InternalFailure())
+                raise
             self.busy = False
             if registry.closing and not mailbox:
                 registry._retire(self)
