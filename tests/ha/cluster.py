@@ -258,7 +258,8 @@ class Cluster:
         # An in-doubt commit can only be looked up once a new leader is up, ttl (20 s) and more
         # after the old one died: walletd must wait longer than that before giving up on it.
         # As in deploy/docker-compose.yml; set WALLETD_IN_DOUBT_SECONDS to try another value.
-        env = {"WALLETD_IN_DOUBT_SECONDS": "30", **os.environ, "DATABASE_URL": database_url, "WALLETD_JWT_SECRET": jwt_secret,
+        env = {"WALLETD_IN_DOUBT_SECONDS": "30", **os.environ, "DATABASE_URL": database_url,
+               "WALLETD_JWT_SECRET": jwt_secret,
                "WALLETD_OPERATOR_KEY": operator_key, "WALLETD_LOG_LEVEL": "info", "PYTHONMALLOC": "malloc"}
         proc = self.spawn([str(walletd_bin), "serve", "--host", "127.0.0.1", "--port", str(port)], "walletd.log",
                           env=env)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import secrets
@@ -82,7 +83,7 @@ def longest_gap(times: list[float], since: float) -> tuple[float, float]:
     """The longest stretch after `since` with no acknowledgement: (start, length)."""
     times = sorted(t for t in times if t >= since - 5)
     best = (since, 0.0)
-    for a, b in zip(times, times[1:]):
+    for a, b in itertools.pairwise(times):
         if b - a > best[1]:
             best = (a, b - a)
     return best
@@ -155,10 +156,12 @@ async def verify(cluster: Cluster, new_leader, db_password: str, result: dict) -
     found_once = sum(1 for row in found if row["n"] == 1)
     missing = set(acked.values()) - {row["id"] for row in found}
     if missing:
-        problems.append(f"{len(missing)} acknowledged transfers are missing on the new leader, e.g. {sorted(missing)[:3]}")
+        problems.append(f"{len(missing)} acknowledged transfers are missing on the new leader, "
+                        f"e.g. {sorted(missing)[:3]}")
     wrong_key = [k for k, tx in acked.items() if stored.get(k) != tx]
     if wrong_key:
-        problems.append(f"{len(wrong_key)} acknowledged keys are not stored with their transaction, e.g. {wrong_key[:3]}")
+        problems.append(f"{len(wrong_key)} acknowledged keys are not stored with their transaction, "
+                        f"e.g. {wrong_key[:3]}")
     if committed != len(stored):
         problems.append(f"{committed} transfers committed but {len(stored)} keys stored: a transfer applied twice "
                         "or without its key")
@@ -270,7 +273,8 @@ async def main_async(args) -> int:
             problems.append(str(exc))
         if result:
             problems += await verify(cluster, standby, db_password, result)
-            code, output = run_audit(walletd_bin, f"postgresql://walletd:{db_password}@127.0.0.1:{standby.pg_port}/walletd")
+            new_leader_url = f"postgresql://walletd:{db_password}@127.0.0.1:{standby.pg_port}/walletd"
+            code, output = run_audit(walletd_bin, new_leader_url)
             print(f"walletd audit against the new leader {standby.name}: {output.splitlines()[-1] if output else ''}")
             if code != 0:
                 problems.append(f"walletd audit failed ({code}): {output[:2000]}")

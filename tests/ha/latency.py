@@ -72,7 +72,8 @@ async def transfer_load(base: str, operator_key: str) -> tuple[float, list[float
 async def measure(args, label: str, node_count: int) -> dict:
     run_dir = Path(args.run_dir) / f"nodes{node_count}"
     run_dir.mkdir(mode=0o755)
-    cluster = Cluster(run_dir, Path(args.pg_bin), Path(args.patroni), args.os_user, dcs=deployed_dcs(Path(args.patroni)))
+    cluster = Cluster(run_dir, Path(args.pg_bin), Path(args.patroni), args.os_user,
+                      dcs=deployed_dcs(Path(args.patroni)))
     walletd = None
     try:
         cluster.start_etcd()
