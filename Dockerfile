@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PYTHONMALLOC
 WORKDIR /app
 RUN useradd --create-home --uid 10001 walletd
 
-COPY pyproject.toml README.md schema.sql ./
+COPY pyproject.toml README.md ./
 COPY walletd ./walletd
 RUN pip install --upgrade pip \
  && pip install -e . \

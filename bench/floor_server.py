@@ -8,21 +8,14 @@ walletd ÷ floor isolates what walletd does beyond HTTP.
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from aiohttp import web
+
+from walletd.testing import new_event_loop
 
 
 async def handler(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
-
-
-def new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def main() -> None:
@@ -32,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, loop=new_loop())
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, loop=new_event_loop())
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import sys
 import time
 from collections import Counter
 
+from walletd import testing
+
 
 class ServerClosed(ConnectionError):
     pass
@@ -337,12 +339,7 @@ def main() -> None:
     spec_path, result_path = sys.argv[1], sys.argv[2]
     with open(spec_path) as handle:
         spec = json.load(handle)
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    result = runner(run(spec))
+    result = testing.run(run(spec))
     with open(result_path, "w") as handle:
         json.dump(result, handle)
     print("DONE", flush=True)

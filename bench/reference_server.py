@@ -27,8 +27,8 @@ from decimal import Decimal, InvalidOperation
 import asyncpg
 from aiohttp import web
 
-from bench.floor_server import new_loop
 from walletd.auth.tokens import TokenError, TokenIssuer
+from walletd.testing import new_event_loop
 
 _Q = Decimal("1E-10")
 _LOCK = ("SELECT id, user_id, currency_id, kind, balance FROM wallets "
@@ -134,7 +134,7 @@ def main() -> None:
     app = create_app(os.environ["DATABASE_URL"], os.environ["WALLETD_JWT_SECRET"],
                      int(os.environ.get("WALLETD_POOL_SIZE", "8")))
     web.run_app(app, host=args.host, port=args.port,
-                print=None, access_log=None, loop=new_loop())
+                print=None, access_log=None, loop=new_event_loop())
 
 
 if __name__ == "__main__":

@@ -33,16 +33,6 @@ class User:
     token: str = ""
 
 
-async def create_database(admin_url: str, name: str) -> str:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return admin_url.replace("/postgres?", f"/{name}?")
-
-
 async def create_users(conn: asyncpg.Connection, prefix: str, count: int, password_hash: str) -> list[User]:
     """count users of role 'user', each with a wallet in every currency, as create_user does
     (no sign-up bonus: the benchmark leaves WALLETD_SIGNUP_BONUS unset)."""
@@ -62,7 +52,7 @@ async def create_users(conn: asyncpg.Connection, prefix: str, count: int, passwo
     by_user: dict[uuid.UUID, dict[int, uuid.UUID]] = {i: {} for i in ids}
     for row in rows:
         by_user[row["user_id"]][row["currency_id"]] = row["id"]
-    return [User(i, n, by_user[i]) for i, n in zip(ids, names)]
+    return [User(i, n, by_user[i]) for i, n in zip(ids, names, strict=True)]
 
 
 async def create_service_user(pool: asyncpg.Pool, username: str, password_hash: str) -> User:

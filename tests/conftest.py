@@ -15,11 +15,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from walletd import logs
+from walletd import logs, testing
 from walletd.app import create_app
 from walletd.config import Settings
 from walletd.persistence import embedded
 from walletd.persistence.migrate import migrate
+from walletd.testing import ServerProcess, free_port, walletd_command, walletd_server  # noqa: F401 - re-exported
 
 JWT_SECRET = "test-secret-" + "x" * 40
 OPERATOR_KEY = "test-operator-key"
@@ -65,13 +66,7 @@ def admin_url(pg_server) -> str:
 
 async def create_empty_database(admin_url: str) -> str:
     """A new database nothing has been applied to; returns its URL."""
-    name = f"walletd_test_{os.getpid()}_{next(_db_counter)}"
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return admin_url.replace("/postgres?", f"/{name}?")
+    return await testing.create_empty_database(admin_url, f"walletd_test_{os.getpid()}_{next(_db_counter)}")
 
 
 async def create_database(admin_url: str) -> str:
@@ -186,14 +181,6 @@ async def gather(*aws):
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def walletd_command(*args: str) -> list[str]:
-    """The installed console script when present, else `python -m walletd`."""
-    import sys
-
-    script = Path(sys.executable).with_name("walletd")
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "walletd", *args]
-
-
 async def run_cli(database_url: str, *args: str, timeout: float = 60) -> tuple[int, str]:
     """Run `walletd <args>` against database_url; returns (exit code, stdout + stderr)."""
     env = {**os.environ, "DATABASE_URL": database_url, "WALLETD_JWT_SECRET": JWT_SECRET}
@@ -203,73 +190,23 @@ async def run_cli(database_url: str, *args: str, timeout: float = 60) -> tuple[i
     return proc.returncode, out.decode()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServeProcess:
-    """A real `walletd serve` subprocess on 127.0.0.1 and a free port."""
+class ServeProcess(ServerProcess):
+    """A real `walletd serve` subprocess on 127.0.0.1 and a free port (walletd.testing does the work)."""
 
     def __init__(self, database_url: str, **env: str) -> None:
+        log = Path(tempfile.mkstemp(prefix="walletd-serve-", suffix=".log")[1])
+        server = walletd_server(database_url, log, jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY,
+                                cwd=REPO_ROOT, **{"WALLETD_LOG_LEVEL": "warning", **env})
+        super().__init__(server.name, server.cmd, server.env, server.port, log, server.cwd)
         self.database_url = database_url
-        self.env = env
-        self.port = free_port()
-        self.proc: asyncio.subprocess.Process | None = None
-        self.log = Path(tempfile.mkstemp(prefix="walletd-serve-", suffix=".log")[1])
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    async def start(self, ready_path: str = "/ready", timeout: float = 30) -> "ServeProcess":
+        await super().start(ready_path, timeout)
+        return self
 
-    async def start(self, timeout: float = 30) -> "ServeProcess":
-        import aiohttp
-
-        env = {**os.environ, "DATABASE_URL": self.database_url, "WALLETD_JWT_SECRET": JWT_SECRET,
-               "WALLETD_OPERATOR_KEY": OPERATOR_KEY, "WALLETD_LOG_LEVEL": "warning", **self.env}
-        with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                *walletd_command("serve", "--host", "127.0.0.1", "--port", str(self.port)),
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
-        deadline = asyncio.get_running_loop().time() + timeout
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if self.proc.returncode is not None:
-                    raise RuntimeError(f"walletd serve exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-                try:
-                    async with session.get(self.url + "/ready") as resp:
-                        if resp.status == 200:
-                            return self
-                except aiohttp.ClientError:
-                    pass
-                if asyncio.get_running_loop().time() > deadline:
-                    raise RuntimeError(f"walletd serve did not become ready: {self.log.read_text()[-2000:]}")
-                await asyncio.sleep(0.1)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown handler runs."""
-        if self.proc is not None and self.proc.returncode is None:
-            try:
-                self.proc.kill()
-            except ProcessLookupError:
-                pass
-
-    async def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.returncode is None:
-            try:
-                self.proc.terminate()
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except ProcessLookupError:  # already gone (killed and reaped)
-                pass
-            except TimeoutError:
-                self.proc.kill()
-        code = await self.proc.wait()
-        self.log.unlink(missing_ok=True)
+    async def stop(self, timeout: float = 30) -> int | None:
+        code = await super().stop(timeout)
+        self.log_path.unlink(missing_ok=True)
         return code
 
 

@@ -32,6 +32,8 @@ from walletd.logs import get_logger
 from walletd.persistence.db import create_pool
 from walletd.persistence.failures import UNAVAILABLE, is_unavailable, outage
 from walletd.persistence.ledger import PgLedger
+from walletd.persistence.retention import IdempotencySweeper
+from walletd.supervisor import start_supervised, stop_task
 
 log = get_logger("walletd.http")
 ROUTE_TABLES = (identity.routes, wallets.routes, money.routes, service.routes)
@@ -207,12 +209,23 @@ class StartupError(ConfigError):
     """walletd cannot start; the message says why."""
 
 
+async def idempotency_sweep_ctx(app: web.Application):
+    """Deletes expired idempotency keys in the background (walletd/persistence/retention.py);
+    after pool_ctx, so it stops before the pool closes."""
+    sweeper = IdempotencySweeper(app[pool_key], app[settings_key].idempotency_retention_seconds)
+    task = start_supervised("idempotency_sweep", sweeper.run)
+    try:
+        yield
+    finally:
+        await stop_task(task, timeout=5)
+
+
 def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[settings_key] = settings
     app[database_url_key] = database_url
     app[tokens_key] = TokenIssuer(jwt_secret, settings.token_ttl_seconds)
-    app.cleanup_ctx.extend([pool_ctx, history_pool_ctx, actors_ctx, http_client_ctx])
+    app.cleanup_ctx.extend([pool_ctx, history_pool_ctx, actors_ctx, http_client_ctx, idempotency_sweep_ctx])
     meta.setup(app)
     add_routes(app)
     return app

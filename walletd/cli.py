@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from walletd.config import ConfigError, Settings
+from walletd.persistence.migrate import MigrationError
 
 
 def resolve_database(settings: Settings) -> tuple[str, str, object | None]:
@@ -27,14 +28,14 @@ def resolve_database(settings: Settings) -> tuple[str, str, object | None]:
     return embedded.database_url(server), secret, server
 
 
-async def _migrate(url: str, settings: Settings) -> None:
+async def _migrate(url: str, settings: Settings) -> list:
     import asyncpg
 
     from walletd.persistence.migrate import migrate
 
     conn = await asyncpg.connect(url)
     try:
-        await migrate(conn, settings.seed_file)
+        return await migrate(conn, settings.seed_file)
     finally:
         await conn.close()
 
@@ -92,9 +93,14 @@ def _spawn_worker(args, url: str, secret: str) -> subprocess.Popen:
 
 
 def migrate_cmd(args, settings: Settings) -> int:
+    from walletd import logs
+
+    logs.configure(settings.log_level, buffered=False)  # migrate.* events as JSON lines, like serve
     url, _, _ = resolve_database(settings) if not settings.database_url else (settings.database_url, "", None)
-    asyncio.run(_migrate(url, settings))
-    print("schema applied")
+    applied = asyncio.run(_migrate(url, settings))
+    for migration in applied:
+        print(f"applied {migration.label}")
+    print("schema up to date" + ("" if applied else " (nothing to apply)"))
     return 0
 
 
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
                          help="processes serving the port (default 1, env WALLETD_WORKERS)")
     p_serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers
     p_serve.set_defaults(run=serve)
-    sub.add_parser("migrate", help="apply schema.sql and the seed data, then exit").set_defaults(run=migrate_cmd)
+    sub.add_parser("migrate", help="apply pending migrations and the seed data, then exit").set_defaults(run=migrate_cmd)
     sub.add_parser("audit", help="recompute balances from the journal; exit 1 on any difference").set_defaults(
         run=audit_cmd)
     p_smoke = sub.add_parser("smoke", help="end-to-end check against a live deployment")
@@ -139,3 +145,6 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"walletd: {exc}", file=sys.stderr)
         sys.exit(2)
+    except MigrationError as exc:  # a changed released migration: refuse loudly, start nothing
+        print(f"walletd: migration refused: {exc}", file=sys.stderr)
+        sys.exit(3)

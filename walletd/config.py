@@ -40,6 +40,7 @@ class Settings:
     db_acquire_timeout: float = 5.0
     db_connect_timeout: float = 5.0
     log_level: str = "info"
+    idempotency_retention_seconds: int = 86400
 
     @property
     def rates_max_age(self) -> timedelta | None:
@@ -78,6 +79,7 @@ class Settings:
             db_acquire_timeout=read.number("WALLETD_DB_ACQUIRE_TIMEOUT", 5.0, minimum=0.1),
             db_connect_timeout=read.number("WALLETD_DB_CONNECT_TIMEOUT", 5.0, minimum=0.1),
             log_level=level,
+            idempotency_retention_seconds=read.integer("WALLETD_IDEMPOTENCY_RETENTION", 86400, minimum=1),
         )
         if bonus < 0:
             raise ConfigError(f"WALLETD_SIGNUP_BONUS={bonus}: must not be negative")

@@ -219,7 +219,9 @@ def operation(spec: Endpoint, components: dict) -> dict:
         parameters.append({
             "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 128},
             "description": "A retry with the same key and body returns the first response and moves no money again; "
-                           "the same key with another body is 422. Keys are scoped to the caller, kept 24 hours.",
+                           "the same key with another body is 422. Keys are scoped to the caller and kept "
+                           "WALLETD_IDEMPOTENCY_RETENTION seconds (default 86400: 24 hours); a retry after that "
+                           "is a new request.",
         })
     if parameters:
         op["parameters"] = parameters

@@ -1,0 +1,160 @@
+"""walletd's side of the benchmark: the population (users, wallets, tokens), funding through the
+ledger, the bulk-loaded history, the request sets, and the walletd runs themselves."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from bench import seed
+from bench.config import HOST, JWT_SECRET, TRANSFER_AMOUNT, Config
+from bench.harness import Bench, HarnessError, Target, say, summarize
+from bench.loadgen import build_request
+
+CUR = 1  # every run moves USD
+
+
+@dataclass
+class Population:
+    service: seed.User
+    users: list[seed.User]
+    hot_credit: seed.User
+    hot_debit: seed.User
+    hist_big: seed.User
+    hist_big_peer: seed.User
+    hist_small: seed.User
+    hist_small_peer: seed.User
+    memory_users: list[seed.User] = field(default_factory=list)
+
+
+async def populate(cfg: Config, url: str, admin: asyncpg.Connection) -> Population:
+    """Users and wallets set-based (bench/seed.py), tokens minted with walletd's TokenIssuer."""
+    from walletd.auth.passwords import hash_password
+    from walletd.auth.tokens import TokenIssuer
+
+    say("creating users and wallets")
+    password_hash = await hash_password(seed.BENCH_PASSWORD)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    service = await seed.create_service_user(pool, "bench_service", password_hash)
+    await pool.close()
+    users = await seed.create_users(admin, "bench", cfg.wallets, password_hash)
+    specials = await seed.create_users(admin, "bench_special", 6, password_hash)
+    hot_credit, hot_debit, hist_big, hist_big_peer, hist_small, hist_small_peer = specials
+    population = Population(service, users, hot_credit, hot_debit, hist_big, hist_big_peer, hist_small,
+                            hist_small_peer)
+    issuer = TokenIssuer(JWT_SECRET, 24 * 3600)
+    for user in users + specials:
+        user.token = issuer.issue(user.id, "user")
+    service.token = issuer.issue(service.id, "service")
+    if cfg.wants("memory"):
+        say(f"memory run: {cfg.memory_wallets:,} wallets, funded by a sign-up bonus entry each")
+        population.memory_users = await seed.create_users(admin, "bench_mem", math.ceil(cfg.memory_wallets / 3),
+                                                          password_hash)
+        await seed.grant_signup_bonus(admin, population.memory_users, "1")
+        for user in population.memory_users:
+            user.token = issuer.issue(user.id, "user")
+    return population
+
+
+class WalletdScenarios:
+    def __init__(self, cfg: Config, bench: Bench, wd: Target, population: Population) -> None:
+        self.cfg, self.bench, self.wd, self.pop = cfg, bench, wd, population
+        service = population.service
+        self.deposit_tpl = build_request("POST", "/wallet/deposit",
+                                         f"service_user_id={service.id}&wallet_id={{1}}&amount={{2}}", HOST, "{0}")
+        self.settle_tpl = build_request("PUT", "/service/transaction/deposit",
+                                        "transaction_id={0}&new_status=paid", HOST, service.token)
+        self.transfer_tpl = build_request("POST", "/wallet/transfer",
+                                          f"source_wallet_id={{1}}&target_wallet_id={{2}}&amount={TRANSFER_AMOUNT}",
+                                          HOST, "{0}")
+        self.rng = random.Random(20240601)
+        self.shapes: dict[str, list[list]] = {}
+
+    async def fund(self) -> dict:
+        """Every wallet of the runs funded through the ledger: deposit requests, settled paid."""
+        pop = self.pop
+        funding = [[u.token, u.wallets[CUR], "1000000"] for u in pop.users]
+        funding += [[pop.hot_debit.token, pop.hot_debit.wallets[CUR], "100000000"],
+                    [pop.hot_credit.token, pop.hot_credit.wallets[CUR], "1000"],
+                    [pop.hist_big.token, pop.hist_big.wallets[CUR], "1000"],
+                    [pop.hist_small.token, pop.hist_small.wallets[CUR], "1000"]]
+        say(f"funding {len(funding)} wallets through the ledger (deposit + settle paid)")
+        created = await self.bench.drive("fund-deposit", self.wd, self.deposit_tpl, funding, mode="once", warmup=0,
+                                         duration=600, collect="id")
+        if created["errors"] or len(created["collected"]) != len(funding):
+            raise HarnessError(f"funding deposits failed: {summarize(created)}")
+        settled = await self.bench.drive("fund-settle", self.wd, self.settle_tpl, [[i] for i in created["collected"]],
+                                         mode="once", warmup=0, duration=600)
+        if settled["errors"] or settled["requests"] != len(funding):
+            raise HarnessError(f"funding settlements failed: {summarize(settled)}")
+        return {"deposits_per_s": created["ops_per_s"], "settlements_per_s": settled["ops_per_s"]}
+
+    async def load_history(self, url: str) -> dict:
+        cfg, pop = self.cfg, self.pop
+        say(f"bulk-loading {cfg.history_rows:,} history rows (and {cfg.history_small_rows})")
+        t = time.monotonic()
+        await seed.load_history(url, pop.hist_big, pop.hist_big_peer, CUR, cfg.history_rows)
+        await seed.load_history(url, pop.hist_small, pop.hist_small_peer, CUR, cfg.history_small_rows)
+        say("VACUUM ANALYZE")
+        conn = await asyncpg.connect(url)
+        try:
+            for table in ("journal_entries", "postings", "transactions", "wallets"):
+                await conn.execute(f"VACUUM ANALYZE {table}")
+            return {
+                "big_wallet_rows": await seed.history_rows(conn, pop.hist_big.wallets[CUR]),
+                "small_wallet_rows": await seed.history_rows(conn, pop.hist_small.wallets[CUR]),
+                "load_seconds": round(time.monotonic() - t, 1),
+            }
+        finally:
+            await conn.close()
+
+    def build_request_sets(self) -> dict[str, list[list]]:
+        """The three transfer shapes, the same requests for walletd and the references."""
+        rng, users, n = self.rng, self.pop.users, self.cfg.distinct_requests
+        uniform = []
+        for _ in range(n):
+            src, dst = rng.sample(users, 2)
+            uniform.append([src.token, src.wallets[CUR], dst.wallets[CUR]])
+        hot_credit, hot_debit = self.pop.hot_credit, self.pop.hot_debit
+        credit = [[u.token, u.wallets[CUR], hot_credit.wallets[CUR]]
+                  for u in (rng.choice(users) for _ in range(n))]
+        debit = [[hot_debit.token, hot_debit.wallets[CUR], u.wallets[CUR]]
+                 for u in (rng.choice(users) for _ in range(n))]
+        self.shapes = {"uniform": uniform, "hot_credit": credit, "hot_debit": debit}
+        return self.shapes
+
+    async def run(self, scenarios: dict) -> None:
+        cfg, bench, wd, pop = self.cfg, self.bench, self.wd, self.pop
+        if cfg.wants("transfers"):
+            for name, args in self.shapes.items():
+                say(f"walletd {name} transfers")
+                scenarios[f"walletd.{name}"] = summarize(await bench.drive(name, wd, self.transfer_tpl, args))
+
+        if cfg.wants("settlement"):
+            say("walletd settlement burst: creating pending deposits")
+            dep_args = [[u.token, u.wallets[CUR], "10"]
+                        for u in (self.rng.choice(pop.users) for _ in range(cfg.distinct_requests))]
+            created = await bench.drive("deposit-request", wd, self.deposit_tpl, dep_args, collect="id",
+                                        duration=max(1.0, cfg.duration / 2))
+            pending_ids = created["collected"]
+            scenarios["walletd.deposit_request"] = summarize(created)
+            say(f"walletd settlement burst: settling up to {len(pending_ids):,} pending deposits paid")
+            burst = await bench.drive("settle-burst", wd, self.settle_tpl, [[i] for i in pending_ids], mode="once",
+                                      warmup_requests=max(1, len(pending_ids) // 5))
+            burst["pending_available"] = len(pending_ids)
+            scenarios["walletd.settlement_burst"] = summarize(burst)
+
+        if cfg.wants("reads"):
+            wallets_tpl = build_request("GET", "/user/wallets", "", HOST, "{0}")
+            say("walletd GET /user/wallets")
+            scenarios["walletd.read_wallets"] = summarize(
+                await bench.drive("read-wallets", wd, wallets_tpl, [[u.token] for u in pop.users]))
+            history_tpl = build_request("GET", "/wallet/transactions", "wallet_id={1}", HOST, "{0}")
+            for name, owner in (("read_history_big", pop.hist_big), ("read_history_small", pop.hist_small)):
+                say(f"walletd {name}")
+                scenarios[f"walletd.{name}"] = summarize(
+                    await bench.drive(name, wd, history_tpl, [[owner.token, owner.wallets[CUR]]]))

@@ -1,0 +1,66 @@
+"""Idempotency keys expire: a background sweep deletes those older than the retention.
+
+- Retention: `WALLETD_IDEMPOTENCY_RETENTION` seconds (default 86400, the 24 hours the API
+  documents). A key is deleted once older than that, measured by the database clock (now(), the
+  clock that stamped created_at), so the processes' clocks do not matter. A retry arriving after
+  its key was deleted is a new request and moves money again: clients retry within minutes, a day
+  is the promise.
+- Interval: a sweep at start, then every retention/10, between 1 s and 5 minutes (default 5
+  minutes), so a key lives at most retention + interval.
+- Safe across processes: each batch is one statement deleting at most `batch` rows picked with
+  FOR UPDATE SKIP LOCKED, in its own short transaction. Sweeps of several processes at once take
+  disjoint rows instead of queueing behind each other; a row is deleted once; a sweep never holds
+  locks across batches and never blocks a request (requests only insert keys and read them).
+- Bounded: at most `batch` rows per statement (the index of migration 0002 finds them oldest
+  first), batches repeated until one comes back short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from walletd.logs import get_logger
+from walletd.persistence.db import FairPool
+
+log = get_logger("walletd.retention")
+BATCH = 1000
+
+_PRUNE = """
+DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM idempotency_keys
+     WHERE created_at < now() - make_interval(secs => $1::double precision)
+     ORDER BY created_at LIMIT $2
+       FOR UPDATE SKIP LOCKED))
+"""
+
+
+def sweep_interval(retention_seconds: float) -> float:
+    return min(300.0, max(1.0, retention_seconds / 10))
+
+
+async def prune_idempotency_keys(pool: FairPool, retention_seconds: float, batch: int = BATCH) -> int:
+    """Deletes every key older than the retention, batch by batch; returns how many went."""
+    total = 0
+    while True:
+        status = await pool.execute(_PRUNE, float(retention_seconds), batch)
+        deleted = int(status.split()[-1])  # "DELETE n"
+        total += deleted
+        if deleted < batch:
+            return total
+        await asyncio.sleep(0)  # let requests have the event loop between batches
+
+
+class IdempotencySweeper:
+    def __init__(self, pool: FairPool, retention_seconds: float, batch: int = BATCH) -> None:
+        self.pool = pool
+        self.retention_seconds = retention_seconds
+        self.batch = batch
+        self.interval = sweep_interval(retention_seconds)
+
+    async def run(self) -> None:
+        """Sweeps now, then every interval, forever (run it under walletd.supervisor)."""
+        while True:
+            deleted = await prune_idempotency_keys(self.pool, self.retention_seconds, self.batch)
+            if deleted:
+                log.info("idempotency.pruned", deleted=deleted, retention_s=self.retention_seconds)
+            await asyncio.sleep(self.interval)
