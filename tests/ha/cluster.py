@@ -254,13 +254,14 @@ class Cluster:
         return f"postgresql://walletd:{password}@{hosts}/walletd?target_session_attrs=read-write"
 
     def start_walletd(self, walletd_bin: Path, database_url: str, port: int, jwt_secret: str,
-                      operator_key: str) -> subprocess.Popen:
+                      operator_key: str, extra_env: dict | None = None) -> subprocess.Popen:
         # An in-doubt commit can only be looked up once a new leader is up, ttl (20 s) and more
         # after the old one died: walletd must wait longer than that before giving up on it.
         # As in deploy/docker-compose.yml; set WALLETD_IN_DOUBT_SECONDS to try another value.
         env = {"WALLETD_IN_DOUBT_SECONDS": "30", **os.environ, "DATABASE_URL": database_url,
                "WALLETD_JWT_SECRET": jwt_secret,
-               "WALLETD_OPERATOR_KEY": operator_key, "WALLETD_LOG_LEVEL": "info", "PYTHONMALLOC": "malloc"}
+               "WALLETD_OPERATOR_KEY": operator_key, "WALLETD_LOG_LEVEL": "info", "PYTHONMALLOC": "malloc",
+               **(extra_env or {})}
         proc = self.spawn([str(walletd_bin), "serve", "--host", "127.0.0.1", "--port", str(port)], "walletd.log",
                           env=env)
         wait_for(lambda: proc.poll() is not None or http_json(f"http://127.0.0.1:{port}/ready")[0] == 200,

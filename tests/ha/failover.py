@@ -36,7 +36,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster import Cluster, create_walletd_database, deployed_dcs, free_port, http_json, wait_for  # noqa: E402
-from load import LoadStats, make_users, transfer_client  # noqa: E402
+from load import LoadStats, history_reader, make_users, transfer_client  # noqa: E402
 
 CLIENTS = 8
 ACKS_BEFORE_KILL = 1500     # transfers acknowledged before the leader dies
@@ -102,6 +102,7 @@ async def drive(cluster: Cluster, base: str, operator_key: str, leader, standby,
         probe_task = asyncio.create_task(probe.run(probe_stop))
         clients = [asyncio.create_task(transfer_client(session, base, users, i, stats, stop, give_up_at))
                    for i in range(CLIENTS)]
+        clients += [asyncio.create_task(history_reader(session, base, users[i], stats, stop)) for i in range(2)]
         times: dict[str, float] = {"load_started": time.monotonic()}
         try:
             while len(stats.acks) < ACKS_BEFORE_KILL:
@@ -130,7 +131,11 @@ async def drive(cluster: Cluster, base: str, operator_key: str, leader, standby,
             await asyncio.gather(*clients, return_exceptions=True)
             probe_stop.set()
             await probe_task
-    return {"stats": stats, "users": users, "times": times, "probe": probe, "acks_at_kill": acks_at_kill}
+        # after the failover, history pages (read pool, prefer-standby) are served again
+        async with session.get(f"{base}/user/transactions", headers=users[0].auth) as response:
+            history_after = response.status
+    return {"stats": stats, "users": users, "times": times, "probe": probe, "acks_at_kill": acks_at_kill,
+            "history_after": history_after}
 
 
 async def verify(cluster: Cluster, new_leader, db_password: str, result: dict) -> list[str]:
@@ -223,6 +228,8 @@ def report(result: dict, formed_s: float, started: float) -> None:
     gap_start, gap = longest_gap([a.at for a in stats.acks], kill)
     print(f"unavailability window (no transfer acknowledged): {gap:.1f} s, from {gap_start - kill:+.1f} s")
     print("answers by status: " + ", ".join(f"{k}: {v}" for k, v in sorted(stats.statuses.items())))
+    print("history pages (read pool, prefer-standby) by status: "
+          + ", ".join(f"{k}: {v}" for k, v in sorted(stats.history.items())))
     print(f"503 without Retry-After: {stats.without_retry_after}")
     replays = sum(1 for a in stats.acks if a.replayed)
     print(f"acknowledged before the kill: {result['acks_at_kill']}, in all: {len(stats.acks)} "
@@ -262,9 +269,11 @@ async def main_async(args) -> int:
               flush=True)
         await create_walletd_database(leader, cluster.superuser_password, db_password)
         port = free_port()
+        # History pages through the optional read pool: a standby while one answers.
+        read_url = cluster.walletd_url(nodes, db_password).replace("read-write", "prefer-standby")
         walletd = await asyncio.to_thread(
             cluster.start_walletd, walletd_bin, cluster.walletd_url(nodes, db_password), port,
-            secrets.token_urlsafe(48), operator_key)
+            secrets.token_urlsafe(48), operator_key, {"WALLETD_READ_DATABASE_URL": read_url})
         base = f"http://127.0.0.1:{port}"
         result: dict = {}
         try:
@@ -279,7 +288,8 @@ async def main_async(args) -> int:
             if code != 0:
                 problems.append(f"walletd audit failed ({code}): {output[:2000]}")
             stats: LoadStats = result["stats"]
-            five_xx = {k: v for k, v in stats.statuses.items() if k.isdigit() and int(k) >= 500 and k != "503"}
+            five_xx = {k: v for k, v in (stats.statuses + stats.history).items()
+                       if k.isdigit() and int(k) >= 500 and k != "503"}
             if five_xx:
                 problems.append(f"5xx other than 503: {five_xx}")
             if stats.without_retry_after:
@@ -288,6 +298,8 @@ async def main_async(args) -> int:
                 problems.append(f"{len(stats.unresolved)} transfers never got a final answer")
             if stats.refused:
                 problems.append(f"{len(stats.refused)} transfers refused with a 4xx: {stats.refused[:2]}")
+            if result["history_after"] != 200:
+                problems.append(f"history pages answer {result['history_after']} after the failover")
             if walletd.poll() is not None:
                 problems.append(f"walletd exited ({walletd.returncode}): it must survive the failover")
             elif (await asyncio.to_thread(http_json, f"{base}/ready"))[0] != 200:

@@ -48,6 +48,7 @@ class LoadStats:
     acks: list[Ack] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    history: Counter = field(default_factory=Counter)  # answers to history pages, by status
 
 
 async def _call(session: aiohttp.ClientSession, method: str, url: str, **kwargs) -> dict:
@@ -137,3 +138,20 @@ async def transfer_client(session: aiohttp.ClientSession, base: str, users: list
         target_wallet = target.wallets[2] if n % 4 == 3 else target.wallets[1]
         await transfer_once(session, base, source, target_wallet, stats, give_up_at)
         n += 1
+
+
+async def history_reader(session: aiohttp.ClientSession, base: str, user: User, stats: LoadStats,
+                         stop: asyncio.Event) -> None:
+    """Reads the user's first history page every 50 ms (from the read pool, when walletd has one)."""
+    while not stop.is_set():
+        try:
+            async with session.get(f"{base}/user/transactions", params={"limit": "20"}, headers=user.auth) as r:
+                text = await r.text()
+                stats.history[str(r.status)] += 1
+                if r.status == 503 and "Retry-After" not in r.headers:
+                    stats.without_retry_after += 1
+                elif r.status >= 500 and r.status != 503:
+                    stats.server_errors.append((r.status, r.headers.get("X-Request-ID", ""), text[:300]))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            stats.history[f"connection error ({type(exc).__name__})"] += 1
+        await asyncio.sleep(0.05)
