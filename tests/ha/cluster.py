@@ -58,6 +58,28 @@ def http_json(url: str, timeout: float = 1.0):
         return None, None
 
 
+def kill_working_in(directory: Path) -> list[int]:
+    """SIGKILL every process whose working directory is inside `directory`: Patroni runs in its
+    node's folder and every PostgreSQL process in its data directory, so this finds a node's
+    processes even after their parent died and they were handed to init."""
+    root = os.path.realpath(directory)
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd").removesuffix(" (deleted)")
+        except OSError:
+            continue
+        if cwd == root or cwd.startswith(root + os.sep):
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+            except ProcessLookupError:
+                pass
+    return killed
+
+
 def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -223,14 +245,11 @@ class Cluster:
                     self._remember_group(pgid)
 
     def kill_node(self, node: Node) -> None:
-        """The node dies at once: Patroni and its postmaster (with every backend) get SIGKILL."""
-        postmaster = node.postmaster_pid()
+        """The node dies at once: Patroni, its postmaster and every backend get SIGKILL together.
+        (Each PostgreSQL backend leads its own process group, so killing the postmaster's group
+        is not enough: a backend that cannot notice its postmaster died would live on.)"""
         os.killpg(node.proc.pid, signal.SIGKILL)
-        if postmaster is not None:
-            try:
-                os.killpg(os.getpgid(postmaster), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_working_in(node.dir)
         node.proc.wait()
 
     def stop_all(self) -> None:
@@ -241,12 +260,12 @@ class Cluster:
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        kill_working_in(self.run_dir)  # PostgreSQL backends, whose working directory is their data
         for proc in self.owned:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
-
 
     # --- walletd ---------------------------------------------------------------------------
     def walletd_url(self, nodes: list[Node], password: str) -> str:

@@ -112,7 +112,7 @@ async def drive(cluster: Cluster, base: str, operator_key: str, leader, standby,
             times["kill"] = time.monotonic()
             acks_at_kill = len(stats.acks)
             await asyncio.to_thread(cluster.kill_node, leader)
-            print(f"killed the leader {leader.name} (Patroni pid {leader.proc.pid} and its postmaster) "
+            print(f"killed the leader {leader.name} (Patroni pid {leader.proc.pid}, its postmaster, every backend) "
                   f"after {acks_at_kill} acknowledged transfers", flush=True)
             deadline = times["kill"] + RECOVERY_BUDGET_S
             while "promoted" not in times or "ready_again" not in times or \

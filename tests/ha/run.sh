@@ -47,6 +47,13 @@ cleanup() {
     find "$RUN_DIR" -name pgids | while read -r groups; do
         while read -r pgid; do kill -KILL -- "-$pgid" 2>/dev/null || true; done < "$groups"
     done
+    # PostgreSQL backends lead process groups of their own; their working directory is their
+    # data directory, inside the run's folder.
+    for proc in /proc/[0-9]*; do
+        case "$(readlink "$proc/cwd" 2>/dev/null)" in
+            "$RUN_DIR"/*) kill -KILL "${proc#/proc/}" 2>/dev/null || true ;;
+        esac
+    done
     if [ "$status" = 0 ] && [ -z "${WALLETD_HA_KEEP:-}" ]; then
         rm -rf "$RUN_DIR"
     else  # keep the logs for a look, drop the data
