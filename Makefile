@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WALLETD_DATA_DIR ?= $(CURDIR)/.walletd
 
-.PHONY: install run test test-ha bench bench-smoke audit clean
+.PHONY: install run demo test test-ha bench bench-smoke audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,13 @@ install: $(STAMP)
 
 # PYTHONMALLOC=malloc: freed objects go back to glibc, which walletd trims once its actors go
 # idle, so memory returns to the OS after a burst (pymalloc's arenas stay fragmented).
+# Loopback only: a development server is not exposed to the network (the Dockerfile binds 0.0.0.0).
 run: install
-	PYTHONMALLOC=malloc $(BIN)/walletd serve --host 0.0.0.0 --port 8010
+	PYTHONMALLOC=malloc $(BIN)/walletd serve --host 127.0.0.1 --port 8010
+
+# Seeds a service user and two funded users on the walletd that `make run` started.
+demo: install
+	$(BIN)/walletd demo --base-url http://127.0.0.1:8010
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -1,17 +1,24 @@
-"""`walletd serve | migrate | audit | smoke`: the console script."""
+"""`walletd serve | migrate | audit | smoke | demo`: the console script."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import errno
 import gc
 import os
 import signal
+import socket
 import subprocess
 import sys
 
+from walletd import __version__
 from walletd.config import ConfigError, Settings
 from walletd.persistence.migrate import MigrationError
+
+DEFAULT_HOST = "127.0.0.1"  # loopback unless asked: the Dockerfile passes --host 0.0.0.0
+DEFAULT_PORT = 8010
 
 
 def resolve_database(settings: Settings) -> tuple[str, str, object | None]:
@@ -26,6 +33,17 @@ def resolve_database(settings: Settings) -> tuple[str, str, object | None]:
     server = embedded.start(settings.data_dir)
     secret = settings.jwt_secret or embedded.persistent_secret(settings.data_dir)
     return embedded.database_url(server), secret, server
+
+
+def with_operator_key(settings: Settings, embedded_server: object | None) -> Settings:
+    """An embedded installation gets an operator key made once and kept in the data directory
+    (beside the JWT secret), unless WALLETD_OPERATOR_KEY is set: a plain `make run` can then
+    register the payment service. With DATABASE_URL the key comes only from the environment."""
+    if settings.operator_key or embedded_server is None:
+        return settings
+    from walletd.persistence import embedded
+
+    return dataclasses.replace(settings, operator_key=embedded.persistent_operator_key(settings.data_dir))
 
 
 async def _migrate(url: str, settings: Settings) -> list:
@@ -56,7 +74,12 @@ def serve(args, settings: Settings) -> int:
     from walletd.app import create_app
 
     logs.configure(settings.log_level)
+    if not args.worker and (problem := _port_problem(args.host, args.port)):
+        print(f"walletd: cannot listen on {args.host}:{args.port}: {problem}", file=sys.stderr)
+        return 1
     url, secret, server = resolve_database(settings)
+    operator_key_from_env = settings.operator_key is not None
+    settings = with_operator_key(settings, server)
     if not args.worker:
         asyncio.run(_migrate(url, settings))
     log = logs.get_logger("walletd")
@@ -64,16 +87,22 @@ def serve(args, settings: Settings) -> int:
              workers=args.workers, pid=os.getpid())
     # Extra worker processes share the port (SO_REUSEPORT; the kernel spreads connections) and
     # the database; each has its own actors. Correctness across them comes from PostgreSQL.
-    children = [_spawn_worker(args, url, secret) for _ in range(args.workers - 1)]
+    children = [_spawn_worker(args, url, secret, settings.operator_key) for _ in range(args.workers - 1)]
     app = create_app(settings, url, secret)
     # Everything built so far lives as long as the process: keep it out of the cyclic collector's
     # sweeps, and collect the young generation less often (a full sweep stalls every request).
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+    banner = None if args.worker else lambda _: print_banner(args, settings, server, operator_key_from_env)
     try:
-        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=30,
+        web.run_app(app, host=args.host, port=args.port, print=banner, access_log=None, shutdown_timeout=30,
                     handle_signals=True, loop=_new_loop(), reuse_port=args.workers > 1 or args.worker)
+    except OSError as exc:  # the port was taken between the check and the bind
+        if args.worker or exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            raise  # not a listening problem (a database refusing connections is an OSError too)
+        print(f"walletd: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     finally:
         for child in children:  # each finishes what it accepted, like this process did
             child.send_signal(signal.SIGTERM)
@@ -86,8 +115,58 @@ def serve(args, settings: Settings) -> int:
     return 0
 
 
-def _spawn_worker(args, url: str, secret: str) -> subprocess.Popen:
+def _port_problem(host: str, port: int) -> str | None:
+    """Why host:port cannot be bound (checked before PostgreSQL starts), or None."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"unknown host ({exc.strerror})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "address already in use (another walletd? pick another with --port or WALLETD_PORT)"
+            return exc.strerror or str(exc)
+    return None
+
+
+def print_banner(args, settings: Settings, server: object | None, operator_key_from_env: bool) -> None:
+    """A few lines for the human at the terminal, on stderr: stdout carries only JSON log lines."""
+    local = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    base = f"http://{local}:{args.port}"
+    data_dir = settings.data_dir.resolve()
+    lines = [f"walletd {__version__} is ready at {base}   (API docs: {base}/docs)"]
+    if local != args.host:
+        lines.append(f"  listening on:         {args.host}:{args.port} (every interface)")
+    if server is not None:
+        lines.append(f"  data directory:       {data_dir}   (embedded PostgreSQL in pg/, JWT secret)")
+    else:
+        lines.append("  database:             DATABASE_URL (external PostgreSQL)")
+    if settings.operator_key and not operator_key_from_env:
+        from walletd.persistence import embedded
+
+        lines.append(f"  operator key:         {embedded.operator_key_path(data_dir)}   (send as X-Operator-Key)")
+    elif settings.operator_key:
+        lines.append("  operator key:         from WALLETD_OPERATOR_KEY   (send as X-Operator-Key)")
+    if settings.operator_key:
+        registration = "needs the operator key"
+    elif settings.open_service_registration:
+        registration = "OPEN to anyone (WALLETD_OPEN_SERVICE_REGISTRATION=1, development only)"
+    else:
+        registration = "closed (set WALLETD_OPERATOR_KEY)"
+    lines.append(f"  service registration: {registration}")
+    lines.append("  logs:                 JSON lines on stdout; Ctrl-C stops walletd"
+                 + (" and its PostgreSQL" if server is not None else ""))
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _spawn_worker(args, url: str, secret: str, operator_key: str | None) -> subprocess.Popen:
     env = {**os.environ, "DATABASE_URL": url, "WALLETD_JWT_SECRET": secret}
+    if operator_key:
+        env["WALLETD_OPERATOR_KEY"] = operator_key
     return subprocess.Popen([sys.executable, "-m", "walletd", "serve", "--host", args.host, "--port", str(args.port),
                              "--workers", "1", "--worker"], env=env)
 
@@ -118,27 +197,89 @@ def audit_cmd(args, settings: Settings) -> int:
 def smoke_cmd(args, settings: Settings) -> int:
     from walletd.smoke import run_smoke
 
-    return asyncio.run(run_smoke(args.base_url, args.operator_key))
+    key, source = _operator_key_for_client(args, settings)
+    return asyncio.run(run_smoke(args.base_url, key, key_source=source))
 
 
-def main(argv: list[str] | None = None) -> None:
+def demo_cmd(args, settings: Settings) -> int:
+    from walletd.demo import run_demo
+
+    key, source = _operator_key_for_client(args, settings)
+    return asyncio.run(run_demo(args.base_url, key, key_source=source))
+
+
+def _operator_key_for_client(args, settings: Settings) -> tuple[str | None, str]:
+    """--operator-key, else WALLETD_OPERATOR_KEY, else the embedded installation's key file."""
+    from walletd.persistence import embedded
+
+    if args.operator_key:
+        return args.operator_key, "--operator-key"
+    if settings.operator_key:
+        return settings.operator_key, "WALLETD_OPERATOR_KEY"
+    path = embedded.operator_key_path(settings.data_dir)
+    if path.is_file():
+        return path.read_text().strip(), str(path)
+    return None, f"none found (no --operator-key, no WALLETD_OPERATOR_KEY, no {path})"
+
+
+_SERVE_ENVIRONMENT = """environment (read at start; see the README's Configuration table):
+  DATABASE_URL                 PostgreSQL to use; unset: the embedded one in WALLETD_DATA_DIR
+  WALLETD_DATA_DIR             embedded cluster, jwt-secret and operator-key (default ./.walletd)
+  WALLETD_JWT_SECRET           token signing key (required with DATABASE_URL)
+  WALLETD_OPERATOR_KEY         operator credential (embedded: generated into WALLETD_DATA_DIR/operator-key)
+  WALLETD_OPEN_SERVICE_REGISTRATION, WALLETD_TOKEN_TTL, WALLETD_SIGNUP_BONUS, WALLETD_RATES_URL,
+  WALLETD_RATES_MAX_AGE, WALLETD_SEED_FILE, WALLETD_MAX_BODY_BYTES, WALLETD_MAILBOX_SIZE,
+  WALLETD_ACTOR_IDLE_SECONDS, WALLETD_MAX_BATCH, WALLETD_COMMITTERS, WALLETD_POOL_SIZE,
+  WALLETD_IN_DOUBT_SECONDS, WALLETD_DB_ACQUIRE_TIMEOUT, WALLETD_DB_CONNECT_TIMEOUT, WALLETD_LOG_LEVEL
+"""
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise SystemExit(f"walletd: {name} must be an integer, got {value!r}") from None
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-url", default=os.environ.get("WALLETD_URL", f"http://127.0.0.1:{DEFAULT_PORT}"),
+                        help=f"the walletd to talk to (env WALLETD_URL; default http://127.0.0.1:{DEFAULT_PORT})")
+    parser.add_argument("--operator-key", default=None,
+                        help="operator credential; default: env WALLETD_OPERATOR_KEY, else the file "
+                             "WALLETD_DATA_DIR/operator-key of an embedded installation")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="walletd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"walletd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_serve = sub.add_parser("serve", help="run the HTTP server")
-    p_serve.add_argument("--host", default="0.0.0.0")
-    p_serve.add_argument("--port", type=int, default=8010)
-    p_serve.add_argument("--workers", type=int, default=int(os.environ.get("WALLETD_WORKERS", "1")),
-                         help="processes serving the port (default 1, env WALLETD_WORKERS)")
+    p_serve = sub.add_parser("serve", help="run the HTTP server", epilog=_SERVE_ENVIRONMENT,
+                             formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=110))
+    p_serve.add_argument("--host", default=os.environ.get("WALLETD_HOST", DEFAULT_HOST),
+                         help=f"address to bind (env WALLETD_HOST; default {DEFAULT_HOST}, loopback only; "
+                              "0.0.0.0 for every interface)")
+    p_serve.add_argument("--port", type=int, default=_env_int("WALLETD_PORT", DEFAULT_PORT),
+                         help=f"TCP port (env WALLETD_PORT; default {DEFAULT_PORT})")
+    p_serve.add_argument("--workers", type=int, default=_env_int("WALLETD_WORKERS", 1),
+                         help="processes serving the port (env WALLETD_WORKERS; default 1)")
     p_serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers
     p_serve.set_defaults(run=serve)
     sub.add_parser("migrate", help="apply pending migrations and the seed data, then exit").set_defaults(run=migrate_cmd)
     sub.add_parser("audit", help="recompute balances from the journal; exit 1 on any difference").set_defaults(
         run=audit_cmd)
-    p_smoke = sub.add_parser("smoke", help="end-to-end check against a live deployment")
-    p_smoke.add_argument("--base-url", required=True)
-    p_smoke.add_argument("--operator-key", default=None, help="also check deposit, settlement and transfer")
+    p_smoke = sub.add_parser("smoke", help="end-to-end check against a live deployment (users named smoke_*)")
+    _add_client_options(p_smoke)
     p_smoke.set_defaults(run=smoke_cmd)
-    args = parser.parse_args(argv)
+    p_demo = sub.add_parser("demo", help="seed a service user and two funded users on a running walletd; "
+                                         "print their tokens, wallets and curl lines")
+    _add_client_options(p_demo)
+    p_demo.set_defaults(run=demo_cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
         sys.exit(args.run(args, settings))

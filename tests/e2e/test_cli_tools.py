@@ -1,0 +1,106 @@
+"""`walletd --version`, `serve --help`, `smoke` and `demo` as a user runs them: real processes
+against a live `walletd serve` on a real PostgreSQL database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import OPERATOR_KEY, REPO_ROOT, ServeProcess, walletd_command
+from walletd import __version__
+
+
+@pytest.fixture(scope="module")
+async def server(database_url):
+    serve = await ServeProcess(database_url).start()
+    yield serve
+    await serve.stop()
+
+
+@pytest.fixture
+def empty_data_dir():
+    path = Path(tempfile.mkdtemp(prefix="walletd-cli-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def walletd(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("WALLETD_OPERATOR_KEY", "DATABASE_URL", "WALLETD_URL")}
+    proc = await asyncio.create_subprocess_exec(*walletd_command(*args), cwd=REPO_ROOT, env={**base, **(env or {})},
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode()
+
+
+async def test_version_and_serve_help():
+    code, out = await walletd("--version")
+    assert (code, out.strip()) == (0, f"walletd {__version__}")
+    code, out = await walletd("serve", "--help")
+    assert code == 0
+    assert "env WALLETD_HOST; default 127.0.0.1" in out and "env WALLETD_PORT; default 8010" in out
+    assert "env WALLETD_WORKERS; default 1" in out and "WALLETD_OPERATOR_KEY" in out and "DATABASE_URL" in out
+
+
+async def test_smoke_without_an_operator_key_says_what_it_skipped(server, empty_data_dir, db):
+    code, out = await walletd("smoke", "--base-url", server.url, env={"WALLETD_DATA_DIR": str(empty_data_dir)})
+    assert code == 0, out
+    for step in ("deposit", "settle", "transfer"):
+        assert f"SKIP  {step}: no operator key" in out
+    assert "7 steps passed, 5 skipped" in out
+    name = re.search(r"ok    register (smoke_[0-9a-f]+)", out).group(1)
+    assert await db.fetchval("SELECT count(*) FROM users WHERE username = $1", name) == 1
+
+
+async def test_smoke_reads_the_operator_key_from_the_environment(server, empty_data_dir, db):
+    code, out = await walletd("smoke", "--base-url", server.url,
+                              env={"WALLETD_OPERATOR_KEY": OPERATOR_KEY, "WALLETD_DATA_DIR": str(empty_data_dir)})
+    assert code == 0, out
+    assert "operator key from WALLETD_OPERATOR_KEY" in out and "12 steps passed, 0 skipped" in out
+    name = re.search(r"ok    register (smoke_[0-9a-f]+)", out).group(1)
+    rows = await db.fetch("SELECT username, role FROM users WHERE username LIKE $1 ORDER BY username", name + "%")
+    assert [tuple(r) for r in rows] == [(name, "user"), (name + "_svc", "service")]
+
+
+async def test_smoke_reads_the_operator_key_from_the_data_directory(server, empty_data_dir):
+    (empty_data_dir / "operator-key").write_text(OPERATOR_KEY + "\n")
+    code, out = await walletd("smoke", "--base-url", server.url, env={"WALLETD_DATA_DIR": str(empty_data_dir)})
+    assert code == 0, out
+    assert f"operator key from {empty_data_dir / 'operator-key'}" in out and "0 skipped" in out
+
+
+async def test_smoke_fails_loudly_with_a_wrong_operator_key(server, empty_data_dir):
+    code, out = await walletd("smoke", "--base-url", server.url, "--operator-key", "wrong",
+                              env={"WALLETD_DATA_DIR": str(empty_data_dir)})
+    assert code == 1
+    assert re.search(r"FAIL  after 7 step\(s\): POST \S+/auth/register_service answered 403", out), out
+
+
+async def test_demo_seeds_funded_users_and_its_curl_lines_work(server, empty_data_dir):
+    code, out = await walletd("demo", "--base-url", server.url, env={"WALLETD_OPERATOR_KEY": OPERATOR_KEY})
+    assert code == 0, out
+    assert re.search(r"USD wallet \S+  balance 990\.0000000000", out)  # alice: 1000 deposited, 1% commission
+    assert re.search(r"EUR wallet \S+  balance 495\.0000000000", out)  # bob: 500
+    token_lines = [line.strip() for line in out.splitlines() if re.match(r"\s+[A-Z]+_TOKEN='", line)]
+    curl_lines = [line.strip() for line in out.splitlines() if line.startswith("  curl ")]
+    assert len(token_lines) == 3 and len(curl_lines) == 4
+    script = "\n".join([*token_lines, *(f"{line}; echo" for line in curl_lines)])
+    proc = await asyncio.create_subprocess_exec("bash", "-c", script, stdout=asyncio.subprocess.PIPE)
+    answers = [json.loads(line) for line in (await proc.communicate())[0].decode().splitlines()]
+    wallets, transfer, history, service_login = answers
+    assert [w["currency"] for w in wallets["wallets"]] == ["USD", "EUR", "RUB"]
+    assert transfer["status"] == "close" and transfer["converted_amount"] == "23.0000000000"  # 25 USD at 0.92
+    assert history["transactions"][0]["type"] == "transfer"
+    assert "access_token" in service_login and "user_id" in service_login
+
+
+async def test_demo_without_an_operator_key_explains_and_exits_2(server, empty_data_dir):
+    code, out = await walletd("demo", "--base-url", server.url, env={"WALLETD_DATA_DIR": str(empty_data_dir)})
+    assert code == 2
+    assert "needs the operator key" in out and "no WALLETD_OPERATOR_KEY" in out

@@ -1,0 +1,89 @@
+"""The README's worked example, run exactly as written against a live `walletd serve` (a real
+port, a real PostgreSQL database), the way a newcomer pastes it: into an interactive shell, from
+a directory holding `.walletd/operator-key`, twice in a row."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import OPERATOR_KEY, REPO_ROOT, ServeProcess
+
+START = "<!-- worked-example:"
+END = "<!-- /worked-example -->"
+README_URL_LINE = "B=http://127.0.0.1:8010"
+
+
+def readme_example() -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    marked = text[text.index(START):text.index(END)]
+    block = re.search(r"```sh\n(.*?)```", marked, re.S)
+    assert block is not None, "the worked example is no longer a ```sh block between its markers"
+    return block.group(1)
+
+
+@pytest.fixture
+async def server(database_url):
+    serve = await ServeProcess(database_url).start()
+    yield serve
+    await serve.stop()
+
+
+@pytest.fixture
+def paste_dir():
+    """Where the newcomer stands: the clone, with the data directory `make run` made."""
+    path = Path(tempfile.mkdtemp(prefix="walletd-readme-"))
+    (path / ".walletd").mkdir()
+    (path / ".walletd" / "operator-key").write_text(OPERATOR_KEY)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def paste(shell: list[str], script: str, cwd: Path) -> tuple[int, str]:
+    """Feed the block to an interactive shell on stdin, as a terminal paste does (history
+    expansion on, no rc files)."""
+    env = {**os.environ, "PS1": "", "PS2": "", "PROMPT": "", "PROMPT2": ""}
+    proc = await asyncio.create_subprocess_exec(*shell, cwd=cwd, env=env, stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate((script + "\nexit\n").encode()), 120)
+    return proc.returncode, out.decode()
+
+
+def assert_clean_run(output: str) -> None:
+    assert "returned error" not in output, output  # curl --fail-with-body on any 4xx/5xx
+    for problem in ("null", "Traceback", "not found", "curl:"):
+        assert problem not in output, (problem, output)
+    # what `field` says when an answer lacks a field (the shell also echoes the pasted source)
+    assert not re.search(r"(empty value|no \S+) in \{", output), output
+    assert re.search(r"^status paid$", output, re.M), output
+    # 100 deposited - 1 commission - 10 transferred - 5 withdrawn - 0.1 commission
+    assert "wallets.balance 84.0000000000 9.2000000000 0.0000000000" in output, output
+
+
+async def test_the_readme_example_runs_clean_twice_in_bash(server, paste_dir):
+    script = readme_example()
+    assert script.count(README_URL_LINE + "\n") == 1
+    script = script.replace(README_URL_LINE, f"B={server.url}")
+    outputs = []
+    for _ in range(2):
+        code, output = await paste(["bash", "--norc", "--noprofile", "-i"], script, paste_dir)
+        assert code == 0, output
+        assert_clean_run(output)
+        outputs.append(output)
+    names = [re.search(r"register (alice_\d+)", output).group(1) for output in outputs]
+    assert names[0] != names[1]  # a second paste makes its own users instead of hitting 409s
+
+
+async def test_the_readme_example_runs_clean_in_zsh_where_installed(server, paste_dir):
+    """zsh is the default shell on macOS; it treats `#` lines and `?` in words differently."""
+    shells = [["zsh", "-f", "-i"]] if shutil.which("zsh") else [["bash", "--posix", "--norc", "-i"]]
+    script = readme_example().replace(README_URL_LINE, f"B={server.url}")
+    code, output = await paste(shells[0], script, paste_dir)
+    assert code == 0, output
+    assert_clean_run(output)
