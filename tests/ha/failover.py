@@ -196,8 +196,8 @@ def walletd_log_findings(path: Path) -> list[tuple[int, str, str]]:
                 in_trace = True
             elif in_trace and not line.startswith(" "):
                 in_trace = False  # the exception line that ends a traceback
-            elif line and not in_trace:
-                groups[f"(plain line) {line[:200]}"] += 1
+            elif not in_trace and any(word in line for word in ("Error", "Exception", "error", "FATAL")):
+                groups[f"(plain line) {line[:200]}"] += 1  # not the start-up banner
             continue
         if not isinstance(record, dict):
             continue
