@@ -20,6 +20,7 @@ def _flag(value: str | None) -> bool:
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
+    read_database_url: str | None = None  # history pages only; see README, High availability
     data_dir: Path = Path(".walletd")
     jwt_secret: str | None = None
     token_ttl_seconds: int = 3600
@@ -74,6 +75,7 @@ class Settings:
         bonus = read.decimal("WALLETD_SIGNUP_BONUS", "0")
         settings = cls(
             database_url=env.get("DATABASE_URL") or None,
+            read_database_url=env.get("WALLETD_READ_DATABASE_URL") or None,
             data_dir=Path(env.get("WALLETD_DATA_DIR", ".walletd")),
             jwt_secret=env.get("WALLETD_JWT_SECRET") or None,
             token_ttl_seconds=read.integer("WALLETD_TOKEN_TTL", 3600, minimum=1),
