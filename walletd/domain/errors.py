@@ -217,13 +217,6 @@ class WrongRole(TokenInvalid):
         super().__init__(self.message.format(role=needed))
 
 
-class TooManyAttempts(DomainError):
-    """Too many failed logins for this account or address; retry after `Retry-After` seconds."""
-
-    code = "too_many_attempts"
-    message = "too many attempts, retry later"
-
-
 class IdempotencyKeyReused(DomainError):
     """The Idempotency-Key was already used with different parameters."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,13 +19,14 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from walletd.appkeys import principal_key, tokens_key
+from walletd.appkeys import pool_key, principal_key, tokens_key
 from walletd.auth.tokens import Principal, TokenError, TokenExpiredError
 from walletd.domain import errors
 from walletd.handlers import audit
 from walletd.handlers.errors import (
     BASIC_CHALLENGE, MalformedBody, ParameterConflict, UnsupportedMediaType, ValidationFailed, challenge_key,
 )
+from walletd.persistence import accounts
 from walletd.persistence.ledger import Replay
 
 Handler = Callable[..., Awaitable[Any]]
@@ -70,7 +72,7 @@ def wrap(spec: Endpoint, func: Handler) -> Handler:
         kwargs: dict[str, Any] = {}
         principal = params = None
         if spec.auth in ("user", "service"):
-            principal = kwargs["principal"] = authenticate(request, spec.auth)
+            principal = kwargs["principal"] = await authenticate(request, spec.auth)
         elif spec.auth == "basic":
             request[challenge_key] = BASIC_CHALLENGE
             kwargs["credentials"] = basic_credentials(request)
@@ -183,12 +185,12 @@ def bearer_token(request: web.Request) -> str | None:
     return None
 
 
-def authenticate(request: web.Request, role: str) -> Principal:
+async def authenticate(request: web.Request, role: str) -> Principal:
     token = bearer_token(request)
     if not token:
         raise errors.TokenMissing()
     try:
-        principal = request.app[tokens_key].verify(token)
+        principal = await request.app[tokens_key].verify_live(token, functools.partial(_role_of, request.app[pool_key]))
     except TokenExpiredError:
         raise errors.TokenExpired() from None
     except TokenError:
@@ -197,6 +199,11 @@ def authenticate(request: web.Request, role: str) -> Principal:
         raise errors.WrongRole(role)
     request[principal_key] = principal.subject
     return principal
+
+
+async def _role_of(pool, user_id) -> str | None:
+    user = await accounts.get_user(pool, user_id)
+    return user["role"] if user is not None else None
 
 
 def basic_credentials(request: web.Request) -> tuple[str, str]:

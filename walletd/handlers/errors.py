@@ -94,7 +94,6 @@ STATUS: dict[type[e.DomainError], int] = {
     e.TokenInvalid: 401,
     e.TokenExpired: 401,
     e.WrongRole: 401,
-    e.TooManyAttempts: 429,
     e.IdempotencyKeyReused: 422,
     e.Overloaded: 503,
     e.Unavailable: 503,
@@ -120,7 +119,8 @@ HTTP_CODES: dict[int, tuple[str, str]] = {
     408: ("request_timeout", "The request was not received in time."),
     413: ("payload_too_large", "The body exceeds WALLETD_MAX_BODY_BYTES."),
     415: ("unsupported_media_type", "A non-empty body that is not JSON."),
-    429: ("too_many_attempts", "Too many attempts; retry after `Retry-After` seconds."),
+    429: ("too_many_attempts", "Too many failed logins for this account or address (or failed operator keys from "
+                               "this address); retry after `Retry-After` seconds."),
     500: ("internal_error", "A bug; the log has the request id."),
     503: ("unavailable", "Not able to serve now; nothing moved, retry after `Retry-After`."),
 }
@@ -177,8 +177,14 @@ def domain_error_response(exc: e.DomainError, request_id: str | None, challenge:
     return error_response(status, exc.code, exc.message, request_id, headers, **extra)
 
 
+def http_code(cls: type[web.HTTPException]) -> str:
+    """An HTTP exception's code: its own `code` attribute (auth.throttle.TooManyAttempts), else by status."""
+    fallback = "bad_request" if cls.status_code < 500 else "internal_error"
+    return getattr(cls, "code", None) or HTTP_CODES.get(cls.status_code, (fallback, ""))[0]
+
+
 def http_error_response(exc: web.HTTPException, request_id: str | None) -> web.Response:
-    code = HTTP_CODES.get(exc.status, ("bad_request" if exc.status < 500 else "internal_error", ""))[0]
+    code = http_code(type(exc))
     headers = {k: v for k, v in exc.headers.items() if k in ("WWW-Authenticate", "Allow", "Retry-After")}
     if exc.status == 401:
         headers.setdefault("WWW-Authenticate", _CHALLENGE[e.TokenInvalid])

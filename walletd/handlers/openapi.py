@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
 from pydantic import BaseModel
 
 from walletd import __version__
@@ -76,11 +77,16 @@ def documented_errors(spec: Endpoint) -> dict[int, list[tuple[str, str]]]:
     declared.append(e.Unavailable)  # every operation reads the database
     by_status: dict[int, list[tuple[str, str]]] = {}
     for item in declared:
-        cls, message = item if isinstance(item, tuple) else (item, item.message)
+        cls, message = item if isinstance(item, tuple) else (item, getattr(item, "message", None))
+        if issubclass(cls, web.HTTPException):  # raised as an aiohttp exception (auth.throttle.TooManyAttempts)
+            status, code = cls.status_code, he.http_code(cls)
+            message = message or he.HTTP_CODES.get(status, ("", cls.__name__))[1]
+        else:
+            status, code = he.status_of(cls), cls.code
         if cls is e.WrongRole:
             message = message.format(role=spec.auth)
-        entry = (cls.code, message)
-        bucket = by_status.setdefault(he.status_of(cls), [])
+        entry = (code, message)
+        bucket = by_status.setdefault(status, [])
         if entry not in bucket:
             bucket.append(entry)
     if spec.params is not None:  # aiohttp refuses a body past WALLETD_MAX_BODY_BYTES before walletd reads it

@@ -180,6 +180,8 @@ class PgLedger:
                 async with self.pool.acquire(timeout=max(0.1, deadline - time.monotonic())) as conn:
                     await _stop_backend(conn, doubt.backend, deadline)
                     committed = await _was_written(conn, marker)
+                    if committed:
+                        await _wait_for_standby(conn, deadline)
                 break
             except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
                 outage.failed(exc)
@@ -473,6 +475,18 @@ async def _was_written(conn, marker: tuple) -> bool:
         return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM transactions WHERE id = $1)", marker[1])
     return await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM transactions WHERE id = $1 AND status = $2 AND updated_at = $3)", *marker[1:])
+
+
+async def _wait_for_standby(conn, deadline: float) -> None:
+    """A commit is visible on the primary before its synchronous standby confirms it (and
+    terminating its backend ends that wait), so finding it is not yet knowing it survives a
+    failover. A transaction that writes WAL commits after it and returns only once the standby
+    has flushed it, and so everything before it. A row lock is the smallest such write (a
+    transaction with only an xid commits without waiting); FOR KEY SHARE blocks nobody who
+    reads or updates currencies. Without a standby it is an ordinary commit.
+    (tests/ha/sync_gap.py: without this wait, an acknowledged transfer was lost.)"""
+    await conn.execute("SELECT 1 FROM currencies ORDER BY id LIMIT 1 FOR KEY SHARE",
+                       timeout=max(0.1, deadline - time.monotonic()))
 
 
 async def _stop_backend(conn, backend: tuple[int, datetime | None], deadline: float) -> None:
