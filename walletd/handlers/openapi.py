@@ -89,8 +89,10 @@ def documented_errors(spec: Endpoint) -> dict[int, list[tuple[str, str]]]:
         bucket = by_status.setdefault(status, [])
         if entry not in bucket:
             bucket.append(entry)
-    if spec.params is not None:  # aiohttp refuses a body past WALLETD_MAX_BODY_BYTES before walletd reads it
-        by_status.setdefault(413, []).append((he.HTTP_CODES[413][0], "Request Entity Too Large"))
+    # Any request may carry a body, and server.read_body_within reads it before any handler runs.
+    by_status.setdefault(413, []).append((he.HTTP_CODES[413][0], "Request Entity Too Large"))
+    by_status.setdefault(408, []).append((he.HTTP_CODES[408][0], "request body not received in time"))
+    by_status.setdefault(503, []).append((he.CONNECTION_CAP[0], "too many connections, retry later"))
     return by_status
 
 
