@@ -35,6 +35,7 @@ from datetime import datetime, timedelta, timezone
 import asyncpg
 import orjson
 
+from walletd import metrics
 from walletd.domain import errors
 from walletd.domain.ledger import (
     Command, Effects, PendingState, RateBook, RequestDeposit, RequestWithdraw, Settle, Transfer,
@@ -101,6 +102,7 @@ class PgLedger:
             try:
                 outcome = await self._apply_fast(commands)
                 self.fast_batches += 1
+                metrics.FAST_PATH.inc()  # metrics (api branch)
                 return outcome
             except _Unsure:
                 pass
@@ -108,6 +110,7 @@ class PgLedger:
                 if isinstance(exc, UNAVAILABLE):
                     raise
             self.locked_batches += 1
+            metrics.LOCKED_PATH.inc()  # metrics (api branch)
             try:
                 return await self._apply_with_retry(commands)
             except (asyncpg.PostgresError, errors.DomainError) as exc:
