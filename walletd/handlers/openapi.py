@@ -89,8 +89,9 @@ def documented_errors(spec: Endpoint) -> dict[int, list[tuple[str, str]]]:
         bucket = by_status.setdefault(status, [])
         if entry not in bucket:
             bucket.append(entry)
-    if spec.params is not None:  # aiohttp refuses a body past WALLETD_MAX_BODY_BYTES before walletd reads it
-        by_status.setdefault(413, []).append((he.HTTP_CODES[413][0], "Request Entity Too Large"))
+    # Every request's body is read (within WALLETD_BODY_TIMEOUT_SECONDS) before its handler runs,
+    # so any operation refuses a body past WALLETD_MAX_BODY_BYTES.
+    by_status.setdefault(413, []).append((he.HTTP_CODES[413][0], "Request Entity Too Large"))
     return by_status
 
 
