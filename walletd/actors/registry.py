@@ -16,9 +16,10 @@ from collections import deque
 
 from walletd import metrics
 from walletd.actors.committer import Envelope, GroupCommitter
-from walletd.domain.errors import InternalFailure, Overloaded
+from walletd.domain.errors import InternalFailure, Overloaded, Unavailable
 from walletd.domain.ledger import Command, routing_wallet
 from walletd.logs import get_logger
+from walletd.persistence.failures import outage
 
 log = get_logger("walletd.actors")
 
@@ -129,6 +130,8 @@ class ActorRegistry:
         """Queue a command on its wallet's actor; the future resolves after commit."""
         if self.closing:
             raise Overloaded("shutting down")
+        if not outage.admit():
+            raise Unavailable()
         wallet_id = routing_wallet(command)
         actor = self.actors.get(wallet_id)
         if actor is None:

@@ -79,7 +79,7 @@ class _InDoubt(Exception):
 
 class PgLedger:
     def __init__(self, pool: FairPool, rates_max_age: timedelta | None = None, *,
-                 in_doubt_seconds: float = 15.0) -> None:
+                 in_doubt_seconds: float = 30.0) -> None:
         self.pool = pool
         self.rates_max_age = rates_max_age
         self.in_doubt_seconds = in_doubt_seconds
@@ -93,6 +93,11 @@ class PgLedger:
     async def apply(self, commands: list[Command]) -> tuple[list[object], list[tuple[str, dict]]]:
         """Results aligned with commands (a tx dict, a Replay, or a DomainError), plus audit events.
         Raises only DomainErrors, and then for the whole batch: Unavailable, OutcomeUnknown."""
+        outcome = await self._apply(commands)
+        outage.succeeded()  # the database answered this batch: any outage is over
+        return outcome
+
+    async def _apply(self, commands: list[Command]) -> tuple[list[object], list[tuple[str, dict]]]:
         try:
             try:
                 outcome = await self._apply_fast(commands)
