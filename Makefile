@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WALLETD_DATA_DIR ?= $(CURDIR)/.walletd
 
-.PHONY: install run demo test test-ha bench bench-smoke audit clean
+.PHONY: install run demo lint test test-ha bench bench-smoke audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ run: install
 # Seeds a service user and two funded users on the walletd that `make run` started.
 demo: install
 	$(BIN)/walletd demo --base-url http://127.0.0.1:8010
+
+# ruff (pycodestyle, pyflakes, import order, bugbear), mypy on walletd/, and no module in
+# walletd/ or bench/ over 400 lines (a file that long does more than one job).
+lint: install
+	$(BIN)/ruff check walletd bench tests
+	$(BIN)/mypy
+	@find walletd bench -name '*.py' -exec wc -l {} + | awk '$$2 != "total" && $$1 > 400 {print "over 400 lines:", $$2, $$1; bad = 1} END {exit bad}'
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -68,7 +68,7 @@ class Settings:
         the variable instead of hanging or refusing every request later."""
         env = dict(os.environ if env is None else env)
         read = _Reader(env)
-        max_age = read.integer("WALLETD_RATES_MAX_AGE", None, minimum=1)
+        max_age = read.optional_integer("WALLETD_RATES_MAX_AGE", minimum=1)
         level = env.get("WALLETD_LOG_LEVEL", "info").strip().lower()
         if level not in LOG_LEVELS:
             raise ConfigError(f"WALLETD_LOG_LEVEL={level!r}: expected one of {', '.join(LOG_LEVELS)}")
@@ -136,10 +136,14 @@ class _Reader:
         value = self.env.get(name)
         return value.strip() if value is not None and value.strip() else None
 
-    def integer(self, name: str, default: int | None, *, minimum: int) -> int | None:
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        value = self.optional_integer(name, minimum=minimum)
+        return default if value is None else value
+
+    def optional_integer(self, name: str, *, minimum: int) -> int | None:
         raw = self._raw(name)
         if raw is None:
-            return default
+            return None
         try:
             value = int(raw)
         except ValueError:

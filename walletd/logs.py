@@ -7,6 +7,8 @@ import atexit
 import logging
 import re
 import sys
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 import orjson
 import structlog
@@ -17,7 +19,7 @@ _SECRET_KEYS = {"password", "token", "access_token", "authorization", "secret", 
 _JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
 
 
-def _redact(_logger, _name, event: dict) -> dict:
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
         if key in _SECRET_KEYS:
             event[key] = "[redacted]"
@@ -89,13 +91,18 @@ def configure(level: str = "info", stream=None, *, buffered: bool = True) -> Non
     if level not in _LEVELS:
         raise ValueError(f"unknown log level {level!r}: expected one of {', '.join(_LEVELS)}")
     out = stream or sys.stdout
+    factory: Callable[..., Any]
+    sink: Callable[[str], None]
     if buffered:
         buffer = LineBuffer(out)
         factory = lambda *_: buffer  # noqa: E731 - one shared buffer keeps lines in order
         sink = buffer.msg
     else:
         factory = structlog.PrintLoggerFactory(out)
-        sink = lambda line: (out.write(line + "\n"), out.flush())  # noqa: E731
+
+        def sink(line: str) -> None:
+            out.write(line + "\n")
+            out.flush()
     handler = _StdlibToSink(sink)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -53,10 +54,10 @@ class GroupCommitter:
 
     def _spawn(self, index: int) -> asyncio.Task:
         task = asyncio.create_task(self._work(), name=f"committer-{index}", context=contextvars.Context())
-        task.add_done_callback(lambda t, i=index: self._worker_done(t, i))
+        task.add_done_callback(functools.partial(self._worker_done, index=index))
         return task
 
-    def _worker_done(self, task: asyncio.Task, index: int) -> None:
+    def _worker_done(self, task: asyncio.Task, *, index: int) -> None:
         # The loop catches its own failures; this is the last resort, so a worker never just vanishes.
         if task.cancelled() or self._closing:
             return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import hmac
 
 from aiohttp import web
@@ -33,7 +35,7 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
     try:
         user_id, bonus_entry = await accounts.create_user(
             request.app[pool_key], username=params.username, email=params.email, password_hash=password_hash,
-            role=role, signup_bonus=settings.signup_bonus if role == "user" else 0,
+            role=role, signup_bonus=settings.signup_bonus if role == "user" else Decimal(0),
             request_id=request.get(request_id_key))
     except Exception as exc:
         log.info("auth.register_failed", username=params.username, role=role, reason=type(exc).__name__)
@@ -104,7 +106,7 @@ async def _login(request: web.Request, username: str, password: str, role: str):
         raise
     user = await accounts.find_user(pool, username)
     ok = await request.app[passwords_key].verify(user["password_hash"] if user else None, password, address)
-    if not ok or user["role"] != role:
+    if not ok or user is None or user["role"] != role:
         await throttle.failed(pool, username, address)
         # Never the typed name (people type passwords into it): the user id, or a hash of the name.
         who = {"user_id": str(user["id"])} if user else {"username_sha256": username_key(username)}

@@ -14,7 +14,7 @@ marked required.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -55,7 +55,8 @@ DESCRIPTION = """Multi-currency e-wallet with a double-entry ledger.
 """
 
 
-def model_schema(model: type[BaseModel], components: dict, mode: str = "validation") -> dict:
+def model_schema(model: type[BaseModel], components: dict,
+                 mode: Literal["validation", "serialization"] = "validation") -> dict:
     schema = model.model_json_schema(ref_template=_REF, mode=mode)
     for name, definition in schema.pop("$defs", {}).items():
         components[name] = definition
