@@ -21,6 +21,7 @@ from decimal import Decimal
 from walletd.actors.registry import ActorRegistry
 from walletd.domain import errors
 from walletd.domain.ledger import Settle
+from walletd.domain.vocabulary import TxStatus
 from walletd.logs import get_logger
 from walletd.persistence import outbox
 from walletd.persistence.db import FairPool
@@ -49,7 +50,7 @@ class PendingExpirySweeper:
         due = await outbox.due_for_expiry(self.pool, self.ttl_seconds, BATCH)
         if not due:
             return 0
-        commands = [Settle(row["service_user_id"], row["id"], row["type"], "expired", row["user_wallet_id"],
+        commands = [Settle(row["service_user_id"], row["id"], row["type"], TxStatus.EXPIRED, row["user_wallet_id"],
                            row["service_wallet_id"], row["gateway_wallet_id"], Decimal(0), "expiry-sweep")
                     for row in due]
         results = await asyncio.gather(*(self.registry.execute(c) for c in commands), return_exceptions=True)

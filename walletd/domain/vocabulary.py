@@ -1,0 +1,36 @@
+"""The ledger's vocabulary. StrEnums, so each member is the very string stored in the database
+(and compares equal to it): rows read back as plain text match the members without conversion."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Bucket(StrEnum):
+    """Which balance of a wallet a posting moves: the spendable balance or the withdrawal hold."""
+
+    BALANCE = "B"
+    RESERVED = "R"
+
+
+class WalletKind(StrEnum):
+    USER = "user"  # a customer's wallet: never below zero
+    SERVICE = "service"  # the payment service's commission income
+    GATEWAY = "gateway"  # money entering or leaving through the payment service: may go negative
+    OPERATOR = "operator"  # walletd's own: the exchange desk and the sign-up bonus source; may go negative
+
+
+class TxType(StrEnum):
+    TRANSFER = "transfer"
+    DEPOSIT = "deposit"
+    WITHDRAW = "withdraw"
+    COMMISSION = "commission"
+    BONUS = "bonus"
+
+
+class TxStatus(StrEnum):
+    PENDING = "pending"
+    PAID = "paid"
+    REJECTED = "rejected"
+    CLOSE = "close"  # a movement complete when recorded (transfers, commissions, bonuses)
+    EXPIRED = "expired"
