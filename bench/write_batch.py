@@ -2,11 +2,16 @@
 
 Not part of `make bench`: `python -m bench.write_batch [--batches 2000]` starts a throwaway
 embedded PostgreSQL, migrates a database, and writes single-command batches through one asyncpg
-connection in autocommit (as the ledger's fast path does), each variant in turn, in interleaved
-rounds so background load hits them alike:
+connection in autocommit (as the ledger's fast path does, but with synchronous_commit off so the
+statement's cost is measured, not the disk's), each variant in turn, in interleaved rounds so
+background load hits them alike:
 
 - transfer: one journal entry, two postings, one closed transaction (a same-currency transfer);
 - deposit request: one pending transaction and its outbox event (the events variant).
+
+The alternative to one function that skips the outbox statement when `events` is empty is two
+functions (with and without the outbox CTE in one statement); the second is built here as a
+temporary function from the old events statement, so both designs are measured.
 
 Printed: statements per second per variant (median of the rounds). The old statements are kept
 here verbatim (as they were in persistence/ledger.py before migration 0004) for the comparison.
@@ -94,6 +99,14 @@ _OUTBOX_CTE = """, outbox AS (
 _WRITE_BATCH_WITH_EVENTS = _WRITE_BATCH_TEMPLATE.format(
     tx_columns=", ".join(c for c, _ in _TX_INSERT), tx_types=_TX_TYPES, outbox=_OUTBOX_CTE)
 
+# The two-functions design's events variant: the old one-statement write inside plpgsql.
+_OLD_CHECK = "\nSELECT walletd_expect((SELECT count(*) FROM settled), (SELECT (d->>'settling')::bigint FROM doc))"
+_TWO_FUNCTIONS_EVENTS_VARIANT = (
+    "CREATE FUNCTION pg_temp.write_batch_with_events(doc_in jsonb) RETURNS bigint LANGUAGE plpgsql AS $f$\n"
+    "DECLARE n bigint;\nBEGIN\n"
+    + _WRITE_BATCH_WITH_EVENTS.replace("$1::jsonb", "doc_in").rstrip().replace(_OLD_CHECK, _OLD_CHECK + " INTO n")
+    + ";\nRETURN n;\nEND $f$")
+
 
 # ---- the benchmark -------------------------------------------------------------------------------
 
@@ -137,6 +150,9 @@ async def _main(batches: int, rounds: int) -> None:
         conn = await asyncpg.connect(url)
         try:
             await migrate(conn)
+            # The statement's own cost, not the disk's: with a flush per commit the figures
+            # measure fsync latency on a shared machine.
+            await conn.execute("SET synchronous_commit = off")
             pool_like = _OneConnection(conn)
             user_id, _ = await accounts.create_user(pool_like, username="bench_user", email="u@bench.invalid",
                                                     password_hash="!", role="user")
@@ -148,6 +164,7 @@ async def _main(batches: int, rounds: int) -> None:
             user = WalletState(*await conn.fetchrow(f"SELECT {states} FROM wallets WHERE user_id = $1 AND currency_id = 1", user_id))
             gateway = WalletState(*await conn.fetchrow(
                 f"SELECT {states} FROM wallets WHERE user_id = $1 AND currency_id = 1 AND kind = 'gateway'", service_id))
+            await conn.execute(_TWO_FUNCTIONS_EVENTS_VARIANT)
             per_round = max(1, batches // rounds)
             variants = {
                 "transfer, old statement": (_WRITE_BATCH, lambda: _old(_transfer(gateway, user))),
@@ -156,6 +173,9 @@ async def _main(batches: int, rounds: int) -> None:
                     _WRITE_BATCH_WITH_EVENTS, lambda: _old(_deposit_request(gateway, user, service_id))),
                 "deposit request + event, walletd_write_batch": (
                     WRITE_BATCH, lambda: _new(_deposit_request(gateway, user, service_id))),
+                "deposit request + event, second function": (
+                    "SELECT pg_temp.write_batch_with_events($1::jsonb)",
+                    lambda: _old(_deposit_request(gateway, user, service_id))),
             }
             for statement, make in variants.values():  # warm-up: plans cached, pages in memory
                 await _round(conn, statement, [make() for _ in range(50)])

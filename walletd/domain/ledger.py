@@ -352,7 +352,8 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
 
 def tx_json(row) -> dict:
     """A transactions row (record or dict) exactly as the API shows it (handlers.schemas.TxOut):
-    JSON-ready, so it can be stored as an idempotent response and replayed byte for byte."""
+    JSON-ready, so it can be stored as an idempotent response and replayed with the same keys and
+    values (not byte for byte: the jsonb column keeps no key order)."""
     def text(value):
         return None if value is None else str(value)
 

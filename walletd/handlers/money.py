@@ -44,7 +44,8 @@ def idempotency(request: web.Request, principal: Principal, raw_params: dict) ->
 
 async def run(request: web.Request, command) -> web.StreamResponse | dict:
     """Hand the command to its wallet's actor. The reply, first or replayed, is the ledger's
-    tx_json record, already in TxOut's exact shape, so a retry answers byte for byte the same."""
+    tx_json record, already in TxOut's exact shape, so a retry answers the same keys and values
+    (its key order can differ: the stored response is jsonb, which keeps no key order)."""
     result = await request.app[registry_key].execute(command)
     if isinstance(result, Replay):
         return web.Response(body=orjson.dumps(result.body), status=result.status, content_type="application/json",
