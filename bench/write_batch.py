@@ -34,7 +34,7 @@ import asyncpg
 from walletd import testing
 from walletd.domain.ids import new_id
 from walletd.domain.ledger import Effects, WalletState
-from walletd.domain.vocabulary import Bucket, TxStatus, TxType
+from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 from walletd.persistence import accounts, embedded
 from walletd.persistence.batch_write import WRITE_BATCH, batch_document
 from walletd.persistence.migrate import migrate
@@ -118,7 +118,7 @@ def _old_document(new_document: str, fx: Effects) -> str:
 
 def _transfer(gateway: WalletState, user: WalletState) -> Effects:
     fx = Effects(datetime.now(timezone.utc))
-    entry_id = fx.entry(TxType.TRANSFER, "bench", [(gateway, Bucket.BALANCE, Decimal("-1")),
+    entry_id = fx.entry(EntryKind.TRANSFER, "bench", [(gateway, Bucket.BALANCE, Decimal("-1")),
                                                   (user, Bucket.BALANCE, Decimal("1"))])
     fx.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=gateway, target=user, amount=Decimal(1),
               converted=Decimal(1), rate=Decimal(1), user_id=user.user_id, entry_id=entry_id)
@@ -130,7 +130,7 @@ def _deposit_request(gateway: WalletState, user: WalletState, service_user_id: u
     row = fx.record(type=TxType.DEPOSIT, status=TxStatus.PENDING, source=gateway, target=user, amount=Decimal(1),
                     converted=Decimal(1), rate=Decimal(1), user_id=user.user_id, entry_id=None,
                     service_user_id=service_user_id)
-    fx.publish("deposit.requested", service_user_id, {"id": str(row["id"]), "status": "pending"})
+    fx.publish("deposit.requested", service_user_id, {"id": str(row["id"]), "status": TxStatus.PENDING})
     return fx
 
 

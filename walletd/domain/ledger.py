@@ -16,7 +16,7 @@ from walletd.domain import errors
 from walletd.domain.ids import new_id
 from walletd.domain.money import commission, fmt
 from walletd.domain.rates import ONE, RateBook
-from walletd.domain.vocabulary import Bucket, TxStatus, TxType, WalletKind
+from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType, WalletKind
 
 __all__ = ["RateBook"]  # re-exported: planning prices transfers through it
 
@@ -236,7 +236,7 @@ def plan_transfer(cmd: Transfer, wallets: dict[uuid.UUID, WalletState], desks: d
         desk_in, desk_out = desks[source.currency_id], desks[target.currency_id]
         legs = [(source, Bucket.BALANCE, -cmd.amount), (desk_in, Bucket.BALANCE, cmd.amount),
                 (desk_out, Bucket.BALANCE, -converted), (target, Bucket.BALANCE, converted)]
-    entry_id = effects.entry(TxType.TRANSFER, cmd.request_id, legs)
+    entry_id = effects.entry(EntryKind.TRANSFER, cmd.request_id, legs)
     row = effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=source, target=target, amount=cmd.amount,
                          converted=converted, rate=rate, user_id=cmd.user_id, entry_id=entry_id)
     effects.events.append(("money.transferred", {
@@ -271,7 +271,8 @@ def plan_withdraw_request(cmd: RequestWithdraw, wallets: dict[uuid.UUID, WalletS
     wallet = _own(wallets, cmd.wallet_id, cmd.user_id)
     gateway = wallets[cmd.gateway_wallet_id]
     _available(wallet, cmd.amount)
-    entry_id = effects.entry("withdraw_hold", cmd.request_id, [(wallet, Bucket.BALANCE, -cmd.amount), (wallet, Bucket.RESERVED, cmd.amount)])
+    entry_id = effects.entry(EntryKind.WITHDRAW_HOLD, cmd.request_id,
+                             [(wallet, Bucket.BALANCE, -cmd.amount), (wallet, Bucket.RESERVED, cmd.amount)])
     row = effects.record(type=TxType.WITHDRAW, status=TxStatus.PENDING, source=wallet, target=gateway, amount=cmd.amount,
                          converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=entry_id,
                          service_user_id=cmd.service_user_id, external_wallet_id=cmd.external_wallet_id)
@@ -306,7 +307,7 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
     entry_id = None
     if pending.type == TxType.DEPOSIT and new_status == TxStatus.PAID:
         fee = commission(amount, cmd.commission_rate)
-        entry_id = effects.entry("deposit", cmd.request_id,
+        entry_id = effects.entry(EntryKind.DEPOSIT, cmd.request_id,
                                  [(gateway, Bucket.BALANCE, -amount), (user, Bucket.BALANCE, amount - fee), (service, Bucket.BALANCE, fee)])
         effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=service, target=user, amount=amount, converted=amount,
                        rate=ONE, user_id=pending.user_id, entry_id=entry_id, service_user_id=cmd.service_user_id,
@@ -321,7 +322,7 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
         net = amount - fee
         if user.reserved < amount:  # cannot happen while holds only move through this code
             raise errors.InsufficientFunds()
-        entry_id = effects.entry("withdraw", cmd.request_id,
+        entry_id = effects.entry(EntryKind.WITHDRAW, cmd.request_id,
                                  [(user, Bucket.RESERVED, -amount), (service, Bucket.BALANCE, fee), (gateway, Bucket.BALANCE, net)])
         if fee:
             effects.record(type=TxType.COMMISSION, status=TxStatus.CLOSE, source=user, target=service, amount=fee, converted=fee,
@@ -332,7 +333,7 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
         moved = {"amount": amount, "commission": fee, "paid_out": net}
     elif pending.type == TxType.WITHDRAW:
         # rejected or expired: the hold returns to the balance, in one entry
-        kind = "withdraw_expired" if new_status == TxStatus.EXPIRED else "withdraw_release"
+        kind = EntryKind.WITHDRAW_EXPIRED if new_status == TxStatus.EXPIRED else EntryKind.WITHDRAW_RELEASE
         entry_id = effects.entry(kind, cmd.request_id, [(user, Bucket.RESERVED, -amount), (user, Bucket.BALANCE, amount)])
         moved = {"amount": amount, "released": amount}
     else:

@@ -12,7 +12,7 @@ from decimal import Decimal
 from walletd.domain import errors
 from walletd.domain.ledger import Effects, Idempotency, Settle, WalletState
 from walletd.domain.rates import ONE
-from walletd.domain.vocabulary import Bucket, TxStatus, TxType
+from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 
 # The operator account owns the exchange desks and funds sign-up bonuses; a fixed id so every
 # process (and every release) agrees on it.
@@ -73,7 +73,7 @@ def plan_signup_bonus(user_wallets: list[WalletState], desks: Mapping[int, Walle
     legs = []
     for desk, wallet in pairs:
         legs += [(desk, Bucket.BALANCE, -amount), (wallet, Bucket.BALANCE, amount)]
-    entry_id = effects.entry(TxType.BONUS, request_id, legs)
+    entry_id = effects.entry(EntryKind.BONUS, request_id, legs)
     for desk, wallet in pairs:
         effects.record(type=TxType.BONUS, status=TxStatus.CLOSE, source=desk, target=wallet, amount=amount,
                        converted=amount, rate=ONE, user_id=wallet.user_id, entry_id=entry_id)

@@ -34,3 +34,15 @@ class TxStatus(StrEnum):
     REJECTED = "rejected"
     CLOSE = "close"  # a movement complete when recorded (transfers, commissions, bonuses)
     EXPIRED = "expired"
+
+
+class EntryKind(StrEnum):
+    """What a journal entry records (journal_entries.kind)."""
+
+    TRANSFER = "transfer"
+    DEPOSIT = "deposit"  # a deposit paid: gateway → user and service wallet
+    WITHDRAW_HOLD = "withdraw_hold"  # balance → hold, when a withdrawal is requested
+    WITHDRAW = "withdraw"  # a withdrawal paid: hold → gateway and service wallet
+    WITHDRAW_RELEASE = "withdraw_release"  # rejected: hold → balance
+    WITHDRAW_EXPIRED = "withdraw_expired"  # expired: hold → balance
+    BONUS = "bonus"  # sign-up bonus: operator → user
