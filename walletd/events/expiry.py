@@ -3,7 +3,7 @@
 Every walletd process runs this sweep (a supervised task) once a second. It lists pending
 transactions past the deadline (database clock, partial index on pending rows) and hands each
 one to its wallet's actor as a system settlement, `Settle(new_status="expired")`, so the money
-rules stay in walletd/domain/ledger.py and the write is the ordinary batch statement: the
+rules stay in walletd/domain/ledger.py and the write is the ordinary batch write: the
 compare-and-set on `status = 'pending'`, a withdrawal's hold returned in one journal entry
 (through the postings trigger, so `walletd audit` stays clean), and the `*.expired` outbox
 event in the same transaction. Two processes expiring the same row: one wins the
