@@ -14,7 +14,7 @@ functions (with and without the outbox CTE in one statement); the second is buil
 temporary function from the old events statement, so both designs are measured.
 
 Printed: statements per second per variant (median of the rounds). The old statements are kept
-here verbatim (as they were in persistence/ledger.py before migration 0004) for the comparison.
+here verbatim (as they were in persistence/ledger.py before migration 0005) for the comparison.
 """
 
 from __future__ import annotations

@@ -20,9 +20,10 @@ import structlog
 from aiohttp import web
 from aiohttp_apigami import AiohttpApiSpec, docs
 
+from walletd import server
 from walletd.actors.committer import GroupCommitter
 from walletd.actors.registry import ActorRegistry
-from walletd.appkeys import database_url_key, http_key, ledger_key, pool_key, principal_key, registry_key, request_id_key, settings_key, tokens_key
+from walletd.appkeys import database_url_key, history_pool_key, http_key, ledger_key, pool_key, principal_key, registry_key, request_id_key, settings_key, tokens_key
 from walletd.auth.tokens import TokenIssuer
 from walletd.config import ConfigError, Settings
 from walletd.domain.errors import DomainError, Unavailable
@@ -83,6 +84,8 @@ def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:
         return error_response(exc.status, exc.message, request_id, **extra)
     if isinstance(exc, DomainError):
         return domain_error_response(exc, request_id)
+    if server.client_went_away(request, exc):  # before is_unavailable: a reset is an OSError too
+        return server.client_aborted(request, exc)
     if is_unavailable(exc):
         # A read or a non-ledger write could not reach the database: nothing was done.
         outage.failed(exc)
@@ -90,8 +93,10 @@ def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             return exc  # a redirect is a response
-        response = error_response(exc.status, exc.reason, request_id)
-        response.headers.update({k: v for k, v in exc.headers.items() if k in ("WWW-Authenticate", "Allow")})
+        code = getattr(exc, "code", None)  # e.g. auth.throttle.TooManyAttempts: too_many_attempts
+        response = error_response(exc.status, exc.reason, request_id, **({"code": code} if code else {}))
+        response.headers.update({k: v for k, v in exc.headers.items()
+                                 if k in ("WWW-Authenticate", "Allow", "Retry-After")})
         return response
     log.exception("http.unhandled", path=request.path)
     return error_response(500, "internal error", request_id)
@@ -160,6 +165,27 @@ async def pool_ctx(app: web.Application):
         await pool.close()
 
 
+async def history_pool_ctx(app: web.Application):
+    """History pages may be read from a standby (WALLETD_READ_DATABASE_URL); everything that
+    decides (balances, money, ownership) stays on the primary pool."""
+    settings = app[settings_key]
+    if not settings.read_database_url:
+        app[history_pool_key] = app[pool_key]
+        yield
+        return
+    try:
+        pool = await create_pool(settings.read_database_url, max(2, settings.pool_size // 2),
+                                 acquire_timeout=settings.db_acquire_timeout,
+                                 connect_timeout=settings.db_connect_timeout)
+    except UNAVAILABLE as exc:
+        raise StartupError(f"read database unreachable at start: {type(exc).__name__}: {exc}") from None
+    app[history_pool_key] = pool
+    try:
+        yield
+    finally:
+        await pool.close()
+
+
 async def actors_ctx(app: web.Application):
     """Ledger, group committer and actors; on shutdown the actors drain what they accepted while
     the pool (an earlier context) is still open."""
@@ -219,11 +245,14 @@ async def events_ctx(app: web.Application):
 
 
 def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Application:
-    app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[request_context, server.read_body_within(settings.body_timeout_seconds)],
+                          client_max_size=settings.max_body_bytes)
     app[settings_key] = settings
     app[database_url_key] = database_url
     app[tokens_key] = TokenIssuer(jwt_secret, settings.token_ttl_seconds)
-    app.cleanup_ctx.extend([pool_ctx, actors_ctx, http_client_ctx, idempotency_sweep_ctx, events_ctx])
+    app.cleanup_ctx.extend([pool_ctx, history_pool_ctx, actors_ctx, http_client_ctx, idempotency_sweep_ctx,
+                            events_ctx])
+    identity.setup(app, settings)
     meta.setup(app)
     add_routes(app)
     return app

@@ -12,6 +12,7 @@ from walletd.persistence.ledger import PgLedger
 
 settings_key = web.AppKey("settings", Settings)
 pool_key = web.AppKey("pool", FairPool)
+history_pool_key = web.AppKey("history_pool", FairPool)  # pool_key unless WALLETD_READ_DATABASE_URL is set
 ledger_key = web.AppKey("ledger", PgLedger)
 registry_key = web.AppKey("registry", ActorRegistry)
 tokens_key = web.AppKey("tokens", TokenIssuer)

@@ -68,10 +68,9 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def serve(args, settings: Settings) -> int:
-    from aiohttp import web
-
     from walletd import logs
     from walletd.app import create_app
+    from walletd.server import run as run_server
 
     logs.configure(settings.log_level)
     if not args.worker and (problem := _port_problem(args.host, args.port)):
@@ -96,8 +95,8 @@ def serve(args, settings: Settings) -> int:
     gc.set_threshold(50_000, 50, 100)
     banner = None if args.worker else lambda _: print_banner(args, settings, server, operator_key_from_env)
     try:
-        web.run_app(app, host=args.host, port=args.port, print=banner, access_log=None, shutdown_timeout=30,
-                    handle_signals=True, loop=_new_loop(), reuse_port=args.workers > 1 or args.worker)
+        run_server(app, settings, args.host, args.port, reuse_port=args.workers > 1 or args.worker,
+                   loop_factory=_new_loop, on_listening=banner)
     except OSError as exc:  # the port was taken between the check and the bind
         if args.worker or exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
             raise  # not a listening problem (a database refusing connections is an OSError too)

@@ -20,6 +20,7 @@ def _flag(value: str | None) -> bool:
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
+    read_database_url: str | None = None  # history pages only; see README, High availability
     data_dir: Path = Path(".walletd")
     jwt_secret: str | None = None
     token_ttl_seconds: int = 3600
@@ -46,6 +47,16 @@ class Settings:
     webhook_backoff_seconds: float = 2.0
     webhook_timeout_seconds: float = 10.0
     webhook_concurrency: int = 16
+    # Login throttling, the password-hash pool and slow clients (README "Login throttling", "Slow clients").
+    login_max_failures: int = 10
+    login_max_failures_per_address: int = 100
+    login_window_seconds: int = 900
+    hash_threads: int = 2
+    hash_queue: int = 8
+    hash_queue_per_address: int = 2
+    header_timeout_seconds: float = 15.0
+    body_timeout_seconds: float = 15.0
+    max_connections: int = 512
 
     @property
     def rates_max_age(self) -> timedelta | None:
@@ -64,6 +75,7 @@ class Settings:
         bonus = read.decimal("WALLETD_SIGNUP_BONUS", "0")
         settings = cls(
             database_url=env.get("DATABASE_URL") or None,
+            read_database_url=env.get("WALLETD_READ_DATABASE_URL") or None,
             data_dir=Path(env.get("WALLETD_DATA_DIR", ".walletd")),
             jwt_secret=env.get("WALLETD_JWT_SECRET") or None,
             token_ttl_seconds=read.integer("WALLETD_TOKEN_TTL", 3600, minimum=1),
@@ -89,9 +101,24 @@ class Settings:
             webhook_backoff_seconds=read.number("WALLETD_WEBHOOK_BACKOFF", 2.0, minimum=0.01),
             webhook_timeout_seconds=read.number("WALLETD_WEBHOOK_TIMEOUT", 10.0, minimum=0.1),
             webhook_concurrency=read.integer("WALLETD_WEBHOOK_CONCURRENCY", 16, minimum=1),
+            login_max_failures=read.integer("WALLETD_LOGIN_MAX_FAILURES", 10, minimum=1),
+            login_max_failures_per_address=read.integer("WALLETD_LOGIN_MAX_FAILURES_PER_ADDRESS", 100, minimum=1),
+            login_window_seconds=read.integer("WALLETD_LOGIN_WINDOW_SECONDS", 900, minimum=1),
+            hash_threads=read.integer("WALLETD_HASH_THREADS", 2, minimum=1),
+            hash_queue=read.integer("WALLETD_HASH_QUEUE", 8, minimum=1),
+            hash_queue_per_address=read.integer("WALLETD_HASH_QUEUE_PER_ADDRESS", 2, minimum=1),
+            header_timeout_seconds=read.number("WALLETD_HEADER_TIMEOUT_SECONDS", 15.0, minimum=0.1),
+            body_timeout_seconds=read.number("WALLETD_BODY_TIMEOUT_SECONDS", 15.0, minimum=0.1),
+            max_connections=read.integer("WALLETD_MAX_CONNECTIONS", 512, minimum=1),
         )
         if bonus < 0:
             raise ConfigError(f"WALLETD_SIGNUP_BONUS={bonus}: must not be negative")
+        if settings.hash_queue < settings.hash_threads:
+            raise ConfigError(f"WALLETD_HASH_QUEUE={settings.hash_queue} must be at least WALLETD_HASH_THREADS "
+                              f"({settings.hash_threads}): a thread with nothing to hash is wasted")
+        if settings.hash_queue_per_address > settings.hash_queue:
+            raise ConfigError(f"WALLETD_HASH_QUEUE_PER_ADDRESS={settings.hash_queue_per_address} must not exceed "
+                              f"WALLETD_HASH_QUEUE ({settings.hash_queue})")
         if settings.committers >= settings.pool_size:
             raise ConfigError(f"WALLETD_COMMITTERS={settings.committers} needs WALLETD_POOL_SIZE above it "
                               f"(is {settings.pool_size}): reads need connections too")

@@ -69,7 +69,9 @@ async def test_audit_events_for_registration_and_login(client, log_tap):
     resp = await client.post("/auth/login", json={"username": user["username"], "password": "Wr0ng!pass"})
     assert resp.status == 401
     failed = named(log_tap, "auth.login_failed")
-    assert [(e["username"], e["request_id"]) for e in failed] == [(user["username"], resp.headers["X-Request-ID"])]
+    # The user id, never the typed name (people type passwords into username fields).
+    assert [(e["user_id"], e["request_id"]) for e in failed] == [(user["id"], resp.headers["X-Request-ID"])]
+    assert "username" not in failed[0]
     assert named(log_tap, "auth.login") == []
 
 

@@ -128,7 +128,9 @@ async def test_conservation_under_load(make_client, db, database_url):
     paid or rejected. Afterwards every user wallet equals the sum of what the 200 responses
     said happened, every currency sums to zero over all wallets, nothing is negative, the
     audit is clean, and no request was answered 5xx."""
-    one, two = await make_client(pool_size=5), await make_client(pool_size=5)
+    # 24 registrations at once from one address: room for all of them in the password-hash pool.
+    roomy = {"pool_size": 5, "hash_queue": 32, "hash_queue_per_address": 32}
+    one, two = await make_client(**roomy), await make_client(**roomy)
     apps = (one, two)
     services = [await register_service(one), await register_service(two)]
     users = await asyncio.gather(*[register(apps[i % 2], f"load{i}") for i in range(24)])

@@ -1,4 +1,4 @@
-"""walletd_write_batch(doc jsonb), migration 0004: callable with a hand-written document (as from
+"""walletd_write_batch(doc jsonb), migration 0005: callable with a hand-written document (as from
 psql), arrays left out write nothing, and the settlements' compare-and-set is counted inside."""
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 import jwt
 
@@ -30,7 +31,8 @@ class TokenIssuer:
     secret: str
     ttl_seconds: int
     # Verified tokens, so a client's every request does not pay for HMAC and JSON parsing again;
-    # each hit still checks expiry. Bounded: cleared whole when full.
+    # each hit still checks expiry. Bounded: cleared whole when full. An entry is (principal,
+    # expiry, whether its user was found to exist by verify_live).
     _verified: dict = field(default_factory=dict, compare=False, repr=False)
     cache_limit: int = 10_000
 
@@ -42,14 +44,30 @@ class TokenIssuer:
     def verify(self, token: str) -> Principal:
         cached = self._verified.get(token)
         if cached is not None:
-            principal, expires = cached
+            principal, expires, _ = cached
             if time.time() < expires:
                 return principal
             del self._verified[token]
         principal, expires = self._decode(token)
         if len(self._verified) >= self.cache_limit:
             self._verified.clear()
-        self._verified[token] = (principal, expires)
+        self._verified[token] = (principal, expires, False)
+        return principal
+
+    async def verify_live(self, token: str, role_of: Callable[[uuid.UUID], Awaitable[str | None]]) -> Principal:
+        """verify(), and the token's user must still exist with the token's role (deleted users, or a
+        token signed for another database with the same secret, are refused). role_of is asked once
+        per token; the answer is remembered with the verified token."""
+        cached = self._verified.get(token)
+        if cached is not None and cached[2] and time.time() < cached[1]:
+            return cached[0]
+        principal = self.verify(token)
+        if await role_of(principal.user_id) != principal.role:
+            self._verified.pop(token, None)
+            raise TokenError("the token's user does not exist")
+        entry = self._verified.get(token)
+        if entry is not None:
+            self._verified[token] = (entry[0], entry[1], True)
         return principal
 
     def forget(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,9 +19,10 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from walletd.appkeys import principal_key, tokens_key
+from walletd.appkeys import pool_key, principal_key, tokens_key
 from walletd.auth.tokens import Principal, TokenError
 from walletd.handlers.schemas import ErrorOut
+from walletd.persistence import accounts
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -69,7 +71,7 @@ def wrap(spec: Endpoint, func: Handler) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         kwargs: dict[str, Any] = {}
         if spec.auth in ("user", "service"):
-            kwargs["principal"] = authenticate(request, spec.auth)
+            kwargs["principal"] = await authenticate(request, spec.auth)
         elif spec.auth == "basic":
             kwargs["credentials"] = basic_credentials(request)
         if spec.params is not None:
@@ -159,18 +161,23 @@ def bearer_token(request: web.Request) -> str | None:
     return None
 
 
-def authenticate(request: web.Request, role: str) -> Principal:
+async def authenticate(request: web.Request, role: str) -> Principal:
     token = bearer_token(request)
     if not token:
         raise web.HTTPUnauthorized(reason="Not authenticated")
     try:
-        principal = request.app[tokens_key].verify(token)
+        principal = await request.app[tokens_key].verify_live(token, functools.partial(_role_of, request.app[pool_key]))
     except TokenError:
         raise web.HTTPUnauthorized(reason="Invalid token") from None
     if principal.role != role:
         raise web.HTTPUnauthorized(reason="Invalid token")
     request[principal_key] = principal.subject
     return principal
+
+
+async def _role_of(pool, user_id) -> str | None:
+    user = await accounts.get_user(pool, user_id)
+    return user["role"] if user is not None else None
 
 
 def basic_credentials(request: web.Request) -> tuple[str, str]:

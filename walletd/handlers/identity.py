@@ -7,8 +7,10 @@ import hmac
 from aiohttp import web
 
 from walletd.appkeys import pool_key, principal_key, request_id_key, settings_key, tokens_key
-from walletd.auth.passwords import hash_password, verify_password
+from walletd.auth.passwords import PasswordPool
+from walletd.auth.throttle import LoginThrottle, username_key
 from walletd.auth.tokens import Principal
+from walletd.config import Settings
 from walletd.domain.errors import InvalidCredentials
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.schemas import LoginParams, RegisterParams, ServiceTokenOut, TokenOut, UserOut
@@ -17,13 +19,17 @@ from walletd.persistence import accounts
 
 routes = Routes()
 log = get_logger("walletd.auth")
+passwords_key = web.AppKey("passwords", PasswordPool)
+throttle_key = web.AppKey("login_throttle", LoginThrottle)
+_THROTTLED = (429, "too_many_attempts: too many failed logins (Retry-After)")
+_HASH_BUSY = (503, "too many logins in progress, retry later (Retry-After)")
 _OPERATOR_HEADER = {"name": "X-Operator-Key", "in": "header", "required": True, "schema": {"type": "string"},
                     "description": "The operator credential (env WALLETD_OPERATOR_KEY)."}
 
 
 async def _register(request: web.Request, params: RegisterParams, role: str):
     settings = request.app[settings_key]
-    password_hash = await hash_password(params.password)
+    password_hash = await request.app[passwords_key].hash(params.password, request.remote or "unknown")
     try:
         user_id, bonus_entry = await accounts.create_user(
             request.app[pool_key], username=params.username, email=params.email, password_hash=password_hash,
@@ -42,7 +48,7 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
 
 @routes("POST", "/auth/register", summary="Register a user; a wallet in every currency is created",
         params=RegisterParams, response=TokenOut, tags=["auth"],
-        errors=[(409, "username or email already registered")])
+        errors=[(409, "username or email already registered"), _HASH_BUSY])
 async def register(request: web.Request, params: RegisterParams):
     _, token = await _register(request, params, "user")
     return TokenOut(access_token=token)
@@ -52,12 +58,18 @@ async def register(request: web.Request, params: RegisterParams):
         params=RegisterParams, response=ServiceTokenOut, tags=["service"], extra_headers=[_OPERATOR_HEADER],
         description="Requires header X-Operator-Key equal to WALLETD_OPERATOR_KEY. With no key configured "
                     "registration is refused unless WALLETD_OPEN_SERVICE_REGISTRATION=1 (development only).",
-        errors=[(403, "operator credential required"), (409, "username or email already registered")])
+        errors=[(403, "operator credential required"), (409, "username or email already registered"),
+                _THROTTLED, _HASH_BUSY])
 async def register_service(request: web.Request, params: RegisterParams):
     settings = request.app[settings_key]
     given = request.headers.get("X-Operator-Key", "")
     if settings.operator_key:
+        # The operator key is a password too: its failures count against the client's address.
+        pool, throttle, address = request.app[pool_key], request.app[throttle_key], request.remote or "unknown"
+        await throttle.check(pool, None, address)
         allowed = hmac.compare_digest(given.encode(), settings.operator_key.encode())
+        if not allowed:
+            await throttle.failed(pool, None, address)
     else:
         allowed = settings.open_service_registration
     if not allowed:
@@ -70,33 +82,58 @@ async def register_service(request: web.Request, params: RegisterParams):
     return ServiceTokenOut(access_token=token, user_id=user_id)
 
 
+def setup(app: web.Application, settings: Settings) -> None:
+    """The password-hash pool and the login throttle, one each per app."""
+    app[passwords_key] = PasswordPool(settings.hash_threads, settings.hash_queue, settings.hash_queue_per_address)
+    app[throttle_key] = LoginThrottle(settings.login_max_failures, settings.login_max_failures_per_address,
+                                      settings.login_window_seconds)
+
+    async def close_pool(app: web.Application) -> None:
+        app[passwords_key].close()
+
+    app.on_cleanup.append(close_pool)
+
+
 async def _login(request: web.Request, username: str, password: str, role: str):
-    user = await accounts.find_user(request.app[pool_key], username)
-    ok = await verify_password(user["password_hash"] if user else None, password)
+    """Every password check goes through here: throttled, and timed alike for unknown users."""
+    pool, throttle = request.app[pool_key], request.app[throttle_key]
+    address = request.remote or "unknown"
+    try:
+        had_failures = await throttle.check(pool, username, address)
+    except web.HTTPTooManyRequests:
+        log.info("auth.login_throttled", username_sha256=username_key(username), role=role)
+        raise
+    user = await accounts.find_user(pool, username)
+    ok = await request.app[passwords_key].verify(user["password_hash"] if user else None, password, address)
     if not ok or user["role"] != role:
-        log.info("auth.login_failed", username=username, role=role)
+        await throttle.failed(pool, username, address)
+        # Never the typed name (people type passwords into it): the user id, or a hash of the name.
+        who = {"user_id": str(user["id"])} if user else {"username_sha256": username_key(username)}
+        log.info("auth.login_failed", role=role, **who)
         raise InvalidCredentials()
+    if had_failures:
+        await throttle.succeeded(pool, username)
     log.info("auth.login", user_id=str(user["id"]), role=role)
     request[principal_key] = str(user["id"])
     return user["id"], request.app[tokens_key].issue(user["id"], role)
 
 
 @routes("POST", "/auth/login", summary="Log in; returns a JWT", params=LoginParams, response=TokenOut,
-        tags=["auth"], errors=[(401, "Invalid credentials")])
+        tags=["auth"], errors=[(401, "Invalid credentials"), _THROTTLED, _HASH_BUSY])
 async def login(request: web.Request, params: LoginParams):
     _, token = await _login(request, params.username, params.password, "user")
     return TokenOut(access_token=token)
 
 
 @routes("GET", "/user/get/token", summary="A JWT for HTTP Basic credentials", auth="basic", response=TokenOut,
-        tags=["auth"], errors=[(401, "Invalid credentials")])
+        tags=["auth"], errors=[(401, "Invalid credentials"), _THROTTLED, _HASH_BUSY])
 async def token_for_basic(request: web.Request, credentials: tuple[str, str]):
     _, token = await _login(request, *credentials, "user")
     return TokenOut(access_token=token)
 
 
 @routes("GET", "/service/auth/login", summary="Log a service user in", params=LoginParams,
-        response=ServiceTokenOut, tags=["service"], errors=[(401, "Invalid credentials")])
+        response=ServiceTokenOut, tags=["service"], errors=[(401, "Invalid credentials"), _THROTTLED, _HASH_BUSY])
 async def service_login(request: web.Request, params: LoginParams):
     user_id, token = await _login(request, params.username, params.password, "service")
     return ServiceTokenOut(access_token=token, user_id=user_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from walletd.appkeys import pool_key
+from walletd.appkeys import history_pool_key, pool_key
 from walletd.auth.tokens import Principal
 from walletd.handlers.endpoint import BadRequest, Routes
 from walletd.handlers.schemas import (
@@ -63,14 +63,16 @@ def _history(docs: list[str], next_cursor: str | None, pending: list[str]) -> we
 @routes("GET", "/user/transactions", summary="The caller's history, newest first (keyset pagination)",
         auth="user", params=HistoryParams, response=HistoryOut, tags=["history"])
 async def user_transactions(request: web.Request, principal: Principal, params: HistoryParams):
-    return _history(*await history.user_page(request.app[pool_key], principal.user_id, _cursor(params.cursor),
-                                              params.limit))
+    return _history(*await history.user_page(request.app[history_pool_key], principal.user_id,
+                                              _cursor(params.cursor), params.limit))
 
 
 @routes("GET", "/wallet/transactions", summary="One wallet's history, newest first (keyset pagination)",
         auth="user", params=WalletHistoryParams, response=HistoryOut, tags=["history"],
         errors=[(404, "wallet_not_found")])
 async def wallet_transactions(request: web.Request, principal: Principal, params: WalletHistoryParams):
-    pool = request.app[pool_key]
-    await accounts.owned_wallet(pool, principal.user_id, params.wallet_id)
-    return _history(*await history.wallet_page(pool, params.wallet_id, _cursor(params.cursor), params.limit))
+    # Who owns a wallet decides what the caller may see: asked of the primary, even when the page
+    # itself comes from a standby.
+    await accounts.owned_wallet(request.app[pool_key], principal.user_id, params.wallet_id)
+    return _history(*await history.wallet_page(request.app[history_pool_key], params.wallet_id,
+                                               _cursor(params.cursor), params.limit))

@@ -1,5 +1,5 @@
 """Everything one ledger batch decided (its Effects), written by one call of the schema's
-walletd_write_batch(doc jsonb) (migration 0004, where the document's shape is written down).
+walletd_write_batch(doc jsonb) (migration 0005, where the document's shape is written down).
 
 One JSON parameter: a single document is several times cheaper to encode than dozens of typed
 arrays, and the statement-level postings trigger sees the whole batch at once. The function

@@ -3,7 +3,8 @@
 walletd generates every id it writes (UUIDv7), so one row the batch wrote (its marker) tells the
 whole batch's outcome: the batch is one transaction. Before looking the marker up, the old
 backend is stopped if it still runs (the client side of a connection can die first), so the
-lookup sees the final outcome. PgLedger._resolve drives these with a deadline.
+lookup sees the final outcome; a marker found is then waited on until a synchronous standby
+has it too. PgLedger._resolve drives these with a deadline.
 """
 
 from __future__ import annotations
@@ -51,6 +52,18 @@ async def was_written(conn, found: tuple) -> bool:
         return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM transactions WHERE id = $1)", found[1])
     return await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM transactions WHERE id = $1 AND status = $2 AND updated_at = $3)", *found[1:])
+
+
+async def wait_for_standby(conn, deadline: float) -> None:
+    """A commit is visible on the primary before its synchronous standby confirms it (and
+    terminating its backend ends that wait), so finding it is not yet knowing it survives a
+    failover. A transaction that writes WAL commits after it and returns only once the standby
+    has flushed it, and so everything before it. A row lock is the smallest such write (a
+    transaction with only an xid commits without waiting); FOR KEY SHARE blocks nobody who
+    reads or updates currencies. Without a standby it is an ordinary commit.
+    (tests/ha/sync_gap.py: without this wait, an acknowledged transfer was lost.)"""
+    await conn.execute("SELECT 1 FROM currencies ORDER BY id LIMIT 1 FOR KEY SHARE",
+                       timeout=max(0.1, deadline - time.monotonic()))
 
 
 async def stop_backend(conn, backend: tuple[int, datetime | None], deadline: float) -> None:

@@ -46,7 +46,7 @@ from walletd.logs import get_logger
 from walletd.persistence.batch_write import write_batch, writes_anything
 from walletd.persistence.db import FairPool, discard
 from walletd.persistence.failures import UNAVAILABLE, outage, server_refused
-from walletd.persistence.in_doubt import InDoubt, backend_of, marker, stop_backend, was_written
+from walletd.persistence.in_doubt import InDoubt, backend_of, marker, stop_backend, wait_for_standby, was_written
 from walletd.persistence.predictions import WalletPredictions
 from walletd.persistence.rates import rate_book
 from walletd.persistence.transactions import pending_states
@@ -167,6 +167,8 @@ class PgLedger:
                 async with self.pool.acquire(timeout=max(0.1, deadline - time.monotonic())) as conn:
                     await stop_backend(conn, doubt.backend, deadline)
                     committed = await was_written(conn, written)
+                    if committed:
+                        await wait_for_standby(conn, deadline)
                 break
             except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
                 outage.failed(exc)

@@ -1,4 +1,4 @@
--- walletd migration 0004: the batch write as a function of the schema. Plain DDL, runs once.
+-- walletd migration 0005: the batch write as a function of the schema. Plain DDL, runs once.
 --
 -- walletd_write_batch(doc) writes everything one ledger batch decided, in the caller's transaction
 -- (in autocommit: its own). The document, as walletd/persistence/batch_write.py builds it:

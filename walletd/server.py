@@ -1,0 +1,187 @@
+"""The HTTP runner: what `walletd serve` listens with, and its protections against slow and
+vanished clients (README "Slow clients").
+
+What aiohttp offers and walletd uses:
+- `keepalive_timeout` is the header timeout. aiohttp arms it when a connection opens and again
+  after each response, and closes the connection if no complete request head has arrived when it
+  fires (a request being handled is never cut). So a slow-header client (slowloris) and an idle
+  keep-alive connection both go after WALLETD_HEADER_TIMEOUT_SECONDS.
+- `max_line_size` / `max_field_size` / `max_headers` (aiohttp's defaults: 8190 / 8190 / 128)
+  bound the head's size; `client_max_size` (WALLETD_MAX_BODY_BYTES) bounds the body.
+
+What aiohttp lacks and walletd adds here:
+- a body timeout: `read_body_within` reads the whole body (at most WALLETD_MAX_BODY_BYTES)
+  before the handler runs, within WALLETD_BODY_TIMEOUT_SECONDS, else 408 and the connection closes;
+  a client that disconnects mid-body is logged at info as `http.client_aborted`, never as a 500;
+- a connection cap: `ConnectionCap` answers connections beyond WALLETD_MAX_CONNECTIONS (per
+  process) with a canned 503 + Retry-After and closes them, before any byte is parsed.
+
+Left to the reverse proxy: TLS, a per-address connection cap and request rate (walletd sees the
+proxy's address for every client), and slow readers of responses (walletd's responses are small
+and are written to the kernel's socket buffer at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Callable
+
+from aiohttp import web
+from aiohttp.http_exceptions import ContentLengthError
+
+from walletd.config import ConfigError, Settings
+from walletd.logs import get_logger
+
+log = get_logger("walletd.http")
+
+# Raised by a body read when the client went away: request._cancel(ConnectionResetError) on
+# connection loss, or ContentLengthError when the stream ended short of Content-Length.
+CLIENT_GONE = (ConnectionResetError, ContentLengthError)
+CLIENT_CLOSED_STATUS = 499  # nginx's "client closed request": nobody receives it, the log line shows it
+
+
+def client_went_away(request: web.BaseRequest, exc: BaseException) -> bool:
+    """exc is the client's disconnection, not (say) a database connection reset: the client's
+    own transport is gone too."""
+    transport = request.transport
+    return isinstance(exc, CLIENT_GONE) and (transport is None or transport.is_closing())
+
+
+def client_aborted(request: web.BaseRequest, exc: BaseException) -> web.Response:
+    log.info("http.client_aborted", method=request.method, path=request.path, reason=type(exc).__name__)
+    response = web.Response(status=CLIENT_CLOSED_STATUS)
+    response.force_close()
+    return response
+
+
+class BodyTimeout(web.HTTPRequestTimeout):
+    code = "request_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(reason=f"request body not received within {seconds:g} s")
+
+
+def read_body_within(seconds: float):
+    """Middleware: the body is read whole, within `seconds`, before the handler runs."""
+    if seconds <= 0:
+        raise ConfigError(f"WALLETD_BODY_TIMEOUT_SECONDS must be positive, got {seconds}")
+
+    @web.middleware
+    async def read_body(request: web.Request, handler):
+        if request.body_exists:
+            try:
+                async with asyncio.timeout(seconds):
+                    await request.read()  # kept by aiohttp: the handler's request.text() reads it again
+            except TimeoutError:
+                from walletd.app import error_for  # here: app imports this module
+
+                log.info("http.body_timeout", method=request.method, path=request.path, seconds=seconds)
+                response = error_for(BodyTimeout(seconds), request)
+                response.force_close()  # the rest of a slow body must never be parsed as a next request
+                return response
+            except CLIENT_GONE as exc:
+                return client_aborted(request, exc)
+        return await handler(request)
+
+    return read_body
+
+
+_REFUSAL_BODY = b'{"status": 503, "message": "too many connections, retry later", "code": "too_many_connections"}'
+_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY))
+
+
+class _Refusal(asyncio.Protocol):
+    """Answers the canned 503 and half-closes; closes once the client does (at most a second later).
+    Closing at once with the client's request unread would reset the connection and lose the 503."""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(_REFUSAL)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(1.0, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the request is not read: it is refused whatever it says
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc) -> None:
+        self._timer.cancel()
+
+
+class ConnectionCap:
+    """Protocol factory: aiohttp's server for the first `limit` open connections, a canned 503 beyond.
+
+    Counted from aiohttp's own connection table, so a connection counts until its handler ends.
+    Connections accepted in the same loop iteration are counted once they start, so a burst can
+    overshoot by at most the listen backlog.
+    """
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        if limit < 1:
+            raise ConfigError(f"WALLETD_MAX_CONNECTIONS must be at least 1, got {limit}")
+        self.server, self.limit = server, limit
+        self.refused = 0
+        self._reported = 0
+        self._next_report = 0.0
+
+    def __call__(self) -> asyncio.Protocol:
+        if len(self.server.connections) < self.limit:
+            return self.server()
+        self.refused += 1
+        now = time.monotonic()
+        if now >= self._next_report:  # one warning per second at most, with the count since the last
+            log.warning("http.connections_capped", limit=self.limit, refused=self.refused - self._reported)
+            self._reported, self._next_report = self.refused, now + 1.0
+        return _Refusal()
+
+
+def runner_options(settings: Settings) -> dict:
+    """Keyword arguments for web.AppRunner (also usable as a TestServer's server_kwargs)."""
+    if settings.header_timeout_seconds <= 0:
+        raise ConfigError(f"WALLETD_HEADER_TIMEOUT_SECONDS must be positive, got {settings.header_timeout_seconds}")
+    # lingering_time: after an early answer (413, 408) aiohttp discards the unread rest of the body so
+    # the client can read the answer; 2 s rather than its default 10 s, or a slow body is held longer.
+    return {"access_log": None, "keepalive_timeout": settings.header_timeout_seconds, "lingering_time": 2.0}
+
+
+async def serve(app: web.Application, settings: Settings, host: str, port: int, *, reuse_port: bool,
+                shutdown_timeout: float = 30, backlog: int = 128,
+                on_listening: Callable[[str], object] | None = None) -> None:
+    """Listen until SIGINT/SIGTERM, then stop accepting, let requests in progress finish (at most
+    shutdown_timeout) and run the app's cleanup (actors drain before the pool closes)."""
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **runner_options(settings))
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    listener = None
+    try:
+        await runner.setup()  # inside the try: a start-up that fails half-way is cleaned up too
+        assert runner.server is not None
+        listener = await loop.create_server(ConnectionCap(runner.server, settings.max_connections), host, port,
+                                            backlog=backlog, reuse_address=True, reuse_port=reuse_port or None)
+        if on_listening is not None:
+            on_listening(f"listening on http://{host}:{port}")
+        await stop.wait()
+    finally:
+        if listener is not None:
+            listener.close()
+        await runner.cleanup()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def run(app: web.Application, settings: Settings, host: str, port: int, *, reuse_port: bool,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+        on_listening: Callable[[str], object] | None = None) -> None:
+    runner_options(settings)  # a nonsense setting stops us here, before anything starts
+    if settings.max_connections < 1:
+        raise ConfigError(f"WALLETD_MAX_CONNECTIONS must be at least 1, got {settings.max_connections}")
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(app, settings, host, port, reuse_port=reuse_port, on_listening=on_listening))
