@@ -20,7 +20,6 @@ here verbatim (as they were in persistence/ledger.py before migration 0005) for 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import tempfile
 import time
