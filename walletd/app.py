@@ -18,9 +18,8 @@ import time
 import aiohttp
 import structlog
 from aiohttp import web
-from aiohttp_apigami import AiohttpApiSpec, docs
 
-from walletd import server
+from walletd import metrics, server
 from walletd.actors.committer import GroupCommitter
 from walletd.actors.registry import ActorRegistry
 from walletd.appkeys import database_url_key, history_pool_key, http_key, ledger_key, pool_key, principal_key, registry_key, request_id_key, settings_key, tokens_key
@@ -29,8 +28,8 @@ from walletd.config import ConfigError, Settings
 from walletd.domain.errors import DomainError, Unavailable
 from walletd.events.delivery import WebhookDispatcher, dispatcher_key
 from walletd.events.expiry import PendingExpirySweeper
-from walletd.handlers import endpoint, identity, meta, money, service, wallets, webhooks
-from walletd.handlers.errors import domain_error_response, error_response
+from walletd.handlers import endpoint, identity, meta, money, openapi, service, wallets, webhooks
+from walletd.handlers.errors import challenge_key, domain_error_response, error_response, http_error_response
 from walletd.logs import get_logger
 from walletd.persistence.db import create_pool
 from walletd.persistence.failures import UNAVAILABLE, is_unavailable, outage
@@ -70,20 +69,18 @@ async def request_context(request: web.Request, handler):
         response = error_for(exc, request)
     response.headers["X-Request-ID"] = request_id
     route = request.match_info.route.resource
-    log.info("http.request", method=request.method, path=request.path,
-             route=route.canonical if route is not None else None, status=response.status,
-             duration_ms=round((time.perf_counter() - started) * 1000, 2),
-             principal=request.get(principal_key))
+    template = route.canonical if route is not None else None
+    elapsed = time.perf_counter() - started
+    metrics.observe_request(request.method, template, response.status, elapsed)
+    log.info("http.request", method=request.method, path=request.path, route=template, status=response.status,
+             duration_ms=round(elapsed * 1000, 2), principal=request.get(principal_key))
     return response
 
 
 def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:
     request_id = request.get(request_id_key)
-    if isinstance(exc, endpoint.BadRequest):
-        extra = {"errors": exc.errors} if exc.errors else {}
-        return error_response(exc.status, exc.message, request_id, **extra)
     if isinstance(exc, DomainError):
-        return domain_error_response(exc, request_id)
+        return domain_error_response(exc, request_id, request.get(challenge_key))
     if server.client_went_away(request, exc):  # before is_unavailable: a reset is an OSError too
         return server.client_aborted(request, exc)
     if is_unavailable(exc):
@@ -93,40 +90,19 @@ def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             return exc  # a redirect is a response
-        code = getattr(exc, "code", None)  # e.g. auth.throttle.TooManyAttempts: too_many_attempts
-        response = error_response(exc.status, exc.reason, request_id, **({"code": code} if code else {}))
-        response.headers.update({k: v for k, v in exc.headers.items()
-                                 if k in ("WWW-Authenticate", "Allow", "Retry-After")})
-        return response
+        return http_error_response(exc, request_id)
     log.exception("http.unhandled", path=request.path)
-    return error_response(500, "internal error", request_id)
+    return error_response(500, "internal_error", "internal error", request_id)
 
 
 def add_routes(app: web.Application) -> None:
-    components: dict = {}
+    documented = []
     for table in ROUTE_TABLES:
         for spec, func in table.entries:
-            # apigami's docs() annotates the function object it is given; a fresh handler per app
-            # keeps a second create_app() in one process from doubling every operation's parameters.
-            documented = docs(**endpoint.operation(spec, components))(endpoint.wrap(spec, func))
-            app.router.add_route(spec.method, spec.path, documented, name=func.__name__)
-    # Swagger UI itself is served by handlers/meta.py (our own page and initializer, fully offline).
-    api = AiohttpApiSpec(
-        url="/openapi.json", openapi_version="3.0.3", title="walletd", version="0.1.0",
-        info={"description": "Multi-currency e-wallet with a double-entry ledger. Amounts are decimal strings "
-                             "with 10 places. Parameters go in the query string or a JSON body (both: they "
-                             "must agree). Errors: {status, message, request_id, errors?}."},
-        components={"securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-            "tokenHeader": {"type": "apiKey", "in": "header", "name": "token"},
-            "basic": {"type": "http", "scheme": "basic"},
-        }},
-    )
-    # The schemas the operations $ref must be in the spec before register() renders the document.
-    for name, schema in sorted(components.items()):
-        if name not in api.spec.components.schemas:
-            api.spec.components.schema(name, component=schema)
-    api.register(app, in_place=True)
+            # The route name (unique per router) is the operationId.
+            app.router.add_route(spec.method, spec.path, endpoint.wrap(spec, func), name=func.__name__)
+            documented.append((spec, func.__name__))
+    meta.serve_document(app, openapi.document(documented))
 
 
 def release_memory(ledger: PgLedger, tokens: TokenIssuer) -> None:
@@ -251,7 +227,7 @@ def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Ap
     app[database_url_key] = database_url
     app[tokens_key] = TokenIssuer(jwt_secret, settings.token_ttl_seconds)
     app.cleanup_ctx.extend([pool_ctx, history_pool_ctx, actors_ctx, http_client_ctx, idempotency_sweep_ctx,
-                            events_ctx])
+                            events_ctx, meta.metrics_ctx])
     identity.setup(app, settings)
     meta.setup(app)
     add_routes(app)

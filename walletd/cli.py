@@ -68,6 +68,11 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def serve(args, settings: Settings) -> int:
+    from walletd import metrics_dir
+
+    # Before walletd.app imports prometheus_client: the workers share one metrics directory.
+    if not args.worker:
+        metrics_dir.prepare(args.workers)
     from walletd import logs
     from walletd.app import create_app
     from walletd.server import run as run_server
@@ -110,6 +115,8 @@ def serve(args, settings: Settings) -> int:
                 child.wait(timeout=35)
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()
+            metrics_dir.process_exited(child.pid)
     log.info("walletd.stopped")
     return 0
 

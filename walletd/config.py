@@ -36,7 +36,7 @@ class Settings:
     max_batch: int = 256
     committers: int = 2
     pool_size: int = 8
-    in_doubt_seconds: float = 15.0
+    in_doubt_seconds: float = 30.0
     db_acquire_timeout: float = 5.0
     db_connect_timeout: float = 5.0
     log_level: str = "info"
@@ -91,7 +91,7 @@ class Settings:
             max_batch=read.integer("WALLETD_MAX_BATCH", 256, minimum=1),
             committers=read.integer("WALLETD_COMMITTERS", 2, minimum=1),
             pool_size=read.integer("WALLETD_POOL_SIZE", 8, minimum=2),
-            in_doubt_seconds=read.number("WALLETD_IN_DOUBT_SECONDS", 15.0, minimum=0.5),
+            in_doubt_seconds=read.number("WALLETD_IN_DOUBT_SECONDS", 30.0, minimum=0.5),
             db_acquire_timeout=read.number("WALLETD_DB_ACQUIRE_TIMEOUT", 5.0, minimum=0.1),
             db_connect_timeout=read.number("WALLETD_DB_CONNECT_TIMEOUT", 5.0, minimum=0.1),
             log_level=level,

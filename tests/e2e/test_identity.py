@@ -238,7 +238,7 @@ async def test_login_failures_look_alike(client, person):
     wrong = await client.post("/auth/login", json={"username": person["username"], "password": PASSWORD + "x"})
     unknown = await client.post("/auth/login", json={"username": unique("ghost"), "password": PASSWORD})
     bodies = [without_request_id(await error_body(r, 401)) for r in (wrong, unknown)]
-    assert bodies[0] == bodies[1] == {"status": 401, "message": "Invalid credentials"}
+    assert bodies[0] == bodies[1] == {"status": 401, "code": "invalid_credentials", "message": "Invalid credentials"}
 
 
 async def test_login_password_is_case_sensitive(client, person):
@@ -362,10 +362,10 @@ async def test_roles_do_not_cross_at_login(client, person):
     svc = await register_service(client)
     # A user's credentials fail at the service login ...
     resp = await client.get("/service/auth/login", params={"username": person["username"], "password": PASSWORD})
-    assert without_request_id(await error_body(resp, 401)) == {"status": 401, "message": "Invalid credentials"}
+    assert without_request_id(await error_body(resp, 401)) == {"status": 401, "code": "invalid_credentials", "message": "Invalid credentials"}
     # ... and a service user's at the user logins.
     resp = await client.post("/auth/login", params={"username": svc["username"], "password": PASSWORD})
-    assert without_request_id(await error_body(resp, 401)) == {"status": 401, "message": "Invalid credentials"}
+    assert without_request_id(await error_body(resp, 401)) == {"status": 401, "code": "invalid_credentials", "message": "Invalid credentials"}
     await error_body(await client.get("/user/get/token", headers=basic(svc["username"], PASSWORD)), 401)
     # Wrong password at the service login is the same 401.
     resp = await client.get("/service/auth/login", params={"username": svc["username"], "password": "Wr0ng!pass"})

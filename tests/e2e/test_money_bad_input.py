@@ -73,6 +73,9 @@ def money_requests(w: dict, amount) -> list[tuple[str, str, dict, dict]]:
     ]
 
 
+NOT_MINE = ("wallet_not_found", "Wrong wallet ID or it is not your wallet ID")
+
+
 async def state(db) -> tuple:
     return (await wallets_snapshot(db), await db.fetchval("SELECT count(*) FROM transactions"),
             await db.fetchval("SELECT count(*) FROM journal_entries"),
@@ -80,14 +83,18 @@ async def state(db) -> tuple:
             await db.fetch("SELECT * FROM external_wallets ORDER BY id"))
 
 
-async def expect_error(resp, status: int, message: str | None = None) -> dict:
+async def expect_error(resp, status: int, code: str | None = None, message: str | None = None) -> dict:
     text = await resp.text()
     assert resp.status == status, text
     assert resp.content_type == "application/json", text
     body = json.loads(text)
     assert body["status"] == status and isinstance(body["message"], str) and body["message"]
+    if code is not None:
+        assert body["code"] == code, body
     if message is not None:
         assert body["message"] == message, body
+    if code == "invalid_amount":  # the original's text first, then why
+        assert body["message"].startswith("Invalid amount: "), body
     for leak in ("Traceback", "asyncpg", "SELECT", "argon2", "eyJ"):
         assert leak not in text
     return body
@@ -99,7 +106,7 @@ async def test_bad_amounts_in_the_query_string_change_nothing(world, db):
     for amount in BAD_AMOUNTS:
         for method, path, headers, params in money_requests(world, amount):
             resp = await client.request(method, path, headers=headers, params=params)
-            await expect_error(resp, 400, "Invalid amount")
+            await expect_error(resp, 400, "invalid_amount")
     assert await state(db) == before
 
 
@@ -112,7 +119,7 @@ async def test_bad_amounts_in_a_json_body_change_nothing(world, db):
             assert raw in body
             resp = await client.request(method, path, data=body,
                                         headers={**headers, "Content-Type": "application/json"})
-            await expect_error(resp, 400, "Invalid amount")
+            await expect_error(resp, 400, "invalid_amount")
     assert await state(db) == before
 
 
@@ -143,25 +150,25 @@ async def test_unknown_foreign_and_identical_wallets_change_nothing(world, db):
     own, other = alice["wallets"][1]["id"], bob["wallets"][1]["id"]
     before = await state(db)
     cases = [
-        ({"source_wallet_id": nowhere, "target_wallet_id": other}, 400, "Wrong wallet ID or it is not your wallet ID"),
-        ({"source_wallet_id": other, "target_wallet_id": own}, 400, "Wrong wallet ID or it is not your wallet ID"),
-        ({"source_wallet_id": svc_wallet, "target_wallet_id": own}, 400, "Wrong wallet ID or it is not your wallet ID"),
-        ({"source_wallet_id": own, "target_wallet_id": nowhere}, 400, "target_wallet_id does not exist"),
-        ({"source_wallet_id": own, "target_wallet_id": svc_wallet}, 400, "target_wallet_id does not exist"),
-        ({"source_wallet_id": own, "target_wallet_id": operator}, 400, "target_wallet_id does not exist"),
-        ({"source_wallet_id": own, "target_wallet_id": own}, 400, None),
-        ({"source_wallet_id": "not-a-uuid", "target_wallet_id": other}, 422, None),
-        ({"source_wallet_id": own}, 422, None),
+        ({"source_wallet_id": nowhere, "target_wallet_id": other}, 400, *NOT_MINE),
+        ({"source_wallet_id": other, "target_wallet_id": own}, 400, *NOT_MINE),
+        ({"source_wallet_id": svc_wallet, "target_wallet_id": own}, 400, *NOT_MINE),
+        ({"source_wallet_id": own, "target_wallet_id": nowhere}, 400, "target_wallet_not_found", "target_wallet_id does not exist"),
+        ({"source_wallet_id": own, "target_wallet_id": svc_wallet}, 400, "target_wallet_not_found", "target_wallet_id does not exist"),
+        ({"source_wallet_id": own, "target_wallet_id": operator}, 400, "target_wallet_not_found", "target_wallet_id does not exist"),
+        ({"source_wallet_id": own, "target_wallet_id": own}, 400, "same_wallet", None),
+        ({"source_wallet_id": "not-a-uuid", "target_wallet_id": other}, 422, "validation_failed", None),
+        ({"source_wallet_id": own}, 422, "validation_failed", None),
     ]
-    for params, status, message in cases:
+    for params, status, code, message in cases:
         resp = await client.post("/wallet/transfer", headers=alice["headers"], params={"amount": "1", **params})
-        await expect_error(resp, status, message)
+        await expect_error(resp, status, code, message)
     # Deposits and withdrawals to wallets that are not the caller's, and unknown services.
     for path, field in (("/wallet/deposit", "wallet_id"), ("/wallet/withdraw", "from_wallet_id")):
         for wallet in (other, nowhere, svc_wallet):
             resp = await client.post(path, headers=alice["headers"], params={
                 "service_user_id": service["id"], field: wallet, "amount": "1"})
-            await expect_error(resp, 400, "Wrong wallet ID or it is not your wallet ID")
+            await expect_error(resp, 400, *NOT_MINE)
         resp = await client.post(path, headers=alice["headers"], params={
             "service_user_id": nowhere, field: own, "amount": "1"})
         await expect_error(resp, 400, "service_wallet_not_found")
@@ -217,14 +224,16 @@ async def test_ambiguous_and_unauthenticated_requests_change_nothing(world, db):
     params = {"source_wallet_id": alice["wallets"][1]["id"], "target_wallet_id": bob["wallets"][1]["id"]}
     # The same parameter twice, or query and body disagreeing: refused, never guessed.
     resp = await client.post("/wallet/transfer?amount=1&amount=2", headers=alice["headers"], params=params)
-    await expect_error(resp, 400)
+    await expect_error(resp, 400, "parameter_conflict")
     resp = await client.post("/wallet/transfer", headers=alice["headers"], params={**params, "amount": "1"},
                              json={"amount": "2"})
-    await expect_error(resp, 400)
+    await expect_error(resp, 400, "parameter_conflict")
     resp = await client.post("/wallet/transfer", headers={**alice["headers"], "Content-Type": "application/json"},
                              params={**params, "amount": "1"}, data="{not json")
     assert 400 <= resp.status < 500
-    for headers in ({}, {"Authorization": "Bearer nope"}, world["service"]["headers"]):
+    for headers, code in (({}, "token_missing"), ({"Authorization": "Bearer nope"}, "token_invalid"),
+                          (world["service"]["headers"], "wrong_role")):
         resp = await client.post("/wallet/transfer", headers=headers, params={**params, "amount": "1"})
-        await expect_error(resp, 401)
+        await expect_error(resp, 401, code)
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer"), code
     assert await state(db) == before

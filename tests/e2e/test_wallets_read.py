@@ -143,7 +143,7 @@ async def test_someone_elses_wallet_looks_exactly_like_a_missing_one(client, pai
     for path in ("/user/wallet", "/wallet/transactions"):
         for style in ("query", "body"):
             missing = await ask(path, str(uuid.uuid4()), style)
-            assert missing[0] == 404 and missing[1] == {"status": 404, "message": "wallet_not_found"}, missing
+            assert missing[0] == 404 and missing[1] == {"status": 404, "code": "wallet_not_found", "message": "wallet_not_found"}, missing
             for wallet_id in probes:
                 assert await ask(path, wallet_id, style) == missing, (path, style, wallet_id)
     # The owner does see it: the refusals above are about ownership, not a broken lookup.

@@ -96,3 +96,27 @@ async def test_unreachable_until_the_deadline_answers_outcome_unknown(proxied, p
     assert again.headers.get("Idempotent-Replayed") == "true"
     assert before - (await balance(client, alice, 1))[0] == Decimal("3")
     await assert_ledger_consistent(db)
+
+
+async def test_a_lasting_outage_refuses_at_once_and_a_probe_notices_the_recovery(proxied, proxy):
+    """While the database stays unreachable, money commands are refused before they queue
+    (503, nothing moved); one command per half second probes, and the first that gets through
+    ends the outage for everybody."""
+    client, alice, bob = proxied
+    before, _ = await balance(client, alice, 1)
+    proxy.refuse()
+    first = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "1", key())
+    assert first.status == 503
+    await asyncio.sleep(1.1)  # past the fail-fast threshold (this test is about time)
+    burst = await asyncio.gather(*[api_transfer(client, alice, 1, bob["wallets"][1]["id"], "1", key())
+                                   for _ in range(20)])
+    assert [r.status for r in burst] == [503] * 20
+    assert all(r.headers.get("Retry-After") for r in burst)
+    proxy.accept()
+    await asyncio.sleep(0.6)  # the next command is a probe
+    probe = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "1", key())
+    assert probe.status == 200, await probe.text()
+    after = await asyncio.gather(*[api_transfer(client, alice, 1, bob["wallets"][1]["id"], "1", key())
+                                   for _ in range(5)])
+    assert [r.status for r in after] == [200] * 5
+    assert before - (await balance(client, alice, 1))[0] == Decimal(6)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from dataclasses import dataclass, field
 
+from walletd import metrics
 from walletd.domain.errors import DomainError, InternalFailure, OutcomeUnknown, Overloaded
 from walletd.domain.ledger import Command
 from walletd.logs import get_logger
@@ -113,6 +115,7 @@ class GroupCommitter:
         return groups
 
     async def _commit(self, batch: list[Envelope]) -> None:
+        started = time.perf_counter()  # metrics (api branch)
         try:
             results, events = await self.ledger.apply([e.command for e in batch])
         except DomainError as exc:  # the whole batch has one outcome (Unavailable, OutcomeUnknown)
@@ -124,6 +127,7 @@ class GroupCommitter:
             raise
         self.batches += 1
         self.commands += len(batch)
+        metrics.committed(len(batch), time.perf_counter() - started)  # metrics (api branch)
         # Acknowledge only after COMMIT returned: a 200 means the movement is durable.
         for envelope, result in zip(batch, results):
             if envelope.future.done():

@@ -14,10 +14,12 @@ import contextvars
 import uuid
 from collections import deque
 
+from walletd import metrics
 from walletd.actors.committer import Envelope, GroupCommitter
-from walletd.domain.errors import InternalFailure, Overloaded
+from walletd.domain.errors import InternalFailure, Overloaded, Unavailable
 from walletd.domain.ledger import Command, routing_wallet
 from walletd.logs import get_logger
+from walletd.persistence.failures import outage
 
 log = get_logger("walletd.actors")
 
@@ -43,6 +45,7 @@ class WalletActor:
         if len(self.mailbox) >= self.registry.mailbox_size:
             raise Overloaded()
         self.mailbox.append(envelope)
+        metrics.MAILBOX_DEPTH.inc()  # metrics (api branch)
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
@@ -54,6 +57,7 @@ class WalletActor:
                       queued=len(self.mailbox))
         while self.mailbox:
             envelope = self.mailbox.popleft()
+            metrics.MAILBOX_DEPTH.dec()  # metrics (api branch)
             if not envelope.future.done():
                 envelope.future.set_exception(
                     Overloaded("shutting down") if self.registry.closing else InternalFailure())
@@ -79,6 +83,7 @@ class WalletActor:
                     self._wakeup = None
                 continue
             batch = [mailbox.popleft() for _ in range(min(len(mailbox), registry.max_batch))]
+            metrics.MAILBOX_DEPTH.dec(len(batch))  # metrics (api branch)
             self.busy = True
             # Wait for this batch's outcome (never for the callers' reactions to it), so the
             # wallet's next commands are planned against committed state.
@@ -125,6 +130,8 @@ class ActorRegistry:
         """Queue a command on its wallet's actor; the future resolves after commit."""
         if self.closing:
             raise Overloaded("shutting down")
+        if not outage.admit():
+            raise Unavailable()
         wallet_id = routing_wallet(command)
         actor = self.actors.get(wallet_id)
         if actor is None:

@@ -26,6 +26,10 @@ class TokenError(Exception):
     pass
 
 
+class TokenExpiredError(TokenError):
+    """A token walletd issued whose `exp` has passed (told apart so the client knows to log in again)."""
+
+
 @dataclass(frozen=True)
 class TokenIssuer:
     secret: str
@@ -47,7 +51,7 @@ class TokenIssuer:
             principal, expires, _ = cached
             if time.time() < expires:
                 return principal
-            del self._verified[token]
+            del self._verified[token]  # the decode below raises TokenExpiredError
         principal, expires = self._decode(token)
         if len(self._verified) >= self.cache_limit:
             self._verified.clear()
@@ -84,5 +88,7 @@ class TokenIssuer:
             if role not in ROLES:
                 raise TokenError("unknown role")
             return Principal(uuid.UUID(claims["sub"]), role), float(claims["exp"])
+        except jwt.ExpiredSignatureError:
+            raise TokenExpiredError("expired") from None
         except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
             raise TokenError(str(exc)) from None

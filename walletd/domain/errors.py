@@ -1,75 +1,132 @@
-"""Domain errors: each names the problem. handlers/errors.py maps them to HTTP statuses."""
+"""Domain errors: each names the problem with a stable snake_case `code` (what clients match on)
+and a `message` for people (the original service's text where it had one). handlers/errors.py
+maps each class to its HTTP status; the class docstring is the code's meaning in the README and
+the OpenAPI document.
+"""
+
+from __future__ import annotations
 
 
 class DomainError(Exception):
-    """A request the ledger refuses; `message` is the contract's machine-friendly text."""
+    """A request walletd refuses."""
 
+    code = "invalid_request"
     message = "invalid_request"
 
-    def __init__(self, message: str | None = None, **detail: object) -> None:
+    def __init__(self, message: str | None = None, *, errors: list | None = None, **detail: object) -> None:
         super().__init__(message or self.message)
         if message:
             self.message = message
+        self.errors = errors  # per-field problems, for validation failures
         self.detail = detail
 
 
 class InvalidAmount(DomainError):
+    """The amount is not a decimal number in (0, 10^15] at 10 places; `message` says why."""
+
+    code = "invalid_amount"
     message = "Invalid amount"
+
+    def __init__(self, reason: str | None = None, **kwargs) -> None:
+        # The original's text stays as the prefix (its clients match on it); the reason follows.
+        self.reason = reason
+        super().__init__(f"{InvalidAmount.message}: {reason}" if reason else None, **kwargs)
 
 
 class InsufficientFunds(DomainError):
+    """The source wallet's balance does not cover the amount."""
+
+    code = "insufficient_funds"
     message = "insufficient_funds"
 
 
 class WalletNotFound(DomainError):
+    """No such wallet among the caller's (someone else's wallet looks the same)."""
+
+    code = "wallet_not_found"
     message = "wallet_not_found"
 
 
-class NotYourWallet(DomainError):
+class NotYourWallet(WalletNotFound):
+    """The source wallet does not exist or is not the caller's."""
+
     message = "source_wallet_id have different owner"
 
 
 class TargetWalletNotFound(DomainError):
+    """The transfer's target wallet does not exist."""
+
+    code = "target_wallet_not_found"
     message = "target_wallet_id does not exist"
 
 
 class SameWallet(DomainError):
+    """Source and target of a transfer are the same wallet."""
+
+    code = "same_wallet"
     message = "source and target wallet are the same"
 
 
 class CurrencyNotFound(DomainError):
+    """An unknown currency (or the same currency on both sides where two are needed)."""
+
+    code = "currency_not_found"
     message = "currency_not_found"
 
 
 class RateNotFound(DomainError):
+    """No stored exchange rate for the currency pair."""
+
+    code = "exchange_rate_not_found"
     message = "exchange_rate_not_found"
 
 
 class RateStale(DomainError):
+    """The stored rate is older than WALLETD_RATES_MAX_AGE; `detail.updated_at` says when it was set."""
+
+    code = "exchange_rate_stale"
     message = "exchange_rate_stale"
 
 
 class ServiceWalletNotFound(DomainError):
+    """The named payment service has no wallet in this currency (or is not a service user)."""
+
+    code = "service_wallet_not_found"
     message = "service_wallet_not_found"
 
 
 class ExternalWalletNotFound(DomainError):
+    """A withdrawal needs the caller's external wallet in the currency: create it first."""
+
+    code = "external_wallet_not_found"
     message = "user_ext_wallet_not_found"
 
 
 class ExternalWalletExists(DomainError):
+    """The caller already has an external wallet in this currency."""
+
+    code = "external_wallet_exists"
     message = "external_wallet_already_exists"
 
 
 class TransactionNotFound(DomainError):
+    """No such transaction for this service user."""
+
+    code = "transaction_not_found"
     message = "transaction_not_found"
 
 
 class InvalidStatusUpdate(DomainError):
+    """The requested status is not a settlement outcome."""
+
+    code = "invalid_status_update"
     message = "invalid_status_update"
 
 
 class SettlementConflict(DomainError):
+    """The transaction was already settled with the other outcome."""
+
+    code = "transaction_already_settled"
     message = "transaction_already_settled"
 
 
@@ -80,43 +137,123 @@ class TransactionExpired(DomainError):
     code = "transaction_expired"
 
 
+class InvalidWebhookUrl(DomainError):
+    """A webhook URL must be http(s), name a host, and carry no credentials or fragment; `message` says which."""
+
+    code = "invalid_webhook_url"
+    message = "url is not a valid URL"
+
+
+class TooManyWebhooks(DomainError):
+    """The caller already has the most webhook endpoints allowed."""
+
+    code = "too_many_webhooks"
+    message = "too many webhook endpoints"
+
+
+class WebhookNotFound(DomainError):
+    """No such webhook endpoint among the caller's."""
+
+    code = "webhook_not_found"
+    message = "webhook_not_found"
+
+
+class UnknownEventCursor(DomainError):
+    """`after` is not the id of one of the caller's events."""
+
+    code = "unknown_cursor"
+    message = "unknown cursor: `after` must be the id of one of your events"
+
+
 class InvalidTransactionType(DomainError):
+    """The transaction is not of the kind this endpoint settles (deposit vs withdraw)."""
+
+    code = "invalid_transaction_type"
     message = "invalid_type_transaction"
 
 
 class DuplicateAccount(DomainError):
+    """The username or e-mail is already registered."""
+
+    code = "account_exists"
     message = "username or email already registered"
 
 
 class InvalidCredentials(DomainError):
+    """Wrong username or password (which one is not said)."""
+
+    code = "invalid_credentials"
     message = "Invalid credentials"
 
 
+class TokenMissing(DomainError):
+    """No token in `Authorization: Bearer …` or the `token` header."""
+
+    code = "token_missing"
+    message = "Not authenticated"
+
+
+class TokenInvalid(DomainError):
+    """The token is not one walletd issued (malformed, bad signature, unknown account)."""
+
+    code = "token_invalid"
+    message = "Invalid token"
+
+
+class TokenExpired(TokenInvalid):
+    """The token's `exp` has passed: log in again."""
+
+    code = "token_expired"
+    message = "Invalid token: the token has expired"
+
+
+class WrongRole(TokenInvalid):
+    """A valid token of the other role (a user token on a service endpoint, or the reverse)."""
+
+    code = "wrong_role"
+    message = "Invalid token: this endpoint needs a {role} token"
+
+    def __init__(self, needed: str) -> None:
+        super().__init__(self.message.format(role=needed))
+
+
 class IdempotencyKeyReused(DomainError):
+    """The Idempotency-Key was already used with different parameters."""
+
+    code = "idempotency_key_reused"
     message = "Idempotency-Key was used with a different request"
 
 
 class Overloaded(DomainError):
+    """The wallet's queue is full (or walletd is shutting down); nothing moved, retry after `Retry-After`."""
+
+    code = "overloaded"
     message = "wallet busy, retry later"
 
 
 class RateProviderError(DomainError):
+    """The configured rate provider failed or is not configured."""
+
+    code = "rate_provider_unavailable"
     message = "rate provider unavailable"
 
 
 class Unavailable(DomainError):
-    """The database cannot be reached or written right now; certainly nothing moved."""
+    """The database cannot be reached or written right now; certainly nothing moved (retry after `Retry-After`)."""
 
+    code = "unavailable"
     message = "service unavailable, retry later"
 
 
 class OutcomeUnknown(DomainError):
-    """A commit was cut off and its outcome could not be found out in time."""
+    """A commit was cut off and its outcome could not be found out in time; retry with the same Idempotency-Key."""
 
+    code = "outcome_unknown"
     message = "outcome unknown: retry with the same Idempotency-Key to learn it"
 
 
 class InternalFailure(DomainError):
     """A command failed for a reason that is walletd's fault, not the caller's; nothing of it moved."""
 
+    code = "internal_error"
     message = "internal error; nothing moved"

@@ -353,8 +353,8 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
 
 def tx_json(row) -> dict:
     """A transactions row (record or dict) exactly as the API shows it (handlers.schemas.TxOut):
-    JSON-ready, so it can be stored as an idempotent response and replayed with the same keys and
-    values (not byte for byte: the jsonb column keeps no key order)."""
+    JSON-ready, so it can be stored as an idempotent response. The stored copy comes back from jsonb
+    with its keys reordered; handlers.endpoint.render writes both in TxOut's field order."""
     def text(value):
         return None if value is None else str(value)
 

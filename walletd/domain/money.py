@@ -17,6 +17,10 @@ MAX_AMOUNT = Decimal("1000000000000000")
 # silently: an invalid operation (NaN), division by zero and overflow. Inexact is not trapped: the
 # quantize calls round on purpose.
 _CTX = Context(prec=60, traps=[InvalidOperation, DivisionByZero, Overflow])
+_MAX_TEXT = 64
+_NOT_A_NUMBER = "not a number (a decimal string such as \"10.50\", or a JSON number)"
+_NOT_POSITIVE = "amount must be greater than 0"
+_TOO_LARGE = f"amount must be at most {MAX_AMOUNT:f}"
 # What a client may write: ASCII digits, one optional point, an optional exponent. Decimal() alone
 # would also take "1_000", Arabic-Indic digits and "NaN"; a payment API should not guess at those.
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -25,7 +29,7 @@ _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0
 def parse_amount(raw: object) -> Decimal:
     """Parse a client amount exactly ("0.05", 0.05, 1e-3) and normalise it to 10 places."""
     if isinstance(raw, bool) or raw is None:
-        raise InvalidAmount()
+        raise InvalidAmount(_NOT_A_NUMBER)
     if isinstance(raw, float):
         # JSON numbers are parsed as Decimal by our loader; a float here came from elsewhere,
         # so take its shortest repr rather than its binary expansion.
@@ -34,22 +38,30 @@ def parse_amount(raw: object) -> Decimal:
         value = Decimal(raw)
     elif isinstance(raw, str):
         text = raw.strip()
-        if not text or len(text) > 64 or not _DECIMAL_TEXT.fullmatch(text):
-            raise InvalidAmount()
+        if len(text) > _MAX_TEXT:
+            raise InvalidAmount(f"amount has more than {_MAX_TEXT} characters")
+        if not text or not _DECIMAL_TEXT.fullmatch(text):
+            raise InvalidAmount(_NOT_A_NUMBER)
         try:
             value = Decimal(text)
         except InvalidOperation:
-            raise InvalidAmount() from None
+            raise InvalidAmount(_NOT_A_NUMBER) from None
     else:
-        raise InvalidAmount()
+        raise InvalidAmount(_NOT_A_NUMBER)
+    if not value.is_finite():
+        raise InvalidAmount(_NOT_A_NUMBER)
     # Cheap bounds first: quantizing a huge magnitude (say -1e100) would overflow the context
     # and raise InvalidOperation instead of InvalidAmount.
-    if not value.is_finite() or value <= 0 or value > MAX_AMOUNT + 1:
-        raise InvalidAmount()
+    if value <= 0:
+        raise InvalidAmount(_NOT_POSITIVE)
+    if value > MAX_AMOUNT + 1:
+        raise InvalidAmount(_TOO_LARGE)
     value = value.quantize(SCALE, rounding=ROUND_HALF_EVEN, context=_CTX)
     # The bounds apply to the normalised amount, like the zero check does.
-    if value <= 0 or value > MAX_AMOUNT:
-        raise InvalidAmount()
+    if value <= 0:
+        raise InvalidAmount("amount rounds to 0 at 10 decimal places")
+    if value > MAX_AMOUNT:
+        raise InvalidAmount(_TOO_LARGE)
     return value
 
 

@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 import aiohttp
 from aiohttp import web
 
+from walletd import metrics
 from walletd.logs import get_logger
 from walletd.persistence import outbox
 from walletd.persistence.db import FairPool
@@ -41,7 +42,6 @@ from walletd.persistence.outbox import Delivery
 log = get_logger("walletd.webhooks")
 POLL = 0.1  # seconds between claims while nothing is due (an index probe on an empty partial index)
 MAX_DELAY = 3600.0
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -68,25 +68,6 @@ def backoff(attempt: int, base: float) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-class DeliveryStats:
-    """This process's counters for /metrics."""
-
-    def __init__(self) -> None:
-        self.delivered = 0
-        self.retried = 0
-        self.failed = 0
-        self.latency_buckets = [0] * len(LATENCY_BUCKETS)
-        self.latency_sum = 0.0
-        self.latency_count = 0
-
-    def observe_latency(self, seconds: float) -> None:
-        self.latency_sum += seconds
-        self.latency_count += 1
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            if seconds <= bound:
-                self.latency_buckets[i] += 1
-
-
 @dataclass(frozen=True)
 class Outcome:
     delivery: Delivery
@@ -105,7 +86,6 @@ class WebhookDispatcher:
         self.backoff_base = backoff_base
         self.horizon = horizon
         self.lease = timeout * 2 + 5
-        self.stats = DeliveryStats()
         self._in_flight: set[asyncio.Task] = set()
         self._slot_freed = asyncio.Event()
         self._outcomes: list[Outcome] = []  # at most `concurrency` between two _record() calls
@@ -127,6 +107,7 @@ class WebhookDispatcher:
                     for delivery in claimed:
                         task = asyncio.create_task(self._attempt(session, delivery))
                         self._in_flight.add(task)
+                        metrics.WEBHOOKS_IN_FLIGHT.set(len(self._in_flight))
                         task.add_done_callback(self._done)
                     if not claimed:
                         await self._wait_for_slot(POLL)
@@ -157,6 +138,7 @@ class WebhookDispatcher:
 
     def _done(self, task: asyncio.Task) -> None:
         self._in_flight.discard(task)
+        metrics.WEBHOOKS_IN_FLIGHT.set(len(self._in_flight))
         self._slot_freed.set()
 
     async def _attempt(self, session: aiohttp.ClientSession, d: Delivery) -> None:
@@ -196,36 +178,16 @@ class WebhookDispatcher:
                 continue
             d = o.delivery
             if o.status == "delivered":
-                self.stats.delivered += 1
-                self.stats.observe_latency(o.seconds)
+                metrics.WEBHOOKS_DELIVERED.inc()
+                metrics.WEBHOOK_LATENCY.observe(o.seconds)
             elif o.status == "failed":
-                self.stats.failed += 1
+                metrics.WEBHOOKS_FAILED.inc()
                 log.warning("webhook.given_up", event_id=str(d.event_id), endpoint_id=str(d.endpoint_id),
                             attempts=d.attempt, age_s=round(o.seconds, 1), error=o.error)
             else:
-                self.stats.retried += 1
+                metrics.WEBHOOKS_RETRIED.inc()
                 log.info("webhook.retry", event_id=str(d.event_id), endpoint_id=str(d.endpoint_id),
                          attempt=d.attempt, retry_in_s=round(o.delay, 2), error=o.error)
-
-    def metrics_lines(self, pending: int | None) -> list[str]:
-        """Prometheus text lines (served by /metrics in handlers/meta.py)."""
-        s = self.stats
-        lines = []
-        if pending is not None:
-            lines += ["# TYPE walletd_webhook_deliveries_pending gauge", f"walletd_webhook_deliveries_pending {pending}"]
-        lines += [
-            "# TYPE walletd_webhook_delivered_total counter", f"walletd_webhook_delivered_total {s.delivered}",
-            "# TYPE walletd_webhook_retried_total counter", f"walletd_webhook_retried_total {s.retried}",
-            "# TYPE walletd_webhook_failed_total counter", f"walletd_webhook_failed_total {s.failed}",
-            "# TYPE walletd_webhook_in_flight gauge", f"walletd_webhook_in_flight {len(self._in_flight)}",
-            "# TYPE walletd_webhook_delivery_latency_seconds histogram",
-        ]
-        for bound, count in zip(LATENCY_BUCKETS, s.latency_buckets):
-            lines.append(f'walletd_webhook_delivery_latency_seconds_bucket{{le="{bound}"}} {count}')
-        lines += [f'walletd_webhook_delivery_latency_seconds_bucket{{le="+Inf"}} {s.latency_count}',
-                  f"walletd_webhook_delivery_latency_seconds_sum {s.latency_sum:.6f}",
-                  f"walletd_webhook_delivery_latency_seconds_count {s.latency_count}"]
-        return lines
 
 
 dispatcher_key = web.AppKey("webhook_dispatcher", WebhookDispatcher)

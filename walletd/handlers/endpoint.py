@@ -20,9 +20,14 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from walletd.appkeys import pool_key, principal_key, tokens_key
-from walletd.auth.tokens import Principal, TokenError
-from walletd.handlers.schemas import ErrorOut
+from walletd.auth.tokens import Principal, TokenError, TokenExpiredError
+from walletd.domain import errors
+from walletd.handlers import audit
+from walletd.handlers.errors import (
+    BASIC_CHALLENGE, MalformedBody, ParameterConflict, UnsupportedMediaType, ValidationFailed, challenge_key,
+)
 from walletd.persistence import accounts
+from walletd.persistence.ledger import Replay
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -40,12 +45,6 @@ class Endpoint:
     idempotent: bool
     description: str = ""
     extra_headers: tuple[dict, ...] = field(default=())
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str, errors: list | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.errors = status, message, errors
 
 
 class Routes:
@@ -67,29 +66,52 @@ class Routes:
 
 
 def wrap(spec: Endpoint, func: Handler) -> Handler:
-    """A fresh aiohttp handler for one app: parse, authenticate, call func, render."""
+    """A fresh aiohttp handler for one app: parse, authenticate, call func, render. On the
+    money-moving (idempotent) routes, refusals and replays are audited here, at the edge."""
     async def handler(request: web.Request) -> web.StreamResponse:
         kwargs: dict[str, Any] = {}
+        principal = params = None
         if spec.auth in ("user", "service"):
-            kwargs["principal"] = await authenticate(request, spec.auth)
+            principal = kwargs["principal"] = await authenticate(request, spec.auth)
         elif spec.auth == "basic":
+            request[challenge_key] = BASIC_CHALLENGE
             kwargs["credentials"] = basic_credentials(request)
-        if spec.params is not None:
-            raw = await gather_params(request)
-            kwargs["params"] = validate(spec.params, raw)
+        try:
+            if spec.params is not None:
+                raw = await gather_params(request)
+                params = kwargs["params"] = validate(spec.params, raw)
+                if spec.idempotent:
+                    kwargs["raw_params"] = params.model_dump(mode="json")
+            result = await func(request, **kwargs)
+        except errors.DomainError as exc:
             if spec.idempotent:
-                kwargs["raw_params"] = kwargs["params"].model_dump(mode="json")
-        result = await func(request, **kwargs)
+                audit.refused(request, exc, principal, params)
+            raise
         if isinstance(result, web.StreamResponse):
             return result
-        if isinstance(result, dict):
-            # Already in the documented shape (e.g. domain.ledger.tx_json): skip re-validation.
-            return web.Response(body=orjson.dumps(result), content_type="application/json")
-        return web.Response(body=result.model_dump_json(), content_type="application/json")
+        if isinstance(result, Replay):
+            audit.replayed(request, principal, params)
+            return web.Response(body=render(spec, result.body), status=result.status, content_type="application/json",
+                                headers=_REPLAYED)
+        return web.Response(body=render(spec, result), content_type="application/json")
 
     handler.__name__ = func.__name__
     handler.__doc__ = func.__doc__
     return handler
+
+
+_REPLAYED = {"Idempotent-Replayed": "true"}
+
+
+def render(spec: Endpoint, result: dict | BaseModel) -> bytes:
+    """The one serializer of a first response and of its replay, so both are the same bytes: a
+    dict (already in the documented shape, e.g. domain.ledger.tx_json, or a stored response that
+    came back from jsonb with its keys reordered) is written in the response model's field order."""
+    if isinstance(result, BaseModel):
+        return result.model_dump_json().encode()
+    if spec.response is not None:
+        result = {name: result.get(name) for name in spec.response.model_fields}
+    return orjson.dumps(result)
 
 
 async def gather_params(request: web.Request) -> dict[str, Any]:
@@ -97,33 +119,32 @@ async def gather_params(request: web.Request) -> dict[str, Any]:
     for key in request.query:
         values = request.query.getall(key)
         if len(values) > 1:
-            raise BadRequest(400, f"parameter {key} given more than once")
+            raise ParameterConflict(f"parameter {key} given more than once")
         merged[key] = values[0]
     if request.body_exists:
         try:
             text = await request.text()  # client_max_size bounds this; aiohttp answers 413 past it
         except (UnicodeDecodeError, LookupError):  # bytes not in the declared (or an unknown) charset
-            raise BadRequest(400, "body is not valid text in its declared charset") from None
+            raise MalformedBody("body is not valid text in its declared charset") from None
         if text.strip():
             if request.content_type not in ("application/json", "text/plain", "application/octet-stream", ""):
-                raise BadRequest(415, "body must be application/json")
+                raise UnsupportedMediaType()
             try:
                 # parse_float=Decimal keeps JSON numbers exact; amounts never pass through float.
                 body = json.loads(text, parse_float=Decimal)
             except (ValueError, RecursionError):  # JSONDecodeError, or an integer past Python's digit limit
-                raise BadRequest(400, "malformed JSON body") from None
+                raise MalformedBody() from None
             if not isinstance(body, dict):
-                raise BadRequest(400, "JSON body must be an object")
+                raise MalformedBody("JSON body must be an object")
             for key, value in body.items():
                 if key in merged and str(merged[key]) != str(value):
-                    raise BadRequest(400, f"parameter {key} differs between query string and body")
+                    raise ParameterConflict(f"parameter {key} differs between query string and body")
                 merged[key] = value
     for key, value in merged.items():
         if isinstance(value, str) and not _storable(value):
             # PostgreSQL text cannot hold NUL, and lone surrogates cannot be encoded: refuse them here.
-            raise BadRequest(422, f"invalid parameters: {key}",
-                             [{"loc": key, "msg": "contains a NUL or an unpaired surrogate character",
-                               "type": "string_unstorable"}])
+            raise ValidationFailed(f"invalid parameters: {key}", errors=[
+                {"loc": key, "msg": "contains a NUL or an unpaired surrogate character", "type": "string_unstorable"}])
     return merged
 
 
@@ -141,14 +162,17 @@ def validate(model: type[BaseModel], raw: dict[str, Any]) -> BaseModel:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
+        found = exc.errors(include_url=False, include_input=False, include_context=True)
         problems = [
             {"loc": ".".join(str(part) for part in err["loc"]) or "body", "msg": err["msg"], "type": err["type"]}
-            for err in exc.errors(include_url=False, include_input=False, include_context=False)
+            for err in found
         ]
-        if any(p["msg"].endswith("Invalid amount") for p in problems):
-            raise BadRequest(400, "Invalid amount", problems) from None
+        # Told apart by the error type schemas.Amount raises, never by message text.
+        amount = next((err for err in found if err["type"] == errors.InvalidAmount.code), None)
+        if amount is not None:
+            raise errors.InvalidAmount(amount["ctx"]["reason"], errors=problems) from None
         fields = ", ".join(p["loc"] for p in problems)
-        raise BadRequest(422, f"invalid parameters: {fields}", problems) from None
+        raise ValidationFailed(f"invalid parameters: {fields}", errors=problems) from None
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -164,13 +188,15 @@ def bearer_token(request: web.Request) -> str | None:
 async def authenticate(request: web.Request, role: str) -> Principal:
     token = bearer_token(request)
     if not token:
-        raise web.HTTPUnauthorized(reason="Not authenticated")
+        raise errors.TokenMissing()
     try:
         principal = await request.app[tokens_key].verify_live(token, functools.partial(_role_of, request.app[pool_key]))
+    except TokenExpiredError:
+        raise errors.TokenExpired() from None
     except TokenError:
-        raise web.HTTPUnauthorized(reason="Invalid token") from None
+        raise errors.TokenInvalid() from None
     if principal.role != role:
-        raise web.HTTPUnauthorized(reason="Invalid token")
+        raise errors.WrongRole(role)
     request[principal_key] = principal.subject
     return principal
 
@@ -183,73 +209,11 @@ async def _role_of(pool, user_id) -> str | None:
 def basic_credentials(request: web.Request) -> tuple[str, str]:
     header = request.headers.get("Authorization", "")
     if header[:6].lower() != "basic ":
-        raise web.HTTPUnauthorized(reason="Not authenticated", headers={"WWW-Authenticate": 'Basic realm="walletd"'})
+        raise errors.TokenMissing("Not authenticated: send HTTP Basic credentials")
     try:
         username, _, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
-        raise web.HTTPUnauthorized(reason="Invalid credentials") from None
+        raise errors.InvalidCredentials() from None
     if "\x00" in username or "\x00" in password:  # unstorable, so never a valid credential
-        raise web.HTTPUnauthorized(reason="Invalid credentials")
+        raise errors.InvalidCredentials()
     return username, password
-
-
-# ---- OpenAPI ----------------------------------------------------------------------------------
-
-_REF = "#/components/schemas/{model}"
-
-
-def model_schema(model: type[BaseModel], components: dict, mode: str = "validation") -> dict:
-    schema = model.model_json_schema(ref_template=_REF, mode=mode)
-    for name, definition in schema.pop("$defs", {}).items():
-        components[name] = definition
-    components[model.__name__] = schema
-    return {"$ref": _REF.format(model=model.__name__)}
-
-
-def operation(spec: Endpoint, components: dict) -> dict:
-    op: dict[str, Any] = {"summary": spec.summary, "tags": list(spec.tags) or ["walletd"]}
-    if spec.description:
-        op["description"] = spec.description
-    parameters = list(spec.extra_headers)
-    if spec.params is not None:
-        schema = spec.params.model_json_schema(ref_template=_REF)
-        required = set(schema.get("required", []))
-        for name, prop in schema.get("properties", {}).items():
-            parameters.append({"name": name, "in": "query", "required": name in required, "schema": prop,
-                               **({"description": prop["description"]} if "description" in prop else {})})
-        op["requestBody"] = {
-            "required": False,
-            "description": "The same parameters as a JSON object (alternative to the query string).",
-            "content": {"application/json": {"schema": model_schema(spec.params, components)}},
-        }
-    if spec.idempotent:
-        parameters.append({
-            "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 128},
-            "description": "A retry with the same key and body returns the first response and moves no money again; "
-                           "the same key with another body is 422. Keys are scoped to the caller and kept "
-                           "WALLETD_IDEMPOTENCY_RETENTION seconds (default 86400: 24 hours); a retry after that "
-                           "is a new request.",
-        })
-    if parameters:
-        op["parameters"] = parameters
-    responses: dict[str, Any] = {}
-    if spec.response is not None:
-        responses["200"] = {"description": "OK", "content": {"application/json": {
-            "schema": model_schema(spec.response, components, mode="serialization")}}}
-    else:
-        responses["200"] = {"description": "OK"}
-    error_ref = model_schema(ErrorOut, components, mode="serialization")
-    documented = list(spec.errors)
-    if spec.params is not None:
-        documented.append((422, "invalid parameters: <fields> (errors lists each field)"))
-    if spec.auth in ("user", "service", "basic"):
-        documented.append((401, "Not authenticated / Invalid token / Invalid credentials"))
-        op["security"] = [{"bearer": []}, {"tokenHeader": []}] if spec.auth != "basic" else [{"basic": []}]
-    by_status: dict[int, list[str]] = {}
-    for status, message in documented:
-        by_status.setdefault(status, []).append(message)
-    for status, messages in sorted(by_status.items()):
-        responses[str(status)] = {"description": "; ".join(messages),
-                                  "content": {"application/json": {"schema": error_ref}}}
-    op["responses"] = responses
-    return op

@@ -8,11 +8,12 @@ from aiohttp import web
 
 from walletd.appkeys import pool_key, principal_key, request_id_key, settings_key, tokens_key
 from walletd.auth.passwords import PasswordPool
-from walletd.auth.throttle import LoginThrottle, username_key
+from walletd.auth.throttle import LoginThrottle, TooManyAttempts, username_key
 from walletd.auth.tokens import Principal
 from walletd.config import Settings
-from walletd.domain.errors import InvalidCredentials
+from walletd.domain.errors import DuplicateAccount, InvalidCredentials, Overloaded
 from walletd.handlers.endpoint import Routes
+from walletd.handlers.errors import OperatorKeyRequired
 from walletd.handlers.schemas import LoginParams, RegisterParams, ServiceTokenOut, TokenOut, UserOut
 from walletd.logs import get_logger
 from walletd.persistence import accounts
@@ -21,8 +22,7 @@ routes = Routes()
 log = get_logger("walletd.auth")
 passwords_key = web.AppKey("passwords", PasswordPool)
 throttle_key = web.AppKey("login_throttle", LoginThrottle)
-_THROTTLED = (429, "too_many_attempts: too many failed logins (Retry-After)")
-_HASH_BUSY = (503, "too many logins in progress, retry later (Retry-After)")
+_HASH_BUSY = (Overloaded, "too many logins in progress, retry later")  # the password-hash pool is full
 _OPERATOR_HEADER = {"name": "X-Operator-Key", "in": "header", "required": True, "schema": {"type": "string"},
                     "description": "The operator credential (env WALLETD_OPERATOR_KEY)."}
 
@@ -48,7 +48,7 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
 
 @routes("POST", "/auth/register", summary="Register a user; a wallet in every currency is created",
         params=RegisterParams, response=TokenOut, tags=["auth"],
-        errors=[(409, "username or email already registered"), _HASH_BUSY])
+        errors=[DuplicateAccount, _HASH_BUSY])
 async def register(request: web.Request, params: RegisterParams):
     _, token = await _register(request, params, "user")
     return TokenOut(access_token=token)
@@ -58,8 +58,7 @@ async def register(request: web.Request, params: RegisterParams):
         params=RegisterParams, response=ServiceTokenOut, tags=["service"], extra_headers=[_OPERATOR_HEADER],
         description="Requires header X-Operator-Key equal to WALLETD_OPERATOR_KEY. With no key configured "
                     "registration is refused unless WALLETD_OPEN_SERVICE_REGISTRATION=1 (development only).",
-        errors=[(403, "operator credential required"), (409, "username or email already registered"),
-                _THROTTLED, _HASH_BUSY])
+        errors=[OperatorKeyRequired, DuplicateAccount, TooManyAttempts, _HASH_BUSY])
 async def register_service(request: web.Request, params: RegisterParams):
     settings = request.app[settings_key]
     given = request.headers.get("X-Operator-Key", "")
@@ -77,7 +76,7 @@ async def register_service(request: web.Request, params: RegisterParams):
                     configured=bool(settings.operator_key))
         message = ("operator credential required (X-Operator-Key)" if settings.operator_key else
                    "service registration is closed: set WALLETD_OPERATOR_KEY and send it as X-Operator-Key")
-        raise web.HTTPForbidden(reason=message)
+        raise OperatorKeyRequired(message)
     user_id, token = await _register(request, params, "service")
     return ServiceTokenOut(access_token=token, user_id=user_id)
 
@@ -119,21 +118,21 @@ async def _login(request: web.Request, username: str, password: str, role: str):
 
 
 @routes("POST", "/auth/login", summary="Log in; returns a JWT", params=LoginParams, response=TokenOut,
-        tags=["auth"], errors=[(401, "Invalid credentials"), _THROTTLED, _HASH_BUSY])
+        tags=["auth"], errors=[InvalidCredentials, TooManyAttempts, _HASH_BUSY])
 async def login(request: web.Request, params: LoginParams):
     _, token = await _login(request, params.username, params.password, "user")
     return TokenOut(access_token=token)
 
 
 @routes("GET", "/user/get/token", summary="A JWT for HTTP Basic credentials", auth="basic", response=TokenOut,
-        tags=["auth"], errors=[(401, "Invalid credentials"), _THROTTLED, _HASH_BUSY])
+        tags=["auth"], errors=[InvalidCredentials, TooManyAttempts, _HASH_BUSY])
 async def token_for_basic(request: web.Request, credentials: tuple[str, str]):
     _, token = await _login(request, *credentials, "user")
     return TokenOut(access_token=token)
 
 
 @routes("GET", "/service/auth/login", summary="Log a service user in", params=LoginParams,
-        response=ServiceTokenOut, tags=["service"], errors=[(401, "Invalid credentials"), _THROTTLED, _HASH_BUSY])
+        response=ServiceTokenOut, tags=["service"], errors=[InvalidCredentials, TooManyAttempts, _HASH_BUSY])
 async def service_login(request: web.Request, params: LoginParams):
     user_id, token = await _login(request, params.username, params.password, "service")
     return ServiceTokenOut(access_token=token, user_id=user_id)

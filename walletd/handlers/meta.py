@@ -6,10 +6,12 @@ import asyncio
 import importlib.util
 from pathlib import Path
 
+import orjson
 from aiohttp import web
 from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES
 
-from walletd.appkeys import ledger_key, pool_key, registry_key
+from walletd import metrics
+from walletd.appkeys import pool_key, registry_key
 from walletd.events.delivery import dispatcher_key
 from walletd.persistence import outbox
 from walletd.persistence.failures import outage
@@ -17,6 +19,8 @@ from walletd.persistence.migrate import schema_ready
 
 READY_TIMEOUT = 2.0
 _RETRY = {"Retry-After": "1"}
+
+openapi_key = web.AppKey("openapi", bytes)
 
 _REDOC_PAGE = """<!DOCTYPE html>
 <html><head><title>walletd API</title><meta charset="utf-8"/></head>
@@ -84,35 +88,45 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format: how the group commit is doing in this process."""
-    registry, ledger = request.app[registry_key], request.app[ledger_key]
-    committer = registry.committer
-    lines = [
-        "# TYPE walletd_actors gauge", f"walletd_actors {len(registry.actors)}",
-        "# TYPE walletd_commit_batches_total counter", f"walletd_commit_batches_total {committer.batches}",
-        "# TYPE walletd_commit_commands_total counter", f"walletd_commit_commands_total {committer.commands}",
-        "# TYPE walletd_ledger_fast_batches_total counter", f"walletd_ledger_fast_batches_total {ledger.fast_batches}",
-        "# TYPE walletd_ledger_locked_batches_total counter",
-        f"walletd_ledger_locked_batches_total {ledger.locked_batches}",
-    ]
-    lines += await _webhook_metrics(request.app)
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus text format (walletd/metrics.py): this process's live gauges are refreshed
+    first; under --workers the answer aggregates every process."""
+    metrics.sample(request.app[registry_key], request.app[pool_key])
+    await _webhooks_pending(request.app)
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
-async def _webhook_metrics(app: web.Application) -> list[str]:
-    """Issue 11 (walletd/events/delivery.py): this process's delivery counters and latency, plus
-    the deliveries still pending in the database (all processes); the gauge is left out if the
-    database cannot answer within READY_TIMEOUT, so /metrics never hangs on it."""
-    dispatcher = app.get(dispatcher_key)
-    if dispatcher is None:
-        return []
+async def metrics_ctx(app: web.Application):
+    """Samples the cheap gauges once a second, for scrapes that reach another worker."""
+    task = asyncio.create_task(metrics.sampler(app[registry_key], app[pool_key]), name="metrics-sampler")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def serve_document(app: web.Application, document: dict) -> None:
+    """The OpenAPI document, rendered once."""
+    app[openapi_key] = orjson.dumps(document)
+    app.router.add_get("/openapi.json", openapi_document)
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[openapi_key], content_type="application/json")
+
+
+async def _webhooks_pending(app: web.Application) -> None:
+    """Issue 11 (walletd/events/delivery.py): the deliveries still pending in the database (all
+    processes). NaN (unknown) if the database cannot answer within READY_TIMEOUT, so /metrics
+    never hangs on it."""
+    if app.get(dispatcher_key) is None:
+        return
     try:
         async with asyncio.timeout(READY_TIMEOUT):
-            pending = await outbox.pending_count(app[pool_key])
+            metrics.WEBHOOKS_PENDING.set(await outbox.pending_count(app[pool_key]))
     except Exception:  # noqa: BLE001 - a scrape must answer even while the database does not
-        pending = None
-    return dispatcher.metrics_lines(pending)
+        metrics.WEBHOOKS_PENDING.set(float("nan"))
 
 
 async def redoc(request: web.Request) -> web.Response:
@@ -130,7 +144,7 @@ async def swagger_initializer(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/docs", swagger)
     # The exact path outranks the static prefix, so ours replaces the bundled initializer.
     app.router.add_get("/static/swagger/swagger-initializer.js", swagger_initializer)

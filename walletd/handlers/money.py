@@ -6,7 +6,6 @@ import hashlib
 import json
 from datetime import datetime, timezone
 
-import orjson
 from aiohttp import web
 
 from walletd.appkeys import pool_key, registry_key, request_id_key, settings_key
@@ -14,7 +13,8 @@ from walletd.auth.tokens import Principal
 from walletd.domain import errors
 from walletd.domain.ledger import Idempotency, RequestDeposit, RequestWithdraw, Transfer
 from walletd.events.delivery import wake_delivery
-from walletd.handlers.endpoint import BadRequest, Routes
+from walletd.handlers.endpoint import Routes
+from walletd.handlers.errors import InvalidIdempotencyKey
 from walletd.handlers.schemas import (
     DepositParams, ExchangeParams, QuoteOut, TransferParams, TxOut, WithdrawParams,
 )
@@ -23,9 +23,9 @@ from walletd.persistence.ledger import Replay
 
 routes = Routes()
 
-_WALLET_ERRORS = [(400, "Wrong wallet ID or it is not your wallet ID"), (400, "Invalid amount")]
-_MOVE_ERRORS = [(422, "Idempotency-Key was used with a different request"),
-                (503, "wallet busy, retry later (Retry-After)")]
+_WALLET_ERRORS = [(errors.NotYourWallet, "Wrong wallet ID or it is not your wallet ID"), errors.InvalidAmount]
+MOVE_ERRORS = [errors.IdempotencyKeyReused, InvalidIdempotencyKey, errors.Overloaded, errors.OutcomeUnknown,
+               errors.InternalFailure]
 
 
 def idempotency(request: web.Request, principal: Principal, raw_params: dict) -> Idempotency | None:
@@ -33,33 +33,27 @@ def idempotency(request: web.Request, principal: Principal, raw_params: dict) ->
     if key is None:
         return None
     if not 1 <= len(key) <= 128:
-        raise BadRequest(400, "Idempotency-Key must be 1-128 characters")
+        raise InvalidIdempotencyKey()
     if not key.isprintable() or not key.isascii():
         # Keys are stored as text: a byte that is not UTF-8 (or a control character) must be
         # refused here, never reach the database inside somebody else's batch.
-        raise BadRequest(400, "Idempotency-Key must be printable ASCII")
+        raise InvalidIdempotencyKey("Idempotency-Key must be printable ASCII")
     canonical = json.dumps({"path": request.path, "params": raw_params}, sort_keys=True, default=str)
     return Idempotency(principal.user_id, key, hashlib.sha256(canonical.encode()).hexdigest())
 
 
-async def run(request: web.Request, command) -> web.StreamResponse | dict:
-    """Hand the command to its wallet's actor. The reply, first or replayed, is the ledger's
-    tx_json record, already in TxOut's exact shape, so a retry answers the same keys and values
-    (its key order can differ: the stored response is jsonb, which keeps no key order)."""
-    result = await request.app[registry_key].execute(command)
-    if isinstance(result, Replay):
-        return web.Response(body=orjson.dumps(result.body), status=result.status, content_type="application/json",
-                            headers={"Idempotent-Replayed": "true"})
-    return result
+async def run(request: web.Request, command) -> dict | Replay:
+    """Hand the command to its wallet's actor. The reply is the ledger's tx_json record, or a
+    Replay of the stored first one; endpoint.render writes both the same way."""
+    return await request.app[registry_key].execute(command)
 
 
 @routes("POST", "/wallet/transfer", summary="Transfer to any user's wallet, converting currency when they differ",
         description="Same currency: rate 1. Otherwise converted = amount × stored rate, truncated to 10 places "
                     "(exactly the /wallet/exchange quote). No commission.",
         auth="user", params=TransferParams, response=TxOut, tags=["money"], idempotent=True,
-        errors=_WALLET_ERRORS + _MOVE_ERRORS + [(400, "insufficient_funds"), (400, "target_wallet_id does not exist"),
-                                                (400, "source and target wallet are the same"),
-                                                (400, "exchange_rate_not_found"), (409, "exchange_rate_stale")])
+        errors=_WALLET_ERRORS + MOVE_ERRORS + [errors.InsufficientFunds, errors.TargetWalletNotFound, errors.SameWallet,
+                                               errors.RateNotFound, errors.RateStale])
 async def transfer(request: web.Request, principal: Principal, params: TransferParams, raw_params: dict):
     if params.source_wallet_id == params.target_wallet_id:
         raise errors.SameWallet()
@@ -70,7 +64,7 @@ async def transfer(request: web.Request, principal: Principal, params: TransferP
 
 @routes("POST", "/wallet/deposit", summary="Request a deposit through a payment service (pending; moves nothing)",
         auth="user", params=DepositParams, response=TxOut, tags=["money"], idempotent=True,
-        errors=_WALLET_ERRORS + _MOVE_ERRORS + [(400, "service_wallet_not_found")])
+        errors=_WALLET_ERRORS + MOVE_ERRORS + [errors.ServiceWalletNotFound])
 async def deposit(request: web.Request, principal: Principal, params: DepositParams, raw_params: dict):
     pool = request.app[pool_key]
     wallet = await _own_wallet(pool, principal, params.wallet_id)
@@ -85,8 +79,8 @@ async def deposit(request: web.Request, principal: Principal, params: DepositPar
 @routes("POST", "/wallet/withdraw", summary="Request a withdrawal: the amount is held until the service settles",
         description="balance −amount, reserved_balance +amount. Needs an external wallet in the currency.",
         auth="user", params=WithdrawParams, response=TxOut, tags=["money"], idempotent=True,
-        errors=_WALLET_ERRORS + _MOVE_ERRORS + [(400, "insufficient_funds"), (400, "service_wallet_not_found"),
-                                                (400, "user_ext_wallet_not_found")])
+        errors=_WALLET_ERRORS + MOVE_ERRORS + [errors.InsufficientFunds, errors.ServiceWalletNotFound,
+                                               errors.ExternalWalletNotFound])
 async def withdraw(request: web.Request, principal: Principal, params: WithdrawParams, raw_params: dict):
     pool = request.app[pool_key]
     wallet = await _own_wallet(pool, principal, params.from_wallet_id)
@@ -104,8 +98,7 @@ async def withdraw(request: web.Request, principal: Principal, params: WithdrawP
 @routes("POST", "/wallet/exchange", summary="Quote a currency exchange (moves no money)",
         description="Priced exactly like a transfer between wallets of the two currencies.",
         auth="user", params=ExchangeParams, response=QuoteOut, tags=["money"],
-        errors=[(400, "Invalid amount"), (400, "currency_not_found"), (400, "exchange_rate_not_found"),
-                (409, "exchange_rate_stale")])
+        errors=[errors.InvalidAmount, errors.CurrencyNotFound, errors.RateNotFound, errors.RateStale])
 async def exchange(request: web.Request, principal: Principal, params: ExchangeParams):
     pool = request.app[pool_key]
     await rates.require_currencies(pool, params.from_currency, params.to_currency)

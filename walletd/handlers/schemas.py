@@ -17,6 +17,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from pydantic_core import PydanticCustomError
+
 from walletd.domain.errors import InvalidAmount
 from walletd.domain.money import MAX_AMOUNT, fmt, parse_amount
 
@@ -24,8 +26,9 @@ from walletd.domain.money import MAX_AMOUNT, fmt, parse_amount
 def _amount(raw: object) -> Decimal:
     try:
         return parse_amount(raw)
-    except InvalidAmount:
-        raise ValueError("Invalid amount") from None
+    except InvalidAmount as exc:
+        # A typed error (endpoint.validate answers it with code invalid_amount), the reason in ctx.
+        raise PydanticCustomError(InvalidAmount.code, "Invalid amount: {reason}", {"reason": exc.reason}) from None
 
 
 _AMOUNT_DOC = (
@@ -34,17 +37,31 @@ _AMOUNT_DOC = (
 Amount = Annotated[
     Decimal,
     BeforeValidator(_amount),
-    WithJsonSchema({"type": "string", "example": "0.05", "description": _AMOUNT_DOC}),
+    WithJsonSchema({"type": "string", "examples": ["10.50"], "description": _AMOUNT_DOC}),
 ]
 Money = Annotated[
     Decimal,
     PlainSerializer(fmt, return_type=str),
-    WithJsonSchema({"type": "string", "example": "0.0500000000", "pattern": r"^-?\d+\.\d{10}$"}),
+    WithJsonSchema({"type": "string", "examples": ["10.5000000000"], "pattern": r"^-?\d+\.\d{10}$"}),
 ]
-CurrencyId = Annotated[int, Field(ge=1, le=32767, description="Currency id (1, 2, 3 on a fresh install)")]
+CurrencyId = Annotated[int, Field(ge=1, le=32767, description="Currency id (1, 2, 3 on a fresh install)",
+                                  examples=[1])]
+TargetCurrencyId = Annotated[int, Field(ge=1, le=32767, description="Currency id (1, 2, 3 on a fresh install)",
+                                        examples=[2])]
 
 _USERNAME = re.compile(r"^[A-Za-z0-9_]{3,64}$")
 _SPECIAL = re.compile(r"[^A-Za-z0-9]")
+
+
+# The rules of _password, for the OpenAPI document (an ECMA-262 pattern: lookaheads are fine there;
+# the server checks with _password, which names each missing rule).
+_PASSWORD_SCHEMA = {
+    "minLength": 8, "pattern": r"^(?=.*[0-9])(?=.*[A-Z])(?=.*[^A-Za-z0-9]).*$", "examples": ["Secr3t-pass"],
+    "description": "At least 8 characters, with a digit, an upper-case letter and a character that is not a letter "
+                   "or digit.",
+}
+_USERNAME_SCHEMA = {"pattern": _USERNAME.pattern, "minLength": 3, "maxLength": 64, "examples": ["alice_01"],
+                    "description": "3-64 characters of A-Z, a-z, 0-9 and _ (case-sensitive)."}
 
 
 def _password(value: str) -> str:
@@ -76,14 +93,14 @@ class Params(BaseModel):
 
 
 class RegisterParams(Params):
-    username: Annotated[str, AfterValidator(_username)]
-    email: EmailStr
-    password: Annotated[str, Field(max_length=256), AfterValidator(_password)]
+    username: Annotated[str, AfterValidator(_username), Field(json_schema_extra=_USERNAME_SCHEMA)]
+    email: Annotated[EmailStr, Field(examples=["alice@example.com"])]
+    password: Annotated[str, Field(max_length=256, json_schema_extra=_PASSWORD_SCHEMA), AfterValidator(_password)]
 
 
 class LoginParams(Params):
-    username: Annotated[str, Field(min_length=1, max_length=64)]
-    password: Annotated[str, Field(min_length=1, max_length=256)]
+    username: Annotated[str, Field(min_length=1, max_length=64, examples=["alice_01"])]
+    password: Annotated[str, Field(min_length=1, max_length=256, examples=["Secr3t-pass"])]
 
 
 class WalletIdParams(Params):
@@ -100,55 +117,63 @@ class WalletHistoryParams(HistoryParams):
 
 
 class ExternalWalletParams(Params):
-    wallet_name: Annotated[str, Field(min_length=1, max_length=100)]
+    wallet_name: Annotated[str, Field(min_length=1, max_length=100, examples=["card"])]
     currency_id: CurrencyId
 
 
+ServiceUserId = Annotated[uuid.UUID, Field(description="The payment service's user_id (from register_service)",
+                                          examples=["0193a6f0-5b1e-7c2d-9e3f-4a5b6c7d8e0a"])]
+OwnWalletId = Annotated[uuid.UUID, Field(description="One of the caller's wallets (GET /user/wallets)",
+                                        examples=["0193a6f0-5b1e-7c2d-9e3f-4a5b6c7d8e01"])]
+
+
 class DepositParams(Params):
-    service_user_id: uuid.UUID
-    wallet_id: uuid.UUID
+    service_user_id: ServiceUserId
+    wallet_id: OwnWalletId
     amount: Amount
 
 
 class WithdrawParams(Params):
-    service_user_id: uuid.UUID
-    from_wallet_id: uuid.UUID
+    service_user_id: ServiceUserId
+    from_wallet_id: OwnWalletId
     amount: Amount
 
 
 class TransferParams(Params):
-    source_wallet_id: uuid.UUID
-    target_wallet_id: uuid.UUID
+    source_wallet_id: OwnWalletId
+    target_wallet_id: Annotated[uuid.UUID, Field(description="Any user's wallet; not the source",
+                                                 examples=["0193a6f0-5b1e-7c2d-9e3f-4a5b6c7d8e02"])]
     amount: Amount
 
 
 class ExchangeParams(Params):
     from_currency: CurrencyId
-    to_currency: CurrencyId
+    to_currency: TargetCurrencyId
     amount: Amount
 
 
 class SettleParams(Params):
-    transaction_id: uuid.UUID
+    transaction_id: Annotated[uuid.UUID, Field(description="The pending deposit's or withdrawal's id",
+                                               examples=["0193a6f0-5b1e-7c2d-9e3f-4a5b6c7d8e10"])]
     new_status: Literal["paid", "rejected", "reject"]
 
 
 class ConversionParams(Params):
-    from_currency: Annotated[str, Field(min_length=2, max_length=10, description="Currency code, e.g. EUR")]
-    to_currency: Annotated[str, Field(min_length=2, max_length=10)]
+    from_currency: Annotated[str, Field(min_length=2, max_length=10, description="Currency code", examples=["USD"])]
+    to_currency: Annotated[str, Field(min_length=2, max_length=10, description="Currency code", examples=["EUR"])]
     amount: Amount
 
 
 class SetRateParams(Params):
     from_currency: CurrencyId
-    to_currency: CurrencyId
+    to_currency: TargetCurrencyId
     rate: Amount
 
 
 class CommissionParams(Params):
     currency_id: CurrencyId
-    deposit_rate: Annotated[Decimal, Field(ge=0, lt=1, decimal_places=10)]
-    withdraw_rate: Annotated[Decimal, Field(ge=0, lt=1, decimal_places=10)]
+    deposit_rate: Annotated[Decimal, Field(ge=0, lt=1, decimal_places=10, examples=["0.01"])]
+    withdraw_rate: Annotated[Decimal, Field(ge=0, lt=1, decimal_places=10, examples=["0.02"])]
 
 
 # ---- responses --------------------------------------------------------------------------------
@@ -199,7 +224,11 @@ class ExternalWalletOut(Model):
 
 
 class TxOut(Model):
+    # Field order = domain.ledger.tx_json's key order: the order of every record on the wire,
+    # first response and idempotent replay alike (endpoint.render).
     id: uuid.UUID
+    type: Literal["deposit", "withdraw", "transfer", "commission", "bonus"]
+    status: Literal["pending", "paid", "rejected", "close", "expired"]
     from_wallet_id: uuid.UUID | None
     from_currency_id: int | None
     amount: Money
@@ -207,8 +236,6 @@ class TxOut(Model):
     to_currency_id: int | None
     rate: Money
     converted_amount: Money
-    type: Literal["deposit", "withdraw", "transfer", "commission", "bonus"]
-    status: Literal["pending", "paid", "rejected", "close", "expired"]
     timestamp: datetime
     user_id: uuid.UUID
     service_user_id: uuid.UUID | None = None
@@ -261,7 +288,8 @@ class CommissionOut(Model):
 
 
 class ErrorOut(Model):
-    status: int
-    message: str
+    status: int = Field(description="The HTTP status, repeated")
+    code: str = Field(description="Stable snake_case error code: what clients should match on")
+    message: str = Field(description="For people; the original service's text where it had one")
     request_id: str | None = None
     errors: list[dict] | None = Field(default=None, description="Per-field problems: loc, msg")

@@ -16,7 +16,7 @@ from walletd.domain.policy import DEFAULT_COMMISSION, CommissionRates, check_set
 from walletd.domain.vocabulary import TxType
 from walletd.events.delivery import wake_delivery
 from walletd.handlers.endpoint import Routes
-from walletd.handlers.money import idempotency, run
+from walletd.handlers.money import MOVE_ERRORS, idempotency, run
 from walletd.handlers.schemas import (
     CommissionOut, CommissionParams, ConversionOut, ConversionParams, LastUpdateOut, RateOut, SetRateParams,
     SettleParams, StatusOut, TxOut,
@@ -46,8 +46,9 @@ async def _settle(request: web.Request, principal: Principal, params: SettlePara
     return result
 
 
-_SETTLE_ERRORS = [(404, "transaction_not_found"), (400, "invalid_type_transaction"),
-                  (409, "transaction_already_settled"), (503, "wallet busy, retry later (Retry-After)")]
+_SETTLE_ERRORS = [errors.TransactionNotFound, errors.InvalidTransactionType, errors.SettlementConflict,
+                  errors.TransactionExpired,
+                  errors.ServiceWalletNotFound, *MOVE_ERRORS]
 
 
 @routes("PUT", "/service/transaction/deposit", summary="Settle a pending deposit: paid or rejected",
@@ -82,7 +83,7 @@ async def _provider(request: web.Request, path: str) -> dict:
 @routes("POST", "/service/exchange-rates/update", summary="Pull rates from the provider (WALLETD_RATES_URL/latest)",
         description="Provider JSON in the exchangeratesapi.io `latest` shape (base, timestamp, rates); cross rates "
                     "are derived through the base: rate(a→b) = rates[b] / rates[a], rounded to 10 places.",
-        auth="service", response=StatusOut, tags=["rates"], errors=[(502, "rate provider unavailable")])
+        auth="service", response=StatusOut, tags=["rates"], errors=[errors.RateProviderError])
 async def update_rates(request: web.Request, principal: Principal):
     data = await _provider(request, "/latest")
     try:
@@ -98,7 +99,8 @@ async def update_rates(request: web.Request, principal: Principal):
 
 
 @routes("GET", "/service/exchange-rates/last-update", summary="When the newest rate was stored",
-        auth="service", response=LastUpdateOut, tags=["rates"], errors=[(404, "Rate not found in the database")])
+        auth="service", response=LastUpdateOut, tags=["rates"],
+        errors=[(errors.RateNotFound, "Rate not found in the database")])
 async def last_update(request: web.Request, principal: Principal):
     at = await rates.last_update(request.app[pool_key])
     if at is None:
@@ -108,7 +110,8 @@ async def last_update(request: web.Request, principal: Principal):
 
 @routes("POST", "/service/exchange-rates/get-conversion", summary="Convert an amount between currency codes",
         auth="service", params=ConversionParams, response=ConversionOut, tags=["rates"],
-        errors=[(400, "currency_not_found"), (400, "Rate not found in the database"), (409, "exchange_rate_stale")])
+        errors=[errors.InvalidAmount, errors.CurrencyNotFound, (errors.RateNotFound, "Rate not found in the database"),
+                errors.RateStale])
 async def get_conversion(request: web.Request, principal: Principal, params: ConversionParams):
     pool = request.app[pool_key]
     ids = await rates.currency_ids(pool)
@@ -125,7 +128,8 @@ async def get_conversion(request: web.Request, principal: Principal, params: Con
 
 @routes("POST", "/service/exchange-rates/set", summary="Set one rate directly (operator correction)",
         description="Stores rate(from→to) as given, stamped now. It does not touch the reverse pair.",
-        auth="service", params=SetRateParams, response=RateOut, tags=["rates"], errors=[(400, "currency_not_found")])
+        auth="service", params=SetRateParams, response=RateOut, tags=["rates"],
+        errors=[errors.InvalidAmount, errors.CurrencyNotFound])
 async def set_rate(request: web.Request, principal: Principal, params: SetRateParams):
     if params.from_currency == params.to_currency:
         raise errors.CurrencyNotFound("from_currency and to_currency must differ")
@@ -138,7 +142,7 @@ async def set_rate(request: web.Request, principal: Principal, params: SetRatePa
 @routes("POST", "/service/currencies/update", summary="Add currencies known to the provider (WALLETD_RATES_URL/symbols)",
         description="Provider JSON in the exchangeratesapi.io `symbols` shape. Every existing account gets a "
                     "wallet in each new currency.",
-        auth="service", response=StatusOut, tags=["rates"], errors=[(502, "rate provider unavailable")])
+        auth="service", response=StatusOut, tags=["rates"], errors=[errors.RateProviderError])
 async def update_currencies(request: web.Request, principal: Principal):
     data = await _provider(request, "/symbols")
     try:
@@ -160,7 +164,7 @@ async def get_commissions(request: web.Request, principal: Principal):
 
 @routes("POST", "/service/commission-rates", summary="Set the caller's commission rates for one currency",
         auth="service", params=CommissionParams, response=CommissionOut, tags=["service"],
-        errors=[(400, "currency_not_found")])
+        errors=[errors.CurrencyNotFound])
 async def set_commission(request: web.Request, principal: Principal, params: CommissionParams):
     row = await rates.set_commission(request.app[pool_key], principal.user_id, params.currency_id,
                                      params.deposit_rate, params.withdraw_rate)

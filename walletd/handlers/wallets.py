@@ -7,7 +7,9 @@ from aiohttp import web
 
 from walletd.appkeys import history_pool_key, pool_key
 from walletd.auth.tokens import Principal
-from walletd.handlers.endpoint import BadRequest, Routes
+from walletd.domain.errors import CurrencyNotFound, ExternalWalletExists, WalletNotFound
+from walletd.handlers.endpoint import Routes
+from walletd.handlers.errors import ValidationFailed
 from walletd.handlers.schemas import (
     ExternalWalletOut, ExternalWalletParams, HistoryOut, HistoryParams, WalletHistoryParams, WalletIdParams,
     WalletOut, WalletsOut,
@@ -31,14 +33,14 @@ async def list_wallets(request: web.Request, principal: Principal):
 
 
 @routes("GET", "/user/wallet", summary="One of the caller's wallets", auth="user", params=WalletIdParams,
-        response=WalletOut, tags=["user"], errors=[(404, "wallet_not_found")])
+        response=WalletOut, tags=["user"], errors=[WalletNotFound])
 async def get_wallet(request: web.Request, principal: Principal, params: WalletIdParams):
     return wallet_out(await accounts.owned_wallet(request.app[pool_key], principal.user_id, params.wallet_id))
 
 
 @routes("POST", "/user/create/external_wallet", summary="Create the caller's external (payout) wallet for a currency",
         auth="user", params=ExternalWalletParams, response=ExternalWalletOut, tags=["user"],
-        errors=[(400, "currency_not_found"), (409, "external_wallet_already_exists")])
+        errors=[CurrencyNotFound, ExternalWalletExists])
 async def create_external_wallet(request: web.Request, principal: Principal, params: ExternalWalletParams):
     row = await accounts.create_external_wallet(request.app[pool_key], principal.user_id, params.wallet_name,
                                                 params.currency_id)
@@ -49,7 +51,8 @@ def _cursor(raw: str | None) -> int | None:
     if raw is None:
         return None
     if not raw.isdigit() or len(raw) > 19:
-        raise BadRequest(422, "invalid parameters: cursor", [{"loc": "cursor", "msg": "not a cursor walletd issued"}])
+        raise ValidationFailed("invalid parameters: cursor", errors=[
+            {"loc": "cursor", "msg": "not a cursor walletd issued", "type": "cursor_invalid"}])
     return int(raw)
 
 
@@ -69,7 +72,7 @@ async def user_transactions(request: web.Request, principal: Principal, params: 
 
 @routes("GET", "/wallet/transactions", summary="One wallet's history, newest first (keyset pagination)",
         auth="user", params=WalletHistoryParams, response=HistoryOut, tags=["history"],
-        errors=[(404, "wallet_not_found")])
+        errors=[WalletNotFound])
 async def wallet_transactions(request: web.Request, principal: Principal, params: WalletHistoryParams):
     # Who owns a wallet decides what the caller may see: asked of the primary, even when the page
     # itself comes from a standby.

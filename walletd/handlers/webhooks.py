@@ -14,8 +14,9 @@ from yarl import URL
 
 from walletd.appkeys import pool_key
 from walletd.auth.tokens import Principal
+from walletd.domain import errors
 from walletd.domain.ids import new_id
-from walletd.handlers.endpoint import BadRequest, Routes
+from walletd.handlers.endpoint import Routes
 from walletd.handlers.schemas import Model, Params, StatusOut, TxOut
 from walletd.logs import get_logger
 from walletd.persistence import outbox
@@ -29,7 +30,8 @@ EVENT_TYPES = ("deposit.requested", "deposit.settled", "deposit.rejected", "depo
 
 class WebhookParams(Params):
     url: Annotated[str, Field(min_length=1, max_length=2048,
-                              description="http or https, no credentials in it; private and loopback hosts allowed")]
+                              description="http or https, no credentials in it; private and loopback hosts allowed",
+                              examples=["https://pay.example.com/walletd-events"])]
 
 
 class FeedParams(Params):
@@ -68,15 +70,15 @@ def checked_url(raw: str) -> str:
     try:
         url = URL(raw.strip())
     except (ValueError, TypeError):
-        raise BadRequest(400, "url is not a valid URL") from None
+        raise errors.InvalidWebhookUrl() from None
     if url.scheme not in ("http", "https"):
-        raise BadRequest(400, "url must be http or https")
+        raise errors.InvalidWebhookUrl("url must be http or https")
     if not url.host:
-        raise BadRequest(400, "url must name a host")
+        raise errors.InvalidWebhookUrl("url must name a host")
     if url.user is not None or url.password is not None:
-        raise BadRequest(400, "url must not carry credentials")
+        raise errors.InvalidWebhookUrl("url must not carry credentials")
     if url.fragment:
-        raise BadRequest(400, "url must not have a fragment")
+        raise errors.InvalidWebhookUrl("url must not have a fragment")
     return str(url)
 
 
@@ -89,13 +91,13 @@ def _loggable(url: str) -> str:
         description="Every event of the caller (deposit.requested|settled|rejected|expired, withdraw.…) is POSTed "
                     "to the endpoint, signed with the secret returned here (shown once). At most 16 endpoints.",
         auth="service", params=WebhookParams, response=WebhookCreatedOut, tags=["events"],
-        errors=[(400, "url must be http or https / must not carry credentials"), (409, "too many webhook endpoints")])
+        errors=[errors.InvalidWebhookUrl, errors.TooManyWebhooks])
 async def create_webhook(request: web.Request, principal: Principal, params: WebhookParams):
     url = checked_url(params.url)
     secret = "whsec_" + secrets.token_urlsafe(32)
     row = await outbox.create_endpoint(request.app[pool_key], new_id(), principal.user_id, url, secret)
     if row is None:
-        raise BadRequest(409, f"too many webhook endpoints (at most {outbox.MAX_ENDPOINTS})")
+        raise errors.TooManyWebhooks(f"too many webhook endpoints (at most {outbox.MAX_ENDPOINTS})")
     log.info("webhook.created", webhook_id=str(row["id"]), url=_loggable(url), principal=str(principal.user_id))
     return WebhookCreatedOut(**row, secret=secret)
 
@@ -114,15 +116,15 @@ _ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "s
 @routes("DELETE", "/service/webhooks/{id}", summary="Remove a webhook endpoint",
         description="Its undelivered deliveries are dropped; the events stay in the feed.",
         auth="service", response=StatusOut, tags=["events"], extra_headers=[_ID_PARAM],
-        errors=[(404, "webhook_not_found")])
+        errors=[errors.WebhookNotFound])
 async def delete_webhook(request: web.Request, principal: Principal):
     try:
         webhook_id = uuid.UUID(request.match_info["id"])
     except ValueError:
-        raise BadRequest(404, "webhook_not_found") from None
+        raise errors.WebhookNotFound() from None
     url = await outbox.delete_endpoint(request.app[pool_key], webhook_id, principal.user_id)
     if url is None:
-        raise BadRequest(404, "webhook_not_found")
+        raise errors.WebhookNotFound()
     log.info("webhook.deleted", webhook_id=str(webhook_id), url=_loggable(url), principal=str(principal.user_id))
     return StatusOut(status="success", message="webhook deleted")
 
@@ -132,12 +134,12 @@ async def delete_webhook(request: web.Request, principal: Principal):
                     "committed. A page only includes events whose transaction is older than every transaction "
                     "still running, so following `next_cursor` never skips one that commits late.",
         auth="service", params=FeedParams, response=EventsOut, tags=["events"],
-        errors=[(400, "unknown cursor")])
+        errors=[errors.UnknownEventCursor])
 async def list_events(request: web.Request, principal: Principal, params: FeedParams):
     try:
         rows = await outbox.feed(request.app[pool_key], principal.user_id, params.after, params.limit)
     except outbox.UnknownCursor:
-        raise BadRequest(400, "unknown cursor: `after` must be the id of one of your events") from None
+        raise errors.UnknownEventCursor() from None
     # The stored event text, byte for byte as delivered.
     cursor = orjson.dumps(str(rows[-1][0]) if rows else (str(params.after) if params.after else None))
     body = b'{"events":[' + ",".join(text for _, text in rows).encode() + b'],"next_cursor":' + cursor + b"}"

@@ -51,9 +51,27 @@ class OutageLog:
     """One warning when the database goes away and one line when it is back, instead of a
     traceback per request."""
 
+    # While the database has been unreachable for FAIL_FAST_AFTER seconds, new money commands
+    # are refused at once (503, nothing moved) instead of queueing behind batches that are
+    # still finding out what happened to their commits; one command per PROBE_EVERY goes
+    # through to notice the recovery (and /ready probes too).
+    FAIL_FAST_AFTER = 1.0
+    PROBE_EVERY = 0.5
+
     def __init__(self) -> None:
         self.since: float | None = None
         self.failures = 0
+        self._last_probe = 0.0
+
+    def admit(self) -> bool:
+        if self.since is None:
+            return True
+        now = time.monotonic()
+        if now - self.since < self.FAIL_FAST_AFTER or now - self._last_probe >= self.PROBE_EVERY:
+            self._last_probe = now
+            return True
+        self.failures += 1
+        return False
 
     def failed(self, exc: BaseException) -> None:
         self.failures += 1

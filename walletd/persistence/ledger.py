@@ -37,6 +37,7 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
+from walletd import metrics
 from walletd.domain import errors
 from walletd.domain.ledger import (
     Command, Effects, RateBook, RequestDeposit, RequestWithdraw, Settle, Transfer, plan_deposit_request,
@@ -70,7 +71,7 @@ class _NeedsLocks(Exception):
 
 class PgLedger:
     def __init__(self, pool: FairPool, rates_max_age: timedelta | None = None, *,
-                 in_doubt_seconds: float = 15.0) -> None:
+                 in_doubt_seconds: float = 30.0) -> None:
         self.pool = pool
         self.rates_max_age = rates_max_age
         self.in_doubt_seconds = in_doubt_seconds
@@ -82,10 +83,16 @@ class PgLedger:
     async def apply(self, commands: list[Command]) -> tuple[list[object], list[tuple[str, dict]]]:
         """Results aligned with commands (a tx dict, a Replay, or a DomainError), plus audit events.
         Raises only DomainErrors, and then for the whole batch: Unavailable, OutcomeUnknown."""
+        outcome = await self._apply(commands)
+        outage.succeeded()  # the database answered this batch: any outage is over
+        return outcome
+
+    async def _apply(self, commands: list[Command]) -> tuple[list[object], list[tuple[str, dict]]]:
         try:
             try:
                 outcome = await self._apply_fast(commands)
                 self.fast_batches += 1
+                metrics.FAST_PATH.inc()  # metrics (api branch)
                 return outcome
             except _NeedsLocks:
                 pass
@@ -93,6 +100,7 @@ class PgLedger:
                 if isinstance(exc, UNAVAILABLE):
                     raise
             self.locked_batches += 1
+            metrics.LOCKED_PATH.inc()  # metrics (api branch)
             try:
                 return await self._apply_with_retry(commands)
             except (asyncpg.PostgresError, errors.DomainError) as exc:
