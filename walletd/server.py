@@ -75,7 +75,8 @@ def read_body_within(seconds: float):
                 async with asyncio.timeout(seconds):
                     await request.read()  # kept by aiohttp: the handler's request.text() reads it again
             except TimeoutError:
-                from walletd.app import error_for  # here: app imports this module
+                # Imported here: the middleware imports this module.
+                from walletd.handlers.middleware import error_for
 
                 log.info("http.body_timeout", method=request.method, path=request.path, seconds=seconds)
                 response = error_for(BodyTimeout(seconds), request)

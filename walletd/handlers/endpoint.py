@@ -1,32 +1,20 @@
-"""The endpoint decorator: one declaration gives parsing, authentication, rendering and docs.
-
-Parameters may travel in the query string (the original's convention, even on POST/PUT) or in
-a JSON object body. Both are merged; a parameter given in both places with different values is
-refused (400) rather than guessed at, because a payment API must not pick one silently.
-"""
+"""The endpoint decorator: one declaration per route gives its parsing (handlers/params.py),
+authentication (auth/http.py), rendering and OpenAPI operation (handlers/openapi.py)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
-import json
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Awaitable, Callable
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from walletd.appkeys import pool_key, principal_key, tokens_key
-from walletd.auth.tokens import Principal, TokenError, TokenExpiredError
+from walletd.auth.http import authenticate, basic_credentials
 from walletd.domain import errors
 from walletd.handlers import audit
-from walletd.handlers.errors import (
-    BASIC_CHALLENGE, MalformedBody, ParameterConflict, UnsupportedMediaType, ValidationFailed, challenge_key,
-)
-from walletd.persistence import accounts
+from walletd.handlers.errors import BASIC_CHALLENGE, challenge_key
+from walletd.handlers.params import gather_params, validate
 from walletd.persistence.ledger import Replay
 
 Handler = Callable[..., Awaitable[Any]]
@@ -114,106 +102,3 @@ def render(spec: Endpoint, result: dict | BaseModel) -> bytes:
     return orjson.dumps(result)
 
 
-async def gather_params(request: web.Request) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for key in request.query:
-        values = request.query.getall(key)
-        if len(values) > 1:
-            raise ParameterConflict(f"parameter {key} given more than once")
-        merged[key] = values[0]
-    if request.body_exists:
-        try:
-            text = await request.text()  # client_max_size bounds this; aiohttp answers 413 past it
-        except (UnicodeDecodeError, LookupError):  # bytes not in the declared (or an unknown) charset
-            raise MalformedBody("body is not valid text in its declared charset") from None
-        if text.strip():
-            if request.content_type not in ("application/json", "text/plain", "application/octet-stream", ""):
-                raise UnsupportedMediaType()
-            try:
-                # parse_float=Decimal keeps JSON numbers exact; amounts never pass through float.
-                body = json.loads(text, parse_float=Decimal)
-            except (ValueError, RecursionError):  # JSONDecodeError, or an integer past Python's digit limit
-                raise MalformedBody() from None
-            if not isinstance(body, dict):
-                raise MalformedBody("JSON body must be an object")
-            for key, value in body.items():
-                if key in merged and str(merged[key]) != str(value):
-                    raise ParameterConflict(f"parameter {key} differs between query string and body")
-                merged[key] = value
-    for key, value in merged.items():
-        if isinstance(value, str) and not _storable(value):
-            # PostgreSQL text cannot hold NUL, and lone surrogates cannot be encoded: refuse them here.
-            raise ValidationFailed(f"invalid parameters: {key}", errors=[
-                {"loc": key, "msg": "contains a NUL or an unpaired surrogate character", "type": "string_unstorable"}])
-    return merged
-
-
-def _storable(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def validate(model: type[BaseModel], raw: dict[str, Any]) -> BaseModel:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        found = exc.errors(include_url=False, include_input=False, include_context=True)
-        problems = [
-            {"loc": ".".join(str(part) for part in err["loc"]) or "body", "msg": err["msg"], "type": err["type"]}
-            for err in found
-        ]
-        # Told apart by the error type schemas.Amount raises, never by message text.
-        amount = next((err for err in found if err["type"] == errors.InvalidAmount.code), None)
-        if amount is not None:
-            raise errors.InvalidAmount(amount["ctx"]["reason"], errors=problems) from None
-        fields = ", ".join(p["loc"] for p in problems)
-        raise ValidationFailed(f"invalid parameters: {fields}", errors=problems) from None
-
-
-def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    token = request.headers.get("token")
-    if token:
-        return token[7:].strip() if token[:7].lower() == "bearer " else token.strip()
-    return None
-
-
-async def authenticate(request: web.Request, role: str) -> Principal:
-    token = bearer_token(request)
-    if not token:
-        raise errors.TokenMissing()
-    try:
-        principal = await request.app[tokens_key].verify_live(token, functools.partial(_role_of, request.app[pool_key]))
-    except TokenExpiredError:
-        raise errors.TokenExpired() from None
-    except TokenError:
-        raise errors.TokenInvalid() from None
-    if principal.role != role:
-        raise errors.WrongRole(role)
-    request[principal_key] = principal.subject
-    return principal
-
-
-async def _role_of(pool, user_id) -> str | None:
-    user = await accounts.get_user(pool, user_id)
-    return user["role"] if user is not None else None
-
-
-def basic_credentials(request: web.Request) -> tuple[str, str]:
-    header = request.headers.get("Authorization", "")
-    if header[:6].lower() != "basic ":
-        raise errors.TokenMissing("Not authenticated: send HTTP Basic credentials")
-    try:
-        username, _, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        raise errors.InvalidCredentials() from None
-    if "\x00" in username or "\x00" in password:  # unstorable, so never a valid credential
-        raise errors.InvalidCredentials()
-    return username, password

@@ -125,6 +125,10 @@ HTTP_CODES: dict[int, tuple[str, str]] = {
     503: ("unavailable", "Not able to serve now; nothing moved, retry after `Retry-After`."),
 }
 
+# Answered before any request is parsed (server.ConnectionCap's canned response): (code, status, meaning).
+CONNECTION_CAP = ("too_many_connections", 503,
+                  "More open connections than WALLETD_MAX_CONNECTIONS; nothing was read, retry after `Retry-After`.")
+
 # 401s say how to authenticate (RFC 7235); RFC 6750's error="invalid_token" where a token was sent.
 _BEARER = 'Bearer realm="walletd"'
 BASIC_CHALLENGE = 'Basic realm="walletd"'
@@ -148,6 +152,7 @@ def catalogue() -> list[tuple[str, int, str]]:
         rows.setdefault((cls.code, status_of(cls)), " ".join((cls.__doc__ or "").split()))
     for status, (code, meaning) in HTTP_CODES.items():
         rows.setdefault((code, status), meaning)
+    rows.setdefault(CONNECTION_CAP[:2], CONNECTION_CAP[2])
     return sorted((code, status, meaning) for (code, status), meaning in rows.items())
 
 

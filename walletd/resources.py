@@ -1,0 +1,129 @@
+"""The app's resources, one cleanup_ctx generator each: create, store, yield, close.
+
+aiohttp starts them in the order create_app lists them and closes them in reverse: the pool
+first and last, the actors after it (on shutdown they drain what they accepted while the pool is
+still open), background sweeps and deliveries after the actors (they stop first). A failure
+while starting one closes those already started.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from walletd.actors.committer import GroupCommitter
+from walletd.actors.registry import ActorRegistry
+from walletd.appkeys import (
+    database_url_key,
+    history_pool_key,
+    http_key,
+    ledger_key,
+    pool_key,
+    registry_key,
+    settings_key,
+    tokens_key,
+)
+from walletd.config import ConfigError
+from walletd.events.delivery import WebhookDispatcher, dispatcher_key
+from walletd.events.expiry import PendingExpirySweeper
+from walletd.memory import release_memory
+from walletd.persistence.db import create_pool
+from walletd.persistence.failures import UNAVAILABLE
+from walletd.persistence.ledger import PgLedger
+from walletd.persistence.retention import IdempotencySweeper
+from walletd.supervisor import start_supervised, stop_task
+
+
+async def pool_ctx(app: web.Application):
+    settings = app[settings_key]
+    try:
+        pool = await create_pool(app[database_url_key], settings.pool_size,
+                                 acquire_timeout=settings.db_acquire_timeout,
+                                 connect_timeout=settings.db_connect_timeout)
+    except UNAVAILABLE as exc:
+        raise StartupError(f"database unreachable at start: {type(exc).__name__}: {exc}") from None
+    app[pool_key] = pool
+    try:
+        yield
+    finally:
+        await pool.close()
+
+
+async def history_pool_ctx(app: web.Application):
+    """History pages may be read from a standby (WALLETD_READ_DATABASE_URL); everything that
+    decides (balances, money, ownership) stays on the primary pool."""
+    settings = app[settings_key]
+    if not settings.read_database_url:
+        app[history_pool_key] = app[pool_key]
+        yield
+        return
+    try:
+        pool = await create_pool(settings.read_database_url, max(2, settings.pool_size // 2),
+                                 acquire_timeout=settings.db_acquire_timeout,
+                                 connect_timeout=settings.db_connect_timeout)
+    except UNAVAILABLE as exc:
+        raise StartupError(f"read database unreachable at start: {type(exc).__name__}: {exc}") from None
+    app[history_pool_key] = pool
+    try:
+        yield
+    finally:
+        await pool.close()
+
+
+async def actors_ctx(app: web.Application):
+    """Ledger, group committer and actors; on shutdown the actors drain what they accepted while
+    the pool (an earlier context) is still open."""
+    settings = app[settings_key]
+    ledger = PgLedger(app[pool_key], settings.rates_max_age, in_doubt_seconds=settings.in_doubt_seconds)
+    app[ledger_key] = ledger
+    committer = GroupCommitter(ledger, workers=settings.committers, max_batch=settings.max_batch)
+    registry = ActorRegistry(committer, mailbox_size=settings.mailbox_size,
+                             idle_seconds=settings.actor_idle_seconds, max_batch=settings.max_batch,
+                             on_idle=lambda: release_memory(ledger, app[tokens_key]))
+    app[registry_key] = registry
+    committer.start()
+    try:
+        yield
+    finally:
+        await registry.close()
+
+
+async def http_client_ctx(app: web.Application):
+    app[http_key] = aiohttp.ClientSession()
+    try:
+        yield
+    finally:
+        await app[http_key].close()
+
+
+class StartupError(ConfigError):
+    """walletd cannot start; the message says why."""
+
+
+async def idempotency_sweep_ctx(app: web.Application):
+    """Deletes expired idempotency keys in the background (walletd/persistence/retention.py);
+    after pool_ctx, so it stops before the pool closes."""
+    sweeper = IdempotencySweeper(app[pool_key], app[settings_key].idempotency_retention_seconds)
+    task = start_supervised("idempotency_sweep", sweeper.run)
+    try:
+        yield
+    finally:
+        await stop_task(task, timeout=5)
+
+
+async def events_ctx(app: web.Application):
+    """Issue 11's background tasks: the pending-expiry sweep and webhook delivery (walletd/events/).
+    After actors_ctx, so on shutdown they stop before the actors drain and the pool closes."""
+    settings = app[settings_key]
+    dispatcher = WebhookDispatcher(app[pool_key], concurrency=settings.webhook_concurrency,
+                                   timeout=settings.webhook_timeout_seconds,
+                                   backoff_base=settings.webhook_backoff_seconds,
+                                   horizon=settings.webhook_horizon_seconds)
+    sweeper = PendingExpirySweeper(app[pool_key], app[registry_key], settings.pending_ttl_seconds, dispatcher.wake)
+    app[dispatcher_key] = dispatcher
+    tasks = [start_supervised("pending_expiry", sweeper.run), start_supervised("webhook_delivery", dispatcher.run)]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            await stop_task(task, timeout=5)
