@@ -33,11 +33,15 @@ class Population:
 
 async def populate(cfg: Config, url: str, admin: asyncpg.Connection) -> Population:
     """Users and wallets set-based (bench/seed.py), tokens minted with walletd's TokenIssuer."""
-    from walletd.auth.passwords import hash_password
+    from walletd.auth.passwords import PasswordPool
     from walletd.auth.tokens import TokenIssuer
 
     say("creating users and wallets")
-    password_hash = await hash_password(seed.BENCH_PASSWORD)
+    hasher = PasswordPool(threads=1, queue_limit=1, per_address=1)
+    try:
+        password_hash = await hasher.hash(seed.BENCH_PASSWORD, "bench")
+    finally:
+        hasher.close()
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     service = await seed.create_service_user(pool, "bench_service", password_hash)
     await pool.close()

@@ -17,10 +17,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
 
 import asyncpg
 
+from walletd.domain.ledger import Effects, WalletState
+from walletd.domain.policy import OPERATOR_USER_ID, plan_signup_bonus
+from walletd.domain.vocabulary import WalletKind
 from walletd.persistence import accounts
+from walletd.persistence.batch_write import write_batch
 
 BENCH_PASSWORD = "bench-Str0ng!pass"
 
@@ -147,36 +153,21 @@ async def history_rows(conn: asyncpg.Connection, wallet_id: uuid.UUID) -> int:
 
 
 async def grant_signup_bonus(conn: asyncpg.Connection, users: list[User], amount: str) -> None:
-    """Credit every wallet of these users through the ledger exactly as walletd books a sign-up
-    bonus (walletd.persistence.accounts._book_signup_bonus, set-based): per user one 'bonus'
-    journal entry, the operator's wallet −amount and the user's wallet +amount in every currency,
-    and one 'bonus' transaction per wallet. The postings trigger moves the balances."""
-    from walletd.persistence.migrate import OPERATOR_USER_ID
-
-    entry_ids = [uuid.uuid4() for _ in users]
-    user_ids = [u.id for u in users]
+    """Credit every wallet of these users exactly as walletd books a sign-up bonus: planned by
+    walletd.domain.policy.plan_signup_bonus (per user one 'bonus' journal entry, the operator's
+    wallet −amount and the user's wallet +amount in every currency, one 'bonus' transaction per
+    wallet) and written by the ledger's batch write, all users in one call."""
+    states = "id, user_id, currency_id, kind, balance, reserved_balance"
     async with conn.transaction():
-        await conn.execute(
-            "INSERT INTO journal_entries (id, kind, request_id) "
-            "SELECT e, 'bonus', 'bench-signup-bonus' FROM unnest($1::uuid[]) e", entry_ids)
-        await conn.execute(
-            """INSERT INTO postings (entry_id, wallet_id, currency_id, bucket, amount)
-               SELECT e.entry_id, w.id, w.currency_id, 'B', $3::numeric
-                 FROM unnest($1::uuid[], $2::uuid[]) AS e(entry_id, user_id)
-                 JOIN wallets w ON w.user_id = e.user_id AND w.kind = 'user'
-               UNION ALL
-               SELECT e.entry_id, o.id, o.currency_id, 'B', -$3::numeric
-                 FROM unnest($1::uuid[], $2::uuid[]) AS e(entry_id, user_id)
-                 JOIN wallets o ON o.user_id = $4 AND o.kind = 'operator'
-                WHERE EXISTS (SELECT 1 FROM wallets w WHERE w.user_id = e.user_id AND w.currency_id = o.currency_id
-                                                        AND w.kind = 'user')""",
-            entry_ids, user_ids, amount, OPERATOR_USER_ID)
-        await conn.execute(
-            """INSERT INTO transactions (id, type, status, from_wallet_id, from_currency_id, from_user_id, amount,
-                                         to_wallet_id, to_currency_id, to_user_id, converted_amount, user_id, entry_id)
-               SELECT gen_random_uuid(), 'bonus', 'close', o.id, o.currency_id, o.user_id, $3::numeric,
-                      w.id, w.currency_id, w.user_id, $3::numeric, w.user_id, e.entry_id
-                 FROM unnest($1::uuid[], $2::uuid[]) AS e(entry_id, user_id)
-                 JOIN wallets w ON w.user_id = e.user_id AND w.kind = 'user'
-                 JOIN wallets o ON o.currency_id = w.currency_id AND o.user_id = $4 AND o.kind = 'operator'""",
-            entry_ids, user_ids, amount, OPERATOR_USER_ID)
+        wallets = await conn.fetch(f"SELECT {states} FROM wallets WHERE user_id = ANY($1::uuid[]) AND kind = $2",
+                                   [u.id for u in users], WalletKind.USER)
+        desks = await conn.fetch(f"SELECT {states} FROM wallets WHERE user_id = $1 AND kind = $2",
+                                 OPERATOR_USER_ID, WalletKind.OPERATOR)
+        by_user: dict[uuid.UUID, list[WalletState]] = {u.id: [] for u in users}
+        for row in wallets:
+            by_user[row["user_id"]].append(WalletState(*row))
+        desk_states = {d["currency_id"]: WalletState(*d) for d in desks}
+        effects = Effects(datetime.now(timezone.utc))
+        for user_wallets in by_user.values():
+            plan_signup_bonus(user_wallets, desk_states, Decimal(amount), "bench-signup-bonus", effects)
+        await write_batch(conn, effects, [])

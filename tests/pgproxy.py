@@ -16,7 +16,7 @@ import contextlib
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-BATCH_MARK = b'"settling":'  # a key only walletd's batch document has
+BATCH_MARK = b'"paid_out":'  # a key only the batch document (walletd_write_batch's parameter) has
 READY_FOR_QUERY = b"Z\x00\x00\x00\x05"  # the server's last message for a statement: it has committed
 
 

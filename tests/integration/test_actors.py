@@ -94,12 +94,12 @@ async def test_caches_are_dropped_once_every_actor_has_retired(make_client, log_
     app = client.server.app
     user, service = await register(client, "mem"), await register_service(client)
     await fund(client, user, service, 1, "10")
-    assert app[ledger_key]._known, "the settlement left predictions behind"
+    assert len(app[ledger_key].predictions), "the settlement left predictions behind"
     assert await retired(registry_of(client))
     deadline = time.monotonic() + 5
-    while app[ledger_key]._known and time.monotonic() < deadline:
+    while len(app[ledger_key].predictions) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    assert not app[ledger_key]._known
+    assert not len(app[ledger_key].predictions)
     assert any('"memory.released"' in line for line in log_tap.lines)
 
 

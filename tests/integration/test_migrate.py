@@ -17,8 +17,8 @@ import asyncpg
 import pytest
 
 from tests.conftest import REPO_ROOT, create_empty_database, run_cli
+from walletd.domain.policy import OPERATOR_USER_ID
 from walletd.persistence.migrate import (
-    OPERATOR_USER_ID,
     Migration,
     MigrationError,
     applied_versions,

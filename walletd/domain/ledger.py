@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from walletd.domain import errors
 from walletd.domain.ids import new_id
-from walletd.domain.money import commission, convert, fmt
+from walletd.domain.money import commission, fmt
+from walletd.domain.rates import ONE, RateBook
+from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType, WalletKind
 
-ONE = Decimal(1)
+__all__ = ["RateBook"]  # re-exported: planning prices transfers through it
 
 
 @dataclass(slots=True)
@@ -30,7 +32,15 @@ class WalletState:
 
     @property
     def may_go_negative(self) -> bool:
-        return self.kind in ("gateway", "operator")
+        return self.kind in (WalletKind.GATEWAY, WalletKind.OPERATOR)
+
+    def post(self, bucket: str, amount: Decimal) -> None:
+        """A posting's effect on this wallet: the one arithmetic planning, undoing a half-planned
+        command and persistence's predictions all share."""
+        if bucket == Bucket.BALANCE:
+            self.balance += amount
+        else:
+            self.reserved += amount
 
 
 @dataclass
@@ -128,33 +138,6 @@ def wallets_touched(command: Command) -> set[uuid.UUID]:
     return {command.wallet_id, command.gateway_wallet_id}
 
 
-@dataclass(frozen=True)
-class RateBook:
-    """Stored rates with their age; the quote and the transfer both price through rate()."""
-
-    rates: dict[tuple[int, int], tuple[Decimal, datetime]]
-    now: datetime
-    max_age: timedelta | None = None
-
-    def rate(self, from_currency: int, to_currency: int) -> Decimal:
-        if from_currency == to_currency:
-            return ONE
-        found = self.rates.get((from_currency, to_currency))
-        if found is None:
-            raise errors.RateNotFound()
-        rate, updated_at = found
-        if self.max_age is not None and self.now - updated_at > self.max_age:
-            raise errors.RateStale(updated_at=updated_at.isoformat())
-        return rate
-
-    def quote(self, from_currency: int, to_currency: int, amount: Decimal) -> tuple[Decimal, Decimal]:
-        rate = self.rate(from_currency, to_currency)
-        converted = amount if rate == ONE and from_currency == to_currency else convert(amount, rate)
-        if converted <= 0:
-            raise errors.InvalidAmount("amount converts to zero")
-        return rate, converted
-
-
 # ---- effects ----------------------------------------------------------------------------------
 
 
@@ -184,10 +167,7 @@ class Effects:
         for _, wallet_id, _, bucket, amount in self.postings[mark[1]:]:
             wallet = wallets.get(wallet_id)
             if wallet is not None:
-                if bucket == "B":
-                    wallet.balance -= amount
-                else:
-                    wallet.reserved -= amount
+                wallet.post(bucket, -amount)
         for items, length in zip((self.entries, self.postings, self.new_transactions, self.status_updates,
                                   self.external_credits, self.events, self.outbox), mark):
             del items[length:]
@@ -198,10 +178,7 @@ class Effects:
         for wallet, bucket, amount in legs:
             if amount:
                 self.postings.append((entry_id, wallet.id, wallet.currency_id, bucket, amount))
-                if bucket == "B":
-                    wallet.balance += amount
-                else:
-                    wallet.reserved += amount
+                wallet.post(bucket, amount)
         return entry_id
 
     def record(self, *, type: str, status: str, source: WalletState | None, target: WalletState | None,
@@ -242,25 +219,25 @@ def _available(wallet: WalletState, amount: Decimal) -> None:
 def plan_transfer(cmd: Transfer, wallets: dict[uuid.UUID, WalletState], desks: dict[int, WalletState],
                   rates: RateBook, effects: Effects) -> dict:
     source = wallets.get(cmd.source_wallet_id)
-    if source is None or source.user_id != cmd.user_id or source.kind != "user":
+    if source is None or source.user_id != cmd.user_id or source.kind != WalletKind.USER:
         raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
     target = wallets.get(cmd.target_wallet_id)
-    if target is None or target.kind != "user":
+    if target is None or target.kind != WalletKind.USER:
         raise errors.TargetWalletNotFound()
     if target.id == source.id:
         raise errors.SameWallet()
     rate, converted = rates.quote(source.currency_id, target.currency_id, cmd.amount)
     _available(source, cmd.amount)
     if source.currency_id == target.currency_id:
-        legs = [(source, "B", -cmd.amount), (target, "B", converted)]
+        legs = [(source, Bucket.BALANCE, -cmd.amount), (target, Bucket.BALANCE, converted)]
     else:
         # Across currencies the operator's exchange desk buys the source currency and sells
         # the target one, so every entry still sums to zero per currency.
         desk_in, desk_out = desks[source.currency_id], desks[target.currency_id]
-        legs = [(source, "B", -cmd.amount), (desk_in, "B", cmd.amount),
-                (desk_out, "B", -converted), (target, "B", converted)]
-    entry_id = effects.entry("transfer", cmd.request_id, legs)
-    row = effects.record(type="transfer", status="close", source=source, target=target, amount=cmd.amount,
+        legs = [(source, Bucket.BALANCE, -cmd.amount), (desk_in, Bucket.BALANCE, cmd.amount),
+                (desk_out, Bucket.BALANCE, -converted), (target, Bucket.BALANCE, converted)]
+    entry_id = effects.entry(EntryKind.TRANSFER, cmd.request_id, legs)
+    row = effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=source, target=target, amount=cmd.amount,
                          converted=converted, rate=rate, user_id=cmd.user_id, entry_id=entry_id)
     effects.events.append(("money.transferred", {
         "entry_id": entry_id, "transaction_id": row["id"], "from_wallet_id": source.id, "to_wallet_id": target.id,
@@ -271,7 +248,7 @@ def plan_transfer(cmd: Transfer, wallets: dict[uuid.UUID, WalletState], desks: d
 
 def _own(wallets: dict[uuid.UUID, WalletState], wallet_id: uuid.UUID, user_id: uuid.UUID) -> WalletState:
     wallet = wallets.get(wallet_id)
-    if wallet is None or wallet.user_id != user_id or wallet.kind != "user":
+    if wallet is None or wallet.user_id != user_id or wallet.kind != WalletKind.USER:
         raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
     return wallet
 
@@ -279,7 +256,7 @@ def _own(wallets: dict[uuid.UUID, WalletState], wallet_id: uuid.UUID, user_id: u
 def plan_deposit_request(cmd: RequestDeposit, wallets: dict[uuid.UUID, WalletState], effects: Effects) -> dict:
     wallet = _own(wallets, cmd.wallet_id, cmd.user_id)
     gateway = wallets[cmd.gateway_wallet_id]
-    row = effects.record(type="deposit", status="pending", source=gateway, target=wallet, amount=cmd.amount,
+    row = effects.record(type=TxType.DEPOSIT, status=TxStatus.PENDING, source=gateway, target=wallet, amount=cmd.amount,
                          converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=None,
                          service_user_id=cmd.service_user_id)
     effects.events.append(("deposit.requested", {
@@ -294,8 +271,9 @@ def plan_withdraw_request(cmd: RequestWithdraw, wallets: dict[uuid.UUID, WalletS
     wallet = _own(wallets, cmd.wallet_id, cmd.user_id)
     gateway = wallets[cmd.gateway_wallet_id]
     _available(wallet, cmd.amount)
-    entry_id = effects.entry("withdraw_hold", cmd.request_id, [(wallet, "B", -cmd.amount), (wallet, "R", cmd.amount)])
-    row = effects.record(type="withdraw", status="pending", source=wallet, target=gateway, amount=cmd.amount,
+    entry_id = effects.entry(EntryKind.WITHDRAW_HOLD, cmd.request_id,
+                             [(wallet, Bucket.BALANCE, -cmd.amount), (wallet, Bucket.RESERVED, cmd.amount)])
+    row = effects.record(type=TxType.WITHDRAW, status=TxStatus.PENDING, source=wallet, target=gateway, amount=cmd.amount,
                          converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=entry_id,
                          service_user_id=cmd.service_user_id, external_wallet_id=cmd.external_wallet_id)
     effects.events.append(("withdraw.requested", {
@@ -315,9 +293,9 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
         raise errors.TransactionNotFound()
     if pending.type != cmd.type:
         raise errors.InvalidTransactionType()
-    new_status = "rejected" if cmd.new_status in ("rejected", "reject") else cmd.new_status
-    if pending.status != "pending":
-        if pending.status == "expired" and new_status != "expired":
+    new_status = TxStatus.REJECTED if cmd.new_status in (TxStatus.REJECTED, "reject") else cmd.new_status
+    if pending.status != TxStatus.PENDING:
+        if pending.status == TxStatus.EXPIRED and new_status != TxStatus.EXPIRED:
             raise errors.TransactionExpired()
         if pending.status == new_status:
             return pending.record
@@ -327,45 +305,45 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
     gateway = wallets[cmd.gateway_wallet_id]
     amount = pending.amount
     entry_id = None
-    if pending.type == "deposit" and new_status == "paid":
+    if pending.type == TxType.DEPOSIT and new_status == TxStatus.PAID:
         fee = commission(amount, cmd.commission_rate)
-        entry_id = effects.entry("deposit", cmd.request_id,
-                                 [(gateway, "B", -amount), (user, "B", amount - fee), (service, "B", fee)])
-        effects.record(type="transfer", status="close", source=service, target=user, amount=amount, converted=amount,
+        entry_id = effects.entry(EntryKind.DEPOSIT, cmd.request_id,
+                                 [(gateway, Bucket.BALANCE, -amount), (user, Bucket.BALANCE, amount - fee), (service, Bucket.BALANCE, fee)])
+        effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=service, target=user, amount=amount, converted=amount,
                        rate=ONE, user_id=pending.user_id, entry_id=entry_id, service_user_id=cmd.service_user_id,
                        parent_id=pending.id)
         if fee:
-            effects.record(type="commission", status="close", source=user, target=service, amount=fee, converted=fee,
+            effects.record(type=TxType.COMMISSION, status=TxStatus.CLOSE, source=user, target=service, amount=fee, converted=fee,
                            rate=ONE, user_id=pending.user_id, entry_id=entry_id,
                            service_user_id=cmd.service_user_id, parent_id=pending.id)
         moved = {"amount": amount, "commission": fee, "credited": amount - fee}
-    elif pending.type == "withdraw" and new_status == "paid":
+    elif pending.type == TxType.WITHDRAW and new_status == TxStatus.PAID:
         fee = commission(amount, cmd.commission_rate)
         net = amount - fee
         if user.reserved < amount:  # cannot happen while holds only move through this code
             raise errors.InsufficientFunds()
-        entry_id = effects.entry("withdraw", cmd.request_id,
-                                 [(user, "R", -amount), (service, "B", fee), (gateway, "B", net)])
+        entry_id = effects.entry(EntryKind.WITHDRAW, cmd.request_id,
+                                 [(user, Bucket.RESERVED, -amount), (service, Bucket.BALANCE, fee), (gateway, Bucket.BALANCE, net)])
         if fee:
-            effects.record(type="commission", status="close", source=user, target=service, amount=fee, converted=fee,
+            effects.record(type=TxType.COMMISSION, status=TxStatus.CLOSE, source=user, target=service, amount=fee, converted=fee,
                            rate=ONE, user_id=pending.user_id, entry_id=entry_id,
                            service_user_id=cmd.service_user_id, parent_id=pending.id)
         if pending.external_wallet_id is not None:
             effects.external_credits.append((pending.external_wallet_id, net))
         moved = {"amount": amount, "commission": fee, "paid_out": net}
-    elif pending.type == "withdraw":
+    elif pending.type == TxType.WITHDRAW:
         # rejected or expired: the hold returns to the balance, in one entry
-        kind = "withdraw_expired" if new_status == "expired" else "withdraw_release"
-        entry_id = effects.entry(kind, cmd.request_id, [(user, "R", -amount), (user, "B", amount)])
+        kind = EntryKind.WITHDRAW_EXPIRED if new_status == TxStatus.EXPIRED else EntryKind.WITHDRAW_RELEASE
+        entry_id = effects.entry(kind, cmd.request_id, [(user, Bucket.RESERVED, -amount), (user, Bucket.BALANCE, amount)])
         moved = {"amount": amount, "released": amount}
     else:
         moved = {"amount": amount}
     effects.status_updates.append((pending.id, new_status, entry_id))
     pending.status = new_status
     pending.record = {**pending.record, "status": new_status}
-    outcome = {"paid": "settled"}.get(new_status, new_status)  # settled, rejected, expired
+    outcome = "settled" if new_status == TxStatus.PAID else str(new_status)  # settled, rejected, expired
     effects.publish(f"{pending.type}.{outcome}", cmd.service_user_id, pending.record)
-    effects.events.append((f"{pending.type}.{'expired' if new_status == 'expired' else 'settled'}", {
+    effects.events.append((f"{pending.type}.{'expired' if new_status == TxStatus.EXPIRED else 'settled'}", {
         "entry_id": entry_id, "transaction_id": pending.id, "status": new_status, "wallet_id": user.id,
         "service_wallet_id": service.id, "gateway_wallet_id": gateway.id, "currency_id": user.currency_id,
         "principal": cmd.service_user_id, "request_id": cmd.request_id,
@@ -375,7 +353,8 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
 
 def tx_json(row) -> dict:
     """A transactions row (record or dict) exactly as the API shows it (handlers.schemas.TxOut):
-    JSON-ready, so it can be stored as an idempotent response and replayed byte for byte."""
+    JSON-ready, so it can be stored as an idempotent response. The stored copy comes back from jsonb
+    with its keys reordered; handlers.endpoint.render writes both in TxOut's field order."""
     def text(value):
         return None if value is None else str(value)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 
 from walletd.domain.errors import InvalidAmount
 
@@ -11,8 +11,12 @@ SCALE = Decimal("1E-10")
 # The largest accepted amount in one request: 10^15 units. Balances are NUMERIC(38,10), so
 # even sums of many maximal amounts converted at any stored rate (< 10^20) cannot overflow.
 MAX_AMOUNT = Decimal("1000000000000000")
-# Enough precision for 38-digit products; traps make any inexact surprise loud.
-_CTX = Context(prec=60)
+# 60 digits hold every product walletd forms exactly (an amount of at most 26 digits, 10^15 with
+# 10 places, times a rate of at most 30), so money is rounded only where the code says so
+# (quantize with a named rounding mode). The context traps what must never pass
+# silently: an invalid operation (NaN), division by zero and overflow. Inexact is not trapped: the
+# quantize calls round on purpose.
+_CTX = Context(prec=60, traps=[InvalidOperation, DivisionByZero, Overflow])
 _MAX_TEXT = 64
 _NOT_A_NUMBER = "not a number (a decimal string such as \"10.50\", or a JSON number)"
 _NOT_POSITIVE = "amount must be greater than 0"

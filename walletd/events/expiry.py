@@ -3,7 +3,7 @@
 Every walletd process runs this sweep (a supervised task) once a second. It lists pending
 transactions past the deadline (database clock, partial index on pending rows) and hands each
 one to its wallet's actor as a system settlement, `Settle(new_status="expired")`, so the money
-rules stay in walletd/domain/ledger.py and the write is the ordinary batch statement: the
+rules stay in walletd/domain/ledger.py and the write is the ordinary batch write: the
 compare-and-set on `status = 'pending'`, a withdrawal's hold returned in one journal entry
 (through the postings trigger, so `walletd audit` stays clean), and the `*.expired` outbox
 event in the same transaction. Two processes expiring the same row: one wins the
@@ -21,6 +21,7 @@ from decimal import Decimal
 from walletd.actors.registry import ActorRegistry
 from walletd.domain import errors
 from walletd.domain.ledger import Settle
+from walletd.domain.vocabulary import TxStatus
 from walletd.logs import get_logger
 from walletd.persistence import outbox
 from walletd.persistence.db import FairPool
@@ -49,7 +50,7 @@ class PendingExpirySweeper:
         due = await outbox.due_for_expiry(self.pool, self.ttl_seconds, BATCH)
         if not due:
             return 0
-        commands = [Settle(row["service_user_id"], row["id"], row["type"], "expired", row["user_wallet_id"],
+        commands = [Settle(row["service_user_id"], row["id"], row["type"], TxStatus.EXPIRED, row["user_wallet_id"],
                            row["service_wallet_id"], row["gateway_wallet_id"], Decimal(0), "expiry-sweep")
                     for row in due]
         results = await asyncio.gather(*(self.registry.execute(c) for c in commands), return_exceptions=True)

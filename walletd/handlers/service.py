@@ -12,7 +12,8 @@ from aiohttp import web
 from walletd.appkeys import http_key, pool_key, request_id_key, settings_key
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
-from walletd.domain.ledger import Settle
+from walletd.domain.policy import DEFAULT_COMMISSION, CommissionRates, check_settler, settle_command
+from walletd.domain.vocabulary import TxType
 from walletd.events.delivery import wake_delivery
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.money import MOVE_ERRORS, idempotency, run
@@ -21,7 +22,7 @@ from walletd.handlers.schemas import (
     SettleParams, StatusOut, TxOut,
 )
 from walletd.logs import get_logger
-from walletd.persistence import accounts, history, rates
+from walletd.persistence import accounts, rates, transactions
 
 routes = Routes()
 log = get_logger("walletd.service")
@@ -33,17 +34,14 @@ _SETTLE_DOC = ("Exactly once: only a pending transaction moves money. Repeating 
 
 async def _settle(request: web.Request, principal: Principal, params: SettleParams, raw_params: dict, kind: str):
     pool = request.app[pool_key]
-    tx = await history.find_transaction(pool, params.transaction_id)
-    if tx is None or tx["service_user_id"] != principal.user_id:
-        raise errors.TransactionNotFound()
-    if tx["type"] != kind:
-        raise errors.InvalidTransactionType()
-    service = await accounts.service_wallets(pool, principal.user_id, tx["currency_id"])
-    user_wallet = tx["to_wallet_id"] if kind == "deposit" else tx["from_wallet_id"]
-    rate = service["deposit_rate"] if kind == "deposit" else service["withdraw_rate"]
-    result = await run(request, Settle(principal.user_id, params.transaction_id, kind, params.new_status, user_wallet,
-                                       service["service_wallet_id"], service["gateway_wallet_id"], rate,
-                                       request.get(request_id_key), idempotency(request, principal, raw_params)))
+    pending = check_settler(await transactions.find_transaction(pool, params.transaction_id), principal.user_id, kind)
+    service = await accounts.service_wallets(pool, principal.user_id, pending["currency_id"])
+    command = settle_command(
+        pending, service_user_id=principal.user_id, new_status=params.new_status,
+        service_wallet_id=service["service_wallet_id"], gateway_wallet_id=service["gateway_wallet_id"],
+        rates=CommissionRates(service["deposit_rate"], service["withdraw_rate"]),
+        request_id=request.get(request_id_key), idempotency=idempotency(request, principal, raw_params))
+    result = await run(request, command)
     wake_delivery(request.app)  # its event is committed: send it now rather than at the next poll
     return result
 
@@ -57,7 +55,7 @@ _SETTLE_ERRORS = [errors.TransactionNotFound, errors.InvalidTransactionType, err
         description=_SETTLE_DOC + " paid: gateway −A, user +(A−C), service wallet +C with C = A × deposit rate.",
         auth="service", params=SettleParams, response=TxOut, tags=["service"], idempotent=True, errors=_SETTLE_ERRORS)
 async def settle_deposit(request: web.Request, principal: Principal, params: SettleParams, raw_params: dict):
-    return await _settle(request, principal, params, raw_params, "deposit")
+    return await _settle(request, principal, params, raw_params, TxType.DEPOSIT)
 
 
 @routes("PUT", "/service/transaction/withdraw", summary="Settle a pending withdrawal: paid or rejected",
@@ -65,7 +63,7 @@ async def settle_deposit(request: web.Request, principal: Principal, params: Set
                                   "wallet. rejected: the hold returns to the balance.",
         auth="service", params=SettleParams, response=TxOut, tags=["service"], idempotent=True, errors=_SETTLE_ERRORS)
 async def settle_withdraw(request: web.Request, principal: Principal, params: SettleParams, raw_params: dict):
-    return await _settle(request, principal, params, raw_params, "withdraw")
+    return await _settle(request, principal, params, raw_params, TxType.WITHDRAW)
 
 
 async def _provider(request: web.Request, path: str) -> dict:
@@ -158,7 +156,7 @@ async def update_currencies(request: web.Request, principal: Principal):
 
 
 @routes("GET", "/service/commission-rates", summary="The caller's commission rates per currency",
-        description="Defaults: deposit 0.01, withdraw 0.02.", auth="service", response=None, tags=["service"])
+        description=f"Defaults: deposit {DEFAULT_COMMISSION.deposit}, withdraw {DEFAULT_COMMISSION.withdraw}.", auth="service", response=None, tags=["service"])
 async def get_commissions(request: web.Request, principal: Principal):
     rows = await rates.commissions(request.app[pool_key], principal.user_id)
     return web.json_response({"commission_rates": [CommissionOut(**dict(r)).model_dump(mode="json") for r in rows]})

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import asyncpg
 
 from walletd.domain import errors
-from walletd.domain.ids import new_id
+from walletd.domain.ledger import Effects, WalletState
+from walletd.domain.policy import DEFAULT_COMMISSION, OPERATOR_USER_ID, plan_signup_bonus
+from walletd.domain.vocabulary import WalletKind
+from walletd.persistence.batch_write import write_batch
 from walletd.persistence.db import FairPool
-from walletd.persistence.migrate import OPERATOR_USER_ID
 
 WALLET_COLUMNS = """w.id, w.balance, w.reserved_balance, w.currency_id, c.code AS currency, w.user_id, w.kind"""
+
+
+_STATE_COLUMNS = "id, user_id, currency_id, kind, balance, reserved_balance"
 
 
 async def create_user(pool: FairPool, *, username: str, email: str, password_hash: str, role: str,
@@ -20,10 +26,11 @@ async def create_user(pool: FairPool, *, username: str, email: str, password_has
     """The user and a wallet in every currency, in one transaction; returns (user id, bonus entry id).
 
     A service user gets a service wallet and a gateway wallet per currency, and the default
-    commission rates. A sign-up bonus is one journal entry from the operator's wallets.
+    commission rates. A user's sign-up bonus (walletd.domain.policy.plan_signup_bonus) is written
+    by the ledger's batch write, in the same transaction.
     """
     user_id = uuid.uuid4()
-    kinds = ("service", "gateway") if role == "service" else ("user",)
+    kinds = (WalletKind.SERVICE, WalletKind.GATEWAY) if role == "service" else (WalletKind.USER,)
     async with pool.acquire() as conn, conn.transaction():
         try:
             await conn.execute(
@@ -32,42 +39,61 @@ async def create_user(pool: FairPool, *, username: str, email: str, password_has
             )
         except asyncpg.UniqueViolationError:
             raise errors.DuplicateAccount() from None
-        await conn.execute(
-            """INSERT INTO wallets (id, user_id, currency_id, kind)
-               SELECT gen_random_uuid(), $1, c.id, k FROM currencies c, unnest($2::text[]) k""",
+        wallets = await conn.fetch(
+            f"""INSERT INTO wallets (id, user_id, currency_id, kind)
+                SELECT gen_random_uuid(), $1, c.id, k FROM currencies c, unnest($2::text[]) k
+                RETURNING {_STATE_COLUMNS}""",
             user_id, list(kinds),
         )
         if role == "service":
             await conn.execute(
-                "INSERT INTO commission_rates (service_user_id, currency_id) SELECT $1, id FROM currencies", user_id)
+                "INSERT INTO commission_rates (service_user_id, currency_id, deposit_rate, withdraw_rate) "
+                "SELECT $1, id, $2, $3 FROM currencies", user_id, DEFAULT_COMMISSION.deposit, DEFAULT_COMMISSION.withdraw)
         entry_id = None
         if role == "user" and signup_bonus > 0:
-            entry_id = await _book_signup_bonus(conn, user_id, signup_bonus, request_id)
+            entry_id = await _grant_signup_bonus(conn, wallets, signup_bonus, request_id)
     return user_id, entry_id
 
 
-async def _book_signup_bonus(conn: asyncpg.Connection, user_id: uuid.UUID, amount: Decimal,
-                             request_id: str | None) -> uuid.UUID:
-    entry_id = new_id()
-    await conn.execute("INSERT INTO journal_entries (id, kind, request_id) VALUES ($1, 'bonus', $2)", entry_id, request_id)
-    # One posting pair per currency: operator −amount, new wallet +amount.
-    await conn.execute(
-        """INSERT INTO postings (entry_id, wallet_id, currency_id, bucket, amount)
-           SELECT $1, w.id, w.currency_id, 'B', CASE WHEN w.user_id = $2 THEN $3 ELSE -$3::numeric END
-             FROM wallets w
-            WHERE (w.user_id = $2 AND w.kind = 'user') OR (w.user_id = $4 AND w.kind = 'operator')""",
-        entry_id, user_id, amount, OPERATOR_USER_ID,
-    )
-    await conn.execute(
-        """INSERT INTO transactions (id, type, status, from_wallet_id, from_currency_id, from_user_id, amount,
-                                     to_wallet_id, to_currency_id, to_user_id, converted_amount, user_id, entry_id)
-           SELECT gen_random_uuid(), 'bonus', 'close', o.id, o.currency_id, o.user_id, $3,
-                  w.id, w.currency_id, w.user_id, $3, w.user_id, $1
-             FROM wallets w JOIN wallets o ON o.currency_id = w.currency_id AND o.user_id = $4 AND o.kind = 'operator'
-            WHERE w.user_id = $2 AND w.kind = 'user'""",
-        entry_id, user_id, amount, OPERATOR_USER_ID,
-    )
+async def _grant_signup_bonus(conn: asyncpg.Connection, wallets: list[asyncpg.Record], amount: Decimal,
+                              request_id: str | None) -> uuid.UUID | None:
+    desks = await conn.fetch(f"SELECT {_STATE_COLUMNS} FROM wallets WHERE user_id = $1 AND kind = $2",
+                             OPERATOR_USER_ID, WalletKind.OPERATOR)
+    effects = Effects(datetime.now(timezone.utc))
+    entry_id = plan_signup_bonus([WalletState(*w) for w in wallets], {d["currency_id"]: WalletState(*d) for d in desks},
+                                 amount, request_id, effects)
+    if entry_id is not None:
+        await write_batch(conn, effects, [])
     return entry_id
+
+
+async def ensure_operator_wallets(conn: asyncpg.Connection) -> None:
+    """The operator account and its wallet (exchange desk) in every currency."""
+    await conn.execute(
+        """INSERT INTO users (id, username, email, password_hash, role)
+           VALUES ($1, 'walletd-operator', 'operator@walletd.invalid', '!', 'operator')
+           ON CONFLICT DO NOTHING""",
+        OPERATOR_USER_ID,
+    )
+    await conn.execute(
+        """INSERT INTO wallets (id, user_id, currency_id, kind)
+           SELECT gen_random_uuid(), $1, c.id, $2 FROM currencies c
+           ON CONFLICT DO NOTHING""",
+        OPERATOR_USER_ID, WalletKind.OPERATOR,
+    )
+
+
+async def add_wallets_in_new_currencies(conn: asyncpg.Connection, first_new_currency: int) -> None:
+    """Every account gets its wallets in the currencies numbered from first_new_currency on."""
+    await conn.execute(
+        """INSERT INTO wallets (id, user_id, currency_id, kind)
+           SELECT gen_random_uuid(), u.id, c.id, k.kind
+             FROM users u
+             JOIN LATERAL unnest(CASE u.role WHEN 'service' THEN ARRAY['service', 'gateway']
+                                             WHEN 'user' THEN ARRAY['user'] ELSE ARRAY[]::text[] END) AS k(kind) ON true
+             CROSS JOIN currencies c WHERE c.id >= $1
+           ON CONFLICT DO NOTHING""", first_new_currency)
+    await ensure_operator_wallets(conn)
 
 
 async def find_user(pool: FairPool, username: str) -> asyncpg.Record | None:
@@ -81,7 +107,7 @@ async def get_user(pool: FairPool, user_id: uuid.UUID) -> asyncpg.Record | None:
 async def user_wallets(pool: FairPool, user_id: uuid.UUID) -> list[asyncpg.Record]:
     return await pool.fetch(
         f"""SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id
-            WHERE w.user_id = $1 AND w.kind = 'user' ORDER BY w.currency_id""", user_id)
+            WHERE w.user_id = $1 AND w.kind = $2 ORDER BY w.currency_id""", user_id, WalletKind.USER)
 
 
 async def wallet(pool: FairPool | asyncpg.Connection, wallet_id: uuid.UUID) -> asyncpg.Record | None:
@@ -92,7 +118,7 @@ async def wallet(pool: FairPool | asyncpg.Connection, wallet_id: uuid.UUID) -> a
 async def owned_wallet(pool: FairPool, user_id: uuid.UUID, wallet_id: uuid.UUID) -> asyncpg.Record:
     """A wallet of this user; anyone else's looks exactly like one that does not exist."""
     row = await wallet(pool, wallet_id)
-    if row is None or row["user_id"] != user_id or row["kind"] != "user":
+    if row is None or row["user_id"] != user_id or row["kind"] != WalletKind.USER:
         raise errors.WalletNotFound()
     return row
 
@@ -100,12 +126,12 @@ async def owned_wallet(pool: FairPool, user_id: uuid.UUID, wallet_id: uuid.UUID)
 async def service_wallets(pool: FairPool, service_user_id: uuid.UUID, currency_id: int) -> asyncpg.Record:
     row = await pool.fetchrow(
         """SELECT s.id AS service_wallet_id, g.id AS gateway_wallet_id,
-                  coalesce(r.deposit_rate, 0.01) AS deposit_rate, coalesce(r.withdraw_rate, 0.02) AS withdraw_rate
+                  coalesce(r.deposit_rate, $3) AS deposit_rate, coalesce(r.withdraw_rate, $4) AS withdraw_rate
              FROM wallets s
              JOIN wallets g ON g.user_id = s.user_id AND g.currency_id = s.currency_id AND g.kind = 'gateway'
              LEFT JOIN commission_rates r ON r.service_user_id = s.user_id AND r.currency_id = s.currency_id
             WHERE s.user_id = $1 AND s.currency_id = $2 AND s.kind = 'service'""",
-        service_user_id, currency_id)
+        service_user_id, currency_id, DEFAULT_COMMISSION.deposit, DEFAULT_COMMISSION.withdraw)
     if row is None:
         raise errors.ServiceWalletNotFound()
     return row

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import uuid
 
-import asyncpg
-
 from walletd.persistence.db import FairPool
 
 
@@ -79,8 +77,3 @@ def _split(rows, limit):
     next_cursor = str(page[-1][1]) if len(settled) > limit else None
     return [r[2] for r in page], next_cursor, [r[2] for r in rows if r[0] == 1]
 
-
-async def find_transaction(pool: FairPool, transaction_id: uuid.UUID) -> asyncpg.Record | None:
-    return await pool.fetchrow(
-        "SELECT id, type, status, service_user_id, from_wallet_id, to_wallet_id, "
-        "coalesce(from_currency_id, to_currency_id) AS currency_id FROM transactions WHERE id = $1", transaction_id)

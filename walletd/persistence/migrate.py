@@ -27,7 +27,6 @@ import functools
 import hashlib
 import json
 import re
-import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
@@ -36,12 +35,11 @@ from pathlib import Path
 
 import asyncpg
 
-from walletd.domain.money import quantize_rate
+from walletd.domain.rates import cross_rates
 from walletd.logs import get_logger
+from walletd.persistence import accounts
 
 _LOCK_ID = 0x77616C6C  # "wall": any constant shared by every walletd process (and the first release)
-# The operator account funds sign-up credits; a fixed id so every process agrees on it.
-OPERATOR_USER_ID = uuid.uuid5(uuid.NAMESPACE_URL, "walletd:operator")
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 log = get_logger("walletd.migrate")
@@ -108,18 +106,6 @@ def load_seed(path: Path | None) -> dict:
     return json.loads(text, parse_float=Decimal)
 
 
-def cross_rates(base: str, rates: dict[str, Decimal]) -> dict[tuple[str, str], Decimal]:
-    """Rates for every ordered pair, derived through the base: rate(a→b) = rates[b] / rates[a]."""
-    values = {code: Decimal(str(value)) for code, value in rates.items()}
-    values.setdefault(base, Decimal(1))
-    return {
-        (a, b): quantize_rate(values[b] / values[a])
-        for a in values
-        for b in values
-        if a != b and values[a] > 0 and values[b] > 0
-    }
-
-
 async def migrate(conn: asyncpg.Connection, seed_path: Path | None = None,
                   migrations: list[Migration] | None = None) -> list[Migration]:
     """Applies the pending migrations and the seed; returns the migrations applied by this call."""
@@ -177,22 +163,7 @@ async def _apply_seed(conn: asyncpg.Connection, seed: dict) -> None:
            VALUES ($1, $2, $3) ON CONFLICT DO NOTHING""",
         [(ids[a], ids[b], rate) for (a, b), rate in pairs.items() if a in ids and b in ids],
     )
-    await ensure_operator_wallets(conn)
-
-
-async def ensure_operator_wallets(conn: asyncpg.Connection) -> None:
-    await conn.execute(
-        """INSERT INTO users (id, username, email, password_hash, role)
-           VALUES ($1, 'walletd-operator', 'operator@walletd.invalid', '!', 'operator')
-           ON CONFLICT DO NOTHING""",
-        OPERATOR_USER_ID,
-    )
-    await conn.execute(
-        """INSERT INTO wallets (id, user_id, currency_id, kind)
-           SELECT gen_random_uuid(), $1, c.id, 'operator' FROM currencies c
-           ON CONFLICT DO NOTHING""",
-        OPERATOR_USER_ID,
-    )
+    await accounts.ensure_operator_wallets(conn)
 
 
 async def schema_tables_exist(conn: asyncpg.Connection) -> bool:

@@ -1,6 +1,6 @@
 """The outbox's storage: webhook endpoints, the event feed, and delivery claims.
 
-Events themselves are written by the ledger's batch statement (persistence/ledger.py), in the
+Events themselves are written by the ledger's batch write (walletd_write_batch), in the
 transaction of the money change they report. This module reads them and keeps each delivery's
 state: one row per (event, endpoint) in webhook_deliveries.
 

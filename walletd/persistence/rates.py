@@ -1,4 +1,4 @@
-"""Currencies, exchange rates and commission rates."""
+"""Currencies, exchange rates and commission rates (the rules for them live in walletd/domain/)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,18 @@ from decimal import Decimal
 import asyncpg
 
 from walletd.domain import errors
-from walletd.domain.ledger import RateBook
+from walletd.domain.policy import DEFAULT_COMMISSION
+from walletd.domain.rates import RateBook, cross_rates
+from walletd.persistence import accounts
 from walletd.persistence.db import FairPool
-from walletd.persistence.migrate import cross_rates, ensure_operator_wallets
 
 
 _RATE_LIMIT = Decimal(10) ** 20  # exchange_rates.rate is NUMERIC(30, 10)
 _CURRENCY_CODE = re.compile(r"[A-Z0-9]{2,10}")  # the CHECK on currencies.code
 
 
-async def rate_book(pool: FairPool, now: datetime, max_age: timedelta | None) -> RateBook:
+async def rate_book(pool: FairPool | asyncpg.Connection, now: datetime, max_age: timedelta | None) -> RateBook:
+    """Every stored rate (the quote endpoint, and the ledger when a batch converts between currencies)."""
     rows = await pool.fetch("SELECT from_currency_id, to_currency_id, rate, updated_at FROM exchange_rates")
     return RateBook({(r[0], r[1]): (r[2], r[3]) for r in rows}, now, max_age)
 
@@ -80,18 +82,12 @@ async def add_currencies(pool: FairPool, symbols: dict[str, str]) -> int:
         start = await conn.fetchval("SELECT coalesce(max(id), 0) + 1 FROM currencies")
         await conn.executemany("INSERT INTO currencies (id, code, name) VALUES ($1, $2, $3)",
                                [(start + i, code, name[:100]) for i, (code, name) in enumerate(new)])
+        await accounts.add_wallets_in_new_currencies(conn, start)
         await conn.execute(
-            """INSERT INTO wallets (id, user_id, currency_id, kind)
-               SELECT gen_random_uuid(), u.id, c.id, k.kind
-                 FROM users u
-                 JOIN LATERAL unnest(CASE u.role WHEN 'service' THEN ARRAY['service', 'gateway']
-                                                 WHEN 'user' THEN ARRAY['user'] ELSE ARRAY[]::text[] END) AS k(kind) ON true
-                 CROSS JOIN currencies c WHERE c.id >= $1
-               ON CONFLICT DO NOTHING""", start)
-        await conn.execute(
-            "INSERT INTO commission_rates (service_user_id, currency_id) SELECT u.id, c.id FROM users u, currencies c "
-            "WHERE u.role = 'service' AND c.id >= $1 ON CONFLICT DO NOTHING", start)
-        await ensure_operator_wallets(conn)
+            "INSERT INTO commission_rates (service_user_id, currency_id, deposit_rate, withdraw_rate) "
+            "SELECT u.id, c.id, $2, $3 FROM users u, currencies c "
+            "WHERE u.role = 'service' AND c.id >= $1 ON CONFLICT DO NOTHING",
+            start, DEFAULT_COMMISSION.deposit, DEFAULT_COMMISSION.withdraw)
         return len(new)
 
 

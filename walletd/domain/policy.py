@@ -1,0 +1,80 @@
+"""walletd's own money policy: who the operator is, the default commission rates, whose wallet a
+pending transaction settles, which rate a settlement charges, and the sign-up bonus. No I/O here:
+persistence looks the rows up and stores what these functions decide."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+from walletd.domain import errors
+from walletd.domain.ledger import Effects, Idempotency, Settle, WalletState
+from walletd.domain.rates import ONE
+from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
+
+# The operator account owns the exchange desks and funds sign-up bonuses; a fixed id so every
+# process (and every release) agrees on it.
+OPERATOR_USER_ID = uuid.uuid5(uuid.NAMESPACE_URL, "walletd:operator")
+
+
+@dataclass(frozen=True)
+class CommissionRates:
+    deposit: Decimal
+    withdraw: Decimal
+
+    def for_type(self, transaction_type: str) -> Decimal:
+        return self.deposit if transaction_type == TxType.DEPOSIT else self.withdraw
+
+
+# A new service user's rates in every currency until it sets its own. (Migration 0001's column
+# defaults say the same; walletd always writes these values explicitly.)
+DEFAULT_COMMISSION = CommissionRates(deposit=Decimal("0.01"), withdraw=Decimal("0.02"))
+
+
+def user_wallet_of(transaction_type: str, from_wallet_id: uuid.UUID | None,
+                   to_wallet_id: uuid.UUID | None) -> uuid.UUID | None:
+    """The customer's wallet of a pending transaction: a deposit credits it, a withdrawal holds
+    money in it. That wallet's actor runs the settlement."""
+    return to_wallet_id if transaction_type == TxType.DEPOSIT else from_wallet_id
+
+
+def check_settler(pending: Mapping | None, service_user_id: uuid.UUID, transaction_type: str) -> Mapping:
+    """Only the service user named on the transaction may settle it; anyone else's looks missing."""
+    if pending is None or pending["service_user_id"] != service_user_id:
+        raise errors.TransactionNotFound()
+    if pending["type"] != transaction_type:
+        raise errors.InvalidTransactionType()
+    return pending
+
+
+def settle_command(pending: Mapping, *, service_user_id: uuid.UUID, new_status: str, service_wallet_id: uuid.UUID,
+                   gateway_wallet_id: uuid.UUID, rates: CommissionRates, request_id: str | None = None,
+                   idempotency: Idempotency | None = None) -> Settle:
+    """The Settle command for a pending record (id, type, from_wallet_id, to_wallet_id) checked by
+    check_settler: the commission is the service's rate for the transaction's type."""
+    kind = pending["type"]
+    return Settle(service_user_id, pending["id"], kind, new_status,
+                  user_wallet_of(kind, pending["from_wallet_id"], pending["to_wallet_id"]),
+                  service_wallet_id, gateway_wallet_id, rates.for_type(kind), request_id, idempotency)
+
+
+def plan_signup_bonus(user_wallets: list[WalletState], desks: Mapping[int, WalletState], amount: Decimal,
+                      request_id: str | None, effects: Effects) -> uuid.UUID | None:
+    """A new user's bonus: one journal entry, in every currency the operator's wallet −amount and
+    the user's wallet +amount, and one closed 'bonus' transaction per wallet. None when there is
+    nothing to grant."""
+    if amount <= 0:
+        return None
+    pairs = [(desks[w.currency_id], w) for w in user_wallets if w.currency_id in desks]
+    if not pairs:
+        return None
+    legs = []
+    for desk, wallet in pairs:
+        legs += [(desk, Bucket.BALANCE, -amount), (wallet, Bucket.BALANCE, amount)]
+    entry_id = effects.entry(EntryKind.BONUS, request_id, legs)
+    for desk, wallet in pairs:
+        effects.record(type=TxType.BONUS, status=TxStatus.CLOSE, source=desk, target=wallet, amount=amount,
+                       converted=amount, rate=ONE, user_id=wallet.user_id, entry_id=entry_id)
+    return entry_id

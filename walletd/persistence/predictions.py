@@ -1,0 +1,89 @@
+"""What this process predicts about wallets, so the ledger's fast path can plan without locks.
+
+Per wallet: owner, currency and kind (they never change) and a predicted balance (what this
+process last read or committed). A wrong prediction costs only a locked-path retry: the database
+decides (see persistence/ledger.py). Bounded so memory follows the active wallets: cleared whole
+when full, then refilled on use.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from walletd.domain.ledger import Command, Effects, Transfer, WalletState, wallets_touched
+from walletd.domain.policy import OPERATOR_USER_ID
+from walletd.domain.vocabulary import WalletKind
+from walletd.persistence.db import FairPool
+
+CACHE_LIMIT = 20_000
+_WALLET_STATES = ("SELECT id, user_id, currency_id, kind, balance, reserved_balance FROM wallets "
+                  "WHERE id = ANY($1::uuid[])")
+_EXCHANGE_DESKS = "SELECT id, currency_id FROM wallets WHERE user_id = $1 AND kind = $2"
+
+
+class WalletPredictions:
+    def __init__(self, pool: FairPool) -> None:
+        self.pool = pool
+        self.predicted: dict[uuid.UUID, WalletState] = {}
+        self.desks: dict[int, uuid.UUID] = {}  # currency id -> the operator's exchange desk wallet
+
+    def __len__(self) -> int:
+        return len(self.predicted)
+
+    def forget(self, wallet_ids=None) -> None:
+        """Drop these predictions (all of them by default); they are re-read on next use."""
+        if wallet_ids is None:
+            self.predicted = {}
+            return
+        for wallet_id in wallet_ids:
+            self.predicted.pop(wallet_id, None)
+
+    def learn(self, effects: Effects) -> None:
+        """Apply a committed batch's postings to the predictions."""
+        for _, wallet_id, _, bucket, amount in effects.postings:
+            state = self.predicted.get(wallet_id)
+            if state is not None:
+                state.post(bucket, amount)
+
+    async def states(self, ids: set[uuid.UUID]) -> dict[uuid.UUID, WalletState]:
+        """These wallets as predicted, reading the ones not predicted yet (one round trip)."""
+        # Built from what this call saw and fetched, never re-read from the cache after an await:
+        # a concurrent locked batch may drop entries meanwhile.
+        found = {i: self.predicted[i] for i in ids if i in self.predicted}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            rows = await self.pool.fetch(_WALLET_STATES, missing)
+            if len(self.predicted) + len(rows) > CACHE_LIMIT:
+                self.predicted.clear()
+            for r in rows:
+                found[r[0]] = self.predicted[r[0]] = WalletState(r[0], r[1], r[2], r[3], r[4], r[5])
+        return found
+
+    async def wallets_for(self, commands: list[Command]) -> tuple[dict[uuid.UUID, WalletState], set[int]]:
+        """Every wallet the batch may touch, with the exchange desks its cross-currency transfers
+        need, and the currencies those transfers convert between."""
+        ids: set[uuid.UUID] = set()
+        for command in commands:
+            ids |= wallets_touched(command)
+        wallets = await self.states(ids)
+        currencies = _converted_currencies(commands, wallets)
+        if currencies:
+            wallets |= await self.states(await self._desk_ids(currencies))
+        return wallets, currencies
+
+    async def _desk_ids(self, currencies: set[int]) -> set[uuid.UUID]:
+        if not currencies <= self.desks.keys():
+            rows = await self.pool.fetch(_EXCHANGE_DESKS, OPERATOR_USER_ID, WalletKind.OPERATOR)
+            self.desks = {r["currency_id"]: r["id"] for r in rows}
+        return {self.desks[c] for c in currencies if c in self.desks}
+
+
+def _converted_currencies(commands: list[Command], wallets: dict[uuid.UUID, WalletState]) -> set[int]:
+    """Currencies on either side of a cross-currency transfer in the batch."""
+    currencies: set[int] = set()
+    for c in commands:
+        if isinstance(c, Transfer) and c.source_wallet_id in wallets and c.target_wallet_id in wallets:
+            src, dst = wallets[c.source_wallet_id].currency_id, wallets[c.target_wallet_id].currency_id
+            if src != dst:
+                currencies |= {src, dst}
+    return currencies
