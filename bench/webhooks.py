@@ -102,7 +102,8 @@ async def setup_users(session, base: str, users: int) -> tuple[dict, list[tuple[
     for _ in range(users):
         name = f"u_{uuid.uuid4().hex[:8]}"
         token = (await post(session, base + "/auth/register",
-                            json={"username": name, "email": f"{name}@example.com", "password": PASSWORD}))["access_token"]
+                            json={"username": name, "email": f"{name}@example.com",
+                                  "password": PASSWORD}))["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
         async with session.get(base + "/user/wallets", headers=headers) as resp:
             wallet = (await resp.json())["wallets"][0]["id"]

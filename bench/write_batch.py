@@ -160,9 +160,11 @@ async def _main(batches: int, rounds: int) -> None:
             await conn.execute("INSERT INTO webhook_endpoints (id, service_user_id, url, secret) "
                                "VALUES ($1, $2, 'http://127.0.0.1:9/hook', 'bench')", new_id(), service_id)
             states = "id, user_id, currency_id, kind, balance, reserved_balance"
-            user = WalletState(*await conn.fetchrow(f"SELECT {states} FROM wallets WHERE user_id = $1 AND currency_id = 1", user_id))
+            user = WalletState(*await conn.fetchrow(
+                f"SELECT {states} FROM wallets WHERE user_id = $1 AND currency_id = 1", user_id))
             gateway = WalletState(*await conn.fetchrow(
-                f"SELECT {states} FROM wallets WHERE user_id = $1 AND currency_id = 1 AND kind = 'gateway'", service_id))
+                f"SELECT {states} FROM wallets WHERE user_id = $1 AND currency_id = 1 AND kind = 'gateway'",
+                service_id))
             await conn.execute(_TWO_FUNCTIONS_EVENTS_VARIANT)
             per_round = max(1, batches // rounds)
             variants = {
@@ -182,7 +184,8 @@ async def _main(batches: int, rounds: int) -> None:
             for _ in range(rounds):
                 for name, (statement, make) in variants.items():
                     rates[name].append(await _round(conn, statement, [make() for _ in range(per_round)]))
-            print(f"{per_round * rounds} batches per variant in {rounds} interleaved rounds (statements/s, median; min-max)")
+            print(f"{per_round * rounds} batches per variant in {rounds} interleaved rounds "
+                  "(statements/s, median; min-max)")
             for name, values in rates.items():
                 print(f"  {name:<46} {statistics.median(values):8.0f}   ({min(values):.0f}-{max(values):.0f})")
         finally:

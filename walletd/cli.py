@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="processes serving the port (env WALLETD_WORKERS; default 1)")
     p_serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers
     p_serve.set_defaults(run=serve)
-    sub.add_parser("migrate", help="apply pending migrations and the seed data, then exit").set_defaults(run=migrate_cmd)
+    p_migrate = sub.add_parser("migrate", help="apply pending migrations and the seed data, then exit")
+    p_migrate.set_defaults(run=migrate_cmd)
     sub.add_parser("audit", help="recompute balances from the journal; exit 1 on any difference").set_defaults(
         run=audit_cmd)
     p_smoke = sub.add_parser("smoke", help="end-to-end check against a live deployment (users named smoke_*)")

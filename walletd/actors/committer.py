@@ -130,7 +130,7 @@ class GroupCommitter:
         self.commands += len(batch)
         metrics.committed(len(batch), time.perf_counter() - started)  # metrics (api branch)
         # Acknowledge only after COMMIT returned: a 200 means the movement is durable.
-        for envelope, result in zip(batch, results):
+        for envelope, result in zip(batch, results, strict=True):
             if envelope.future.done():
                 continue  # the caller went away; the Idempotency-Key lets it learn the outcome
             if isinstance(result, BaseException):

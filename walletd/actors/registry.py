@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import uuid
 from collections import deque
+from typing import Any
 
 from walletd import metrics
 from walletd.actors.committer import Envelope, GroupCommitter
@@ -140,7 +141,7 @@ class ActorRegistry:
         actor.post(envelope)
         return envelope.future
 
-    async def execute(self, command: Command) -> object:
+    async def execute(self, command: Command) -> Any:
         # If the caller is cancelled (client gone), only its reply future is cancelled: the actor
         # and the committer never look at it before committing, so an accepted command completes
         # or fails as a whole, and the Idempotency-Key lets the client learn which.

@@ -8,9 +8,11 @@ the snapshot and appends a balanced journal entry to the batch's Effects. No I/O
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from walletd.domain import errors
 from walletd.domain.ids import new_id
@@ -168,11 +170,13 @@ class Effects:
             wallet = wallets.get(wallet_id)
             if wallet is not None:
                 wallet.post(bucket, -amount)
-        for items, length in zip((self.entries, self.postings, self.new_transactions, self.status_updates,
-                                  self.external_credits, self.events, self.outbox), mark):
+        parts: tuple[list[Any], ...] = (self.entries, self.postings, self.new_transactions, self.status_updates,
+                                        self.external_credits, self.events, self.outbox)
+        for items, length in zip(parts, mark, strict=True):
             del items[length:]
 
-    def entry(self, kind: str, request_id: str | None, legs: list[tuple[WalletState, str, Decimal]]) -> uuid.UUID:
+    def entry(self, kind: str, request_id: str | None,
+              legs: Sequence[tuple[WalletState, str, Decimal]]) -> uuid.UUID:
         entry_id = new_id()
         self.entries.append((entry_id, kind, request_id))
         for wallet, bucket, amount in legs:
@@ -273,8 +277,8 @@ def plan_withdraw_request(cmd: RequestWithdraw, wallets: dict[uuid.UUID, WalletS
     _available(wallet, cmd.amount)
     entry_id = effects.entry(EntryKind.WITHDRAW_HOLD, cmd.request_id,
                              [(wallet, Bucket.BALANCE, -cmd.amount), (wallet, Bucket.RESERVED, cmd.amount)])
-    row = effects.record(type=TxType.WITHDRAW, status=TxStatus.PENDING, source=wallet, target=gateway, amount=cmd.amount,
-                         converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=entry_id,
+    row = effects.record(type=TxType.WITHDRAW, status=TxStatus.PENDING, source=wallet, target=gateway,
+                         amount=cmd.amount, converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=entry_id,
                          service_user_id=cmd.service_user_id, external_wallet_id=cmd.external_wallet_id)
     effects.events.append(("withdraw.requested", {
         "entry_id": entry_id, "transaction_id": row["id"], "wallet_id": wallet.id, "amount": cmd.amount,
@@ -308,13 +312,14 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
     if pending.type == TxType.DEPOSIT and new_status == TxStatus.PAID:
         fee = commission(amount, cmd.commission_rate)
         entry_id = effects.entry(EntryKind.DEPOSIT, cmd.request_id,
-                                 [(gateway, Bucket.BALANCE, -amount), (user, Bucket.BALANCE, amount - fee), (service, Bucket.BALANCE, fee)])
-        effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=service, target=user, amount=amount, converted=amount,
-                       rate=ONE, user_id=pending.user_id, entry_id=entry_id, service_user_id=cmd.service_user_id,
-                       parent_id=pending.id)
+                                 [(gateway, Bucket.BALANCE, -amount), (user, Bucket.BALANCE, amount - fee),
+                                  (service, Bucket.BALANCE, fee)])
+        effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=service, target=user, amount=amount,
+                       converted=amount, rate=ONE, user_id=pending.user_id, entry_id=entry_id,
+                       service_user_id=cmd.service_user_id, parent_id=pending.id)
         if fee:
-            effects.record(type=TxType.COMMISSION, status=TxStatus.CLOSE, source=user, target=service, amount=fee, converted=fee,
-                           rate=ONE, user_id=pending.user_id, entry_id=entry_id,
+            effects.record(type=TxType.COMMISSION, status=TxStatus.CLOSE, source=user, target=service, amount=fee,
+                           converted=fee, rate=ONE, user_id=pending.user_id, entry_id=entry_id,
                            service_user_id=cmd.service_user_id, parent_id=pending.id)
         moved = {"amount": amount, "commission": fee, "credited": amount - fee}
     elif pending.type == TxType.WITHDRAW and new_status == TxStatus.PAID:
@@ -323,10 +328,11 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
         if user.reserved < amount:  # cannot happen while holds only move through this code
             raise errors.InsufficientFunds()
         entry_id = effects.entry(EntryKind.WITHDRAW, cmd.request_id,
-                                 [(user, Bucket.RESERVED, -amount), (service, Bucket.BALANCE, fee), (gateway, Bucket.BALANCE, net)])
+                                 [(user, Bucket.RESERVED, -amount), (service, Bucket.BALANCE, fee),
+                                  (gateway, Bucket.BALANCE, net)])
         if fee:
-            effects.record(type=TxType.COMMISSION, status=TxStatus.CLOSE, source=user, target=service, amount=fee, converted=fee,
-                           rate=ONE, user_id=pending.user_id, entry_id=entry_id,
+            effects.record(type=TxType.COMMISSION, status=TxStatus.CLOSE, source=user, target=service, amount=fee,
+                           converted=fee, rate=ONE, user_id=pending.user_id, entry_id=entry_id,
                            service_user_id=cmd.service_user_id, parent_id=pending.id)
         if pending.external_wallet_id is not None:
             effects.external_credits.append((pending.external_wallet_id, net))
@@ -334,7 +340,8 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
     elif pending.type == TxType.WITHDRAW:
         # rejected or expired: the hold returns to the balance, in one entry
         kind = EntryKind.WITHDRAW_EXPIRED if new_status == TxStatus.EXPIRED else EntryKind.WITHDRAW_RELEASE
-        entry_id = effects.entry(kind, cmd.request_id, [(user, Bucket.RESERVED, -amount), (user, Bucket.BALANCE, amount)])
+        entry_id = effects.entry(kind, cmd.request_id,
+                                 [(user, Bucket.RESERVED, -amount), (user, Bucket.BALANCE, amount)])
         moved = {"amount": amount, "released": amount}
     else:
         moved = {"amount": amount}
@@ -366,7 +373,8 @@ def tx_json(row) -> dict:
         "from_wallet_id": text(row["from_wallet_id"]), "from_currency_id": row["from_currency_id"],
         "amount": money(row["amount"]), "to_wallet_id": text(row["to_wallet_id"]),
         "to_currency_id": row["to_currency_id"], "rate": money(row["rate"]),
-        "converted_amount": money(row["converted_amount"]), "timestamp": row["created_at"].isoformat(timespec="microseconds"),
+        "converted_amount": money(row["converted_amount"]),
+        "timestamp": row["created_at"].isoformat(timespec="microseconds"),
         "user_id": str(row["user_id"]), "service_user_id": text(row["service_user_id"]),
         "parent_id": text(row["parent_id"]),
     }

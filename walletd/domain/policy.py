@@ -55,8 +55,10 @@ def settle_command(pending: Mapping, *, service_user_id: uuid.UUID, new_status: 
     """The Settle command for a pending record (id, type, from_wallet_id, to_wallet_id) checked by
     check_settler: the commission is the service's rate for the transaction's type."""
     kind = pending["type"]
-    return Settle(service_user_id, pending["id"], kind, new_status,
-                  user_wallet_of(kind, pending["from_wallet_id"], pending["to_wallet_id"]),
+    user_wallet = user_wallet_of(kind, pending["from_wallet_id"], pending["to_wallet_id"])
+    if user_wallet is None:  # a pending deposit or withdrawal always names its customer's wallet
+        raise errors.TransactionNotFound()
+    return Settle(service_user_id, pending["id"], kind, new_status, user_wallet,
                   service_wallet_id, gateway_wallet_id, rates.for_type(kind), request_id, idempotency)
 
 

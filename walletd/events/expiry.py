@@ -54,7 +54,7 @@ class PendingExpirySweeper:
                            row["service_wallet_id"], row["gateway_wallet_id"], Decimal(0), "expiry-sweep")
                     for row in due]
         results = await asyncio.gather(*(self.registry.execute(c) for c in commands), return_exceptions=True)
-        for command, result in zip(commands, results):
+        for command, result in zip(commands, results, strict=True):
             if isinstance(result, dict):
                 self.expired += 1
             elif isinstance(result, errors.SettlementConflict):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import hmac
+from decimal import Decimal
 
 from aiohttp import web
 

@@ -61,7 +61,8 @@ def redoc_bundle_dir() -> Path | None:
     spec = importlib.util.find_spec("drf_spectacular_sidecar")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "static" / "drf_spectacular_sidecar" / "redoc" / "bundles"
+    package = Path(next(iter(spec.submodule_search_locations)))
+    path = package / "static" / "drf_spectacular_sidecar" / "redoc" / "bundles"
     return path if path.is_dir() else None
 
 
@@ -83,7 +84,8 @@ async def ready(request: web.Request) -> web.Response:
     if not applied:
         return web.json_response({"status": "unavailable", "message": "schema not applied"}, status=503, headers=_RETRY)
     if not writable:
-        return web.json_response({"status": "unavailable", "message": "database is a read-only standby"}, status=503, headers=_RETRY)
+        return web.json_response({"status": "unavailable", "message": "database is a read-only standby"},
+                                 status=503, headers=_RETRY)
     outage.succeeded()
     return web.json_response({"status": "ready"})
 

@@ -16,7 +16,12 @@ from walletd.events.delivery import wake_delivery
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.errors import InvalidIdempotencyKey
 from walletd.handlers.schemas import (
-    DepositParams, ExchangeParams, QuoteOut, TransferParams, TxOut, WithdrawParams,
+    DepositParams,
+    ExchangeParams,
+    QuoteOut,
+    TransferParams,
+    TxOut,
+    WithdrawParams,
 )
 from walletd.persistence import accounts, rates
 from walletd.persistence.ledger import Replay
@@ -90,7 +95,8 @@ async def withdraw(request: web.Request, principal: Principal, params: WithdrawP
         raise errors.ExternalWalletNotFound()
     result = await run(request, RequestWithdraw(principal.user_id, wallet["id"], service["gateway_wallet_id"],
                                                 params.service_user_id, external["id"], params.amount,
-                                                request.get(request_id_key), idempotency(request, principal, raw_params)))
+                                                request.get(request_id_key),
+                                                idempotency(request, principal, raw_params)))
     wake_delivery(request.app)
     return result
 

@@ -13,10 +13,15 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, PlainSerializer,
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    PlainSerializer,
     WithJsonSchema,
 )
-
 from pydantic_core import PydanticCustomError
 
 from walletd.domain.errors import InvalidAmount

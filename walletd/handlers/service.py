@@ -18,8 +18,16 @@ from walletd.events.delivery import wake_delivery
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.money import MOVE_ERRORS, idempotency, run
 from walletd.handlers.schemas import (
-    CommissionOut, CommissionParams, ConversionOut, ConversionParams, LastUpdateOut, RateOut, SetRateParams,
-    SettleParams, StatusOut, TxOut,
+    CommissionOut,
+    CommissionParams,
+    ConversionOut,
+    ConversionParams,
+    LastUpdateOut,
+    RateOut,
+    SetRateParams,
+    SettleParams,
+    StatusOut,
+    TxOut,
 )
 from walletd.logs import get_logger
 from walletd.persistence import accounts, rates, transactions
@@ -139,7 +147,8 @@ async def set_rate(request: web.Request, principal: Principal, params: SetRatePa
     return RateOut(from_currency=row[0], to_currency=row[1], rate=row[2], updated_at=row[3])
 
 
-@routes("POST", "/service/currencies/update", summary="Add currencies known to the provider (WALLETD_RATES_URL/symbols)",
+@routes("POST", "/service/currencies/update",
+        summary="Add currencies known to the provider (WALLETD_RATES_URL/symbols)",
         description="Provider JSON in the exchangeratesapi.io `symbols` shape. Every existing account gets a "
                     "wallet in each new currency.",
         auth="service", response=StatusOut, tags=["rates"], errors=[errors.RateProviderError])
@@ -156,7 +165,8 @@ async def update_currencies(request: web.Request, principal: Principal):
 
 
 @routes("GET", "/service/commission-rates", summary="The caller's commission rates per currency",
-        description=f"Defaults: deposit {DEFAULT_COMMISSION.deposit}, withdraw {DEFAULT_COMMISSION.withdraw}.", auth="service", response=None, tags=["service"])
+        description=f"Defaults: deposit {DEFAULT_COMMISSION.deposit}, withdraw {DEFAULT_COMMISSION.withdraw}.",
+        auth="service", response=None, tags=["service"])
 async def get_commissions(request: web.Request, principal: Principal):
     rows = await rates.commissions(request.app[pool_key], principal.user_id)
     return web.json_response({"commission_rates": [CommissionOut(**dict(r)).model_dump(mode="json") for r in rows]})

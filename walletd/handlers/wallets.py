@@ -11,8 +11,14 @@ from walletd.domain.errors import CurrencyNotFound, ExternalWalletExists, Wallet
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.errors import ValidationFailed
 from walletd.handlers.schemas import (
-    ExternalWalletOut, ExternalWalletParams, HistoryOut, HistoryParams, WalletHistoryParams, WalletIdParams,
-    WalletOut, WalletsOut,
+    ExternalWalletOut,
+    ExternalWalletParams,
+    HistoryOut,
+    HistoryParams,
+    WalletHistoryParams,
+    WalletIdParams,
+    WalletOut,
+    WalletsOut,
 )
 from walletd.persistence import accounts, history
 

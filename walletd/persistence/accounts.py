@@ -22,7 +22,8 @@ _STATE_COLUMNS = "id, user_id, currency_id, kind, balance, reserved_balance"
 
 
 async def create_user(pool: FairPool, *, username: str, email: str, password_hash: str, role: str,
-                      signup_bonus: Decimal = Decimal(0), request_id: str | None = None) -> tuple[uuid.UUID, uuid.UUID | None]:
+                      signup_bonus: Decimal = Decimal(0),
+                      request_id: str | None = None) -> tuple[uuid.UUID, uuid.UUID | None]:
     """The user and a wallet in every currency, in one transaction; returns (user id, bonus entry id).
 
     A service user gets a service wallet and a gateway wallet per currency, and the default
@@ -48,7 +49,8 @@ async def create_user(pool: FairPool, *, username: str, email: str, password_has
         if role == "service":
             await conn.execute(
                 "INSERT INTO commission_rates (service_user_id, currency_id, deposit_rate, withdraw_rate) "
-                "SELECT $1, id, $2, $3 FROM currencies", user_id, DEFAULT_COMMISSION.deposit, DEFAULT_COMMISSION.withdraw)
+                "SELECT $1, id, $2, $3 FROM currencies",
+                user_id, DEFAULT_COMMISSION.deposit, DEFAULT_COMMISSION.withdraw)
         entry_id = None
         if role == "user" and signup_bonus > 0:
             entry_id = await _grant_signup_bonus(conn, wallets, signup_bonus, request_id)
@@ -97,7 +99,8 @@ async def add_wallets_in_new_currencies(conn: asyncpg.Connection, first_new_curr
 
 
 async def find_user(pool: FairPool, username: str) -> asyncpg.Record | None:
-    return await pool.fetchrow("SELECT id, username, email, password_hash, role, created_at FROM users WHERE username = $1", username)
+    return await pool.fetchrow(
+        "SELECT id, username, email, password_hash, role, created_at FROM users WHERE username = $1", username)
 
 
 async def get_user(pool: FairPool, user_id: uuid.UUID) -> asyncpg.Record | None:
@@ -152,4 +155,5 @@ async def create_external_wallet(pool: FairPool, user_id: uuid.UUID, name: str, 
 
 async def external_wallet(pool: FairPool, user_id: uuid.UUID, currency_id: int) -> asyncpg.Record | None:
     return await pool.fetchrow(
-        "SELECT id, amount_withdraw FROM external_wallets WHERE user_id = $1 AND currency_id = $2", user_id, currency_id)
+        "SELECT id, amount_withdraw FROM external_wallets WHERE user_id = $1 AND currency_id = $2",
+        user_id, currency_id)

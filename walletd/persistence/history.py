@@ -7,7 +7,6 @@ import uuid
 
 from walletd.persistence.db import FairPool
 
-
 _NO_CURSOR = 2**63 - 1
 # Each record as its JSON text, rendered by PostgreSQL exactly as domain.ledger.tx_json renders
 # it (same keys and order, fixed-point amounts, ISO timestamps with microseconds): a page costs

@@ -40,8 +40,17 @@ import asyncpg
 from walletd import metrics
 from walletd.domain import errors
 from walletd.domain.ledger import (
-    Command, Effects, RateBook, RequestDeposit, RequestWithdraw, Settle, Transfer, plan_deposit_request,
-    plan_settlement, plan_transfer, plan_withdraw_request,
+    Command,
+    Effects,
+    RateBook,
+    RequestDeposit,
+    RequestWithdraw,
+    Settle,
+    Transfer,
+    plan_deposit_request,
+    plan_settlement,
+    plan_transfer,
+    plan_withdraw_request,
 )
 from walletd.logs import get_logger
 from walletd.persistence.batch_write import write_batch, writes_anything
@@ -246,7 +255,8 @@ class PgLedger:
             await transaction.start()
             try:
                 rows = await conn.fetch(
-                    "SELECT id, balance, reserved_balance FROM wallets WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+                    "SELECT id, balance, reserved_balance FROM wallets WHERE id = ANY($1::uuid[]) "
+                    "ORDER BY id FOR UPDATE",
                     sorted(predicted))
                 wallets = {r[0]: dataclasses.replace(predicted[r[0]], balance=r[1], reserved=r[2]) for r in rows}
                 pending = await pending_states(conn, settle_ids, lock=True) if settle_ids else {}

@@ -122,7 +122,7 @@ RETURNING d.event_id, d.endpoint_id
 async def record_outcomes(pool: FairPool, outcomes: list[tuple]) -> set[tuple[uuid.UUID, uuid.UUID]]:
     """outcomes: (event_id, endpoint_id, attempt, status, delay_seconds, error). Returns the
     deliveries actually updated: one claimed again since (its lease ran out) keeps its newer state."""
-    columns = list(zip(*outcomes))
+    columns = list(zip(*outcomes, strict=True))
     rows = await pool.fetch(_RECORD, columns[0], columns[1], columns[2], columns[3], columns[4],
                             [e[:500] if e else e for e in columns[5]])
     return {(r[0], r[1]) for r in rows}

@@ -15,7 +15,6 @@ from walletd.domain.rates import RateBook, cross_rates
 from walletd.persistence import accounts
 from walletd.persistence.db import FairPool
 
-
 _RATE_LIMIT = Decimal(10) ** 20  # exchange_rates.rate is NUMERIC(30, 10)
 _CURRENCY_CODE = re.compile(r"[A-Z0-9]{2,10}")  # the CHECK on currencies.code
 
@@ -49,7 +48,8 @@ async def store_provider_rates(pool: FairPool, base: str, rates: dict[str, Decim
             if a in ids and b in ids and 0 < rate < _RATE_LIMIT]
     await pool.executemany(
         """INSERT INTO exchange_rates (from_currency_id, to_currency_id, rate, updated_at) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (from_currency_id, to_currency_id) DO UPDATE SET rate = EXCLUDED.rate, updated_at = EXCLUDED.updated_at""",
+           ON CONFLICT (from_currency_id, to_currency_id)
+           DO UPDATE SET rate = EXCLUDED.rate, updated_at = EXCLUDED.updated_at""",
         rows)
     return len(rows)
 
@@ -57,7 +57,8 @@ async def store_provider_rates(pool: FairPool, base: str, rates: dict[str, Decim
 async def set_rate(pool: FairPool, from_id: int, to_id: int, rate: Decimal) -> asyncpg.Record:
     try:
         return await pool.fetchrow(
-            """INSERT INTO exchange_rates (from_currency_id, to_currency_id, rate, updated_at) VALUES ($1, $2, $3, now())
+            """INSERT INTO exchange_rates (from_currency_id, to_currency_id, rate, updated_at)
+               VALUES ($1, $2, $3, now())
                ON CONFLICT (from_currency_id, to_currency_id) DO UPDATE SET rate = EXCLUDED.rate, updated_at = now()
                RETURNING from_currency_id, to_currency_id, rate, updated_at""",
             from_id, to_id, rate)
