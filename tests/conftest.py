@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.oracles import DEPOSIT_RATE, net_of_commission
 from walletd import logs, testing
 from walletd.app import create_app
 from walletd.config import Settings
@@ -162,7 +163,7 @@ async def fund(client, user: dict, service: dict, currency_id: int, amount: str)
     resp = await client.put("/service/transaction/deposit", headers=service["headers"],
                             params={"transaction_id": tx["id"], "new_status": "paid"})
     assert resp.status == 200, await resp.text()
-    return Decimal(amount) - (Decimal(amount) * Decimal("0.01")).quantize(Decimal("1E-10"))
+    return net_of_commission(amount, DEPOSIT_RATE)
 
 
 async def balance(client, user: dict, currency_id: int) -> tuple[Decimal, Decimal]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 import aiohttp
 import pytest
@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import (
     ServeProcess, api_external_wallet, assert_ledger_consistent, fund, register, register_service, run_cli,
 )
+from tests.oracles import DEPOSIT_RATE, commission_fee
 
 TEN = Decimal("1E-10")
 
@@ -138,7 +139,7 @@ async def test_audit_is_clean_after_the_processes_ran(servers, database_url, db)
     deposits = await db.fetchval("SELECT count(*) FROM transactions WHERE type = 'deposit' AND status = 'paid'")
     commissions = await db.fetch("SELECT t.amount, c.amount FROM transactions t JOIN transactions c "
                                  "ON c.parent_id = t.id AND c.type = 'commission' WHERE t.type = 'deposit'")
-    assert deposits and all(fee == (amount * Decimal("0.01")).quantize(TEN, rounding=ROUND_HALF_EVEN)
+    assert deposits and all(fee == commission_fee(amount, DEPOSIT_RATE)
                             for amount, fee in commissions)
 
 
