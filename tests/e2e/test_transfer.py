@@ -7,6 +7,7 @@ clean on a healthy ledger and names the wallet of a corrupted one.
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 
 import asyncpg
@@ -234,5 +235,11 @@ async def test_audit_names_a_corrupted_wallet(make_client, admin_url):
         code, out = await run_cli(url, "audit")
         assert code != 0, out
         assert alice["wallets"][1]["id"] in out and "journal entry does not balance" in out and str(entry) in out
+
+        # An entry whose postings never arrived: nothing moved, but the journal claims a movement.
+        empty = uuid.uuid4()
+        await conn.execute("INSERT INTO journal_entries (id, kind) VALUES ($1, 'transfer')", empty)
+        code, out = await run_cli(url, "audit")
+        assert code != 0 and f"journal entry has no postings: id={empty}" in out, out
     finally:
         await conn.close()
