@@ -89,8 +89,9 @@ def documented_errors(spec: Endpoint) -> dict[int, list[tuple[str, str]]]:
         bucket = by_status.setdefault(status, [])
         if entry not in bucket:
             bucket.append(entry)
-    if spec.params is not None:  # aiohttp refuses a body past WALLETD_MAX_BODY_BYTES before walletd reads it
-        by_status.setdefault(413, []).append((he.HTTP_CODES[413][0], "Request Entity Too Large"))
+    # Every operation: the body-timeout middleware (server.read_body_within) reads any body before the
+    # handler runs, and aiohttp refuses one past WALLETD_MAX_BODY_BYTES there, parameters or not.
+    by_status.setdefault(413, []).append((he.HTTP_CODES[413][0], "Request Entity Too Large"))
     return by_status
 
 
