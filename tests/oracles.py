@@ -49,7 +49,7 @@ def to_decimal(value: Fraction) -> Decimal:
     """A value already on the 10-place grid, as the Decimal walletd would answer."""
     scaled = value * SCALE
     assert scaled.denominator == 1, value
-    return Decimal(int(scaled)).scaleb(-10)
+    return Decimal(f"{int(scaled)}E-10")  # the constructor is exact; scaleb would round to 28 digits
 
 
 def commission_fee(amount: Number, rate: Number = DEPOSIT_RATE) -> Decimal:
