@@ -15,10 +15,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.oracles import DEPOSIT_RATE, net_of_commission
 from walletd import logs, testing
 from walletd.app import create_app
 from walletd.config import Settings
 from walletd.persistence import embedded
+from walletd.persistence.audit import find_problems
 from walletd.persistence.migrate import migrate
 from walletd.testing import ServerProcess, free_port, walletd_command, walletd_server  # noqa: F401 - re-exported
 
@@ -162,7 +164,7 @@ async def fund(client, user: dict, service: dict, currency_id: int, amount: str)
     resp = await client.put("/service/transaction/deposit", headers=service["headers"],
                             params={"transaction_id": tx["id"], "new_status": "paid"})
     assert resp.status == 200, await resp.text()
-    return Decimal(amount) - (Decimal(amount) * Decimal("0.01")).quantize(Decimal("1E-10"))
+    return net_of_commission(amount, DEPOSIT_RATE)
 
 
 async def balance(client, user: dict, currency_id: int) -> tuple[Decimal, Decimal]:
@@ -218,26 +220,9 @@ async def wallets_snapshot(db) -> list[tuple]:
 
 
 async def assert_ledger_consistent(db) -> None:
-    """The double-entry invariants, checked straight in SQL."""
-    unbalanced = await db.fetch("SELECT entry_id, currency_id, sum(amount) FROM postings "
-                                "GROUP BY entry_id, currency_id HAVING sum(amount) <> 0")
-    assert unbalanced == [], unbalanced
-    drift = await db.fetch(
-        """SELECT w.id, w.balance, w.reserved_balance, coalesce(p.b, 0), coalesce(p.r, 0) FROM wallets w
-             LEFT JOIN (SELECT wallet_id, sum(amount) FILTER (WHERE bucket = 'B') AS b,
-                               sum(amount) FILTER (WHERE bucket = 'R') AS r FROM postings GROUP BY wallet_id) p
-                    ON p.wallet_id = w.id
-            WHERE w.balance <> coalesce(p.b, 0) OR w.reserved_balance <> coalesce(p.r, 0)""")
-    assert drift == [], drift
-    totals = await db.fetch("SELECT currency_id, sum(balance + reserved_balance) FROM wallets GROUP BY 1 "
-                            "HAVING sum(balance + reserved_balance) <> 0")
-    assert totals == [], totals
-    negative = await db.fetch("SELECT id, kind, balance, reserved_balance FROM wallets WHERE reserved_balance < 0 "
-                              "OR (balance < 0 AND kind IN ('user', 'service'))")
-    assert negative == [], negative
-    orphans = await db.fetch("SELECT id FROM journal_entries e WHERE NOT EXISTS "
-                             "(SELECT 1 FROM postings p WHERE p.entry_id = e.id)")
-    assert orphans == [], orphans
+    """The ledger's invariants, checked by the same queries as `walletd audit` (on db's connection)."""
+    problems = await find_problems(db)
+    assert problems == [], problems
 
 
 async def api_transfer(client, user: dict, source_currency: int, target_wallet_id: str, amount, headers=None):

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import OPERATOR_KEY, PASSWORD, register, register_service, unique
+from tests.polling import until
 from walletd.auth.throttle import username_key
 from walletd.handlers.identity import passwords_key
 
@@ -183,8 +184,7 @@ async def test_a_crowd_of_guessers_from_one_address_cannot_keep_other_addresses_
     real_user = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
     try:
         async with asyncio.timeout(120):  # a guard, not a timing
-            while not any(status == 503 for status in statuses):  # the crowd is saturating its share
-                await asyncio.sleep(0.01)
+            await until(lambda: 503 in statuses, 120, interval=0.01, what="the crowd saturating its share")
             for _ in range(5):
                 async with real_user.post(client.make_url("/auth/login"),
                                           params={"username": user["username"], "password": PASSWORD}) as resp:

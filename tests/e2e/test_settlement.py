@@ -4,18 +4,13 @@ user, with the documented postings and commissions."""
 from __future__ import annotations
 
 import asyncio
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 from tests.conftest import (
     api_deposit, api_external_wallet, api_settle, api_withdraw, assert_ledger_consistent, balance, fund, register,
     register_service, wallets_snapshot,
 )
-
-TEN = Decimal("1E-10")
-
-
-def fee(amount: str | Decimal, rate: str) -> Decimal:
-    return (Decimal(amount) * Decimal(rate)).quantize(TEN, rounding=ROUND_HALF_EVEN)
+from tests.oracles import DEPOSIT_RATE, commission_fee
 
 
 async def service_wallets(db, service: dict, currency: int) -> tuple[str, str]:
@@ -52,7 +47,7 @@ async def test_deposit_request_moves_nothing_and_paid_books_gateway_user_and_com
     assert resp.status == 200, await resp.text()
     settled = await resp.json()
     assert settled["id"] == tx["id"] and settled["status"] == "paid" and settled["type"] == "deposit"
-    commission = fee(amount, "0.01")
+    commission = commission_fee(amount, DEPOSIT_RATE)
     assert commission == Decimal("1.2345678901")
     assert await balance(client, alice, 2) == (Decimal(amount) - commission, 0)
     assert await entry_postings(db, tx["id"]) == {

@@ -11,6 +11,7 @@ import os
 import pytest
 
 from tests.conftest import REPO_ROOT, ServeProcess, walletd_command
+from tests.polling import until
 
 HALF_BODY = (b"POST /auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
              b"Content-Length: 200\r\n\r\n{\"username\": \"someone\", ")
@@ -31,12 +32,6 @@ async def close(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
     except ConnectionError:  # the server closed first
         pass
-
-
-async def wait_for(condition, guard: float = 20) -> None:
-    async with asyncio.timeout(guard):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 def events(log_tap, name: str) -> list[dict]:
@@ -74,7 +69,7 @@ async def test_a_client_leaving_mid_body_is_logged_as_an_abort_not_a_500(serve):
     writer.write(HALF_BODY)
     await writer.drain()
     await close(writer)
-    await wait_for(lambda: log_events(server, "http.client_aborted"))
+    await until(lambda: log_events(server, "http.client_aborted"), what="http.client_aborted logged")
     aborted = log_events(server, "http.client_aborted")
     assert len(aborted) == 1 and aborted[0]["level"] == "info" and aborted[0]["path"] == "/auth/login", aborted
     assert log_events(server, "http.unhandled") == []
@@ -98,7 +93,7 @@ async def test_a_body_slower_than_its_timeout_gets_408_and_the_connection_closes
     assert b"connection: close" in head.lower()
     error = json.loads(body)
     assert error["status"] == 408 and error["code"] == "request_timeout" and error["request_id"]
-    await wait_for(lambda: log_events(server, "http.body_timeout"))
+    await until(lambda: log_events(server, "http.body_timeout"), what="http.body_timeout logged")
     assert log_events(server, "http.unhandled") == []
 
 
@@ -145,18 +140,15 @@ async def test_walletd_serve_refuses_connections_past_the_cap_with_503(serve):
     assert b"Retry-After: 1" in answer and b"too_many_connections" in answer
     # Once one held connection goes, a new one is served again.
     await close(held[0][1])
-    served = False
-    for _ in range(200):
+
+    async def served() -> bool:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         answer = await read_until_closed(reader)
         await close(writer)
         assert answer.startswith((b"HTTP/1.1 200", b"HTTP/1.1 503")), answer
-        if answer.startswith(b"HTTP/1.1 200"):
-            served = True
-            break
-        await asyncio.sleep(0.05)
-    assert served
+        return answer.startswith(b"HTTP/1.1 200")
+    await until(served, interval=0.05, what="a new connection served once one held connection closed")
     for _, held_writer in held[1:]:
         await close(held_writer)
 

@@ -7,7 +7,8 @@ clean on a healthy ledger and names the wallet of a corrupted one.
 
 from __future__ import annotations
 
-from decimal import ROUND_DOWN, Decimal
+import uuid
+from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -16,6 +17,7 @@ from tests.conftest import (
     api_deposit, api_external_wallet, api_settle, api_transfer, api_withdraw, assert_ledger_consistent, balance,
     create_database, fund, register, register_service, run_cli,
 )
+from tests.oracles import converted
 
 TEN = Decimal("1E-10")
 
@@ -67,14 +69,14 @@ async def test_cross_currency_transfer_goes_through_the_exchange_desk(client, db
     resp = await api_transfer(client, alice, src, bob["wallets"][dst]["id"], amount)
     assert resp.status == 200, await resp.text()
     tx = await resp.json()
-    converted = (amount * rate).quantize(TEN, rounding=ROUND_DOWN)
-    assert Decimal(tx["rate"]) == rate and Decimal(tx["converted_amount"]) == converted
+    credited = converted(amount, rate)
+    assert Decimal(tx["rate"]) == rate and Decimal(tx["converted_amount"]) == credited
     assert tx["from_currency_id"] == src and tx["to_currency_id"] == dst
     assert await balance(client, alice, src) == (before_alice[0] - amount, 0)
-    assert await balance(client, bob, dst) == (before_bob[0] + converted, 0)
+    assert await balance(client, bob, dst) == (before_bob[0] + credited, 0)
     assert await postings_of(db, tx["id"]) == {
         (alice["wallets"][src]["id"], "B"): -amount, (await desk(db, src), "B"): amount,
-        (await desk(db, dst), "B"): -converted, (bob["wallets"][dst]["id"], "B"): converted,
+        (await desk(db, dst), "B"): -credited, (bob["wallets"][dst]["id"], "B"): credited,
     }
     await assert_ledger_consistent(db)
 
@@ -114,7 +116,7 @@ async def test_transfer_between_own_wallets_of_different_currencies(client, db):
     await fund(client, alice, service, 3, "500")
     resp = await api_transfer(client, alice, 3, alice["wallets"][1]["id"], "185")
     assert resp.status == 200, await resp.text()
-    expected = (Decimal(185) * await stored_rate(db, 3, 1)).quantize(TEN, rounding=ROUND_DOWN)
+    expected = converted(185, await stored_rate(db, 3, 1))
     assert await balance(client, alice, 1) == (expected, 0)
 
 
@@ -233,5 +235,11 @@ async def test_audit_names_a_corrupted_wallet(make_client, admin_url):
         code, out = await run_cli(url, "audit")
         assert code != 0, out
         assert alice["wallets"][1]["id"] in out and "journal entry does not balance" in out and str(entry) in out
+
+        # An entry whose postings never arrived: nothing moved, but the journal claims a movement.
+        empty = uuid.uuid4()
+        await conn.execute("INSERT INTO journal_entries (id, kind) VALUES ($1, 'transfer')", empty)
+        code, out = await run_cli(url, "audit")
+        assert code != 0 and f"journal entry has no postings: id={empty}" in out, out
     finally:
         await conn.close()

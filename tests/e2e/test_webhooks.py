@@ -4,9 +4,7 @@ PostgreSQL; the receiver is an aiohttp app on 127.0.0.1."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from decimal import Decimal
 
 import pytest
@@ -16,6 +14,7 @@ from tests.conftest import (
     api_deposit, api_external_wallet, api_settle, api_transfer, api_withdraw, balance, fund, register,
     register_service, run_cli,
 )
+from tests.polling import until
 from tests.receiver import Receiver, of_type
 from walletd.events.delivery import verify
 
@@ -31,16 +30,6 @@ async def subscribe(client, service: dict, url: str) -> dict:
     resp = await client.post("/service/webhooks", headers=service["headers"], json={"url": url})
     assert resp.status == 200, await resp.text()
     return await resp.json()
-
-
-async def poll(condition, timeout: float = 20.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(interval)
 
 
 async def test_subscriptions_are_validated_listed_and_deleted(client, log_tap):
@@ -147,7 +136,7 @@ async def test_a_delivery_answered_500_is_retried_with_the_same_event_id(make_cl
     async def recorded():  # the receiver has answered; walletd records the outcome right after
         return await db.fetchrow("SELECT status, attempts FROM webhook_deliveries WHERE event_id = $1 "
                                  "AND status <> 'pending'", delivered[0]["event"]["id"])
-    assert tuple(await poll(recorded)) == ("delivered", 3)
+    assert tuple(await until(recorded, what="the delivery recorded")) == ("delivered", 3)
     after = await webhook_counts(client)
     assert after["walletd_webhook_retried_total"] - before["walletd_webhook_retried_total"] == 2
     assert after["walletd_webhook_delivered_total"] - before["walletd_webhook_delivered_total"] == 1
@@ -165,7 +154,7 @@ async def test_a_delivery_past_the_horizon_is_given_up(make_client, receiver, db
 
     async def failed():
         return await db.fetchval("SELECT status = 'failed' FROM webhook_deliveries WHERE event_id = $1", event_id)
-    await poll(failed)
+    await until(failed, what="the delivery given up")
     given_up = [json.loads(line) for line in log_tap.lines if '"webhook.given_up"' in line]
     assert [e["event_id"] for e in given_up] == [str(event_id)]
     after = await webhook_counts(client)

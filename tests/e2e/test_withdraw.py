@@ -11,6 +11,7 @@ from tests.conftest import (
     api_external_wallet, api_settle, api_transfer, api_withdraw, assert_ledger_consistent, balance, fund, register,
     register_service, wallets_snapshot,
 )
+from tests.oracles import WITHDRAW_RATE, net_of_commission
 
 
 async def test_held_money_cannot_be_transferred(client, db):
@@ -116,8 +117,7 @@ async def test_paid_withdrawals_accumulate_on_the_external_wallet(client, db):
     for amount in ("100", "0.0000000001", "33.3333333333"):
         tx = await (await api_withdraw(client, alice, service, 1, amount)).json()
         assert (await api_settle(client, service, "withdraw", tx["id"], "paid")).status == 200
-        commission = (Decimal(amount) * Decimal("0.02")).quantize(Decimal("1E-10"))
-        expected += Decimal(amount) - commission
+        expected += net_of_commission(amount, WITHDRAW_RATE)
     assert await db.fetchval("SELECT amount_withdraw FROM external_wallets WHERE id = $1", external["id"]) == expected
     await assert_ledger_consistent(db)
 

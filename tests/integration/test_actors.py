@@ -4,7 +4,6 @@ shutdown finishes every accepted command, and a client that goes away does not c
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from decimal import Decimal
 
@@ -13,6 +12,7 @@ import aiohttp
 from tests.conftest import (
     api_transfer, assert_ledger_consistent, balance, fund, register, register_service,
 )
+from tests.polling import until
 from walletd.appkeys import ledger_key, registry_key
 from walletd.domain.ledger import Transfer
 
@@ -21,20 +21,20 @@ def registry_of(client):
     return client.server.app[registry_key]
 
 
-async def retired(registry, timeout: float = 5.0) -> bool:
-    """Wait until every actor has retired; False if some are still alive after timeout."""
-    deadline = time.monotonic() + timeout
-    while registry.actors and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return not registry.actors
+async def all_retired(registry) -> None:
+    await until(lambda: not registry.actors, 10, what="every actor retired after its idle time")
 
 
-async def until_busy(registry, timeout: float = 10.0) -> None:
-    """Yield to the loop until some actor has a batch at the committer (submitted, not committed)."""
-    deadline = time.monotonic() + timeout
-    while not any(a.busy for a in registry.actors.values()):
-        assert time.monotonic() < deadline, "no actor became busy"
-        await asyncio.sleep(0)
+async def until_busy(registry) -> None:
+    """Yield to the loop until some actor has a batch at the committer (submitted, not committed):
+    interval 0, because that state lasts only one commit."""
+    await until(lambda: any(a.busy for a in registry.actors.values()), 10, interval=0,
+                what="an actor with a batch at the committer")
+
+
+def all_idle(registry) -> bool:
+    """Every accepted command has been answered: no actor holds a queued or in-flight command."""
+    return all(not a.mailbox and not a.busy for a in registry.actors.values())
 
 
 async def test_full_mailbox_is_503_with_retry_after_and_moves_nothing(make_client, db):
@@ -70,18 +70,18 @@ async def test_idle_actors_retire_and_respawn(make_client, db):
     service = await register_service(client)
     for user in users:
         await fund(client, user, service, 1, "10")
-    assert await retired(registry), "the funding actors retired"
+    await all_retired(registry)  # the funding actors
 
     peak = 0
     burst = asyncio.gather(*[api_transfer(client, user, currency, users[(i + 1) % 6]["wallets"][1]["id"], "0.01")
                              for i, user in enumerate(users) for currency in (1, 2, 3) for _ in range(3)])
     while not burst.done():
         peak = max(peak, len(registry.actors))
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.001)  # samples the registry while the burst runs: not a wait
     statuses = [r.status for r in burst.result()]
     assert statuses.count(200) == 18 and statuses.count(400) == 36, statuses  # only currency 1 is funded
     assert peak >= 6, f"one actor per busy wallet, saw at most {peak}"
-    assert await retired(registry), f"{len(registry.actors)} actors still alive after their idle time"
+    await all_retired(registry)
     # A retired wallet's actor comes back on the next command.
     resp = await api_transfer(client, users[0], 1, users[1]["wallets"][1]["id"], "0.01")
     assert resp.status == 200
@@ -95,11 +95,8 @@ async def test_caches_are_dropped_once_every_actor_has_retired(make_client, log_
     user, service = await register(client, "mem"), await register_service(client)
     await fund(client, user, service, 1, "10")
     assert len(app[ledger_key].predictions), "the settlement left predictions behind"
-    assert await retired(registry_of(client))
-    deadline = time.monotonic() + 5
-    while len(app[ledger_key].predictions) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert not len(app[ledger_key].predictions)
+    await all_retired(registry_of(client))
+    await until(lambda: not len(app[ledger_key].predictions), 10, what="the prediction cache dropped")
     assert any('"memory.released"' in line for line in log_tap.lines)
 
 
@@ -193,7 +190,7 @@ async def test_a_client_that_goes_away_does_not_cancel_an_accepted_command(make_
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert sum(task.cancelled() for task in tasks) > 0
-    await asyncio.sleep(0.3)  # accepted commands finish on their own
+    await until(lambda: all_idle(registry_of(client)), what="accepted commands finish on their own")
     replayed = 0
     for key in keys:
         resp = await api_transfer(client, alice, 2, bob["wallets"][2]["id"], "2.5", {"Idempotency-Key": key})

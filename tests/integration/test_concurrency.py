@@ -7,18 +7,15 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 from tests.conftest import (
     api_deposit, api_external_wallet, api_settle, api_transfer, api_withdraw, assert_ledger_consistent, balance,
     fund, register, register_service, run_cli,
 )
+from tests.oracles import DEPOSIT_RATE, net_of_commission
 
 TEN = Decimal("1E-10")
-
-
-def commission(amount: Decimal, rate: str) -> Decimal:
-    return (amount * Decimal(rate)).quantize(TEN, rounding=ROUND_HALF_EVEN)
 
 
 async def test_concurrent_transfers_from_one_wallet_never_overdraw(client, db):
@@ -109,7 +106,7 @@ async def test_settlements_racing_transfers_lose_nothing(make_client, db):
         calls.append(api_transfer((one, two)[i % 2], friends[i % 3], 3, alice["wallets"][3]["id"], "0.75"))
     responses = await asyncio.gather(*calls)
     assert [r.status for r in responses] == [200] * len(calls), [await r.text() for r in responses if r.status != 200]
-    deposited = sum(Decimal(f"{i + 1}.5") - commission(Decimal(f"{i + 1}.5"), "0.01") for i in range(20))
+    deposited = sum(net_of_commission(f"{i + 1}.5", DEPOSIT_RATE) for i in range(20))
     assert await balance(one, alice, 3) == (start + deposited - 40 + Decimal("15"), 0)
     await assert_ledger_consistent(db)
 
@@ -173,7 +170,7 @@ async def test_conservation_under_load(make_client, db, database_url):
         status, body = await call(api_settle(apps[rng.randrange(2)], service, "deposit", body["id"], outcome))
         assert status == 200, body
         if outcome == "paid":
-            model.balance[user["wallets"][currency]["id"]] += value - commission(value, "0.01")
+            model.balance[user["wallets"][currency]["id"]] += net_of_commission(value, DEPOSIT_RATE)
         outcomes[f"deposit_{outcome}"] += 1
 
     async def withdraw(app, user, service, currency, value, outcome):

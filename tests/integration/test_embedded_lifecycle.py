@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import PASSWORD, REPO_ROOT, free_port, unique, walletd_command
+from tests.polling import until
 
 
 def _alive(pid: int) -> bool:
@@ -48,18 +49,15 @@ class EmbeddedServe:
         return self
 
     async def wait_ready(self, timeout: float = 90) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
         async with aiohttp.ClientSession() as session:
-            while True:
+            async def ready() -> bool:
                 assert self.proc.returncode is None, self.err.read_text()
                 try:
                     async with session.get(self.url + "/ready") as resp:
-                        if resp.status == 200:
-                            return
+                        return resp.status == 200
                 except aiohttp.ClientError:
-                    pass
-                assert asyncio.get_running_loop().time() < deadline, self.err.read_text()
-                await asyncio.sleep(0.1)
+                    return False
+            await until(ready, timeout, interval=0.1, what=f"walletd ready on {self.url}")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:

@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import (
     api_transfer, assert_ledger_consistent, balance, create_database, fund, register, register_service,
 )
+from tests.polling import until
 from walletd.appkeys import registry_key
 from walletd.domain import errors
 from walletd.domain.ledger import Idempotency, RequestDeposit, Transfer
@@ -51,12 +52,11 @@ async def settle_every_key(client, payer, payee_wallet, outcomes, amount: str = 
     for key, status, _, _ in outcomes:
         if status == 200:
             continue
-        for _ in range(50):
+
+        async def answered(key=key):
             resp = await api_transfer(client, payer, 1, payee_wallet, amount, {"Idempotency-Key": key})
-            if resp.status == 200:
-                break
-            await asyncio.sleep(0.1)
-        assert resp.status == 200, await resp.text()
+            return resp if resp.status == 200 else None
+        resp = await until(answered, interval=0.1, what=f"key {key} answered 200")
         if status == 503 and resp.headers.get("Idempotent-Replayed") == "true":
             wrong.append(key)  # answered "nothing moved", yet it had committed
     return {"wrong": wrong}
@@ -173,7 +173,7 @@ async def test_postgres_stopped_and_restarted_under_load(own_pg, make_client, lo
     start, _ = await balance(client, alice, 1)
     target = bob["wallets"][1]["id"]
 
-    async def outage():
+    async def outage():  # about time: load before, during and after a stop of known length
         await asyncio.sleep(1.0)
         await asyncio.to_thread(pg_ctl, own_pg, "-m", "fast", "stop")
         await asyncio.sleep(2.0)
@@ -220,7 +220,7 @@ async def test_backends_terminated_at_random_under_load(make_client, database_ur
         loop = asyncio.get_running_loop()
         stop = loop.time() + 4.0
         while loop.time() < stop:
-            await asyncio.sleep(rng.uniform(0.01, 0.08))
+            await asyncio.sleep(rng.uniform(0.01, 0.08))  # about time: kills spread over the load
             killed += await db.fetchval(
                 "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE datname = $1 AND application_name = 'walletd' AND pid <> pg_backend_pid() "

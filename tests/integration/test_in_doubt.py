@@ -113,7 +113,7 @@ async def test_a_lasting_outage_refuses_at_once_and_a_probe_notices_the_recovery
     assert [r.status for r in burst] == [503] * 20
     assert all(r.headers.get("Retry-After") for r in burst)
     proxy.accept()
-    await asyncio.sleep(0.6)  # the next command is a probe
+    await asyncio.sleep(0.6)  # the next command is a probe (about time: one probe per 0.5 s)
     probe = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "1", key())
     assert probe.status == 200, await probe.text()
     after = await asyncio.gather(*[api_transfer(client, alice, 1, bob["wallets"][1]["id"], "1", key())

@@ -3,12 +3,12 @@ scrape must still report the totals of both (prometheus_client's multiprocess mo
 
 from __future__ import annotations
 
-import asyncio
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ServeProcess
+from tests.polling import until
 
 HEALTH = (("method", "GET"), ("route", "/health"), ("status", "200"))
 
@@ -26,10 +26,9 @@ async def scrape(url: str) -> dict:
 async def test_every_scrape_reports_the_totals_of_all_workers(database_url):
     server = await ServeProcess(database_url, WALLETD_WORKERS="2").start()
     try:
-        deadline = asyncio.get_running_loop().time() + 30
-        while (await scrape(server.url)).get(("walletd_workers", ()), 0) != 2:  # both processes up
-            assert asyncio.get_running_loop().time() < deadline, "the second worker never reported"
-            await asyncio.sleep(0.1)
+        async def both_up() -> bool:
+            return (await scrape(server.url)).get(("walletd_workers", ()), 0) == 2
+        await until(both_up, 30, interval=0.1, what="the second worker reported")
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
             for _ in range(40):
                 async with session.get(server.url + "/health") as resp:

@@ -11,6 +11,7 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import api_transfer, balance, fund, register, register_service
+from tests.polling import until
 from walletd.config import ConfigError, Settings
 from walletd.persistence.db import create_pool
 from walletd.persistence.retention import prune_idempotency_keys, sweep_interval
@@ -83,7 +84,8 @@ async def test_the_app_sweeps_and_a_replay_after_pruning_moves_money_again(make_
     assert resp.headers.get("Idempotent-Replayed") == "true"  # not swept yet: still a replay
 
     await make_client(idempotency_retention_seconds=3600)  # a new process: its sweep runs at start
-    await wait_for(lambda: db.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = 'expiring'"), 0)
+    await until(lambda: db.fetchval("SELECT count(*) = 0 FROM idempotency_keys WHERE key = 'expiring'"),
+                what="the expired key swept")
     assert await db.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = 'fresh'") == 1
 
     resp = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "1", headers={"Idempotency-Key": "fresh"})
@@ -94,13 +96,6 @@ async def test_the_app_sweeps_and_a_replay_after_pruning_moves_money_again(make_
                               headers={"Idempotency-Key": "expiring"})
     assert resp.status == 200 and "Idempotent-Replayed" not in resp.headers
     assert await balance(client, alice, 1) == (after_first[0] - Decimal(1), Decimal(0))
-
-
-async def wait_for(probe, expected, timeout: float = 20) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while (value := await probe()) != expected:
-        assert asyncio.get_running_loop().time() < deadline, f"still {value!r}, expected {expected!r}"
-        await asyncio.sleep(0.05)
 
 
 def test_retention_setting_and_interval():

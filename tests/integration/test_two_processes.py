@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 import aiohttp
 import pytest
@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import (
     ServeProcess, api_external_wallet, assert_ledger_consistent, fund, register, register_service, run_cli,
 )
+from tests.oracles import DEPOSIT_RATE, commission_fee
 
 TEN = Decimal("1E-10")
 
@@ -132,14 +133,29 @@ async def test_two_processes_opposite_transfers_and_shared_keys(servers, make_cl
     await assert_ledger_consistent(db)
 
 
-async def test_audit_is_clean_after_the_processes_ran(servers, database_url, db):
+async def test_audit_is_clean_and_commissions_exact_after_both_processes_settle(servers, make_client, database_url, db):
+    # Its own deposits, settled through both processes: the test needs no other test to run first.
+    procs, session = servers
+    client = await make_client()
+    alice = await register(client, "alice")
+    service = await register_service(client)
+    amounts = ["0.0000000250", "0.0000000350", "12.3456789012", "1000"]
+    txs = []
+    for amount in amounts:
+        resp = await client.post("/wallet/deposit", headers=alice["headers"], params={
+            "service_user_id": service["id"], "wallet_id": alice["wallets"][1]["id"], "amount": amount})
+        assert resp.status == 200, await resp.text()
+        txs.append((await resp.json())["id"])
+    results = await asyncio.gather(*[
+        call(session, "PUT", procs[i % 2].url + "/service/transaction/deposit", service["headers"],
+             {"transaction_id": tx, "new_status": "paid"}) for i, tx in enumerate(txs)])
+    assert [status for status, _ in results] == [200] * len(txs), results
     code, out = await run_cli(database_url, "audit")
     assert code == 0 and "audit: clean" in out, out
-    deposits = await db.fetchval("SELECT count(*) FROM transactions WHERE type = 'deposit' AND status = 'paid'")
-    commissions = await db.fetch("SELECT t.amount, c.amount FROM transactions t JOIN transactions c "
-                                 "ON c.parent_id = t.id AND c.type = 'commission' WHERE t.type = 'deposit'")
-    assert deposits and all(fee == (amount * Decimal("0.01")).quantize(TEN, rounding=ROUND_HALF_EVEN)
-                            for amount, fee in commissions)
+    commissions = dict(await db.fetch("SELECT t.id::text, c.amount FROM transactions t JOIN transactions c "
+                                      "ON c.parent_id = t.id AND c.type = 'commission' WHERE t.id::text = ANY($1)",
+                                      txs))
+    assert commissions == {tx: commission_fee(amount, DEPOSIT_RATE) for tx, amount in zip(txs, amounts)}
 
 
 def _children(pid: int) -> list[int]:

@@ -5,16 +5,15 @@ send each delivery once per attempt, and expire each pending withdrawal once. Th
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from decimal import Decimal
 
 import aiohttp
-import pytest
 
 from tests.conftest import (
     ServeProcess, api_deposit, api_external_wallet, api_withdraw, fund, register, register_service, run_cli,
 )
+from tests.polling import until
 from tests.receiver import Receiver, of_type
 
 FAST = {"WALLETD_WEBHOOK_BACKOFF": "0.2", "WALLETD_WEBHOOK_TIMEOUT": "1"}
@@ -73,13 +72,12 @@ async def test_two_processes_send_each_delivery_once_per_attempt(database_url, d
                 await s.close()
         await receiver.wait_for(lambda got: {r["event"]["data"]["id"] for r in got if r["status"] < 300} >= ids,
                                 timeout=60)
-        deadline = time.monotonic() + 10
-        while True:  # the receiver answered; walletd records the outcome right after
+
+        async def recorded():  # the receiver answered; walletd records the outcome right after
             rows = await db.fetch("SELECT d.event_id, d.attempts, d.status FROM webhook_deliveries d "
                                   "JOIN events e ON e.id = d.event_id WHERE e.service_user_id = $1", service["id"])
-            if {r["status"] for r in rows} == {"delivered"} or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
+            return rows if {r["status"] for r in rows} == {"delivered"} else None
+        rows = await until(recorded, what="every delivery recorded as delivered")
         assert len(rows) == 40 and {r["status"] for r in rows} == {"delivered"}
         sent = Counter(r["event_id"] for r in receiver.received)
         ok = Counter(r["event_id"] for r in receiver.received if r["status"] < 300)
@@ -113,10 +111,8 @@ async def test_two_processes_expire_each_pending_withdrawal_once(database_url, d
         finally:
             for s in sessions:
                 await s.close()
-        deadline = time.monotonic() + 20
-        while await db.fetchval("SELECT count(*) FROM transactions WHERE id = ANY($1::uuid[]) AND status = 'pending'",
-                                ids) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await until(lambda: db.fetchval("SELECT count(*) = 0 FROM transactions WHERE id = ANY($1::uuid[]) "
+                                        "AND status = 'pending'", ids), 30, what="every pending withdrawal expired")
         statuses = await db.fetch("SELECT status, count(*) FROM transactions WHERE id = ANY($1::uuid[]) GROUP BY 1", ids)
         assert [tuple(r) for r in statuses] == [("expired", 20)]
         for user in users:

@@ -1,6 +1,6 @@
-import asyncio
 import io
 
+from tests.polling import until
 from walletd.logs import LineBuffer
 
 
@@ -20,7 +20,7 @@ async def test_lines_written_together_after_the_interval_in_order():
     for i in range(100):
         buffer.info(f'{{"n": {i}}}')
     assert stream.getvalue() == ""
-    await asyncio.sleep(0.1)
+    await until(lambda: stream.writes, what="the buffer written after its interval")
     assert stream.writes == 1
     assert stream.getvalue().splitlines() == [f'{{"n": {i}}}' for i in range(100)]
 

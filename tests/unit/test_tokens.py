@@ -158,7 +158,7 @@ def test_a_verified_token_is_refused_once_it_expires():
     token = sign(good_claims(sub=str(user_id), iat=exp - 60, exp=exp))
     assert local.verify(token) == Principal(user_id, "user")
     assert local.verify(token) == Principal(user_id, "user")  # again, possibly from a cache
-    time.sleep(max(0.0, exp - time.time()) + 0.05)
+    time.sleep(max(0.0, exp - time.time()) + 0.05)  # this test is about time: the token must really expire
     with pytest.raises(TokenError):
         local.verify(token)
     with pytest.raises(TokenError):

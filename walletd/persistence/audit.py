@@ -29,20 +29,27 @@ _CHECKS = {
          WHERE (t.from_wallet_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM wallets w WHERE w.id = t.from_wallet_id))
             OR (t.to_wallet_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM wallets w WHERE w.id = t.to_wallet_id))
             OR (t.entry_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM journal_entries e WHERE e.id = t.entry_id))""",
+    "journal entry has no postings": """
+        SELECT e.id FROM journal_entries e WHERE NOT EXISTS (SELECT 1 FROM postings p WHERE p.entry_id = e.id)""",
     "settled transaction has no journal entry": """
         SELECT id, type, status FROM transactions
          WHERE entry_id IS NULL AND status IN ('paid', 'close')""",
 }
 
 
+async def find_problems(conn: asyncpg.Connection) -> list[str]:
+    """Every check on one snapshot of the database; an empty list means the ledger is clean."""
+    problems = []
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        for title, sql in _CHECKS.items():
+            for row in await conn.fetch(sql):
+                problems.append(f"{title}: " + ", ".join(f"{k}={v}" for k, v in row.items()))
+    return problems
+
+
 async def run_audit(url: str) -> list[str]:
     conn = await asyncpg.connect(url)
     try:
-        problems = []
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            for title, sql in _CHECKS.items():
-                for row in await conn.fetch(sql):
-                    problems.append(f"{title}: " + ", ".join(f"{k}={v}" for k, v in row.items()))
-        return problems
+        return await find_problems(conn)
     finally:
         await conn.close()

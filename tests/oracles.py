@@ -1,0 +1,72 @@
+"""The money rules recomputed exactly, for every test that needs an expected amount.
+
+Independent of walletd's implementation: values become Fractions (exact), rounding is done on
+integers with Python's round() (half to even) and floor/ceil (truncation), never with
+Decimal.quantize, whose context precision could round an intermediate product. The rules are the
+ones the README documents: amounts have 10 places; a commission is amount × rate rounded half to
+even (the postings table); a conversion is amount × rate truncated to 10 places; a cross rate is
+the quotient of two provider rates rounded half to even.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from fractions import Fraction
+
+SCALE = 10**10
+UNIT = Decimal("1E-10")
+# The default commission rates (README, /service/commission-rates): what an unconfigured currency charges.
+DEPOSIT_RATE = Decimal("0.01")
+WITHDRAW_RATE = Decimal("0.02")
+
+Number = Decimal | str | int | Fraction
+
+
+def exact(value: Number) -> Fraction:
+    return value if isinstance(value, Fraction) else Fraction(Decimal(value))
+
+
+def half_even(value: Fraction) -> Fraction:
+    """Exact value rounded to 10 places, half to even (round() on a Fraction is half-even)."""
+    return Fraction(round(value * SCALE), SCALE)
+
+
+def truncated(value: Fraction) -> Fraction:
+    """Exact value cut to 10 places toward zero."""
+    scaled = value * SCALE
+    return Fraction(math.floor(scaled) if scaled >= 0 else math.ceil(scaled), SCALE)
+
+
+def ticks(value: Decimal) -> int:
+    """An amount with 10 places as an integer number of 1e-10 units (exactly)."""
+    scaled = Fraction(value) * SCALE
+    assert scaled.denominator == 1, value
+    return int(scaled)
+
+
+def to_decimal(value: Fraction) -> Decimal:
+    """A value already on the 10-place grid, as the Decimal walletd would answer."""
+    scaled = value * SCALE
+    assert scaled.denominator == 1, value
+    return Decimal(f"{int(scaled)}E-10")  # the constructor is exact; scaleb would round to 28 digits
+
+
+def commission_fee(amount: Number, rate: Number = DEPOSIT_RATE) -> Decimal:
+    """The commission on amount: amount × rate, rounded half to even to 10 places."""
+    return to_decimal(half_even(exact(amount) * exact(rate)))
+
+
+def net_of_commission(amount: Number, rate: Number = DEPOSIT_RATE) -> Decimal:
+    """What reaches the user (deposit) or the external wallet (withdrawal): amount less the commission."""
+    return to_decimal(exact(amount)) - commission_fee(amount, rate)
+
+
+def converted(amount: Number, rate: Number) -> Decimal:
+    """A transfer's credited amount: amount × rate, truncated to 10 places."""
+    return to_decimal(truncated(exact(amount) * exact(rate)))
+
+
+def cross_rate(rate_from: Number, rate_to: Number) -> Decimal:
+    """The stored rate from one currency to another, both quoted against the provider's base."""
+    return to_decimal(half_even(exact(rate_to) / exact(rate_from)))
