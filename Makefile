@@ -32,7 +32,7 @@ demo: install
 # ruff (pycodestyle, pyflakes, import order, bugbear), mypy on walletd/, and no module in
 # walletd/ or bench/ over 400 lines (a file that long does more than one job).
 lint: install
-	$(BIN)/ruff check walletd bench
+	$(BIN)/ruff check walletd bench tests
 	$(BIN)/mypy
 	@find walletd bench -name '*.py' -exec wc -l {} + | awk '$$2 != "total" && $$1 > 400 {print "over 400 lines:", $$2, $$1; bad = 1} END {exit bad}'
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-
 from tests.conftest import OPERATOR_KEY, create_empty_database
 
 URL = re.compile(r"""(?:https?:)?//[^\s"'<>()`]+""", re.IGNORECASE)

@@ -8,7 +8,14 @@ import uuid
 import pytest
 
 from tests.conftest import (
-    api_deposit, api_external_wallet, api_settle, api_transfer, api_withdraw, fund, register, register_service,
+    api_deposit,
+    api_external_wallet,
+    api_settle,
+    api_transfer,
+    api_withdraw,
+    fund,
+    register,
+    register_service,
 )
 
 TX_FIELDS = {"id", "from_wallet_id", "from_currency_id", "amount", "to_wallet_id", "to_currency_id", "rate",

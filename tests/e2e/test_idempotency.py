@@ -8,8 +8,17 @@ import uuid
 from decimal import Decimal
 
 from tests.conftest import (
-    api_deposit, api_external_wallet, api_settle, api_transfer, api_withdraw, assert_ledger_consistent, balance, fund,
-    register, register_service, wallets_snapshot,
+    api_deposit,
+    api_external_wallet,
+    api_settle,
+    api_transfer,
+    api_withdraw,
+    assert_ledger_consistent,
+    balance,
+    fund,
+    register,
+    register_service,
+    wallets_snapshot,
 )
 
 

@@ -10,7 +10,12 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import (
-    api_external_wallet, balance, fund, register, register_service, wallets_snapshot,
+    api_external_wallet,
+    balance,
+    fund,
+    register,
+    register_service,
+    wallets_snapshot,
 )
 
 BAD_AMOUNTS = [

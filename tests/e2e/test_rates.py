@@ -11,7 +11,14 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import (
-    api_transfer, assert_ledger_consistent, balance, fund, register, register_service, run_cli, wallets_snapshot,
+    api_transfer,
+    assert_ledger_consistent,
+    balance,
+    fund,
+    register,
+    register_service,
+    run_cli,
+    wallets_snapshot,
 )
 from tests.oracles import converted, cross_rate
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from walletd.appkeys import history_pool_key, pool_key
-
 from tests.conftest import balance, create_database, fund, register, register_service
+from walletd.appkeys import history_pool_key, pool_key
 
 
 async def _transfer(client, alice, bob, amount: str) -> dict:

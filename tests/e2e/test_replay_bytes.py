@@ -7,7 +7,14 @@ import json
 import uuid
 
 from tests.conftest import (
-    api_deposit, api_external_wallet, api_settle, api_transfer, api_withdraw, fund, register, register_service,
+    api_deposit,
+    api_external_wallet,
+    api_settle,
+    api_transfer,
+    api_withdraw,
+    fund,
+    register,
+    register_service,
 )
 from walletd.handlers.schemas import TxOut
 

@@ -7,8 +7,16 @@ import asyncio
 from decimal import Decimal
 
 from tests.conftest import (
-    api_deposit, api_external_wallet, api_settle, api_withdraw, assert_ledger_consistent, balance, fund, register,
-    register_service, wallets_snapshot,
+    api_deposit,
+    api_external_wallet,
+    api_settle,
+    api_withdraw,
+    assert_ledger_consistent,
+    balance,
+    fund,
+    register,
+    register_service,
+    wallets_snapshot,
 )
 from tests.oracles import DEPOSIT_RATE, commission_fee
 

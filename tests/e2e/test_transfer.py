@@ -14,8 +14,18 @@ import asyncpg
 import pytest
 
 from tests.conftest import (
-    api_deposit, api_external_wallet, api_settle, api_transfer, api_withdraw, assert_ledger_consistent, balance,
-    create_database, fund, register, register_service, run_cli,
+    api_deposit,
+    api_external_wallet,
+    api_settle,
+    api_transfer,
+    api_withdraw,
+    assert_ledger_consistent,
+    balance,
+    create_database,
+    fund,
+    register,
+    register_service,
+    run_cli,
 )
 from tests.oracles import converted
 

@@ -11,8 +11,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (
-    api_deposit, api_external_wallet, api_settle, api_transfer, api_withdraw, balance, fund, register,
-    register_service, run_cli,
+    api_deposit,
+    api_external_wallet,
+    api_settle,
+    api_transfer,
+    api_withdraw,
+    balance,
+    fund,
+    register,
+    register_service,
+    run_cli,
 )
 from tests.polling import until
 from tests.receiver import Receiver, of_type

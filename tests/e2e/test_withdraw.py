@@ -8,8 +8,16 @@ import random
 from decimal import Decimal
 
 from tests.conftest import (
-    api_external_wallet, api_settle, api_transfer, api_withdraw, assert_ledger_consistent, balance, fund, register,
-    register_service, wallets_snapshot,
+    api_external_wallet,
+    api_settle,
+    api_transfer,
+    api_withdraw,
+    assert_ledger_consistent,
+    balance,
+    fund,
+    register,
+    register_service,
+    wallets_snapshot,
 )
 from tests.oracles import WITHDRAW_RATE, net_of_commission
 
@@ -75,7 +83,7 @@ async def test_concurrent_mixed_debits_only_refuse_what_was_unaffordable(client,
     responses = await asyncio.gather(*calls)
     spent = {"withdraw": Decimal(0), "transfer": Decimal(0)}
     refused = []
-    for (kind, amount), resp in zip(ops, responses):
+    for (kind, amount), resp in zip(ops, responses, strict=False):
         if resp.status == 200:
             spent[kind] += amount
         else:

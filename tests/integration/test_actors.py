@@ -10,7 +10,12 @@ from decimal import Decimal
 import aiohttp
 
 from tests.conftest import (
-    api_transfer, assert_ledger_consistent, balance, fund, register, register_service,
+    api_transfer,
+    assert_ledger_consistent,
+    balance,
+    fund,
+    register,
+    register_service,
 )
 from tests.polling import until
 from walletd.appkeys import ledger_key, registry_key

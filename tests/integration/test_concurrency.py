@@ -10,8 +10,17 @@ from collections import defaultdict
 from decimal import Decimal
 
 from tests.conftest import (
-    api_deposit, api_external_wallet, api_settle, api_transfer, api_withdraw, assert_ledger_consistent, balance,
-    fund, register, register_service, run_cli,
+    api_deposit,
+    api_external_wallet,
+    api_settle,
+    api_transfer,
+    api_withdraw,
+    assert_ledger_consistent,
+    balance,
+    fund,
+    register,
+    register_service,
+    run_cli,
 )
 from tests.oracles import DEPOSIT_RATE, net_of_commission
 
@@ -78,7 +87,7 @@ async def test_opposite_transfers_never_deadlock(make_client, db):
     bodies = [await r.json() for r in responses]
     assert [r.status for r in responses] == [200] * len(calls), [b for b in bodies if "message" in b][:3]
     expected = dict(start)
-    for (src, src_cur, dst, dst_cur, amount), body in zip(plan, bodies):
+    for (src, src_cur, dst, dst_cur, amount), body in zip(plan, bodies, strict=False):
         expected[(src["id"], src_cur)] -= amount
         expected[(dst["id"], dst_cur)] += Decimal(body["converted_amount"])
     for user in (alice, bob):

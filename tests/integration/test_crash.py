@@ -10,7 +10,13 @@ from decimal import Decimal
 import aiohttp
 
 from tests.conftest import (
-    ServeProcess, api_deposit, assert_ledger_consistent, fund, register, register_service, run_cli,
+    ServeProcess,
+    api_deposit,
+    assert_ledger_consistent,
+    fund,
+    register,
+    register_service,
+    run_cli,
 )
 
 

@@ -18,7 +18,13 @@ import asyncpg
 import pytest
 
 from tests.conftest import (
-    api_transfer, assert_ledger_consistent, balance, create_database, fund, register, register_service,
+    api_transfer,
+    assert_ledger_consistent,
+    balance,
+    create_database,
+    fund,
+    register,
+    register_service,
 )
 from tests.polling import until
 from walletd.appkeys import registry_key

@@ -3,7 +3,6 @@ scrape must still report the totals of both (prometheus_client's multiprocess mo
 
 from __future__ import annotations
 
-
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -13,7 +13,13 @@ import aiohttp
 import pytest
 
 from tests.conftest import (
-    ServeProcess, api_external_wallet, assert_ledger_consistent, fund, register, register_service, run_cli,
+    ServeProcess,
+    api_external_wallet,
+    assert_ledger_consistent,
+    fund,
+    register,
+    register_service,
+    run_cli,
 )
 from tests.oracles import DEPOSIT_RATE, commission_fee
 
@@ -122,7 +128,7 @@ async def test_two_processes_opposite_transfers_and_shared_keys(servers, make_cl
     keyed = [body for _, body in results[80:]]
     assert all(body == keyed[0] for body in keyed)
     expected = dict(start)
-    for (src, src_cur, dst, dst_cur, amount), (_, body) in zip(plan, results):
+    for (src, src_cur, dst, dst_cur, amount), (_, body) in zip(plan, results, strict=False):
         expected[(src["id"], src_cur)] -= amount
         expected[(dst["id"], dst_cur)] += Decimal(body["converted_amount"])
     expected[(alice["id"], 1)] -= 3
@@ -155,7 +161,7 @@ async def test_audit_is_clean_and_commissions_exact_after_both_processes_settle(
     commissions = dict(await db.fetch("SELECT t.id::text, c.amount FROM transactions t JOIN transactions c "
                                       "ON c.parent_id = t.id AND c.type = 'commission' WHERE t.id::text = ANY($1)",
                                       txs))
-    assert commissions == {tx: commission_fee(amount, DEPOSIT_RATE) for tx, amount in zip(txs, amounts)}
+    assert commissions == {tx: commission_fee(amount, DEPOSIT_RATE) for tx, amount in zip(txs, amounts, strict=False)}
 
 
 def _children(pid: int) -> list[int]:

@@ -11,7 +11,14 @@ from decimal import Decimal
 import aiohttp
 
 from tests.conftest import (
-    ServeProcess, api_deposit, api_external_wallet, api_withdraw, fund, register, register_service, run_cli,
+    ServeProcess,
+    api_deposit,
+    api_external_wallet,
+    api_withdraw,
+    fund,
+    register,
+    register_service,
+    run_cli,
 )
 from tests.polling import until
 from tests.receiver import Receiver, of_type

@@ -17,7 +17,6 @@ from tests.unit.strategies import amounts, commission_rates, rates
 from walletd.domain import errors
 from walletd.domain.money import MAX_AMOUNT, commission, convert, fmt, parse_amount
 
-
 # ---- parse_amount -----------------------------------------------------------------------------
 
 finite_decimals = st.decimals(allow_nan=False, allow_infinity=False, min_value=Decimal("-1e17"),

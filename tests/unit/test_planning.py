@@ -18,8 +18,18 @@ from tests.oracles import UNIT, commission_fee, truncated
 from tests.unit.strategies import amounts, commission_rates
 from walletd.domain import errors
 from walletd.domain.ledger import (
-    Effects, PendingState, RateBook, RequestDeposit, RequestWithdraw, Settle, Transfer, WalletState,
-    plan_deposit_request, plan_settlement, plan_transfer, plan_withdraw_request,
+    Effects,
+    PendingState,
+    RateBook,
+    RequestDeposit,
+    RequestWithdraw,
+    Settle,
+    Transfer,
+    WalletState,
+    plan_deposit_request,
+    plan_settlement,
+    plan_transfer,
+    plan_withdraw_request,
 )
 
 # ---- ledger planning: every movement balances ---------------------------------------------------
@@ -132,7 +142,7 @@ def test_every_planned_movement_balances_per_currency(program):
             assert {k: (p.status, dict(p.record)) for k, p in world.pending.items()} == pending_before
     # Each journal entry sums to zero per currency.
     sums: dict[tuple, Decimal] = defaultdict(Decimal)
-    for entry_id, wallet_id, currency_id, bucket, amount in effects.postings:
+    for entry_id, wallet_id, currency_id, _bucket, amount in effects.postings:
         assert amount != 0
         assert world.wallets[wallet_id].currency_id == currency_id
         sums[(entry_id, currency_id)] += amount

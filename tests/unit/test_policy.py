@@ -11,7 +11,12 @@ import pytest
 from walletd.domain import errors
 from walletd.domain.ledger import Effects, WalletState
 from walletd.domain.policy import (
-    DEFAULT_COMMISSION, OPERATOR_USER_ID, CommissionRates, check_settler, plan_signup_bonus, settle_command,
+    DEFAULT_COMMISSION,
+    OPERATOR_USER_ID,
+    CommissionRates,
+    check_settler,
+    plan_signup_bonus,
+    settle_command,
 )
 from walletd.domain.rates import cross_rates
 from walletd.domain.vocabulary import Bucket, TxStatus, TxType, WalletKind

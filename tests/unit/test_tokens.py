@@ -170,5 +170,5 @@ def test_many_tokens_verify_correctly_past_any_cache_bound():
     ids = [uuid.uuid4() for _ in range(50)]
     tokens = [local.issue(i, "user" if n % 2 else "service") for n, i in enumerate(ids)]
     for _ in range(2):
-        for n, (user_id, token) in enumerate(zip(ids, tokens)):
+        for n, (user_id, token) in enumerate(zip(ids, tokens, strict=False)):
             assert local.verify(token) == Principal(user_id, "user" if n % 2 else "service")

@@ -6,9 +6,11 @@ import asyncpg
 
 _CHECKS = {
     "wallet balance differs from its postings": """
-        SELECT w.id, w.balance, w.reserved_balance, coalesce(p.b, 0) AS posted_balance, coalesce(p.r, 0) AS posted_reserved
+        SELECT w.id, w.balance, w.reserved_balance,
+               coalesce(p.b, 0) AS posted_balance, coalesce(p.r, 0) AS posted_reserved
           FROM wallets w LEFT JOIN (
-               SELECT wallet_id, sum(amount) FILTER (WHERE bucket = 'B') AS b, sum(amount) FILTER (WHERE bucket = 'R') AS r
+               SELECT wallet_id, sum(amount) FILTER (WHERE bucket = 'B') AS b,
+                      sum(amount) FILTER (WHERE bucket = 'R') AS r
                  FROM postings GROUP BY wallet_id) p ON p.wallet_id = w.id
          WHERE w.balance <> coalesce(p.b, 0) OR w.reserved_balance <> coalesce(p.r, 0)""",
     "journal entry does not balance": """
