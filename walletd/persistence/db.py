@@ -73,16 +73,25 @@ class FairPool:
     @contextlib.asynccontextmanager
     async def acquire(self, timeout: float | None = None):
         assert self._pool is not None, "pool not open"
-        async with contextlib.AsyncExitStack() as stack:
+        gate = self._gate
+        if gate.locked():
+            # Only a wait needs a deadline: the common case takes a free place without a timer.
             async with asyncio.timeout(timeout or self.acquire_timeout):
-                await stack.enter_async_context(self._gate)
-                conn = await stack.enter_async_context(self._pool.acquire())
-            try:
-                yield conn
-            except BaseException as exc:
-                if is_unavailable(exc) or isinstance(exc, asyncio.CancelledError):
-                    discard(conn)  # never reuse a connection whose protocol state is unknown
-                raise
+                await gate.acquire()
+        else:
+            await gate.acquire()
+        try:
+            # The gate leaves a connection free for every holder, so this waits at most for a
+            # connect, which the pool's connect timeout (WALLETD_DB_CONNECT_TIMEOUT) bounds.
+            async with self._pool.acquire() as conn:
+                try:
+                    yield conn
+                except BaseException as exc:
+                    if is_unavailable(exc) or isinstance(exc, asyncio.CancelledError):
+                        discard(conn)  # never reuse a connection whose protocol state is unknown
+                    raise
+        finally:
+            gate.release()
 
     async def fetch(self, query: str, *args):
         async with self.acquire() as conn:
