@@ -28,7 +28,7 @@ from walletd.events.delivery import WebhookDispatcher, dispatcher_key
 from walletd.events.expiry import PendingExpirySweeper
 from walletd.memory import release_memory
 from walletd.persistence.db import create_pool
-from walletd.persistence.failures import UNAVAILABLE
+from walletd.persistence.failures import UNAVAILABLE, outage
 from walletd.persistence.ledger import PgLedger
 from walletd.persistence.retention import IdempotencySweeper
 from walletd.supervisor import start_supervised, stop_task
@@ -79,12 +79,14 @@ async def actors_ctx(app: web.Application):
     committer = GroupCommitter(ledger, workers=settings.committers, max_batch=settings.max_batch)
     registry = ActorRegistry(committer, mailbox_size=settings.mailbox_size,
                              idle_seconds=settings.actor_idle_seconds, max_batch=settings.max_batch,
-                             on_idle=lambda: release_memory(ledger, app[tokens_key]))
+                             on_idle=lambda: release_memory(ledger, app[tokens_key]), admit=outage.admit)
     app[registry_key] = registry
     committer.start()
+    stop_shedding = outage.on_lasting(committer.shed)
     try:
         yield
     finally:
+        stop_shedding()
         await registry.close()
 
 

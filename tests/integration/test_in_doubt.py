@@ -120,3 +120,46 @@ async def test_a_lasting_outage_refuses_at_once_and_a_probe_notices_the_recovery
                                    for _ in range(5)])
     assert [r.status for r in after] == [200] * 5
     assert before - (await balance(client, alice, 1))[0] == Decimal(6)
+
+
+async def test_commands_queued_behind_an_in_doubt_commit_are_refused_once_the_outage_lasts(
+        make_client, proxy, database_url):
+    """One committer stuck finding out a lost commit while the database is gone: the commands that
+    queued behind it were never sent, so once the outage has lasted they are answered 503 (nothing
+    moved) long before the stuck one's deadline, and their retries apply them exactly once."""
+    client = await make_client(database_url=proxy.url(database_url), in_doubt_seconds=8.0, pool_size=3,
+                               committers=1)
+    service = await register_service(client)
+    payers = [await register(client, f"payer{i}") for i in range(3)]
+    payee = await register(client, "payee")
+    for payer in payers:
+        await fund(client, payer, service, 1, "100")
+    target = payee["wallets"][1]["id"]
+    proxy.arm("lose_reply")
+
+    async def database_gone_after_the_write():
+        await proxy.fired.wait()
+        proxy.refuse()
+
+    outage = asyncio.create_task(database_gone_after_the_write())
+    stuck = asyncio.create_task(api_transfer(client, payers[0], 1, target, "1", key()))
+    await proxy.fired.wait()
+    queued_keys = [key(), key()]
+    queued = [asyncio.create_task(api_transfer(client, payer, 1, target, "1", k))
+              for payer, k in zip(payers[1:], queued_keys, strict=True)]
+    await asyncio.wait(queued, timeout=30)
+    assert not stuck.done(), "the queued commands must be answered while the stuck one is still finding out"
+    await asyncio.wait_for(stuck, timeout=30)
+    await outage
+    statuses = [t.result().status for t in queued]
+    assert statuses == [503, 503], statuses
+    assert all(t.result().headers.get("Retry-After") for t in queued)
+    assert stuck.result().status == 500  # its own outcome stayed unknown past the deadline
+    proxy.accept()
+    for payer, k in zip(payers[1:], queued_keys, strict=True):
+        for _ in range(20):
+            resp = await api_transfer(client, payer, 1, target, "1", k)
+            if resp.status == 200:
+                break
+            await asyncio.sleep(0.3)  # the outage's probe admits one command per half second
+        assert resp.status == 200 and resp.headers.get("Idempotent-Replayed") is None

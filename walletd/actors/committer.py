@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from walletd import metrics
-from walletd.domain.errors import DomainError, InternalFailure, OutcomeUnknown, Overloaded
+from walletd.domain.errors import DomainError, InternalFailure, OutcomeUnknown, Overloaded, Unavailable
 from walletd.domain.ledger import Command
 from walletd.logs import get_logger
 
@@ -142,6 +142,18 @@ class GroupCommitter:
                 log.info(event, **fields)
             except Exception:  # noqa: BLE001 - the movement committed; a log failure must not undo the answer
                 log.exception("audit.log_failed", audit_event=event)
+
+    def shed(self) -> None:
+        """The database has been unreachable for a while: refuse what waits here (never sent, so
+        nothing of it moved: 503) instead of letting it wait behind commits being looked up."""
+        if not self._queue:
+            return
+        queued, self._queue = self._queue, []
+        for envelopes, done in queued:
+            _fail(envelopes, Unavailable())
+            if not done.done():
+                done.set_result(None)
+        log.warning("committer.shed", batches=len(queued), commands=sum(len(e) for e, _ in queued))
 
     async def close(self, timeout: float = 30.0) -> None:
         """Finish every submitted command, then stop the workers; past the timeout, refuse what

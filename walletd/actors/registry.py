@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from walletd import metrics
@@ -20,7 +21,6 @@ from walletd.actors.committer import Envelope, GroupCommitter
 from walletd.domain.errors import InternalFailure, Overloaded, Unavailable
 from walletd.domain.ledger import Command, routing_wallet
 from walletd.logs import get_logger
-from walletd.persistence.failures import outage
 
 log = get_logger("walletd.actors")
 
@@ -113,10 +113,13 @@ class WalletActor:
 
 class ActorRegistry:
     def __init__(self, committer: GroupCommitter, *, mailbox_size: int = 256, idle_seconds: float = 30.0,
-                 max_batch: int = 256, on_idle=None) -> None:
+                 max_batch: int = 256, on_idle=None, admit: Callable[[], bool] = lambda: True) -> None:
         if mailbox_size < 1 or max_batch < 1 or idle_seconds <= 0:
             raise ValueError("mailbox_size and max_batch must be >= 1 and idle_seconds > 0")
         self.committer = committer
+        # Asked before a command is queued; False refuses it at once (503, nothing moved). The
+        # composition root passes the database outage's fail-fast check (persistence/failures.py).
+        self.admit = admit
         self.mailbox_size = mailbox_size
         self.idle_seconds = idle_seconds
         self.max_batch = max_batch
@@ -131,7 +134,7 @@ class ActorRegistry:
         """Queue a command on its wallet's actor; the future resolves after commit."""
         if self.closing:
             raise Overloaded("shutting down")
-        if not outage.admit():
+        if not self.admit():
             raise Unavailable()
         wallet_id = routing_wallet(command)
         actor = self.actors.get(wallet_id)
