@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from walletd.logs import get_logger
+from walletd.persistence.failures import is_unavailable, outage
 
 log = get_logger("walletd.tasks")
 
@@ -27,10 +28,15 @@ async def run_supervised(name: str, body: Callable[[], Awaitable[None]], *, min_
             await body()
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - logged with its traceback, then restarted
+        except Exception as exc:  # noqa: BLE001 - logged, then restarted
             if time.monotonic() - started > max_backoff:
                 delay = min_backoff  # it had been healthy: this is a new incident
-            log.exception("task.crashed", task=name, restart_in_s=delay)
+            if is_unavailable(exc):
+                # The database is away: reported once per outage (db.unavailable), not as a
+                # traceback per retry; the task simply tries again after its backoff.
+                outage.failed(exc)
+            else:
+                log.exception("task.crashed", task=name, restart_in_s=delay)
         else:
             log.warning("task.exited", task=name, restart_in_s=delay)
         await asyncio.sleep(delay)

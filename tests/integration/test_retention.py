@@ -128,6 +128,30 @@ async def test_a_crashing_task_is_logged_and_restarted_with_backoff(log_tap):
     assert all(c["task"] == "flaky" and c["level"] == "error" and "crash" in c["exception"] for c in crashes)
 
 
+async def test_a_task_that_cannot_reach_the_database_is_retried_without_tracebacks(log_tap):
+    from walletd.persistence.failures import outage
+
+    runs = 0
+    healthy = asyncio.Event()
+
+    async def body() -> None:
+        nonlocal runs
+        runs += 1
+        if runs <= 3:
+            raise ConnectionRefusedError(111, "Connection refused")
+        healthy.set()
+        await asyncio.Event().wait()
+
+    task = start_supervised("needs_db", body, min_backoff=0.01, max_backoff=0.04)
+    try:
+        await asyncio.wait_for(healthy.wait(), 10)
+    finally:
+        await stop_task(task, timeout=5)
+        outage.succeeded()  # the outage log is process-wide: leave it as it was
+    assert not [line for line in log_tap.lines if '"task.crashed"' in line]
+    assert len([line for line in log_tap.lines if '"db.unavailable"' in line]) == 1
+
+
 async def test_a_task_that_returns_is_restarted_too(log_tap):
     runs = 0
     third = asyncio.Event()
