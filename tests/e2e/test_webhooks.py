@@ -145,7 +145,12 @@ async def test_a_delivery_answered_500_is_retried_with_the_same_event_id(make_cl
         return await db.fetchrow("SELECT status, attempts FROM webhook_deliveries WHERE event_id = $1 "
                                  "AND status <> 'pending'", delivered[0]["event"]["id"])
     assert tuple(await until(recorded, what="the delivery recorded")) == ("delivered", 3)
-    after = await webhook_counts(client)
+
+    async def counted():  # counted right after the outcome is recorded, which the test may see first
+        counts = await webhook_counts(client)
+        done = counts["walletd_webhook_delivered_total"] - before["walletd_webhook_delivered_total"] >= 1
+        return counts if done else None
+    after = await until(counted, what="the delivery counted")
     assert after["walletd_webhook_retried_total"] - before["walletd_webhook_retried_total"] == 2
     assert after["walletd_webhook_delivered_total"] - before["walletd_webhook_delivered_total"] == 1
 
@@ -163,6 +168,9 @@ async def test_a_delivery_past_the_horizon_is_given_up(make_client, receiver, db
     async def failed():
         return await db.fetchval("SELECT status = 'failed' FROM webhook_deliveries WHERE event_id = $1", event_id)
     await until(failed, what="the delivery given up")
+    # The audit line is written once the dispatcher has recorded the outcome: after the commit
+    # this test can already see, so wait for it too rather than race it.
+    await until(lambda: any('"webhook.given_up"' in line for line in log_tap.lines), what="webhook.given_up logged")
     given_up = [json.loads(line) for line in log_tap.lines if '"webhook.given_up"' in line]
     assert [e["event_id"] for e in given_up] == [str(event_id)]
     after = await webhook_counts(client)
