@@ -253,3 +253,13 @@ async def api_external_wallet(client, user: dict, currency_id: int) -> dict:
                              params={"wallet_name": f"card-{currency_id}", "currency_id": currency_id})
     assert resp.status == 200, await resp.text()
     return await resp.json()
+
+
+@pytest.fixture
+async def proxy(admin_url):
+    """A TCP proxy to the session's PostgreSQL that can lose a commit's answer or the write (tests/pgproxy.py)."""
+    from tests.pgproxy import PgProxy
+
+    proxy = await PgProxy(admin_url).start()
+    yield proxy
+    await proxy.close()

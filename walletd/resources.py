@@ -34,14 +34,17 @@ from walletd.persistence.retention import IdempotencySweeper
 from walletd.supervisor import start_supervised, stop_task
 
 
-async def pool_ctx(app: web.Application):
-    settings = app[settings_key]
+async def _open_pool(settings, url: str, size: int, what: str):
     try:
-        pool = await create_pool(app[database_url_key], settings.pool_size,
-                                 acquire_timeout=settings.db_acquire_timeout,
+        return await create_pool(url, size, acquire_timeout=settings.db_acquire_timeout,
                                  connect_timeout=settings.db_connect_timeout)
     except UNAVAILABLE as exc:
-        raise StartupError(f"database unreachable at start: {type(exc).__name__}: {exc}") from None
+        raise StartupError(f"{what} unreachable at start: {type(exc).__name__}: {exc}") from None
+
+
+async def pool_ctx(app: web.Application):
+    settings = app[settings_key]
+    pool = await _open_pool(settings, app[database_url_key], settings.pool_size, "database")
     app[pool_key] = pool
     try:
         yield
@@ -57,12 +60,7 @@ async def history_pool_ctx(app: web.Application):
         app[history_pool_key] = app[pool_key]
         yield
         return
-    try:
-        pool = await create_pool(settings.read_database_url, max(2, settings.pool_size // 2),
-                                 acquire_timeout=settings.db_acquire_timeout,
-                                 connect_timeout=settings.db_connect_timeout)
-    except UNAVAILABLE as exc:
-        raise StartupError(f"read database unreachable at start: {type(exc).__name__}: {exc}") from None
+    pool = await _open_pool(settings, settings.read_database_url, max(2, settings.pool_size // 2), "read database")
     app[history_pool_key] = pool
     try:
         yield

@@ -15,14 +15,6 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import api_transfer, assert_ledger_consistent, balance, fund, register, register_service
-from tests.pgproxy import PgProxy
-
-
-@pytest.fixture
-async def proxy(admin_url):
-    proxy = await PgProxy(admin_url).start()
-    yield proxy
-    await proxy.close()
 
 
 @pytest.fixture

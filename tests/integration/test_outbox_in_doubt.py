@@ -9,14 +9,6 @@ import uuid
 import pytest
 
 from tests.conftest import api_deposit, register, register_service
-from tests.pgproxy import PgProxy
-
-
-@pytest.fixture
-async def proxy(admin_url):
-    proxy = await PgProxy(admin_url).start()
-    yield proxy
-    await proxy.close()
 
 
 @pytest.fixture

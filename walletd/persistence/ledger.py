@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import json
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -93,7 +94,8 @@ class PgLedger:
         """Results aligned with commands (a tx dict, a Replay, or a DomainError), plus audit events.
         Raises only DomainErrors, and then for the whole batch: Unavailable, OutcomeUnknown."""
         outcome = await self._apply(commands)
-        outage.succeeded()  # the database answered this batch: any outage is over
+        if not any(isinstance(result, errors.Unavailable) for result in outcome[0]):
+            outage.succeeded()  # the database answered this batch: any outage is over
         return outcome
 
     async def _apply(self, commands: list[Command]) -> tuple[list[object], list[tuple[str, dict]]]:
@@ -225,18 +227,8 @@ class PgLedger:
             raise _NeedsLocks()  # the prediction may be stale: ask the database under lock
         if writes_anything(effects, idempotency_rows):
             async with self.pool.acquire() as conn:
-                backend = backend_of(self.pool, conn)
-                try:
-                    await write_batch(conn, effects, idempotency_rows)
-                except BaseException as exc:
-                    if server_refused(exc):
-                        raise
-                    # In autocommit the write is its own transaction: a lost answer leaves it in doubt.
-                    discard(conn)
-                    doubt = InDoubt(backend, exc)
-                    doubt.outcome = (results, effects)
-                    raise doubt from exc
-            outage.succeeded()
+                # In autocommit the write is its own transaction: a lost answer leaves it in doubt.
+                await self._decisive(conn, write_batch(conn, effects, idempotency_rows), results, effects)
         self.predictions.learn(effects)
         return results, effects.events
 
@@ -276,22 +268,26 @@ class PgLedger:
                     except Exception:  # noqa: BLE001 - a broken connection; the pool terminates it
                         pass
                 raise
-            backend = backend_of(self.pool, conn)
-            try:
-                await transaction.commit()
-            except BaseException as exc:
-                if server_refused(exc):
-                    raise
-                discard(conn)
-                doubt = InDoubt(backend, exc)
-                doubt.outcome = (results, effects)
-                raise doubt from exc
-        outage.succeeded()
+            await self._decisive(conn, transaction.commit(), results, effects)
         # Balances were read under lock: drop the predictions, the next fast path re-reads them.
         self.predictions.forget(wallets)
         return results, effects.events
 
     # ---- shared ------------------------------------------------------------------------------
+
+    async def _decisive(self, conn, step: Awaitable[object], results: list[object], effects: Effects) -> None:
+        """Await the step that commits (the autocommit write, or COMMIT). A refusal from the server
+        means nothing was written; any other failure leaves the batch in doubt (see _resolve)."""
+        backend = backend_of(self.pool, conn)
+        try:
+            await step
+        except BaseException as exc:
+            if server_refused(exc):
+                raise
+            discard(conn)
+            doubt = InDoubt(backend, exc)
+            doubt.outcome = (results, effects)
+            raise doubt from exc
 
     def _plan_all(self, commands, wallets, rates, pending, stored, effects):
         desks = {cur: wallets[w] for cur, w in self.predictions.desks.items() if w in wallets}
