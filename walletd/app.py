@@ -10,16 +10,18 @@ from walletd.appkeys import database_url_key, settings_key, tokens_key
 from walletd.auth.tokens import TokenIssuer
 from walletd.config import Settings
 from walletd.handlers import (
+    books,
     endpoint,
     identity,
     meta,
     money,
     openapi,
     service,
+    transfers,
     wallets,
     webhooks,
 )
-from walletd.handlers.middleware import request_context
+from walletd.handlers.middleware import request_context, route_body_limit
 from walletd.resources import (
     actors_ctx,
     events_ctx,
@@ -29,7 +31,8 @@ from walletd.resources import (
     pool_ctx,
 )
 
-ROUTE_TABLES = (identity.routes, wallets.routes, money.routes, service.routes, webhooks.routes)
+ROUTE_TABLES = (identity.routes, wallets.routes, books.routes, money.routes, transfers.routes, service.routes,
+                webhooks.routes)
 
 
 def add_routes(app: web.Application) -> None:
@@ -43,7 +46,8 @@ def add_routes(app: web.Application) -> None:
 
 
 def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Application:
-    app = web.Application(middlewares=[request_context, server.read_body_within(settings.body_timeout_seconds)],
+    app = web.Application(middlewares=[request_context, route_body_limit,
+                                       server.read_body_within(settings.body_timeout_seconds)],
                           client_max_size=settings.max_body_bytes)
     app[settings_key] = settings
     app[database_url_key] = database_url

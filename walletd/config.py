@@ -34,6 +34,7 @@ class Settings:
     mailbox_size: int = 256
     actor_idle_seconds: float = 30.0
     max_batch: int = 256
+    max_batch_legs: int = 1000  # legs of one POST /wallet/transfers
     committers: int = 2
     pool_size: int = 8
     in_doubt_seconds: float = 30.0
@@ -89,6 +90,7 @@ class Settings:
             mailbox_size=read.integer("WALLETD_MAILBOX_SIZE", 256, minimum=1),
             actor_idle_seconds=read.number("WALLETD_ACTOR_IDLE_SECONDS", 30.0, minimum=0.1),
             max_batch=read.integer("WALLETD_MAX_BATCH", 256, minimum=1),
+            max_batch_legs=read.integer("WALLETD_MAX_BATCH_LEGS", 1000, minimum=1),
             committers=read.integer("WALLETD_COMMITTERS", 2, minimum=1),
             pool_size=read.integer("WALLETD_POOL_SIZE", 8, minimum=2),
             in_doubt_seconds=read.number("WALLETD_IN_DOUBT_SECONDS", 30.0, minimum=0.5),
@@ -119,6 +121,9 @@ class Settings:
         if settings.hash_queue_per_address > settings.hash_queue:
             raise ConfigError(f"WALLETD_HASH_QUEUE_PER_ADDRESS={settings.hash_queue_per_address} must not exceed "
                               f"WALLETD_HASH_QUEUE ({settings.hash_queue})")
+        if settings.max_batch_legs > MAX_BATCH_LEGS:
+            raise ConfigError(f"WALLETD_MAX_BATCH_LEGS={settings.max_batch_legs}: must be at most {MAX_BATCH_LEGS} "
+                              "(all legs of a request are one journal entry, written by one statement)")
         if settings.committers >= settings.pool_size:
             raise ConfigError(f"WALLETD_COMMITTERS={settings.committers} needs WALLETD_POOL_SIZE above it "
                               f"(is {settings.pool_size}): reads need connections too")
@@ -126,6 +131,7 @@ class Settings:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_BATCH_LEGS = 10_000
 
 
 class _Reader:

@@ -25,6 +25,11 @@ def bearer_token(request: web.Request) -> str | None:
     return None
 
 
+# The `auth` of a route that takes a token: its role, or either role (the books endpoints, which a
+# user and a payment service both read, each its own wallets).
+TOKEN_AUTH = ("user", "service", "user_or_service")
+
+
 async def authenticate(request: web.Request, role: str) -> Principal:
     token = bearer_token(request)
     if not token:
@@ -35,7 +40,7 @@ async def authenticate(request: web.Request, role: str) -> Principal:
         raise errors.TokenExpired() from None
     except TokenError:
         raise errors.TokenInvalid() from None
-    if principal.role != role:
+    if principal.role != role and not (role == "user_or_service" and principal.role in ("user", "service")):
         raise errors.WrongRole(role)
     request[principal_key] = principal.subject
     return principal

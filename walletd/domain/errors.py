@@ -40,6 +40,27 @@ class InsufficientFunds(DomainError):
     message = "insufficient_funds"
 
 
+class LegsRefused(DomainError):
+    """A multi-leg transfer was refused whole: `errors` names each refused leg (index, code, message); nothing moved."""
+
+    code = "legs_refused"
+    message = "one or more legs were refused; nothing moved"
+
+
+class LegsLackFunds(LegsRefused, InsufficientFunds):
+    """A LegsRefused in which some leg lacks funds. Being an InsufficientFunds too, the ledger
+    checks it again under row locks before answering, as it does a single transfer's (the
+    balances it planned against may have been predictions)."""
+
+    code = "legs_refused"
+
+
+def legs_refused(items: list[dict]) -> LegsRefused:
+    """The refusal of a multi-leg transfer whose legs `items` ({index, code, message}) were refused."""
+    lacking = any(item["code"] == InsufficientFunds.code for item in items)
+    return (LegsLackFunds if lacking else LegsRefused)(errors=items)
+
+
 class WalletNotFound(DomainError):
     """No such wallet among the caller's (someone else's wallet looks the same)."""
 

@@ -8,41 +8,20 @@ the snapshot and appends a balanced journal entry to the batch's Effects. No I/O
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 from walletd.domain import errors
+from walletd.domain.effects import Effects, WalletState
 from walletd.domain.ids import new_id
-from walletd.domain.money import commission, fmt
+from walletd.domain.money import commission
 from walletd.domain.rates import ONE, RateBook
+from walletd.domain.records import tx_json
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType, WalletKind
 
-__all__ = ["RateBook"]  # re-exported: planning prices transfers through it
-
-
-@dataclass(slots=True)
-class WalletState:
-    id: uuid.UUID
-    user_id: uuid.UUID
-    currency_id: int
-    kind: str
-    balance: Decimal
-    reserved: Decimal
-
-    @property
-    def may_go_negative(self) -> bool:
-        return self.kind in (WalletKind.GATEWAY, WalletKind.OPERATOR)
-
-    def post(self, bucket: str, amount: Decimal) -> None:
-        """A posting's effect on this wallet: the one arithmetic planning, undoing a half-planned
-        command and persistence's predictions all share."""
-        if bucket == Bucket.BALANCE:
-            self.balance += amount
-        else:
-            self.reserved += amount
+# Re-exported: planning prices transfers through RateBook; Effects, WalletState and tx_json are
+# what callers of planning hand in and get back.
+__all__ = ["Effects", "RateBook", "WalletState", "tx_json"]
 
 
 @dataclass
@@ -119,97 +98,55 @@ class Settle:
     idempotency: Idempotency | None = None
 
 
-Command = Transfer | RequestDeposit | RequestWithdraw | Settle
+@dataclass(frozen=True)
+class TransferLeg:
+    source_wallet_id: uuid.UUID
+    target_wallet_id: uuid.UUID
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class MultiTransfer:
+    """Several transfers from the caller's wallets, all or none, in one journal entry
+    (planned by walletd.domain.multi_transfer)."""
+
+    user_id: uuid.UUID
+    legs: tuple[TransferLeg, ...]
+    request_id: str | None = None
+    idempotency: Idempotency | None = None
+
+
+Command = Transfer | RequestDeposit | RequestWithdraw | Settle | MultiTransfer
 
 
 def routing_wallet(command: Command) -> uuid.UUID:
-    """The wallet whose actor runs the command: the one it debits or holds, never more than one."""
+    """The wallet whose actor runs a command that debits or holds one wallet."""
     if isinstance(command, Transfer):
         return command.source_wallet_id
     if isinstance(command, Settle):
         return command.user_wallet_id
+    if isinstance(command, MultiTransfer):
+        return min(routing_wallets(command))
     return command.wallet_id
+
+
+def routing_wallets(command: Command) -> tuple[uuid.UUID, ...]:
+    """Every wallet the command debits or holds, in id order: a multi-leg transfer may debit
+    several of the caller's wallets, and each one's actor takes part (actors/registry.py)."""
+    if isinstance(command, MultiTransfer):
+        return tuple(sorted({leg.source_wallet_id for leg in command.legs}))
+    return (routing_wallet(command),)
 
 
 def wallets_touched(command: Command) -> set[uuid.UUID]:
     """The wallets a command may change, except the exchange desk (added once currencies are known)."""
     if isinstance(command, Transfer):
         return {command.source_wallet_id, command.target_wallet_id}
+    if isinstance(command, MultiTransfer):
+        return {w for leg in command.legs for w in (leg.source_wallet_id, leg.target_wallet_id)}
     if isinstance(command, Settle):
         return {command.user_wallet_id, command.service_wallet_id, command.gateway_wallet_id}
     return {command.wallet_id, command.gateway_wallet_id}
-
-
-# ---- effects ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Effects:
-    """Everything one batch writes; persistence flushes it in a few set-based statements."""
-
-    now: datetime
-    entries: list[tuple[uuid.UUID, str, str | None]] = field(default_factory=list)
-    postings: list[tuple[uuid.UUID, uuid.UUID, int, str, Decimal]] = field(default_factory=list)
-    new_transactions: list[dict] = field(default_factory=list)
-    status_updates: list[tuple[uuid.UUID, str, uuid.UUID | None]] = field(default_factory=list)
-    external_credits: list[tuple[uuid.UUID, Decimal]] = field(default_factory=list)
-    events: list[tuple[str, dict]] = field(default_factory=list)
-    # Events for the payment service (issue 11), written in the same statement as the change:
-    # (service_user_id, event) with event = {"id", "type", "created_at", "data": tx_json record}.
-    outbox: list[tuple[uuid.UUID, dict]] = field(default_factory=list)
-
-    def mark(self) -> tuple[int, ...]:
-        return (len(self.entries), len(self.postings), len(self.new_transactions), len(self.status_updates),
-                len(self.external_credits), len(self.events), len(self.outbox))
-
-    def rollback(self, mark: tuple[int, ...], wallets: dict[uuid.UUID, WalletState]) -> None:
-        """Undo a command that failed half-way through planning (a bug, not a refusal: refusals
-        raise before they change anything): drop what it appended, take its postings back off
-        the snapshot, so the rest of the batch is planned as if it had never come."""
-        for _, wallet_id, _, bucket, amount in self.postings[mark[1]:]:
-            wallet = wallets.get(wallet_id)
-            if wallet is not None:
-                wallet.post(bucket, -amount)
-        parts: tuple[list[Any], ...] = (self.entries, self.postings, self.new_transactions, self.status_updates,
-                                        self.external_credits, self.events, self.outbox)
-        for items, length in zip(parts, mark, strict=True):
-            del items[length:]
-
-    def entry(self, kind: str, request_id: str | None,
-              legs: Sequence[tuple[WalletState, str, Decimal]]) -> uuid.UUID:
-        entry_id = new_id()
-        self.entries.append((entry_id, kind, request_id))
-        for wallet, bucket, amount in legs:
-            if amount:
-                self.postings.append((entry_id, wallet.id, wallet.currency_id, bucket, amount))
-                wallet.post(bucket, amount)
-        return entry_id
-
-    def record(self, *, type: str, status: str, source: WalletState | None, target: WalletState | None,
-               amount: Decimal, converted: Decimal, rate: Decimal, user_id: uuid.UUID,
-               entry_id: uuid.UUID | None, service_user_id: uuid.UUID | None = None,
-               external_wallet_id: uuid.UUID | None = None, parent_id: uuid.UUID | None = None) -> dict:
-        row = {
-            "id": new_id(), "type": type, "status": status,
-            "from_wallet_id": source.id if source else None,
-            "from_currency_id": source.currency_id if source else None,
-            "from_user_id": source.user_id if source else None,
-            "amount": amount,
-            "to_wallet_id": target.id if target else None,
-            "to_currency_id": target.currency_id if target else None,
-            "to_user_id": target.user_id if target else None,
-            "rate": rate, "converted_amount": converted, "user_id": user_id,
-            "service_user_id": service_user_id, "external_wallet_id": external_wallet_id,
-            "parent_id": parent_id, "entry_id": entry_id, "created_at": self.now,
-        }
-        self.new_transactions.append(row)
-        return row
-
-    def publish(self, type: str, service_user_id: uuid.UUID, record: dict) -> None:
-        """An outbox event about a deposit or withdrawal (never a transfer: those name no service user)."""
-        self.outbox.append((service_user_id, {
-            "id": str(new_id()), "type": type, "created_at": self.now.isoformat(timespec="microseconds"),
-            "data": record}))
 
 
 # ---- planning ---------------------------------------------------------------------------------
@@ -222,31 +159,45 @@ def _available(wallet: WalletState, amount: Decimal) -> None:
 
 def plan_transfer(cmd: Transfer, wallets: dict[uuid.UUID, WalletState], desks: dict[int, WalletState],
                   rates: RateBook, effects: Effects) -> dict:
-    source = wallets.get(cmd.source_wallet_id)
-    if source is None or source.user_id != cmd.user_id or source.kind != WalletKind.USER:
+    return book_transfer(cmd.user_id, TransferLeg(cmd.source_wallet_id, cmd.target_wallet_id, cmd.amount),
+                         cmd.request_id, wallets, desks, rates, effects)
+
+
+def book_transfer(user_id: uuid.UUID, leg: TransferLeg, request_id: str | None, wallets: dict[uuid.UUID, WalletState],
+                  desks: dict[int, WalletState], rates: RateBook, effects: Effects,
+                  entry_id: uuid.UUID | None = None) -> dict:
+    """One transfer: its checks, postings, record and audit event. Into a new journal entry, or
+    into entry_id (the one entry of a multi-leg transfer)."""
+    source = wallets.get(leg.source_wallet_id)
+    if source is None or source.user_id != user_id or source.kind != WalletKind.USER:
         raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
-    target = wallets.get(cmd.target_wallet_id)
+    target = wallets.get(leg.target_wallet_id)
     if target is None or target.kind != WalletKind.USER:
         raise errors.TargetWalletNotFound()
     if target.id == source.id:
         raise errors.SameWallet()
-    rate, converted = rates.quote(source.currency_id, target.currency_id, cmd.amount)
-    _available(source, cmd.amount)
+    amount = leg.amount
+    rate, converted = rates.quote(source.currency_id, target.currency_id, amount)
+    _available(source, amount)
     if source.currency_id == target.currency_id:
-        legs = [(source, Bucket.BALANCE, -cmd.amount), (target, Bucket.BALANCE, converted)]
+        legs = [(source, Bucket.BALANCE, -amount), (target, Bucket.BALANCE, converted)]
     else:
         # Across currencies the operator's exchange desk buys the source currency and sells
         # the target one, so every entry still sums to zero per currency.
         desk_in, desk_out = desks[source.currency_id], desks[target.currency_id]
-        legs = [(source, Bucket.BALANCE, -cmd.amount), (desk_in, Bucket.BALANCE, cmd.amount),
+        legs = [(source, Bucket.BALANCE, -amount), (desk_in, Bucket.BALANCE, amount),
                 (desk_out, Bucket.BALANCE, -converted), (target, Bucket.BALANCE, converted)]
-    entry_id = effects.entry(EntryKind.TRANSFER, cmd.request_id, legs)
-    row = effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=source, target=target, amount=cmd.amount,
-                         converted=converted, rate=rate, user_id=cmd.user_id, entry_id=entry_id)
+    record_id = new_id()
+    if entry_id is None:
+        entry_id = effects.entry(EntryKind.TRANSFER, request_id, legs, record_id)
+    else:
+        effects.post(entry_id, legs, record_id)
+    row = effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=source, target=target, amount=amount,
+                         converted=converted, rate=rate, user_id=user_id, entry_id=entry_id, id=record_id)
     effects.events.append(("money.transferred", {
         "entry_id": entry_id, "transaction_id": row["id"], "from_wallet_id": source.id, "to_wallet_id": target.id,
-        "amount": cmd.amount, "currency_id": source.currency_id, "converted_amount": converted,
-        "to_currency_id": target.currency_id, "rate": rate, "principal": cmd.user_id, "request_id": cmd.request_id}))
+        "amount": amount, "currency_id": source.currency_id, "converted_amount": converted,
+        "to_currency_id": target.currency_id, "rate": rate, "principal": user_id, "request_id": request_id}))
     return tx_json(row)
 
 
@@ -275,11 +226,12 @@ def plan_withdraw_request(cmd: RequestWithdraw, wallets: dict[uuid.UUID, WalletS
     wallet = _own(wallets, cmd.wallet_id, cmd.user_id)
     gateway = wallets[cmd.gateway_wallet_id]
     _available(wallet, cmd.amount)
+    record_id = new_id()
     entry_id = effects.entry(EntryKind.WITHDRAW_HOLD, cmd.request_id,
-                             [(wallet, Bucket.BALANCE, -cmd.amount), (wallet, Bucket.RESERVED, cmd.amount)])
+                             [(wallet, Bucket.BALANCE, -cmd.amount), (wallet, Bucket.RESERVED, cmd.amount)], record_id)
     row = effects.record(type=TxType.WITHDRAW, status=TxStatus.PENDING, source=wallet, target=gateway,
                          amount=cmd.amount, converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=entry_id,
-                         service_user_id=cmd.service_user_id, external_wallet_id=cmd.external_wallet_id)
+                         service_user_id=cmd.service_user_id, external_wallet_id=cmd.external_wallet_id, id=record_id)
     effects.events.append(("withdraw.requested", {
         "entry_id": entry_id, "transaction_id": row["id"], "wallet_id": wallet.id, "amount": cmd.amount,
         "currency_id": wallet.currency_id, "service_user_id": cmd.service_user_id, "principal": cmd.user_id,
@@ -313,7 +265,7 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
         fee = commission(amount, cmd.commission_rate)
         entry_id = effects.entry(EntryKind.DEPOSIT, cmd.request_id,
                                  [(gateway, Bucket.BALANCE, -amount), (user, Bucket.BALANCE, amount - fee),
-                                  (service, Bucket.BALANCE, fee)])
+                                  (service, Bucket.BALANCE, fee)], pending.id)
         effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=service, target=user, amount=amount,
                        converted=amount, rate=ONE, user_id=pending.user_id, entry_id=entry_id,
                        service_user_id=cmd.service_user_id, parent_id=pending.id)
@@ -329,7 +281,7 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
             raise errors.InsufficientFunds()
         entry_id = effects.entry(EntryKind.WITHDRAW, cmd.request_id,
                                  [(user, Bucket.RESERVED, -amount), (service, Bucket.BALANCE, fee),
-                                  (gateway, Bucket.BALANCE, net)])
+                                  (gateway, Bucket.BALANCE, net)], pending.id)
         if fee:
             effects.record(type=TxType.COMMISSION, status=TxStatus.CLOSE, source=user, target=service, amount=fee,
                            converted=fee, rate=ONE, user_id=pending.user_id, entry_id=entry_id,
@@ -341,7 +293,7 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
         # rejected or expired: the hold returns to the balance, in one entry
         kind = EntryKind.WITHDRAW_EXPIRED if new_status == TxStatus.EXPIRED else EntryKind.WITHDRAW_RELEASE
         entry_id = effects.entry(kind, cmd.request_id,
-                                 [(user, Bucket.RESERVED, -amount), (user, Bucket.BALANCE, amount)])
+                                 [(user, Bucket.RESERVED, -amount), (user, Bucket.BALANCE, amount)], pending.id)
         moved = {"amount": amount, "released": amount}
     else:
         moved = {"amount": amount}
@@ -356,25 +308,3 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
         "principal": cmd.service_user_id, "request_id": cmd.request_id,
         **{k: v for k, v in moved.items()}}))
     return pending.record
-
-
-def tx_json(row) -> dict:
-    """A transactions row (record or dict) exactly as the API shows it (handlers.schemas.TxOut):
-    JSON-ready, so it can be stored as an idempotent response. The stored copy comes back from jsonb
-    with its keys reordered; handlers.endpoint.render writes both in TxOut's field order."""
-    def text(value):
-        return None if value is None else str(value)
-
-    def money(value):  # history queries already select NUMERIC(…, 10) as its fixed-point text
-        return value if isinstance(value, str) else fmt(value)
-
-    return {
-        "id": str(row["id"]), "type": row["type"], "status": row["status"],
-        "from_wallet_id": text(row["from_wallet_id"]), "from_currency_id": row["from_currency_id"],
-        "amount": money(row["amount"]), "to_wallet_id": text(row["to_wallet_id"]),
-        "to_currency_id": row["to_currency_id"], "rate": money(row["rate"]),
-        "converted_amount": money(row["converted_amount"]),
-        "timestamp": row["created_at"].isoformat(timespec="microseconds"),
-        "user_id": str(row["user_id"]), "service_user_id": text(row["service_user_id"]),
-        "parent_id": text(row["parent_id"]),
-    }

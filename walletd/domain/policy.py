@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from walletd.domain import errors
+from walletd.domain.ids import new_id
 from walletd.domain.ledger import Effects, Idempotency, Settle, WalletState
 from walletd.domain.rates import ONE
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
@@ -72,11 +73,10 @@ def plan_signup_bonus(user_wallets: list[WalletState], desks: Mapping[int, Walle
     pairs = [(desks[w.currency_id], w) for w in user_wallets if w.currency_id in desks]
     if not pairs:
         return None
-    legs = []
+    entry_id = effects.entry(EntryKind.BONUS, request_id, [])
     for desk, wallet in pairs:
-        legs += [(desk, Bucket.BALANCE, -amount), (wallet, Bucket.BALANCE, amount)]
-    entry_id = effects.entry(EntryKind.BONUS, request_id, legs)
-    for desk, wallet in pairs:
+        record_id = new_id()  # each wallet's pair of postings realizes that wallet's bonus record
+        effects.post(entry_id, [(desk, Bucket.BALANCE, -amount), (wallet, Bucket.BALANCE, amount)], record_id)
         effects.record(type=TxType.BONUS, status=TxStatus.CLOSE, source=desk, target=wallet, amount=amount,
-                       converted=amount, rate=ONE, user_id=wallet.user_id, entry_id=entry_id)
+                       converted=amount, rate=ONE, user_id=wallet.user_id, entry_id=entry_id, id=record_id)
     return entry_id

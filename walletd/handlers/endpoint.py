@@ -10,7 +10,8 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from walletd.auth.http import authenticate, basic_credentials
+from walletd.auth.http import TOKEN_AUTH, authenticate, basic_credentials
+from walletd.config import Settings
 from walletd.domain import errors
 from walletd.handlers import audit
 from walletd.handlers.errors import BASIC_CHALLENGE, challenge_key
@@ -27,12 +28,15 @@ class Endpoint:
     summary: str
     params: type[BaseModel] | None
     response: type[BaseModel] | None
-    auth: str | None  # None, "user", "service", "basic"
+    auth: str | None  # None, "user", "service", "user_or_service", "basic"
     errors: tuple[tuple[int, str], ...]
     tags: tuple[str, ...]
     idempotent: bool
     description: str = ""
     extra_headers: tuple[dict, ...] = field(default=())
+    # The largest body this route reads, when it needs more than WALLETD_MAX_BODY_BYTES (a
+    # multi-leg transfer): a function of the settings, applied by handlers.middleware.
+    max_body_bytes: Callable[[Settings], int] | None = None
 
 
 class Routes:
@@ -42,9 +46,10 @@ class Routes:
         self.entries: list[tuple[Endpoint, Handler]] = []
 
     def __call__(self, method: str, path: str, *, summary: str, params=None, response=None,
-                 auth=None, errors=(), tags=(), idempotent=False, description="", extra_headers=()):
+                 auth=None, errors=(), tags=(), idempotent=False, description="", extra_headers=(),
+                 max_body_bytes=None):
         spec = Endpoint(method, path, summary, params, response, auth, tuple(errors), tuple(tags),
-                        idempotent, description, tuple(extra_headers))
+                        idempotent, description, tuple(extra_headers), max_body_bytes)
 
         def register(func: Handler) -> Handler:
             self.entries.append((spec, func))
@@ -59,7 +64,7 @@ def wrap(spec: Endpoint, func: Handler) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         kwargs: dict[str, Any] = {}
         principal = params = None
-        if spec.auth in ("user", "service"):
+        if spec.auth in TOKEN_AUTH:
             principal = kwargs["principal"] = await authenticate(request, spec.auth)
         elif spec.auth == "basic":
             request[challenge_key] = BASIC_CHALLENGE
@@ -87,6 +92,7 @@ def wrap(spec: Endpoint, func: Handler) -> Handler:
 
     handler.__name__ = func.__name__
     handler.__doc__ = func.__doc__
+    handler.max_body_bytes = spec.max_body_bytes  # type: ignore[attr-defined]
     return handler
 
 

@@ -69,6 +69,7 @@ class OperatorKeyRequired(e.DomainError):
 STATUS: dict[type[e.DomainError], int] = {
     e.InvalidAmount: 400,
     e.InsufficientFunds: 400,
+    e.LegsRefused: 400,
     e.WalletNotFound: 404,
     e.NotYourWallet: 400,
     e.TargetWalletNotFound: 400,

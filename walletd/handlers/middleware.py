@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from walletd import metrics, server
-from walletd.appkeys import principal_key, request_id_key
+from walletd.appkeys import principal_key, request_id_key, settings_key
 from walletd.domain.errors import DomainError, Unavailable
 from walletd.handlers.errors import (
     challenge_key,
@@ -59,6 +59,19 @@ async def request_context(request: web.Request, handler):
     log.info("http.request", method=request.method, path=request.path, route=template, status=response.status,
              duration_ms=round(elapsed * 1000, 2), principal=request.get(principal_key))
     return response
+
+
+@web.middleware
+async def route_body_limit(request: web.Request, handler):
+    """A route that declares a larger body (a multi-leg transfer: endpoint.Endpoint.max_body_bytes)
+    may read up to that; every other route keeps WALLETD_MAX_BODY_BYTES. Runs before the body is
+    read (server.read_body_within)."""
+    limit_of = getattr(request.match_info.handler, "max_body_bytes", None)
+    if limit_of is not None:
+        # aiohttp's only public way is request.clone(client_max_size=…), and a clone would keep
+        # what later handlers store on it (the principal) from this chain's canonical log line.
+        request._client_max_size = limit_of(request.app[settings_key])
+    return await handler(request)
 
 
 def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:

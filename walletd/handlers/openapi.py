@@ -69,6 +69,8 @@ def documented_errors(spec: Endpoint) -> dict[int, list[tuple[str, str]]]:
     declared: list = list(spec.errors)
     if spec.auth in ("user", "service"):
         declared += _TOKEN_ERRORS
+    elif spec.auth == "user_or_service":  # either token role is accepted: no wrong role
+        declared += [err for err in _TOKEN_ERRORS if err is not e.WrongRole]
     elif spec.auth == "basic":
         declared += [e.TokenMissing, e.InvalidCredentials]
     if spec.params is not None:
@@ -147,7 +149,7 @@ def operation(spec: Endpoint, operation_id: str, components: dict) -> dict:
             response["headers"] = _RETRY_HEADER
         responses[str(status)] = response
     op["responses"] = responses
-    if spec.auth in ("user", "service"):
+    if spec.auth in ("user", "service", "user_or_service"):
         op["security"] = [{"bearer": []}, {"tokenHeader": []}]
     elif spec.auth == "basic":
         op["security"] = [{"basic": []}]

@@ -78,6 +78,9 @@ def validate(model: type[BaseModel], raw: dict[str, Any]) -> BaseModel:
             for err in found
         ]
         # Told apart by the error type schemas.Amount raises, never by message text.
+        legs = next((err for err in found if err["type"] == errors.LegsRefused.code), None)
+        if legs is not None:  # book_schemas: malformed legs of a multi-leg transfer, each by index
+            raise errors.legs_refused(legs["ctx"]["legs"]) from None
         amount = next((err for err in found if err["type"] == errors.InvalidAmount.code), None)
         if amount is not None:
             raise errors.InvalidAmount(amount["ctx"]["reason"], errors=problems) from None

@@ -118,6 +118,12 @@ async def wallet(pool: FairPool | asyncpg.Connection, wallet_id: uuid.UUID) -> a
         f"SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id WHERE w.id = $1", wallet_id)
 
 
+async def wallet_owners(pool: FairPool, wallet_ids: list[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
+    """Owner (user_id) and kind of each of these wallets that exists."""
+    rows = await pool.fetch("SELECT id, user_id, kind FROM wallets WHERE id = ANY($1::uuid[])", wallet_ids)
+    return {r["id"]: r for r in rows}
+
+
 async def owned_wallet(pool: FairPool, user_id: uuid.UUID, wallet_id: uuid.UUID) -> asyncpg.Record:
     """A wallet of this user; anyone else's looks exactly like one that does not exist."""
     row = await wallet(pool, wallet_id)

@@ -1,5 +1,6 @@
 """Everything one ledger batch decided (its Effects), written by one call of the schema's
-walletd_write_batch(doc jsonb) (migration 0005, where the document's shape is written down).
+walletd_write_batch(doc jsonb) (migration 0005, where the document's shape is written down; 0009
+adds each posting's transaction_id).
 
 One JSON parameter: a single document is several times cheaper to encode than dozens of typed
 arrays, and the statement-level postings trigger sees the whole batch at once. The function
@@ -24,8 +25,8 @@ def batch_document(fx: Effects, idempotency_rows: list) -> str:
     document = {
         "now": fx.now,
         "entries": [{"id": e, "kind": k, "request_id": r} for e, k, r in fx.entries],
-        "postings": [{"entry_id": e, "wallet_id": w, "currency_id": c, "bucket": b, "amount": a}
-                     for e, w, c, b, a in fx.postings],
+        "postings": [{"entry_id": e, "wallet_id": w, "currency_id": c, "bucket": b, "amount": a, "transaction_id": t}
+                     for (e, w, c, b, a), t in zip(fx.postings, fx.posting_records, strict=True)],
         "transactions": fx.new_transactions,
         "settled": [{"id": i, "status": st, "entry_id": e} for i, st, e in fx.status_updates],
         "paid_out": [{"id": i, "amount": a} for i, a in fx.external_credits],

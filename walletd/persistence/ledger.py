@@ -43,6 +43,7 @@ from walletd.domain import errors
 from walletd.domain.ledger import (
     Command,
     Effects,
+    MultiTransfer,
     RateBook,
     RequestDeposit,
     RequestWithdraw,
@@ -53,6 +54,7 @@ from walletd.domain.ledger import (
     plan_transfer,
     plan_withdraw_request,
 )
+from walletd.domain.multi_transfer import plan_multi_transfer
 from walletd.logs import get_logger
 from walletd.persistence.batch_write import write_batch, writes_anything
 from walletd.persistence.db import FairPool, discard
@@ -338,6 +340,8 @@ class PgLedger:
             return plan_deposit_request(command, wallets, effects)
         if isinstance(command, RequestWithdraw):
             return plan_withdraw_request(command, wallets, effects)
+        if isinstance(command, MultiTransfer):
+            return plan_multi_transfer(command, wallets, desks, rates, effects)
         raise TypeError(f"unknown command {command!r}")
 
     @staticmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from walletd.domain.ledger import Command, Effects, Transfer, WalletState, wallets_touched
+from walletd.domain.ledger import Command, Effects, MultiTransfer, Transfer, WalletState, wallets_touched
 from walletd.domain.policy import OPERATOR_USER_ID
 from walletd.domain.vocabulary import WalletKind
 from walletd.persistence.db import FairPool
@@ -81,9 +81,12 @@ class WalletPredictions:
 def _converted_currencies(commands: list[Command], wallets: dict[uuid.UUID, WalletState]) -> set[int]:
     """Currencies on either side of a cross-currency transfer in the batch."""
     currencies: set[int] = set()
-    for c in commands:
-        if isinstance(c, Transfer) and c.source_wallet_id in wallets and c.target_wallet_id in wallets:
-            src, dst = wallets[c.source_wallet_id].currency_id, wallets[c.target_wallet_id].currency_id
+    pairs = [(c.source_wallet_id, c.target_wallet_id) for c in commands if isinstance(c, Transfer)]
+    pairs += [(leg.source_wallet_id, leg.target_wallet_id)
+              for c in commands if isinstance(c, MultiTransfer) for leg in c.legs]
+    for source, target in pairs:
+        if source in wallets and target in wallets:
+            src, dst = wallets[source].currency_id, wallets[target].currency_id
             if src != dst:
                 currencies |= {src, dst}
     return currencies
