@@ -87,7 +87,7 @@ class StatementLineOut(Model):
 
 
 class StatementOut(Model):
-    model_config = ConfigDict(frozen=True, serialize_by_alias=True)
+    model_config = ConfigDict(frozen=True, serialize_by_alias=True, validate_by_name=True)
 
     wallet_id: uuid.UUID
     currency_id: int

@@ -1,9 +1,10 @@
 -- walletd migration 0009: the books (balances at an instant, statements). Plain DDL, runs once.
 --
 -- Every posting carries the time of its journal entry (created_at) and the transaction record it
--- realizes (transaction_id: the record a statement line names), and one index finds a wallet's
--- postings in time order. Balance at T = the wallet's balance now minus its postings after T;
--- a statement is a range of that index. docs/books.md says why this and not a running balance.
+-- realizes (transaction_id: the record a statement line names; the nil id when none is known),
+-- and one index holds a wallet's postings in time order. Balance at T = the wallet's balance now
+-- minus its postings after T; a statement is a range of that index. docs/books.md says why this
+-- and not a running balance.
 --
 -- Existing postings are backfilled from the journal and the records. The append-only trigger
 -- refuses UPDATE; this migration is the one writer allowed: its ALTER TABLE holds the table's
@@ -43,23 +44,28 @@ SELECT pr.entry_id, pr.wallet_id, pr.created_at,
   LEFT JOIN any_record a ON a.entry_id = pr.entry_id;
 
 ALTER TABLE postings DISABLE TRIGGER postings_append_only;
-UPDATE postings p SET created_at = o.created_at, transaction_id = o.transaction_id
+UPDATE postings p SET created_at = o.created_at,
+                    transaction_id = coalesce(o.transaction_id, '00000000-0000-0000-0000-000000000000')
   FROM posting_owner o WHERE o.entry_id = p.entry_id AND o.wallet_id = p.wallet_id;
 ALTER TABLE postings ENABLE TRIGGER postings_append_only;
 
 -- A posting written by hand in the same transaction as its entry gets the entry's time (both
--- default to the transaction's start); walletd writes it explicitly, and `walletd audit` checks
--- that every posting's time is its entry's.
-ALTER TABLE postings ALTER COLUMN created_at SET NOT NULL, ALTER COLUMN created_at SET DEFAULT now();
+-- default to the transaction's start) and names no record; walletd writes both, and `walletd
+-- audit` checks that every posting's time is its entry's.
+ALTER TABLE postings ALTER COLUMN created_at SET NOT NULL, ALTER COLUMN created_at SET DEFAULT now(),
+    ALTER COLUMN transaction_id SET NOT NULL,
+    ALTER COLUMN transaction_id SET DEFAULT '00000000-0000-0000-0000-000000000000';
 
--- The one new index of the hot insert: a wallet's postings in time order (entry_id orders the
--- postings of one instant, so a statement's pages are stable). bucket and amount are included
--- so a balance at an instant is an index-only scan.
-CREATE INDEX postings_wallet_time ON postings (wallet_id, created_at, entry_id) INCLUDE (bucket, amount);
+-- The one new index of the hot insert: a wallet's postings in time order, the key being exactly
+-- a statement line's (time, entry, record), so a page is a range of it read in order, grouped as
+-- it comes and cut at its limit. bucket and amount are included, so a balance at an instant and
+-- a statement's lines are index-only scans.
+CREATE INDEX postings_wallet_time ON postings (wallet_id, created_at, entry_id, transaction_id)
+    INCLUDE (bucket, amount);
 
 -- walletd_write_batch as in 0005, but each posting is written with the batch's time and its
 -- record: doc.postings items are {entry_id, wallet_id, currency_id, bucket, amount,
--- transaction_id} (transaction_id may be absent: NULL).
+-- transaction_id} (transaction_id absent or null: the nil id).
 CREATE OR REPLACE FUNCTION walletd_write_batch(doc jsonb) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     at constant timestamptz := (doc->>'now')::timestamptz;
@@ -71,7 +77,8 @@ BEGIN
           FROM jsonb_to_recordset(doc->'entries') AS e(id uuid, kind text, request_id text)
     ), posted AS (
         INSERT INTO postings (entry_id, wallet_id, currency_id, bucket, amount, created_at, transaction_id)
-        SELECT p.entry_id, p.wallet_id, p.currency_id, p.bucket, p.amount, at, p.transaction_id
+        SELECT p.entry_id, p.wallet_id, p.currency_id, p.bucket, p.amount, at,
+               coalesce(p.transaction_id, '00000000-0000-0000-0000-000000000000')
           FROM jsonb_to_recordset(doc->'postings')
             AS p(entry_id uuid, wallet_id uuid, currency_id int2, bucket text, amount numeric, transaction_id uuid)
     ), recorded AS (
