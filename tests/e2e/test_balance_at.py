@@ -182,3 +182,33 @@ async def test_someone_elses_wallet_looks_missing_to_users_and_services(client):
         resp = await balance_at(client, service["headers"], wallet["id"])
         assert resp.status == 200 and (await resp.json())["currency_id"] == wallet["currency_id"]
     assert (await client.get("/user/wallet/balance", params={"wallet_id": mine[0]["id"]})).status == 401
+
+
+async def test_audit_names_a_posting_dated_apart_from_its_entry_or_naming_no_record(make_client, admin_url):
+    """Balances at an instant and statements read each posting's own time and record: `walletd
+    audit` checks they are its entry's time and a record that exists."""
+    import asyncpg
+
+    from tests.conftest import create_database, run_cli
+
+    url = await create_database(admin_url)  # a database of its own: this test breaks it on purpose
+    client = await make_client(database_url=url)
+    service, alice = await register_service(client), await register(client, "alice")
+    await fund(client, alice, service, 1, "10")
+    code, out = await run_cli(url, "audit")
+    assert code == 0 and "audit: clean" in out, out
+    conn = await asyncpg.connect(url)
+    try:
+        entry, gateway, wallet = await conn.fetchrow(
+            "SELECT p.entry_id, g.wallet_id, p.wallet_id FROM postings p JOIN postings g ON g.entry_id = p.entry_id "
+            "WHERE p.wallet_id = $1 AND g.amount < 0", uuid.UUID(alice["wallets"][1]["id"]))
+        ghost = uuid.uuid4()
+        # A balanced pair slipped in later under an old entry, naming a record that does not exist.
+        await conn.execute("INSERT INTO postings (entry_id, wallet_id, currency_id, bucket, amount, transaction_id) "
+                           "VALUES ($1, $2, 1, 'B', 1, $4), ($1, $3, 1, 'B', -1, $4)", entry, wallet, gateway, ghost)
+        code, out = await run_cli(url, "audit")
+        assert code != 0, out
+        assert "posting's time differs from its journal entry's" in out and str(entry) in out, out
+        assert f"posting names a missing transaction: entry_id={entry}" in out and str(ghost) in out, out
+    finally:
+        await conn.close()

@@ -147,7 +147,9 @@ def _legs(raw: object) -> object:
 
 class TransfersParams(Params):
     transfers: Annotated[list[TransferLegParams], BeforeValidator(_legs), Field(
-        min_length=1, description="The legs, 1 to WALLETD_MAX_BATCH_LEGS (default 1000): all move or none")]
+        min_length=1, description="The legs, 1 to WALLETD_MAX_BATCH_LEGS (default 1000): all move or none",
+        examples=[[{"source_wallet_id": "0193a6f0-5b1e-7c2d-9e3f-4a5b6c7d8e01",
+                    "target_wallet_id": "0193a6f0-5b1e-7c2d-9e3f-4a5b6c7d8e02", "amount": "10.50"}]])]
 
 
 class TransfersOut(Model):

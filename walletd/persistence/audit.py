@@ -31,6 +31,13 @@ _CHECKS = {
          WHERE (t.from_wallet_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM wallets w WHERE w.id = t.from_wallet_id))
             OR (t.to_wallet_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM wallets w WHERE w.id = t.to_wallet_id))
             OR (t.entry_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM journal_entries e WHERE e.id = t.entry_id))""",
+    "posting's time differs from its journal entry's": """
+        SELECT p.entry_id, p.wallet_id, p.created_at AS posting_time, e.created_at AS entry_time
+          FROM postings p JOIN journal_entries e ON e.id = p.entry_id WHERE p.created_at <> e.created_at""",
+    "posting names a missing transaction": """
+        SELECT p.entry_id, p.wallet_id, p.transaction_id FROM postings p
+         WHERE p.transaction_id <> '00000000-0000-0000-0000-000000000000'
+           AND NOT EXISTS (SELECT 1 FROM transactions t WHERE t.id = p.transaction_id)""",
     "journal entry has no postings": """
         SELECT e.id FROM journal_entries e WHERE NOT EXISTS (SELECT 1 FROM postings p WHERE p.entry_id = e.id)""",
     "settled transaction has no journal entry": """
