@@ -12,6 +12,7 @@ JWT_SECRET = "bench-secret-" + "b" * 48
 OPERATOR_KEY = "bench-operator-key"
 HOST = "127.0.0.1"
 TRANSFER_AMOUNT = "0.01"
+LEGS_PER_REQUEST = 100  # legs of each POST /wallet/transfers of the transfer_legs run
 DATABASE = "walletd_bench"
 
 

@@ -58,7 +58,8 @@ from bench.render import render
 from bench.scenarios import WalletdScenarios, populate
 from walletd import testing
 
-SCENARIO_ORDER = ["walletd.uniform", "walletd.hot_credit", "walletd.hot_debit", "walletd.deposit_request",
+SCENARIO_ORDER = ["walletd.uniform", "walletd.hot_credit", "walletd.hot_debit", "walletd.transfer_legs",
+                  "walletd.deposit_request",
                   "walletd.settlement_burst",
                   "walletd.read_wallets", "walletd.read_history_big", "walletd.read_history_small", "floor.http",
                   "lock.uniform", "lock.hot_credit", "lock.hot_debit", "pgbench.uniform", "pgbench.hot_row"]

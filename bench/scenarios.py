@@ -3,6 +3,7 @@ ledger, the bulk-loaded history, the request sets, and the walletd runs themselv
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from bench import seed
-from bench.config import HOST, JWT_SECRET, TRANSFER_AMOUNT, Config
+from bench.config import HOST, JWT_SECRET, LEGS_PER_REQUEST, TRANSFER_AMOUNT, Config
 from bench.harness import Bench, HarnessError, Target, say, summarize
 from bench.loadgen import build_request
 
@@ -131,12 +132,33 @@ class WalletdScenarios:
         self.shapes = {"uniform": uniform, "hot_credit": credit, "hot_debit": debit}
         return self.shapes
 
+    def transfer_legs_requests(self, distinct: int = 200) -> list[list[str]]:
+        """Whole requests (a JSON body does not fit the query-string templates): each from one
+        user's wallet to LEGS_PER_REQUEST wallets of others, TRANSFER_AMOUNT each."""
+        requests = []
+        for _ in range(distinct):
+            source = self.rng.choice(self.pop.users)
+            others = [u for u in self.pop.users if u is not source]
+            targets = [self.rng.choice(others) for _ in range(LEGS_PER_REQUEST)]  # smoke has fewer users
+            body = json.dumps({"transfers": [
+                {"source_wallet_id": str(source.wallets[CUR]), "target_wallet_id": str(t.wallets[CUR]),
+                 "amount": TRANSFER_AMOUNT} for t in targets]}, separators=(",", ":"))
+            requests.append([build_request("POST", "/wallet/transfers", "", HOST, source.token, body)])
+        return requests
+
     async def run(self, scenarios: dict) -> None:
         cfg, bench, wd, pop = self.cfg, self.bench, self.wd, self.pop
         if cfg.wants("transfers"):
             for name, args in self.shapes.items():
                 say(f"walletd {name} transfers")
                 scenarios[f"walletd.{name}"] = summarize(await bench.drive(name, wd, self.transfer_tpl, args))
+
+        if cfg.wants("transfers"):
+            say(f"walletd multi-leg transfers ({LEGS_PER_REQUEST} legs per request)")
+            result = summarize(await bench.drive("transfer-legs", wd, "{0}", self.transfer_legs_requests()))
+            result["legs_per_request"] = LEGS_PER_REQUEST
+            result["legs_per_s"] = round(result["ops_per_s"] * LEGS_PER_REQUEST, 1)
+            scenarios["walletd.transfer_legs"] = result
 
         if cfg.wants("settlement"):
             say("walletd settlement burst: creating pending deposits")

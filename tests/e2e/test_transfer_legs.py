@@ -20,6 +20,7 @@ from tests.conftest import (
     wallets_snapshot,
 )
 from tests.oracles import converted
+from tests.polling import until
 
 
 async def legs(client, user: dict, transfers: list, headers: dict | None = None):
@@ -178,3 +179,25 @@ async def test_opposite_concurrent_multi_leg_transfers_neither_deadlock_nor_lose
     assert totals[1] == Decimal(300) - 12 * 3 * Decimal("0.25")  # EUR left for USD wallets, converted
     assert totals[0] > Decimal(300)
     await assert_ledger_consistent(db)
+
+
+async def test_one_audit_line_names_every_leg_and_a_refusal_is_audited_too(client, log_tap):
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    service = await register_service(client)
+    await fund(client, alice, service, 1, "10")
+    a, b = alice["wallets"][1]["id"], bob["wallets"][1]["id"]
+    log_tap.clear()
+    body = await (await legs(client, alice, [leg(a, b, 1), leg(a, bob["wallets"][2]["id"], 2)])).json()
+    await refused(await legs(client, alice, [leg(a, b, 500)]))
+
+    def events(name: str) -> list[dict]:
+        return [json.loads(line) for line in log_tap.lines if f'"{name}"' in line]
+
+    (moved,) = await until(lambda: events("money.transferred_legs"), what="the audit line")
+    assert [m["transaction_id"] for m in moved["legs"]] == [r["id"] for r in body["transfers"]]
+    assert [(m["from_wallet_id"], m["to_wallet_id"], m["amount"]) for m in moved["legs"]] == [
+        (a, b, "1.0000000000"), (a, bob["wallets"][2]["id"], "2.0000000000")]
+    assert moved["principal"] == alice["id"] and moved["entry_id"]
+    assert not events("money.transferred"), "one line per request, not one per leg"
+    (refusal,) = await until(lambda: events("money.refused"), what="the refusal's audit line")
+    assert refusal["reason"] == "legs_refused" and refusal["path"] == "/wallet/transfers"

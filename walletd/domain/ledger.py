@@ -159,15 +159,18 @@ def _available(wallet: WalletState, amount: Decimal) -> None:
 
 def plan_transfer(cmd: Transfer, wallets: dict[uuid.UUID, WalletState], desks: dict[int, WalletState],
                   rates: RateBook, effects: Effects) -> dict:
-    return book_transfer(cmd.user_id, TransferLeg(cmd.source_wallet_id, cmd.target_wallet_id, cmd.amount),
-                         cmd.request_id, wallets, desks, rates, effects)
+    record, moved = book_transfer(cmd.user_id, TransferLeg(cmd.source_wallet_id, cmd.target_wallet_id, cmd.amount),
+                                  cmd.request_id, wallets, desks, rates, effects)
+    effects.events.append(("money.transferred", {
+        "entry_id": record["entry_id"], **moved, "principal": cmd.user_id, "request_id": cmd.request_id}))
+    return tx_json(record)
 
 
 def book_transfer(user_id: uuid.UUID, leg: TransferLeg, request_id: str | None, wallets: dict[uuid.UUID, WalletState],
                   desks: dict[int, WalletState], rates: RateBook, effects: Effects,
-                  entry_id: uuid.UUID | None = None) -> dict:
-    """One transfer: its checks, postings, record and audit event. Into a new journal entry, or
-    into entry_id (the one entry of a multi-leg transfer)."""
+                  entry_id: uuid.UUID | None = None) -> tuple[dict, dict]:
+    """One transfer: its checks, postings and record; returns the record and what moved (for the
+    audit line). Into a new journal entry, or into entry_id (the one entry of a multi-leg transfer)."""
     source = wallets.get(leg.source_wallet_id)
     if source is None or source.user_id != user_id or source.kind != WalletKind.USER:
         raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
@@ -194,11 +197,9 @@ def book_transfer(user_id: uuid.UUID, leg: TransferLeg, request_id: str | None, 
         effects.post(entry_id, legs, record_id)
     row = effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=source, target=target, amount=amount,
                          converted=converted, rate=rate, user_id=user_id, entry_id=entry_id, id=record_id)
-    effects.events.append(("money.transferred", {
-        "entry_id": entry_id, "transaction_id": row["id"], "from_wallet_id": source.id, "to_wallet_id": target.id,
-        "amount": amount, "currency_id": source.currency_id, "converted_amount": converted,
-        "to_currency_id": target.currency_id, "rate": rate, "principal": user_id, "request_id": request_id}))
-    return tx_json(row)
+    return row, {"transaction_id": row["id"], "from_wallet_id": source.id, "to_wallet_id": target.id,
+                 "amount": amount, "currency_id": source.currency_id, "converted_amount": converted,
+                 "to_currency_id": target.currency_id, "rate": rate}
 
 
 def _own(wallets: dict[uuid.UUID, WalletState], wallet_id: uuid.UUID, user_id: uuid.UUID) -> WalletState:

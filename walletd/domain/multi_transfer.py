@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 
 from walletd.domain import errors
-from walletd.domain.ledger import Effects, MultiTransfer, RateBook, WalletState, book_transfer
+from walletd.domain.ledger import Effects, MultiTransfer, RateBook, WalletState, book_transfer, tx_json
 from walletd.domain.vocabulary import EntryKind
 
 
@@ -21,15 +21,24 @@ def plan_multi_transfer(cmd: MultiTransfer, wallets: dict[uuid.UUID, WalletState
     mark = effects.mark()
     entry_id = effects.entry(EntryKind.TRANSFER, cmd.request_id, [])
     records: list[dict] = []
+    moved: list[dict] = []
     refused: list[dict] = []
+    memo: dict = {}  # the legs share their source, owner and time: each rendered once
     for index, leg in enumerate(cmd.legs):
         try:
-            records.append(book_transfer(cmd.user_id, leg, cmd.request_id, wallets, desks, rates, effects, entry_id))
+            record, leg_moved = book_transfer(cmd.user_id, leg, cmd.request_id, wallets, desks, rates, effects,
+                                              entry_id)
         except errors.DomainError as exc:
             refused.append(leg_refusal(index, exc))
+            continue
+        records.append(tx_json(record, memo))
+        moved.append(leg_moved)
     if refused:
         effects.rollback(mark, wallets)
         raise errors.legs_refused(refused)
+    # One audit line for the request, every leg in it: a line per leg would cost more than the leg.
+    effects.events.append(("money.transferred_legs", {
+        "entry_id": entry_id, "legs": moved, "principal": cmd.user_id, "request_id": cmd.request_id}))
     return {"transfers": records}
 
 

@@ -7,7 +7,15 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, WithJsonSchema
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
 from walletd.domain import errors
@@ -130,9 +138,14 @@ def _leg_refusal(index: int, exc: ValidationError) -> dict:
 
 
 def _legs(raw: object) -> object:
-    """Each leg validated on its own, so a refusal names every malformed leg by its index."""
+    """Each leg validated on its own, so a refusal names every malformed leg by its index (the
+    whole list at once first: the common case, and pydantic's fastest)."""
     if not isinstance(raw, list):
         return raw  # pydantic says it is not a list
+    try:
+        return _LEGS.validate_python(raw)
+    except ValidationError:
+        pass
     legs, refused = [], []
     for index, item in enumerate(raw):
         try:
@@ -143,6 +156,9 @@ def _legs(raw: object) -> object:
         raise PydanticCustomError(errors.LegsRefused.code, "{count} leg(s) refused",
                                   {"count": len(refused), "legs": refused})
     return legs
+
+
+_LEGS = TypeAdapter(list[TransferLegParams])
 
 
 class TransfersParams(Params):
