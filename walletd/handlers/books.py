@@ -40,6 +40,14 @@ CSV_COLUMNS = ("transaction_id", "type", "status", "amount", "balance_after", "t
 _STATEMENT_SCOPE = "statement"
 
 
+_CSV_CONTENT = {
+    "schema": {"type": "string", "description": "RFC 4180 CSV, CRLF line ends, a header row: " + ",".join(CSV_COLUMNS)
+               + "; the period's balances in headers Walletd-Opening-Balance and Walletd-Closing-Balance"},
+    "example": ",".join(CSV_COLUMNS) + "\r\n0193a6f0-5b1e-7c2d-9e3f-4a5b6c7d8e11,deposit,paid,1188.0000000000,"
+               "1288.0000000000,2026-03-02T09:15:00.123456+00:00\r\n",
+}
+
+
 def readable_kinds(principal: Principal) -> tuple[str, ...]:
     """The kinds of wallet a principal reads of its own: a payment service its service and
     gateway wallets, a user its user wallets."""
@@ -67,7 +75,7 @@ async def wallet_balance(request: web.Request, principal: Principal, params: Bal
                     "paged with `limit` and `cursor`; opening_balance + the sum of every line's amount = "
                     "closing_balance. `Accept: text/csv` or `format=csv` streams every line at once as RFC 4180 CSV.",
         auth="user_or_service", params=StatementParams, response=StatementOut, tags=["books"],
-        errors=[WalletNotFound])
+        errors=[WalletNotFound], other_content=[("text/csv", _CSV_CONTENT)])
 async def wallet_statement(request: web.Request, principal: Principal, params: StatementParams):
     wallet = await books.readable_wallet(request.app[pool_key], params.wallet_id, principal.user_id,
                                          readable_kinds(principal))

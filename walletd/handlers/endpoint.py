@@ -37,6 +37,9 @@ class Endpoint:
     # The largest body this route reads, when it needs more than WALLETD_MAX_BODY_BYTES (a
     # multi-leg transfer): a function of the settings, applied by handlers.middleware.
     max_body_bytes: Callable[[Settings], int] | None = None
+    # Other media types the 200 answer may take besides JSON (a statement as CSV): type -> OpenAPI
+    # media type object.
+    other_content: tuple[tuple[str, dict], ...] = ()
 
 
 class Routes:
@@ -47,9 +50,9 @@ class Routes:
 
     def __call__(self, method: str, path: str, *, summary: str, params=None, response=None,
                  auth=None, errors=(), tags=(), idempotent=False, description="", extra_headers=(),
-                 max_body_bytes=None):
+                 max_body_bytes=None, other_content=()):
         spec = Endpoint(method, path, summary, params, response, auth, tuple(errors), tuple(tags),
-                        idempotent, description, tuple(extra_headers), max_body_bytes)
+                        idempotent, description, tuple(extra_headers), max_body_bytes, tuple(other_content))
 
         def register(func: Handler) -> Handler:
             self.entries.append((spec, func))

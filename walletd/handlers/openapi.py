@@ -131,6 +131,8 @@ def operation(spec: Endpoint, operation_id: str, components: dict) -> dict:
     ok: dict[str, Any] = {"description": "OK"}
     if spec.response is not None:
         ok["content"] = {"application/json": {"schema": model_schema(spec.response, components, mode="serialization")}}
+    if spec.other_content:
+        ok.setdefault("content", {}).update(dict(spec.other_content))
     if spec.idempotent:
         ok["headers"] = {"Idempotent-Replayed": {"description": "`true` when this is the stored first response",
                                                  "schema": {"type": "string", "enum": ["true"]}}}
