@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from aiohttp import web
 
@@ -35,6 +35,8 @@ from walletd.persistence.books import Position
 routes = Routes()
 log = get_logger("walletd.books")
 
+# Running balances are exact: NUMERIC(38, 10) has 38 digits, the default context only 28.
+_EXACT = Context(prec=60)
 CSV_CHUNK = 5000  # lines per query while streaming: the memory a CSV statement holds at once
 CSV_COLUMNS = ("transaction_id", "type", "status", "amount", "balance_after", "timestamp")
 _STATEMENT_SCOPE = "statement"
@@ -125,7 +127,7 @@ async def _statement_page(request: web.Request, params: StatementParams, currenc
     more = len(lines) > params.limit
     out = []
     for line in lines[:params.limit]:
-        balance += line.amount
+        balance = _EXACT.add(balance, line.amount)
         out.append(StatementLineOut(transaction_id=line.record_id, type=line.type, status=line.status,
                                     amount=line.amount, balance_after=balance, timestamp=line.at))
     next_cursor = None
