@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WALLETD_DATA_DIR ?= $(CURDIR)/.walletd
 
-.PHONY: install run demo lint test test-ha bench bench-smoke audit clean
+.PHONY: install run demo lint test test-ha test-docker bench bench-smoke audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ test: install
 # etcd-server, python3-venv, Patroni and a system user).
 test-ha: install
 	tests/ha/run.sh failover sync_gap
+
+# The Dockerfile built and run against a PostgreSQL, healthy, `walletd smoke`, stopped. Needs root
+# on Debian (installs docker.io and debootstrap; builds the base image from Debian packages and
+# caches it in ~/.cache/walletd). See docs/operations.md.
+test-docker: install
+	tests/docker/run.sh
 
 bench: install
 	$(BIN)/python -m bench.run
