@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WALLETD_DATA_DIR ?= $(CURDIR)/.walletd
 
-.PHONY: install run demo lint test test-ha test-docker bench bench-smoke audit clean
+.PHONY: install run demo lint test test-ha test-docker test-monitoring bench bench-smoke audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ test-ha: install
 # caches it in ~/.cache/walletd). See docs/operations.md.
 test-docker: install
 	tests/docker/run.sh
+
+# deploy/'s alert rules and dashboard: promtool check and unit tests, then a real Prometheus
+# scraping a live walletd evaluates every dashboard query. Installs Debian's prometheus if missing.
+test-monitoring: install
+	tests/monitoring/run.sh
 
 bench: install
 	$(BIN)/python -m bench.run
