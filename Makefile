@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WALLETD_DATA_DIR ?= $(CURDIR)/.walletd
 
-.PHONY: install run demo lint test test-ha test-docker test-monitoring bench bench-smoke audit clean
+.PHONY: install run demo lint test test-ha test-docker test-monitoring test-restore bench bench-smoke audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ test-docker: install
 # scraping a live walletd evaluates every dashboard query. Installs Debian's prometheus if missing.
 test-monitoring: install
 	tests/monitoring/run.sh
+
+# Backup and restore with PostgreSQL's own tools: WAL archiving, pg_basebackup under load, the
+# cluster destroyed, restored to the latest point and to an earlier instant; prints RPO and restore
+# times (docs/operations.md).
+test-restore: install
+	$(BIN)/python -m tests.restore.run
 
 bench: install
 	$(BIN)/python -m bench.run
