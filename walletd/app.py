@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from walletd import server
+from walletd import metrics, server
 from walletd.appkeys import database_url_key, settings_key, tokens_key
 from walletd.auth.tokens import TokenIssuer
 from walletd.config import Settings
@@ -19,6 +19,7 @@ from walletd.handlers import (
     wallets,
     webhooks,
 )
+from walletd.handlers.errors import catalogue
 from walletd.handlers.middleware import request_context
 from walletd.resources import (
     actors_ctx,
@@ -52,5 +53,6 @@ def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Ap
                             events_ctx, meta.metrics_ctx])
     identity.setup(app, settings)
     meta.setup(app)
+    metrics.know_error_codes(code for code, _, _ in catalogue())
     add_routes(app)
     return app

@@ -38,7 +38,8 @@ def resolve_database(settings: Settings) -> tuple[str, str, object | None]:
 def with_operator_key(settings: Settings, embedded_server: object | None) -> Settings:
     """An embedded installation gets an operator key made once and kept in the data directory
     (beside the JWT secret), unless WALLETD_OPERATOR_KEY is set: a plain `make run` can then
-    register the payment service. With DATABASE_URL the key comes only from the environment."""
+    register the payment service. With DATABASE_URL the key comes only from the environment.
+    WALLETD_OPEN_SERVICE_REGISTRATION=1 opens registration whether or not a key was generated."""
     if settings.operator_key or embedded_server is None:
         return settings
     from walletd.persistence import embedded
@@ -82,8 +83,12 @@ def serve(args, settings: Settings) -> int:
         print(f"walletd: cannot listen on {args.host}:{args.port}: {problem}", file=sys.stderr)
         return 1
     url, secret, server = resolve_database(settings)
-    operator_key_from_env = settings.operator_key is not None
+    operator_key_from_env = settings.operator_key is not None and not args.generated_operator_key
     settings = with_operator_key(settings, server)
+    if args.generated_operator_key:  # a worker of an embedded installation: the parent's generated key
+        from walletd.persistence import embedded
+
+        settings = dataclasses.replace(settings, operator_key=embedded.persistent_operator_key(settings.data_dir))
     if not args.worker:
         asyncio.run(_migrate(url, settings))
     log = logs.get_logger("walletd")
@@ -91,7 +96,8 @@ def serve(args, settings: Settings) -> int:
              workers=args.workers, pid=os.getpid())
     # Extra worker processes share the port (SO_REUSEPORT; the kernel spreads connections) and
     # the database; each has its own actors. Correctness across them comes from PostgreSQL.
-    children = [_spawn_worker(args, url, secret, settings.operator_key) for _ in range(args.workers - 1)]
+    key_generated = settings.operator_key is not None and not operator_key_from_env
+    children = [_spawn_worker(args, url, secret, key_generated) for _ in range(args.workers - 1)]
     app = create_app(settings, url, secret)
     # Everything built so far lives as long as the process: keep it out of the cyclic collector's
     # sweeps, and collect the young generation less often (a full sweep stalls every request).
@@ -157,10 +163,10 @@ def print_banner(args, settings: Settings, server: object | None, operator_key_f
         lines.append(f"  operator key:         {embedded.operator_key_path(data_dir)}   (send as X-Operator-Key)")
     elif settings.operator_key:
         lines.append("  operator key:         from WALLETD_OPERATOR_KEY   (send as X-Operator-Key)")
-    if settings.operator_key:
-        registration = "needs the operator key"
-    elif settings.open_service_registration:
+    if settings.open_service_registration:
         registration = "OPEN to anyone (WALLETD_OPEN_SERVICE_REGISTRATION=1, development only)"
+    elif settings.operator_key:
+        registration = "needs the operator key"
     else:
         registration = "closed (set WALLETD_OPERATOR_KEY)"
     lines.append(f"  service registration: {registration}")
@@ -169,12 +175,14 @@ def print_banner(args, settings: Settings, server: object | None, operator_key_f
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def _spawn_worker(args, url: str, secret: str, operator_key: str | None) -> subprocess.Popen:
+def _spawn_worker(args, url: str, secret: str, key_generated: bool) -> subprocess.Popen:
+    """A key set in WALLETD_OPERATOR_KEY reaches the worker in the inherited environment; a generated
+    one is read from the data directory by the worker itself, so that the worker, like its parent,
+    does not take it for an explicit key (which WALLETD_OPEN_SERVICE_REGISTRATION=1 refuses)."""
     env = {**os.environ, "DATABASE_URL": url, "WALLETD_JWT_SECRET": secret}
-    if operator_key:
-        env["WALLETD_OPERATOR_KEY"] = operator_key
-    return subprocess.Popen([sys.executable, "-m", "walletd", "serve", "--host", args.host, "--port", str(args.port),
-                             "--workers", "1", "--worker"], env=env)
+    argv = [sys.executable, "-m", "walletd", "serve", "--host", args.host, "--port", str(args.port),
+            "--workers", "1", "--worker"]
+    return subprocess.Popen(argv + (["--generated-operator-key"] if key_generated else []), env=env)
 
 
 def migrate_cmd(args, settings: Settings) -> int:
@@ -270,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--workers", type=int, default=_env_int("WALLETD_WORKERS", 1),
                          help="processes serving the port (env WALLETD_WORKERS; default 1)")
     p_serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers
+    p_serve.add_argument("--generated-operator-key", action="store_true", help=argparse.SUPPRESS)
     p_serve.set_defaults(run=serve)
     p_migrate = sub.add_parser("migrate", help="apply pending migrations and the seed data, then exit")
     p_migrate.set_defaults(run=migrate_cmd)

@@ -119,6 +119,12 @@ class Settings:
         if settings.hash_queue_per_address > settings.hash_queue:
             raise ConfigError(f"WALLETD_HASH_QUEUE_PER_ADDRESS={settings.hash_queue_per_address} must not exceed "
                               f"WALLETD_HASH_QUEUE ({settings.hash_queue})")
+        if settings.open_service_registration and settings.operator_key:
+            # An explicit key means the operator means to restrict registration; the switch says the
+            # opposite. Neither may silently win.
+            raise ConfigError("WALLETD_OPEN_SERVICE_REGISTRATION=1 and WALLETD_OPERATOR_KEY are both set: the first "
+                              "lets anyone register a payment service, the second restricts it to the operator; "
+                              "unset one of them")
         if settings.committers >= settings.pool_size:
             raise ConfigError(f"WALLETD_COMMITTERS={settings.committers} needs WALLETD_POOL_SIZE above it "
                               f"(is {settings.pool_size}): reads need connections too")

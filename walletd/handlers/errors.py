@@ -12,6 +12,7 @@ import json
 
 from aiohttp import web
 
+from walletd import metrics
 from walletd.domain import errors as e
 
 
@@ -161,6 +162,7 @@ _dumps = functools.partial(json.dumps, default=str)
 
 def error_response(status: int, code: str, message: str, request_id: str | None = None,
                    headers: dict | None = None, **extra) -> web.Response:
+    metrics.answered_error(code)
     body = {"status": status, "code": code, "message": message, "request_id": request_id, **extra}
     headers = dict(headers or {})
     if status == 503:

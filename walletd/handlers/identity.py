@@ -57,13 +57,17 @@ async def register(request: web.Request, params: RegisterParams):
 
 @routes("POST", "/auth/register_service", summary="Register a service user (payment service); operator only",
         params=RegisterParams, response=ServiceTokenOut, tags=["service"], extra_headers=[_OPERATOR_HEADER],
-        description="Requires header X-Operator-Key equal to WALLETD_OPERATOR_KEY. With no key configured "
-                    "registration is refused unless WALLETD_OPEN_SERVICE_REGISTRATION=1 (development only).",
+        description="Requires header X-Operator-Key equal to WALLETD_OPERATOR_KEY. With "
+                    "WALLETD_OPEN_SERVICE_REGISTRATION=1 (development only) anyone may register; with neither "
+                    "registration is refused.",
         errors=[OperatorKeyRequired, DuplicateAccount, TooManyAttempts, _HASH_BUSY])
 async def register_service(request: web.Request, params: RegisterParams):
     settings = request.app[settings_key]
     given = request.headers.get("X-Operator-Key", "")
-    if settings.operator_key:
+    if settings.open_service_registration:
+        # Only a generated key can be set beside the switch (config refuses an explicit one): open wins.
+        allowed = True
+    elif settings.operator_key:
         # The operator key is a password too: its failures count against the client's address.
         pool, throttle, address = request.app[pool_key], request.app[throttle_key], request.remote or "unknown"
         await throttle.check(pool, None, address)
@@ -71,7 +75,7 @@ async def register_service(request: web.Request, params: RegisterParams):
         if not allowed:
             await throttle.failed(pool, None, address)
     else:
-        allowed = settings.open_service_registration
+        allowed = False
     if not allowed:
         log.warning("auth.register_service_refused", username=params.username,
                     configured=bool(settings.operator_key))

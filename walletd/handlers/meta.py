@@ -71,30 +71,37 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Answers within READY_TIMEOUT whatever the load: the deadline covers the pool's gate, the
+    problem = await database_problem(request.app)
+    if problem is not None:
+        return web.json_response({"status": "unavailable", "message": problem}, status=503, headers=_RETRY)
+    return web.json_response({"status": "ready"})
+
+
+async def database_problem(app: web.Application) -> str | None:
+    """Why walletd cannot serve from its database now, or None; sets walletd_database_up.
+    Answers within READY_TIMEOUT whatever the load: the deadline covers the pool's gate, the
     connect and the query (a writable primary is required: a standby is not ready)."""
     try:
         async with asyncio.timeout(READY_TIMEOUT):
-            async with request.app[pool_key].acquire(timeout=READY_TIMEOUT) as conn:
+            async with app[pool_key].acquire(timeout=READY_TIMEOUT) as conn:
                 applied = await schema_ready(conn)
                 writable = not await conn.fetchval("SELECT pg_is_in_recovery()")
     except Exception as exc:  # any failure to reach the database means not ready
-        return web.json_response({"status": "unavailable", "message": f"database unreachable: {type(exc).__name__}"},
-                                 status=503, headers=_RETRY)
-    if not applied:
-        return web.json_response({"status": "unavailable", "message": "schema not applied"}, status=503, headers=_RETRY)
-    if not writable:
-        return web.json_response({"status": "unavailable", "message": "database is a read-only standby"},
-                                 status=503, headers=_RETRY)
-    outage.succeeded()
-    return web.json_response({"status": "ready"})
+        problem: str | None = f"database unreachable: {type(exc).__name__}"
+    else:
+        problem = None if applied and writable else (
+            "schema not applied" if not applied else "database is a read-only standby")
+    metrics.DATABASE_UP.set(0 if problem else 1)
+    if problem is None:
+        outage.succeeded()
+    return problem
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """Prometheus text format (walletd/metrics.py): this process's live gauges are refreshed
     first; under --workers the answer aggregates every process."""
     metrics.sample(request.app[registry_key], request.app[pool_key])
-    await _webhooks_pending(request.app)
+    await asyncio.gather(database_problem(request.app), _webhooks_pending(request.app))
     return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
