@@ -25,7 +25,8 @@ from walletd.persistence.migrate import migrate
 from walletd.testing import ServerProcess, free_port, walletd_command, walletd_server  # noqa: F401 - re-exported
 
 JWT_SECRET = "test-secret-" + "x" * 40
-OPERATOR_KEY = "test-operator-key"
+OPERATOR_KEY = "test-operator-key-0123456789abcdef"  # at least 24 characters, as walletd requires
+OPERATOR = {"X-Operator-Key": OPERATOR_KEY}
 PASSWORD = "Str0ng!pass"
 _db_counter = itertools.count()
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 from walletd import __version__
-from walletd.config import ConfigError, Settings
+from walletd.config import ConfigError, Settings, check_operator_key
 from walletd.persistence.migrate import MigrationError
 
 DEFAULT_HOST = "127.0.0.1"  # loopback unless asked: the Dockerfile passes --host 0.0.0.0
@@ -43,7 +43,9 @@ def with_operator_key(settings: Settings, embedded_server: object | None) -> Set
         return settings
     from walletd.persistence import embedded
 
-    return dataclasses.replace(settings, operator_key=embedded.persistent_operator_key(settings.data_dir))
+    key = check_operator_key(embedded.persistent_operator_key(settings.data_dir),
+                             f"the operator key in {embedded.operator_key_path(settings.data_dir)}")
+    return dataclasses.replace(settings, operator_key=key)
 
 
 async def _migrate(url: str, settings: Settings) -> list:
@@ -172,7 +174,7 @@ def print_banner(args, settings: Settings, server: object | None, operator_key_f
 def _spawn_worker(args, url: str, secret: str, operator_key: str | None) -> subprocess.Popen:
     env = {**os.environ, "DATABASE_URL": url, "WALLETD_JWT_SECRET": secret}
     if operator_key:
-        env["WALLETD_OPERATOR_KEY"] = operator_key
+        env["WALLETD_OPERATOR_KEY"] = operator_key  # WALLETD_OPERATOR_KEY_PREVIOUS passes through os.environ
     return subprocess.Popen([sys.executable, "-m", "walletd", "serve", "--host", args.host, "--port", str(args.port),
                              "--workers", "1", "--worker"], env=env)
 
@@ -232,11 +234,13 @@ _SERVE_ENVIRONMENT = """environment (read at start; see the README's Configurati
   DATABASE_URL                 PostgreSQL to use; unset: the embedded one in WALLETD_DATA_DIR
   WALLETD_DATA_DIR             embedded cluster, jwt-secret and operator-key (default ./.walletd)
   WALLETD_JWT_SECRET           token signing key (required with DATABASE_URL)
-  WALLETD_OPERATOR_KEY         operator credential (embedded: generated into WALLETD_DATA_DIR/operator-key)
+  WALLETD_OPERATOR_KEY         operator credential, at least 24 characters (embedded: generated into
+                               WALLETD_DATA_DIR/operator-key); WALLETD_OPERATOR_KEY_PREVIOUS during a rotation
   WALLETD_OPEN_SERVICE_REGISTRATION, WALLETD_TOKEN_TTL, WALLETD_SIGNUP_BONUS, WALLETD_RATES_URL,
   WALLETD_RATES_MAX_AGE, WALLETD_SEED_FILE, WALLETD_MAX_BODY_BYTES, WALLETD_MAILBOX_SIZE,
   WALLETD_ACTOR_IDLE_SECONDS, WALLETD_MAX_BATCH, WALLETD_COMMITTERS, WALLETD_POOL_SIZE,
-  WALLETD_IN_DOUBT_SECONDS, WALLETD_DB_ACQUIRE_TIMEOUT, WALLETD_DB_CONNECT_TIMEOUT, WALLETD_LOG_LEVEL
+  WALLETD_IN_DOUBT_SECONDS, WALLETD_DB_ACQUIRE_TIMEOUT, WALLETD_DB_CONNECT_TIMEOUT, WALLETD_LOG_LEVEL,
+  WALLETD_RATE_MAX_CHANGE, WALLETD_MAX_COMMISSION_RATE, WALLETD_PENDING_TTL
 """
 
 
