@@ -35,16 +35,16 @@ def resolve_database(settings: Settings) -> tuple[str, str, object | None]:
     return embedded.database_url(server), secret, server
 
 
-def with_operator_key(settings: Settings, embedded_server: object | None) -> Settings:
-    """An embedded installation gets an operator key made once and kept in the data directory
-    (beside the JWT secret), unless WALLETD_OPERATOR_KEY is set: a plain `make run` can then
-    register the payment service. With DATABASE_URL the key comes only from the environment."""
-    if settings.operator_key or embedded_server is None:
+def with_operator_key(settings: Settings, *, embedded: bool) -> Settings:
+    """An embedded installation gets an operator key made once (32 random bytes) and kept in the
+    data directory (beside the JWT secret), unless WALLETD_OPERATOR_KEY is set: a plain `make run`
+    can then register the payment service. With DATABASE_URL the key comes only from the environment."""
+    if settings.operator_key or not embedded:
         return settings
-    from walletd.persistence import embedded
+    from walletd.persistence import embedded as embedded_pg
 
-    key = check_operator_key(embedded.persistent_operator_key(settings.data_dir),
-                             f"the operator key in {embedded.operator_key_path(settings.data_dir)}")
+    path = embedded_pg.operator_key_path(settings.data_dir)
+    key = check_operator_key(embedded_pg.persistent_operator_key(settings.data_dir), f"the operator key in {path}")
     return dataclasses.replace(settings, operator_key=key)
 
 
@@ -83,9 +83,11 @@ def serve(args, settings: Settings) -> int:
     if not args.worker and (problem := _port_problem(args.host, args.port)):
         print(f"walletd: cannot listen on {args.host}:{args.port}: {problem}", file=sys.stderr)
         return 1
-    url, secret, server = resolve_database(settings)
     operator_key_from_env = settings.operator_key is not None
-    settings = with_operator_key(settings, server)
+    # Before the embedded PostgreSQL starts: a key file too short to be a credential stops
+    # walletd (exit 2) with nothing left running.
+    settings = with_operator_key(settings, embedded=settings.database_url is None)
+    url, secret, server = resolve_database(settings)
     if not args.worker:
         asyncio.run(_migrate(url, settings))
     log = logs.get_logger("walletd")

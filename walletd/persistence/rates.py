@@ -64,11 +64,11 @@ async def store_provider_rates(pool: FairPool, base: str, rates: dict[str, Decim
         new = {(ids[a], ids[b]): rate for (a, b), rate in pairs.items()
                if a in ids and b in ids and 0 < rate < _RATE_LIMIT}
         stored = await _stored(conn)
-        if not force:
-            check_change({pair: (stored[pair], rate) for pair, rate in new.items() if pair in stored}, max_change)
         # Derived rates are cut toward the desk, so they keep every round trip at most 1 among
         # themselves; pairs the provider no longer quotes may still break one, and force never lifts it.
         await asyncio.to_thread(arbitrage.check_table, {**stored, **new})
+        if not force:
+            check_change({pair: (stored[pair], rate) for pair, rate in new.items() if pair in stored}, max_change)
         await conn.executemany(_UPSERT, [(a, b, rate, at) for (a, b), rate in new.items()])
         return len(new)
 
