@@ -80,12 +80,16 @@ async def test_rate_writes_belong_to_the_operator(make_client, provider, db, log
     assert not any("test-operator-key" in line for line in log_tap.lines), "the key is never logged"
 
 
-async def test_during_a_rotation_the_previous_operator_key_still_works(make_client, provider, db):
+async def test_during_a_rotation_the_previous_operator_key_still_works(make_client, provider, db, log_tap):
     new_key, old_key = "the-new-operator-key-0123456789", "the-old-operator-key-0123456789"
     client = await make_client(operator_key=new_key, operator_key_previous=old_key, rates_url=provider["url"])
     for key in (new_key, old_key):
         resp = await client.post("/service/exchange-rates/update", headers={"X-Operator-Key": key}, params=FORCE)
         assert resp.status == 200, await resp.text()
+    # Who still sends the key being retired shows in the audit lines (never the key itself).
+    stragglers = [json.loads(line) for line in log_tap.lines if '"auth.operator_key_previous"' in line]
+    assert [(e["path"], e["address"]) for e in stragglers] == [("/service/exchange-rates/update", "127.0.0.1")]
+    assert not any(old_key in line or new_key in line for line in log_tap.lines)
     resp = await client.post("/service/exchange-rates/update", headers=OPERATOR, params=FORCE)
     await error(resp, 403, "operator_key_required")  # a key from neither side of the rotation
     after = await make_client(operator_key=new_key, rates_url=provider["url"])  # the rotation is over

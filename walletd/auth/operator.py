@@ -42,12 +42,14 @@ class OperatorPrincipal:
 OPERATOR = OperatorPrincipal()
 
 
-def key_matches(given: str, accepted: tuple[str, ...]) -> bool:
+def matching_key(given: str, accepted: tuple[str, ...]) -> int | None:
+    """The index of the accepted key equal to `given` (0: the current one, 1: the previous one),
+    or None."""
     digest = hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest()
-    # Every accepted key is compared (a list, not any() on a generator): the time taken does not
-    # say which one matched.
+    # Every accepted key is compared (a list, not a generator that stops at the first match): the
+    # time taken does not say which one matched.
     results = [hmac.compare_digest(digest, hashlib.sha256(key.encode()).digest()) for key in accepted]
-    return any(results)
+    return results.index(True) if True in results else None
 
 
 async def authenticate(request: web.Request) -> OperatorPrincipal:
@@ -63,9 +65,12 @@ async def authenticate(request: web.Request) -> OperatorPrincipal:
         raise OperatorKeyRequired()
     pool, throttle, address = request.app[pool_key], request.app[throttle_key], request.remote or "unknown"
     await throttle.check(pool, None, address)
-    if not key_matches(given, accepted):
+    matched = matching_key(given, accepted)
+    if matched is None:
         await throttle.failed(pool, None, address)
         log.warning("auth.operator_key_refused", path=request.path, method=request.method, address=address)
         raise OperatorKeyRequired("operator credential refused (X-Operator-Key)")
+    if matched > 0:  # during a rotation: who still sends the key being retired
+        log.info("auth.operator_key_previous", path=request.path, method=request.method, address=address)
     request[principal_key] = OPERATOR.subject
     return OPERATOR

@@ -21,6 +21,17 @@ READY_TIMEOUT = 2.0
 _RETRY = {"Retry-After": "1"}
 
 openapi_key = web.AppKey("openapi", bytes)
+# The operational routes: open to anyone (anonymous), and hold no money or personal data. Listed
+# here for the authority table (docs/authority.md) beside the declared API routes.
+PUBLIC_ROUTES = (
+    ("GET", "/health", "Liveness"),
+    ("GET", "/ready", "Readiness: database reachable and writable, every migration applied"),
+    ("GET", "/metrics", "Prometheus metrics"),
+    ("GET", "/openapi.json", "The OpenAPI document"),
+    ("GET", "/docs", "Swagger UI"),
+    ("GET", "/redoc", "ReDoc"),
+    ("GET", "/static/…", "The documentation pages' scripts and styles"),
+)
 STALE_TYPES = ("deposit", "withdraw")
 
 _REDOC_PAGE = """<!DOCTYPE html>

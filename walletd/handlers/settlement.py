@@ -42,7 +42,7 @@ _SETTLE_DOC = ("Exactly once: only a pending transaction moves money. Repeating 
 _SETTLE_ERRORS = [errors.TransactionNotFound, errors.InvalidTransactionType, errors.SettlementConflict,
                   errors.TransactionNotStale, errors.ServiceWalletNotFound, errors.InsufficientFunds, *MOVE_ERRORS]
 _SETTLERS = ("service", "operator")
-_SETTLE_SCOPE = {"service": "what names it", "operator": "stale ones"}
+_SETTLE_SCOPE = {"service": "what names it, stale or not", "operator": "stale ones (and expired ones)"}
 
 
 async def _settle(request: web.Request, principal: Principal | OperatorPrincipal, params: SettleParams,
