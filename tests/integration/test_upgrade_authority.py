@@ -138,6 +138,12 @@ async def test_records_the_previous_release_expired_survive_and_can_be_reconcile
                 resp = await api_settle(session, {"headers": OPERATOR}, "withdraw", w1["id"], "paid")
                 assert resp.status == 200 and (await resp.json())["status"] == "paid", await resp.text()
                 assert await wallet_row(db, alice_wallet) == (before[0] - 10, before[1])
+                entry = await db.fetch("SELECT e.kind, p.wallet_id::text, p.bucket, p.amount FROM transactions t "
+                                       "JOIN journal_entries e ON e.id = t.entry_id JOIN postings p ON p.entry_id = e.id "
+                                       "WHERE t.id = $1 ORDER BY p.amount", w1["id"])
+                assert [(r[0], r[1] == alice_wallet, r[2], r[3]) for r in entry] == [
+                    ("withdraw_after_expiry", True, "B", Decimal(-10)), ("withdraw_after_expiry", False, "B", Decimal("0.2")),
+                    ("withdraw_after_expiry", False, "B", Decimal("9.8"))], "from the balance: the hold was gone"
                 # A `rejected` agrees with what the expiry did: it closes the record and moves nothing.
                 resp = await api_settle(session, service, "withdraw", w2["id"], "rejected")
                 assert resp.status == 200 and (await resp.json())["status"] == "rejected", await resp.text()

@@ -69,14 +69,14 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
     elif pending.type == TxType.WITHDRAW and new_status == TxStatus.PAID:
         net = amount - fee
         if pending.status == TxStatus.PENDING:
-            source = Bucket.RESERVED
+            kind, source = EntryKind.WITHDRAW, Bucket.RESERVED
             if user.reserved < amount:  # cannot happen while holds only move through this code
                 raise errors.InsufficientFunds()
         else:  # expired by the previous release: its hold went back to the balance, so pay from there
-            source = Bucket.BALANCE
+            kind, source = EntryKind.WITHDRAW_AFTER_EXPIRY, Bucket.BALANCE
             if user.balance < amount:
                 raise errors.InsufficientFunds()
-        entry_id = effects.entry(EntryKind.WITHDRAW, cmd.request_id,
+        entry_id = effects.entry(kind, cmd.request_id,
                                  [(user, source, -amount), (service, Bucket.BALANCE, fee),
                                   (gateway, Bucket.BALANCE, net)])
         if fee:

@@ -35,7 +35,8 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
     except Exception as exc:
         log.info("auth.register_failed", username=params.username, role=role, reason=type(exc).__name__)
         raise
-    log.info("auth.registered", user_id=str(user_id), username=params.username, role=role)
+    log.info("auth.registered", user_id=str(user_id), username=params.username, role=role,
+             principal=request.get(principal_key))  # "operator" for a service user it registered
     if bonus_entry is not None:
         log.info("money.signup_bonus", entry_id=str(bonus_entry), user_id=str(user_id),
                  amount=f"{settings.signup_bonus:f}", request_id=request.get(request_id_key))
