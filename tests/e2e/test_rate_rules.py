@@ -23,7 +23,7 @@ from tests.conftest import (
 from walletd.config import Settings
 
 FORCE = {"force": "true"}
-QUOTES = {"EUR": 1, "USD": "1.1", "RUB": "100", "GBP": "0.8"}  # 1.1: the example
+QUOTES = {"EUR": 1, "USD": "1.1", "RUB": "100", "GBP": "0.8"}  # 1.1: half to even, 1/1.1 rounded up
 
 
 async def pull(client, provider, quotes=QUOTES, **params):
@@ -105,7 +105,7 @@ async def test_derived_rates_are_cut_toward_the_desk_and_a_round_trip_loses(make
     for (a, b), rate in rates.items():
         if (b, a) in rates:
             assert Fraction(rate) * Fraction(rates[(b, a)]) <= 1, (a, b)
-    # The round trip of 10^10: half-even rates gained 0.1 at the desk's expense; now it loses.
+    # A round trip of 10^10: half-even rates gained 0.1 at the desk's expense; now it loses.
     alice, service = await register(client, "tripper"), await register_service(client)
     assert await fund(client, alice, service, 1, "10101010101.0101010101") == Decimal(10) ** 10
     there = await api_transfer(client, alice, 1, alice["wallets"][2]["id"], "10000000000")

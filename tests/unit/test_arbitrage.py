@@ -117,7 +117,7 @@ def test_find_cycle_agrees_with_the_brute_force_on_any_table(table):
             check_table(table)
 
 
-def test_the_issues_example_is_refused_and_names_the_reverse_rate():
+def test_a_reverse_rate_rounded_up_is_refused_and_named():
     # 1.1000000000 × 0.9090909091 = 1.00000000001: a round trip of 10^10 would gain 0.1.
     table = {(1, 2): Decimal("1.1"), (2, 1): Decimal("0.9090909090")}
     with pytest.raises(errors.RateArbitrage) as refused:
