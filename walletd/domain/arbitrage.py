@@ -57,21 +57,22 @@ def _graph(rates: Mapping[Pair, Decimal]) -> tuple[list[int], dict[int, list[tup
 
 def _relax(nodes, edges, best, pred, rounds: int) -> int | None:
     """Bellman-Ford on products; returns a node still improving after `rounds` rounds (a cycle
-    with a product above 1 feeds it), or None once a round changes nothing."""
+    with a product above 1 feeds it), or None once a round changes nothing. Each round relaxes
+    only the edges of the currencies the previous round improved."""
+    active = [u for u in nodes if u in best]
     for _ in range(rounds):
-        changed = None
-        for u in nodes:
-            value = best.get(u)
-            if value is None:
-                continue
+        improved: dict[int, None] = {}
+        for u in active:
+            value = best[u]
             for v, rate in edges[u]:
                 candidate = value * rate // _UNIT
                 if candidate > best.get(v, -1):
                     best[v], pred[v] = candidate, u
-                    changed = v
-        if changed is None:
+                    improved[v] = None
+        if not improved:
             return None
-    return changed
+        active = list(improved)
+    return active[-1]
 
 
 def _product(rates: Mapping[Pair, Decimal], path: list[int]) -> Fraction:
