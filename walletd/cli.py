@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 from walletd import __version__
-from walletd.config import ConfigError, Settings
+from walletd.config import ConfigError, Settings, check_operator_key
 from walletd.persistence.migrate import MigrationError
 
 DEFAULT_HOST = "127.0.0.1"  # loopback unless asked: the Dockerfile passes --host 0.0.0.0
@@ -35,16 +35,18 @@ def resolve_database(settings: Settings) -> tuple[str, str, object | None]:
     return embedded.database_url(server), secret, server
 
 
-def with_operator_key(settings: Settings, embedded_server: object | None) -> Settings:
-    """An embedded installation gets an operator key made once and kept in the data directory
-    (beside the JWT secret), unless WALLETD_OPERATOR_KEY is set: a plain `make run` can then
-    register the payment service. With DATABASE_URL the key comes only from the environment.
+def with_operator_key(settings: Settings, *, embedded: bool) -> Settings:
+    """An embedded installation gets an operator key made once (32 random bytes) and kept in the
+    data directory (beside the JWT secret), unless WALLETD_OPERATOR_KEY is set: a plain `make run`
+    can then register the payment service. With DATABASE_URL the key comes only from the environment.
     WALLETD_OPEN_SERVICE_REGISTRATION=1 opens registration whether or not a key was generated."""
-    if settings.operator_key or embedded_server is None:
+    if settings.operator_key or not embedded:
         return settings
-    from walletd.persistence import embedded
+    from walletd.persistence import embedded as embedded_pg
 
-    return dataclasses.replace(settings, operator_key=embedded.persistent_operator_key(settings.data_dir))
+    path = embedded_pg.operator_key_path(settings.data_dir)
+    key = check_operator_key(embedded_pg.persistent_operator_key(settings.data_dir), f"the operator key in {path}")
+    return dataclasses.replace(settings, operator_key=key)
 
 
 async def _migrate(url: str, settings: Settings) -> list:
@@ -82,13 +84,12 @@ def serve(args, settings: Settings) -> int:
     if not args.worker and (problem := _port_problem(args.host, args.port)):
         print(f"walletd: cannot listen on {args.host}:{args.port}: {problem}", file=sys.stderr)
         return 1
-    url, secret, server = resolve_database(settings)
     operator_key_from_env = settings.operator_key is not None and not args.generated_operator_key
-    settings = with_operator_key(settings, server)
-    if args.generated_operator_key:  # a worker of an embedded installation: the parent's generated key
-        from walletd.persistence import embedded
-
-        settings = dataclasses.replace(settings, operator_key=embedded.persistent_operator_key(settings.data_dir))
+    # Before the embedded PostgreSQL starts: a key file too short to be a credential stops
+    # walletd (exit 2) with nothing left running. A worker of an embedded installation reads
+    # its parent's generated key from the data directory.
+    settings = with_operator_key(settings, embedded=settings.database_url is None or args.generated_operator_key)
+    url, secret, server = resolve_database(settings)
     if not args.worker:
         asyncio.run(_migrate(url, settings))
     log = logs.get_logger("walletd")
@@ -240,11 +241,13 @@ _SERVE_ENVIRONMENT = """environment (read at start; see the README's Configurati
   DATABASE_URL                 PostgreSQL to use; unset: the embedded one in WALLETD_DATA_DIR
   WALLETD_DATA_DIR             embedded cluster, jwt-secret and operator-key (default ./.walletd)
   WALLETD_JWT_SECRET           token signing key (required with DATABASE_URL)
-  WALLETD_OPERATOR_KEY         operator credential (embedded: generated into WALLETD_DATA_DIR/operator-key)
+  WALLETD_OPERATOR_KEY         operator credential, at least 24 characters (embedded: generated into
+                               WALLETD_DATA_DIR/operator-key); WALLETD_OPERATOR_KEY_PREVIOUS during a rotation
   WALLETD_OPEN_SERVICE_REGISTRATION, WALLETD_TOKEN_TTL, WALLETD_SIGNUP_BONUS, WALLETD_RATES_URL,
   WALLETD_RATES_MAX_AGE, WALLETD_SEED_FILE, WALLETD_MAX_BODY_BYTES, WALLETD_MAILBOX_SIZE,
   WALLETD_ACTOR_IDLE_SECONDS, WALLETD_MAX_BATCH, WALLETD_COMMITTERS, WALLETD_POOL_SIZE,
-  WALLETD_IN_DOUBT_SECONDS, WALLETD_DB_ACQUIRE_TIMEOUT, WALLETD_DB_CONNECT_TIMEOUT, WALLETD_LOG_LEVEL
+  WALLETD_IN_DOUBT_SECONDS, WALLETD_DB_ACQUIRE_TIMEOUT, WALLETD_DB_CONNECT_TIMEOUT, WALLETD_LOG_LEVEL,
+  WALLETD_RATE_MAX_CHANGE, WALLETD_MAX_COMMISSION_RATE, WALLETD_PENDING_TTL
 """
 
 

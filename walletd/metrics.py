@@ -71,6 +71,11 @@ WEBHOOKS_IN_FLIGHT = Gauge("walletd_webhook_in_flight", "Webhook deliveries bein
 # The same database count whichever process reads it: the latest reading, never a sum.
 WEBHOOKS_PENDING = Gauge("walletd_webhook_deliveries_pending", "Webhook deliveries waiting in the database "
                          "(all processes; read at scrape)", multiprocess_mode="mostrecent")
+# Read from the database at scrape, like the webhook backlog: the latest reading, never a sum.
+PENDING_STALE = Gauge("walletd_pending_stale", "Pending deposits and withdrawals past WALLETD_PENDING_TTL, by type "
+                      "(all processes; read at scrape)", ["type"], multiprocess_mode="mostrecent")
+SETTLEMENT_CONFLICTS = Counter("walletd_settlement_conflicts", "Payment-service settlements refused because the "
+                               "operator (or the previous release's expiry) had decided otherwise")
 WORKERS = Gauge("walletd_workers", "walletd processes serving the port", multiprocess_mode="livesum")
 HTTP_ERRORS = Counter("walletd_http_errors", "Error answers by their `code` (the code field of the JSON error body)",
                       ["code"])

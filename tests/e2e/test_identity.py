@@ -350,10 +350,10 @@ async def test_the_development_switch_opens_registration_beside_a_generated_key(
 
 @pytest.mark.parametrize("switch", ["1", "true", "on"])
 def test_an_explicit_key_and_the_switch_are_refused_together(switch):
-    env = {"WALLETD_OPEN_SERVICE_REGISTRATION": switch, "WALLETD_OPERATOR_KEY": "k"}
+    env = {"WALLETD_OPEN_SERVICE_REGISTRATION": switch, "WALLETD_OPERATOR_KEY": "k" * 32}
     with pytest.raises(ConfigError, match="WALLETD_OPEN_SERVICE_REGISTRATION=1 and WALLETD_OPERATOR_KEY"):
         Settings.from_env(env)
-    assert Settings.from_env({**env, "WALLETD_OPEN_SERVICE_REGISTRATION": "0"}).operator_key == "k"
+    assert Settings.from_env({**env, "WALLETD_OPEN_SERVICE_REGISTRATION": "0"}).operator_key == "k" * 32
 
 
 async def test_service_login_query_and_body(client):

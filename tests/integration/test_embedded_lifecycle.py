@@ -187,7 +187,7 @@ async def test_open_registration_beats_the_generated_key_in_every_worker(data_di
 
 async def test_an_explicit_key_with_the_open_switch_refuses_to_start(data_dir):
     serve = await EmbeddedServe(data_dir, free_port()).start(
-        WALLETD_OPEN_SERVICE_REGISTRATION="1", WALLETD_OPERATOR_KEY="an-explicit-key")
+        WALLETD_OPEN_SERVICE_REGISTRATION="1", WALLETD_OPERATOR_KEY="an-explicit-operator-key-of-32-chars")
     try:
         assert await asyncio.wait_for(serve.proc.wait(), 60) == 2
     finally:

@@ -58,11 +58,7 @@ class InvalidIdempotencyKey(RequestError):
     message = "Idempotency-Key must be 1-128 characters"
 
 
-class OperatorKeyRequired(e.DomainError):
-    """Registering a service user needs header X-Operator-Key equal to WALLETD_OPERATOR_KEY."""
-
-    code = "operator_key_required"
-    message = "operator credential required (X-Operator-Key)"
+OperatorKeyRequired = e.OperatorKeyRequired  # an authentication error, kept importable from here
 
 
 # The single place where an error gets its status. Looked up along the class's MRO, so a
@@ -77,13 +73,16 @@ STATUS: dict[type[e.DomainError], int] = {
     e.CurrencyNotFound: 400,
     e.RateNotFound: 400,
     e.RateStale: 409,
+    e.RateArbitrage: 409,
+    e.RateChangeTooLarge: 409,
+    e.CommissionRateTooHigh: 400,
     e.ServiceWalletNotFound: 400,
     e.ExternalWalletNotFound: 400,
     e.ExternalWalletExists: 409,
     e.TransactionNotFound: 404,
     e.InvalidStatusUpdate: 400,
     e.SettlementConflict: 409,
-    e.TransactionExpired: 409,
+    e.TransactionNotStale: 409,
     e.InvalidTransactionType: 400,
     e.InvalidWebhookUrl: 400,
     e.TooManyWebhooks: 409,
