@@ -1,7 +1,8 @@
 """Audit events of the money-moving routes, written at the HTTP edge where the outcome becomes a
 response: `money.refused` (reason = the error's code) and `money.replayed` (a stored first
-response answered again for an Idempotency-Key). The ledger logs what moved; these say what was
-asked for and did not move, with the wallet, the principal and the request id."""
+answer, a movement or a refusal, given again for an Idempotency-Key; `status` says which). The
+ledger logs what moved; these say what was asked for and did not move, with the wallet, the
+principal and the request id."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def refused(request: web.Request, exc: DomainError, principal: Principal | None,
              request_id=request.get(request_id_key), **_subject(params))
 
 
-def replayed(request: web.Request, principal: Principal | None, params: BaseModel | None) -> None:
-    log.info("money.replayed", path=request.path, principal=principal and principal.subject,
+def replayed(request: web.Request, principal: Principal | None, params: BaseModel | None, status: int) -> None:
+    log.info("money.replayed", path=request.path, status=status, principal=principal and principal.subject,
              idempotency_key=request.headers.get("Idempotency-Key"), request_id=request.get(request_id_key),
              **_subject(params))

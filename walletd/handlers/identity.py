@@ -12,7 +12,7 @@ from walletd.auth.passwords import PasswordPool
 from walletd.auth.throttle import LoginThrottle, TooManyAttempts, username_key
 from walletd.auth.tokens import Principal
 from walletd.config import Settings
-from walletd.domain.errors import DuplicateAccount, InvalidCredentials, Overloaded
+from walletd.domain.errors import DuplicateAccount, InvalidCredentials, OutcomeUnknown, Overloaded
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.errors import OperatorKeyRequired
 from walletd.handlers.schemas import LoginParams, RegisterParams, ServiceTokenOut, TokenOut, UserOut
@@ -24,6 +24,7 @@ log = get_logger("walletd.auth")
 passwords_key = web.AppKey("passwords", PasswordPool)
 throttle_key = web.AppKey("login_throttle", LoginThrottle)
 _HASH_BUSY = (Overloaded, "too many logins in progress, retry later")  # the password-hash pool is full
+_REGISTRATION_UNKNOWN = (OutcomeUnknown, accounts.REGISTRATION_UNKNOWN)  # its COMMIT was cut off
 _OPERATOR_HEADER = {"name": "X-Operator-Key", "in": "header", "required": True, "schema": {"type": "string"},
                     "description": "The operator credential (env WALLETD_OPERATOR_KEY)."}
 
@@ -35,7 +36,7 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
         user_id, bonus_entry = await accounts.create_user(
             request.app[pool_key], username=params.username, email=params.email, password_hash=password_hash,
             role=role, signup_bonus=settings.signup_bonus if role == "user" else Decimal(0),
-            request_id=request.get(request_id_key))
+            request_id=request.get(request_id_key), in_doubt_seconds=settings.in_doubt_seconds)
     except Exception as exc:
         log.info("auth.register_failed", username=params.username, role=role, reason=type(exc).__name__)
         raise
@@ -49,7 +50,7 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
 
 @routes("POST", "/auth/register", summary="Register a user; a wallet in every currency is created",
         params=RegisterParams, response=TokenOut, tags=["auth"],
-        errors=[DuplicateAccount, _HASH_BUSY])
+        errors=[DuplicateAccount, _HASH_BUSY, _REGISTRATION_UNKNOWN])
 async def register(request: web.Request, params: RegisterParams):
     _, token = await _register(request, params, "user")
     return TokenOut(access_token=token)
@@ -59,7 +60,7 @@ async def register(request: web.Request, params: RegisterParams):
         params=RegisterParams, response=ServiceTokenOut, tags=["service"], extra_headers=[_OPERATOR_HEADER],
         description="Requires header X-Operator-Key equal to WALLETD_OPERATOR_KEY. With no key configured "
                     "registration is refused unless WALLETD_OPEN_SERVICE_REGISTRATION=1 (development only).",
-        errors=[OperatorKeyRequired, DuplicateAccount, TooManyAttempts, _HASH_BUSY])
+        errors=[OperatorKeyRequired, DuplicateAccount, TooManyAttempts, _HASH_BUSY, _REGISTRATION_UNKNOWN])
 async def register_service(request: web.Request, params: RegisterParams):
     settings = request.app[settings_key]
     given = request.headers.get("X-Operator-Key", "")
