@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 
 import aiohttp
-
 import asyncpg
 import pytest
 
@@ -69,7 +68,7 @@ async def test_lines_reach_stdout_within_a_second_at_idle_and_at_sigterm(admin_u
             for _ in range(3):
                 async with session.get(f"{server.url}/health") as resp:
                     request_id = resp.headers["X-Request-ID"]
-                await until(lambda: logged(server, "http.request", request_id=request_id), timeout=1.0,
+                await until(lambda rid=request_id: logged(server, "http.request", request_id=rid), timeout=1.0,
                             what="each request's line on stdout within a second")
     finally:
         code = await ServerProcess.stop(server)  # not ServeProcess.stop: that deletes the file

@@ -123,9 +123,9 @@ class PgLedger:
         elif decided.path == "locked":
             self.locked_batches += 1
             metrics.LOCKED_PATH.inc()
-        else:
+        for marker in decided.found:
             self.in_doubt["committed"] += 1
-            log.warning("ledger.in_doubt_resolved", committed=True, marker=decided.marker)
+            log.warning("ledger.in_doubt_resolved", committed=True, marker=marker)
 
     async def _decide(self, commands: list[Command]) -> Decided:
         try:
@@ -226,7 +226,7 @@ class PgLedger:
             log.warning("ledger.in_doubt_resolved", committed=False, marker=marker.label)
             raise errors.Unavailable()
         # Committed: the predictions are re-read (cheaper than reasoning about half-known state).
-        return Decided(sent.results, effects.events, path="in_doubt", forget=touched, marker=marker.label)
+        return Decided(sent.results, effects.events, path="in_doubt", forget=touched, found=[marker.label])
 
     # ---- fast path ---------------------------------------------------------------------------
 

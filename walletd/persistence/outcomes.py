@@ -34,10 +34,11 @@ class Decided:
     path: str = "fast"  # fast, locked (read under locks, also one command at a time) or in_doubt
     learned: list[Effects] = field(default_factory=list)  # committed on predicted balances
     forget: set[uuid.UUID] = field(default_factory=set)  # wallets to re-read before the next plan
-    marker: str | None = None  # the row an in-doubt batch was found by
+    found: list[str] = field(default_factory=list)  # markers of in-doubt writes found committed
 
     def add(self, other: "Decided") -> None:
         self.results += other.results
         self.events += other.events
         self.learned += other.learned
         self.forget |= other.forget
+        self.found += other.found
