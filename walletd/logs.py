@@ -40,32 +40,36 @@ class LineBuffer:
     of one per line: at thousands of requests a second, a write and flush per line cost walletd
     about a quarter of its throughput.
 
-    The writing is done by a thread of its own, so how soon a line reaches the stream depends on
-    no event loop: not on which loop is running (a timer set on a loop that has since closed never
-    fires), nor on how busy it is. A line waits at most `interval` (plus the thread's turn for the
-    GIL, a few milliseconds); the caller only appends to a deque (atomic, no lock) and wakes the
-    thread on the first line after a quiet spell. Everything left is written at exit (SIGTERM
-    ends walletd through its normal shutdown, so that includes SIGTERM); a SIGKILL loses at most
-    the last `interval` of lines.
+    How soon a line reaches the stream depends on no event loop: not on which loop runs (a timer
+    set on a loop that has since closed never fires) nor on how busy it is. A writer thread of
+    its own, woken by the first line after a write, writes what gathered `interval` later; and
+    a line logged when the oldest unwritten one is already `interval` old writes them at once
+    from the caller's thread, so under traffic the lines do not wait for the writer's turn on a
+    busy machine either. The caller otherwise only appends to a deque (atomic, no lock).
+    Everything left is written at exit (SIGTERM ends walletd through its normal shutdown, so
+    that includes SIGTERM); a SIGKILL loses at most the last `interval` of lines.
     """
 
     def __init__(self, stream, interval: float = 0.025) -> None:
         self.stream, self.interval = stream, interval
         self._lines: collections.deque[str] = collections.deque()
-        self._waiting = False  # the writer has been woken for the lines now queued
+        self._oldest: float | None = None  # when the oldest line not yet written was logged
         self._wake = threading.Event()
-        self._write_lock = threading.Lock()  # the writer thread and a flush at exit, one at a time
+        self._write_lock = threading.Lock()  # the writer thread, a caller and the exit: one at a time
         self._writer = threading.Thread(target=self._write_forever, name="walletd-log-writer", daemon=True)
         self._writer.start()
         atexit.register(self.flush)
 
     def msg(self, message: str) -> None:
         self._lines.append(message)
-        # Appended before the check: if the writer has already cleared the flag, it will be woken
-        # again; if not, its next drain happens after this append and takes the line.
-        if not self._waiting:
-            self._waiting = True
+        # Appended before the check: a writer that has already cleared `_oldest` is woken again;
+        # one that has not drains after this append and takes the line.
+        oldest = self._oldest
+        if oldest is None:
+            self._oldest = time.monotonic()
             self._wake.set()
+        elif time.monotonic() - oldest >= self.interval:
+            self.flush()
 
     log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
 
@@ -74,11 +78,11 @@ class LineBuffer:
             self._wake.wait()
             time.sleep(self.interval)  # gather what arrives meanwhile into one write
             self._wake.clear()
-            self._waiting = False
             self.flush()
 
     def flush(self) -> None:
         with self._write_lock:
+            self._oldest = None
             lines = self._lines
             parts = [lines.popleft() for _ in range(len(lines))]
             if parts:
