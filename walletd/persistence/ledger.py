@@ -314,7 +314,7 @@ class PgLedger:
                                else errors.IdempotencyKeyReused())
                 continue
             try:
-                result: object = self._plan_contained(command, wallets, desks, rates, pending, effects)
+                result = self._plan_contained(command, wallets, desks, rates, pending, effects)
                 status, body = 200, result
             except errors.InternalFailure as exc:
                 results.append(exc)
