@@ -76,6 +76,7 @@ log = get_logger("walletd.ledger")
 
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.UniqueViolationError)
 
+
 @dataclass
 class _Sent:
     """What an in-doubt batch answers if it committed, and the rows it wrote."""
