@@ -26,6 +26,7 @@ from walletd.appkeys import (
 from walletd.config import ConfigError
 from walletd.events.delivery import WebhookDispatcher, dispatcher_key
 from walletd.events.stale import StalePendingSweeper
+from walletd.handlers.errors import error_body
 from walletd.memory import release_memory
 from walletd.persistence.db import create_pool
 from walletd.persistence.failures import UNAVAILABLE, outage
@@ -72,7 +73,9 @@ async def actors_ctx(app: web.Application):
     """Ledger, group committer and actors; on shutdown the actors drain what they accepted while
     the pool (an earlier context) is still open."""
     settings = app[settings_key]
-    ledger = PgLedger(app[pool_key], settings.rates_max_age, in_doubt_seconds=settings.in_doubt_seconds)
+    # A refusal remembered under an Idempotency-Key is stored as the answer the edge gives.
+    ledger = PgLedger(app[pool_key], settings.rates_max_age, refusal_response=error_body,
+                      in_doubt_seconds=settings.in_doubt_seconds)
     app[ledger_key] = ledger
     committer = GroupCommitter(ledger, workers=settings.committers, max_batch=settings.max_batch)
     registry = ActorRegistry(committer, mailbox_size=settings.mailbox_size,

@@ -159,7 +159,7 @@ async def test_a_delivery_past_the_horizon_is_given_up(make_client, receiver, db
     client = await make_client(webhook_backoff_seconds=0.2, webhook_horizon_seconds=1.0)
     before = await webhook_counts(client)
     service = await register_service(client)
-    await subscribe(client, service, receiver.url)
+    hook = await subscribe(client, service, receiver.url)
     receiver.script = [500] * 1000
     user = await register(client)
     deposit = await (await api_deposit(client, user, service, 1, "3")).json()
@@ -172,9 +172,12 @@ async def test_a_delivery_past_the_horizon_is_given_up(make_client, receiver, db
     # this test can already see, so wait for it too rather than race it.
     await until(lambda: any('"webhook.given_up"' in line for line in log_tap.lines), what="webhook.given_up logged")
     given_up = [json.loads(line) for line in log_tap.lines if '"webhook.given_up"' in line]
-    assert [e["event_id"] for e in given_up] == [str(event_id)]
+    # This dispatcher's horizon applies to every due delivery in the module's database: one that
+    # another test left behind (its receiver gone, its transaction expired by a sweep) may be
+    # given up here too, so only this endpoint's lines are this test's.
+    assert [e["event_id"] for e in given_up if e["endpoint_id"] == hook["id"]] == [str(event_id)]
     after = await webhook_counts(client)
-    assert after["walletd_webhook_failed_total"] - before["walletd_webhook_failed_total"] == 1
+    assert after["walletd_webhook_failed_total"] - before["walletd_webhook_failed_total"] >= 1
     # still in the feed, for reconciliation
     feed = await (await client.get("/service/events", headers=service["headers"])).json()
     assert [e["id"] for e in feed["events"]] == [str(event_id)]

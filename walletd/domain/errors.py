@@ -279,7 +279,8 @@ class Unavailable(DomainError):
 
 
 class OutcomeUnknown(DomainError):
-    """A commit was cut off and its outcome could not be found out in time; retry with the same Idempotency-Key."""
+    """A commit was cut off and its outcome could not be found out in time; retry with the same
+    Idempotency-Key (a registration: log in to learn whether the account exists)."""
 
     code = "outcome_unknown"
     message = "outcome unknown: retry with the same Idempotency-Key to learn it"

@@ -12,7 +12,7 @@ from walletd.auth.passwords import PasswordPool
 from walletd.auth.throttle import LoginThrottle, TooManyAttempts, throttle_key, username_key
 from walletd.auth.tokens import Principal
 from walletd.config import Settings
-from walletd.domain.errors import DuplicateAccount, InvalidCredentials, Overloaded
+from walletd.domain.errors import DuplicateAccount, InvalidCredentials, OutcomeUnknown, Overloaded
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.schemas import LoginParams, RegisterParams, ServiceTokenOut, TokenOut, UserOut
 from walletd.logs import get_logger
@@ -22,6 +22,7 @@ routes = Routes()
 log = get_logger("walletd.auth")
 passwords_key = web.AppKey("passwords", PasswordPool)
 _HASH_BUSY = (Overloaded, "too many logins in progress, retry later")  # the password-hash pool is full
+_REGISTRATION_UNKNOWN = (OutcomeUnknown, accounts.REGISTRATION_UNKNOWN)  # its COMMIT was cut off
 
 
 async def _register(request: web.Request, params: RegisterParams, role: str):
@@ -31,7 +32,7 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
         user_id, bonus_entry = await accounts.create_user(
             request.app[pool_key], username=params.username, email=params.email, password_hash=password_hash,
             role=role, signup_bonus=settings.signup_bonus if role == "user" else Decimal(0),
-            request_id=request.get(request_id_key))
+            request_id=request.get(request_id_key), in_doubt_seconds=settings.in_doubt_seconds)
     except Exception as exc:
         log.info("auth.register_failed", username=params.username, role=role, reason=type(exc).__name__)
         raise
@@ -47,7 +48,7 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
 
 @routes("POST", "/auth/register", summary="Register a user; a wallet in every currency is created",
         params=RegisterParams, response=TokenOut, tags=["auth"], auth="anonymous",
-        errors=[DuplicateAccount, _HASH_BUSY])
+        errors=[DuplicateAccount, _HASH_BUSY, _REGISTRATION_UNKNOWN])
 async def register(request: web.Request, params: RegisterParams):
     _, token = await _register(request, params, "user")
     return TokenOut(access_token=token)
@@ -59,7 +60,7 @@ async def register(request: web.Request, params: RegisterParams):
         description="Requires header X-Operator-Key equal to WALLETD_OPERATOR_KEY. With "
                     "WALLETD_OPEN_SERVICE_REGISTRATION=1 (development only) anyone may register; with neither "
                     "registration is refused.",
-        errors=[DuplicateAccount, _HASH_BUSY])
+        errors=[DuplicateAccount, _HASH_BUSY, _REGISTRATION_UNKNOWN])
 async def register_service(request: web.Request, principal: OperatorPrincipal | None, params: RegisterParams):
     user_id, token = await _register(request, params, "service")
     return ServiceTokenOut(access_token=token, user_id=user_id)

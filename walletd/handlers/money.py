@@ -27,7 +27,7 @@ from walletd.handlers.schemas import (
     WithdrawParams,
 )
 from walletd.persistence import accounts, rates
-from walletd.persistence.ledger import Replay
+from walletd.persistence.outcomes import Replay
 
 routes = Routes()
 
