@@ -137,7 +137,8 @@ class WalletActor:
         try:
             await self._commit(batch[:-1])
         except BaseException:
-            # This actor will never arrive: the joint command cannot run (nothing of it moved).
+            # This actor will never arrive: the joint command cannot run (nothing of it moved;
+            # what came before it is the committer's to answer).
             joint.release()
             if not batch[-1].future.done():
                 batch[-1].future.set_exception(InternalFailure())
@@ -151,19 +152,22 @@ class WalletActor:
             await joint.ran
 
     async def _commit(self, batch: list[Envelope]) -> None:
-        """Wait for this batch's outcome (never for the callers' reactions to it), so the wallet's
-        next commands are planned against committed state."""
         if not batch:
             return
         try:
-            await self.registry.committer.submit(batch)
+            handed = self.registry.committer.submit(batch)
         except BaseException:
-            # The batch in hand must not be lost with the actor: whatever it had not
-            # answered yet never reached the committer's hands, so nothing of it moved.
+            # The hand-off itself failed: the batch never reached the committer, so nothing
+            # of it moved, and it must not be lost with the actor.
             for envelope in batch:
                 if not envelope.future.done():
                     envelope.future.set_exception(InternalFailure())
             raise
+        # From here the committer answers every command of the batch, whatever becomes of
+        # this actor (a cancelled actor must not say "nothing moved" of a batch the
+        # committer may still commit). Wait for the batch's outcome (never for the callers'
+        # reactions to it), so the wallet's next commands are planned against committed state.
+        await handed
 
     def _retire_if_idle(self) -> None:
         # Runs as a loop callback: nothing else runs between this check and the removal, so no

@@ -25,12 +25,10 @@ def bearer_token(request: web.Request) -> str | None:
     return None
 
 
-# The `auth` of a route that takes a token: its role, or either role (the books endpoints, which a
-# user and a payment service both read, each its own wallets).
-TOKEN_AUTH = ("user", "service", "user_or_service")
-
-
-async def authenticate(request: web.Request, role: str) -> Principal:
+async def authenticate(request: web.Request, roles: str | tuple[str, ...]) -> Principal:
+    """The token's principal, if its role is one of `roles` (both, on the routes a user and a
+    payment service each use for their own wallets)."""
+    roles = (roles,) if isinstance(roles, str) else roles
     token = bearer_token(request)
     if not token:
         raise errors.TokenMissing()
@@ -40,8 +38,8 @@ async def authenticate(request: web.Request, role: str) -> Principal:
         raise errors.TokenExpired() from None
     except TokenError:
         raise errors.TokenInvalid() from None
-    if principal.role != role and not (role == "user_or_service" and principal.role in ("user", "service")):
-        raise errors.WrongRole(role)
+    if principal.role not in roles:
+        raise errors.WrongRole(" or ".join(roles))
     request[principal_key] = principal.subject
     return principal
 

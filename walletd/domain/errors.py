@@ -109,6 +109,29 @@ class RateStale(DomainError):
     message = "exchange_rate_stale"
 
 
+class RateArbitrage(DomainError):
+    """The rate would let a round trip through the exchange desk return more than it started with;
+    `detail` names the reverse rate (or the cycle) and the highest rate allowed. `force` does not lift this."""
+
+    code = "rate_arbitrage"
+    message = "rate_arbitrage"
+
+
+class RateChangeTooLarge(DomainError):
+    """The rate is further from the stored one than WALLETD_RATE_MAX_CHANGE allows; if it is right,
+    send it again with force=true."""
+
+    code = "rate_change_too_large"
+    message = "rate_change_too_large"
+
+
+class CommissionRateTooHigh(DomainError):
+    """A commission rate above WALLETD_MAX_COMMISSION_RATE, the operator's ceiling."""
+
+    code = "commission_rate_too_high"
+    message = "commission_rate_too_high"
+
+
 class ServiceWalletNotFound(DomainError):
     """The named payment service has no wallet in this currency (or is not a service user)."""
 
@@ -145,17 +168,19 @@ class InvalidStatusUpdate(DomainError):
 
 
 class SettlementConflict(DomainError):
-    """The transaction was already settled with the other outcome."""
+    """The transaction was already settled with the other outcome; `detail.settled_by` says who decided
+    (service, operator, or expiry for a record the previous release expired)."""
 
     code = "transaction_already_settled"
     message = "transaction_already_settled"
 
 
-class TransactionExpired(DomainError):
-    """Settling a deposit or withdrawal that stayed pending past WALLETD_PENDING_TTL and expired."""
+class TransactionNotStale(DomainError):
+    """The operator ends only a stale pending transaction (older than WALLETD_PENDING_TTL); until then
+    the payment service settles it."""
 
-    message = "transaction_expired"
-    code = "transaction_expired"
+    code = "transaction_not_stale"
+    message = "transaction_not_stale"
 
 
 class InvalidWebhookUrl(DomainError):
@@ -238,6 +263,14 @@ class WrongRole(TokenInvalid):
         super().__init__(self.message.format(role=needed))
 
 
+class OperatorKeyRequired(DomainError):
+    """The action belongs to the operator: send header X-Operator-Key (WALLETD_OPERATOR_KEY); a
+    service token is not enough."""
+
+    code = "operator_key_required"
+    message = "operator credential required (X-Operator-Key)"
+
+
 class IdempotencyKeyReused(DomainError):
     """The Idempotency-Key was already used with different parameters."""
 
@@ -267,7 +300,8 @@ class Unavailable(DomainError):
 
 
 class OutcomeUnknown(DomainError):
-    """A commit was cut off and its outcome could not be found out in time; retry with the same Idempotency-Key."""
+    """A commit was cut off and its outcome could not be found out in time; retry with the same
+    Idempotency-Key (a registration: log in to learn whether the account exists)."""
 
     code = "outcome_unknown"
     message = "outcome unknown: retry with the same Idempotency-Key to learn it"

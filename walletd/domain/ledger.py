@@ -1,4 +1,5 @@
-"""The money rules as pure code: commands, the postings of each movement, the pending state machine.
+"""The money rules as pure code: commands, the postings of each movement (settlements, the
+pending state machine, in domain/settlement.py).
 
 Planning works on an in-memory snapshot of the wallets a batch touches (read under row locks by
 persistence). A command either raises a DomainError and leaves the snapshot untouched, or updates
@@ -8,20 +9,42 @@ the snapshot and appends a balanced journal entry to the batch's Effects. No I/O
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from walletd.domain import errors
-from walletd.domain.effects import Effects, WalletState
 from walletd.domain.ids import new_id
 from walletd.domain.money import commission
 from walletd.domain.rates import ONE, RateBook
 from walletd.domain.records import tx_json
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType, WalletKind
 
-# Re-exported: planning prices transfers through RateBook; Effects, WalletState and tx_json are
-# what callers of planning hand in and get back.
-__all__ = ["Effects", "RateBook", "WalletState", "tx_json"]
+__all__ = ["RateBook", "tx_json"]  # re-exported: planning prices transfers through it; records as shown
+
+
+@dataclass(slots=True)
+class WalletState:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    currency_id: int
+    kind: str
+    balance: Decimal
+    reserved: Decimal
+
+    @property
+    def may_go_negative(self) -> bool:
+        return self.kind in (WalletKind.GATEWAY, WalletKind.OPERATOR)
+
+    def post(self, bucket: str, amount: Decimal) -> None:
+        """A posting's effect on this wallet: the one arithmetic planning, undoing a half-planned
+        command and persistence's predictions all share."""
+        if bucket == Bucket.BALANCE:
+            self.balance += amount
+        else:
+            self.reserved += amount
 
 
 @dataclass
@@ -36,6 +59,9 @@ class PendingState:
     service_user_id: uuid.UUID | None
     external_wallet_id: uuid.UUID | None
     record: dict  # the row as the API shows it, to answer repeats of a settlement
+    commission: Decimal | None = None  # fixed when the customer asked (None: a record from before that rule)
+    stale: bool = False  # pending past WALLETD_PENDING_TTL: the operator may end it too
+    settled_by: str | None = None  # who decided a settled record: SERVICE, OPERATOR, or EXPIRY (previous release)
 
 
 @dataclass(frozen=True)
@@ -58,8 +84,17 @@ class Transfer:
     idempotency: Idempotency | None = None
 
 
+# Who decided a settlement (transactions.settled_by).
+SERVICE = "service"
+OPERATOR = "operator"
+EXPIRY = "expiry"  # the previous release's expiry, which returned holds; nothing decides this way now
+
+
 @dataclass(frozen=True)
 class RequestDeposit:
+    """commission_rate: the payment service's rate at this moment, within the operator's ceiling;
+    the pending record keeps it, and its settlement charges exactly the commission it fixes."""
+
     user_id: uuid.UUID
     wallet_id: uuid.UUID
     gateway_wallet_id: uuid.UUID
@@ -67,10 +102,13 @@ class RequestDeposit:
     amount: Decimal
     request_id: str | None = None
     idempotency: Idempotency | None = None
+    commission_rate: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
 class RequestWithdraw:
+    """commission_rate: as RequestDeposit's."""
+
     user_id: uuid.UUID
     wallet_id: uuid.UUID
     gateway_wallet_id: uuid.UUID
@@ -79,12 +117,15 @@ class RequestWithdraw:
     amount: Decimal
     request_id: str | None = None
     idempotency: Idempotency | None = None
+    commission_rate: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
 class Settle:
-    """Settle a pending deposit or withdrawal: new_status is 'paid' or 'rejected' (the payment
-    service), or 'expired' (walletd's expiry sweeper, walletd/events/expiry.py, past the TTL)."""
+    """Settle a pending deposit or withdrawal 'paid' or 'rejected'. settled_by: SERVICE (the
+    payment service the record names) or OPERATOR (only once the record is stale, or to reconcile
+    one the previous release expired). commission_rate is charged only to a record that has no
+    commission fixed (written before fees were fixed at request time)."""
 
     service_user_id: uuid.UUID
     transaction_id: uuid.UUID
@@ -96,6 +137,7 @@ class Settle:
     commission_rate: Decimal
     request_id: str | None = None
     idempotency: Idempotency | None = None
+    settled_by: str = SERVICE
 
 
 @dataclass(frozen=True)
@@ -147,6 +189,92 @@ def wallets_touched(command: Command) -> set[uuid.UUID]:
     if isinstance(command, Settle):
         return {command.user_wallet_id, command.service_wallet_id, command.gateway_wallet_id}
     return {command.wallet_id, command.gateway_wallet_id}
+
+
+# ---- effects ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Effects:
+    """Everything one batch writes; persistence flushes it in a few set-based statements."""
+
+    now: datetime
+    entries: list[tuple[uuid.UUID, str, str | None]] = field(default_factory=list)
+    postings: list[tuple[uuid.UUID, uuid.UUID, int, str, Decimal]] = field(default_factory=list)
+    # Aligned with postings: the transaction record each posting realizes (what a statement names).
+    posting_records: list[uuid.UUID | None] = field(default_factory=list)
+    new_transactions: list[dict] = field(default_factory=list)
+    # (transaction id, new status, entry id, the status it must still have, who decided)
+    status_updates: list[tuple[uuid.UUID, str, uuid.UUID | None, str, str]] = field(default_factory=list)
+    external_credits: list[tuple[uuid.UUID, Decimal]] = field(default_factory=list)
+    events: list[tuple[str, dict]] = field(default_factory=list)
+    # Events for the payment service, written in the same statement as the change:
+    # (service_user_id, event) with event = {"id", "type", "created_at", "data": tx_json record}.
+    outbox: list[tuple[uuid.UUID, dict]] = field(default_factory=list)
+
+    def mark(self) -> tuple[int, ...]:
+        return (len(self.entries), len(self.postings), len(self.new_transactions), len(self.status_updates),
+                len(self.external_credits), len(self.events), len(self.outbox))
+
+    def rollback(self, mark: tuple[int, ...], wallets: dict[uuid.UUID, WalletState]) -> None:
+        """Undo a command that failed half-way through planning (a bug, or a multi-leg transfer
+        with a refused leg; other refusals raise before they change anything): drop what it
+        appended, take its postings back off the snapshot, so the rest of the batch is planned as
+        if it had never come."""
+        for _, wallet_id, _, bucket, amount in self.postings[mark[1]:]:
+            wallet = wallets.get(wallet_id)
+            if wallet is not None:
+                wallet.post(bucket, -amount)
+        del self.posting_records[mark[1]:]
+        parts: tuple[list[Any], ...] = (self.entries, self.postings, self.new_transactions, self.status_updates,
+                                        self.external_credits, self.events, self.outbox)
+        for items, length in zip(parts, mark, strict=True):
+            del items[length:]
+
+    def entry(self, kind: str, request_id: str | None, legs: Sequence[tuple[WalletState, str, Decimal]],
+              record_id: uuid.UUID | None = None) -> uuid.UUID:
+        entry_id = new_id()
+        self.entries.append((entry_id, kind, request_id))
+        self.post(entry_id, legs, record_id)
+        return entry_id
+
+    def post(self, entry_id: uuid.UUID, legs: Sequence[tuple[WalletState, str, Decimal]],
+             record_id: uuid.UUID | None) -> None:
+        """Postings of an entry, each realizing the transaction record record_id."""
+        for wallet, bucket, amount in legs:
+            if amount:
+                self.postings.append((entry_id, wallet.id, wallet.currency_id, bucket, amount))
+                self.posting_records.append(record_id)
+                wallet.post(bucket, amount)
+
+    def record(self, *, type: str, status: str, source: WalletState | None, target: WalletState | None,
+               amount: Decimal, converted: Decimal, rate: Decimal, user_id: uuid.UUID,
+               entry_id: uuid.UUID | None, service_user_id: uuid.UUID | None = None,
+               external_wallet_id: uuid.UUID | None = None, parent_id: uuid.UUID | None = None,
+               commission_rate: Decimal | None = None, commission: Decimal | None = None,
+               id: uuid.UUID | None = None) -> dict:
+        row = {
+            "id": id or new_id(), "type": type, "status": status,
+            "from_wallet_id": source.id if source else None,
+            "from_currency_id": source.currency_id if source else None,
+            "from_user_id": source.user_id if source else None,
+            "amount": amount,
+            "to_wallet_id": target.id if target else None,
+            "to_currency_id": target.currency_id if target else None,
+            "to_user_id": target.user_id if target else None,
+            "rate": rate, "converted_amount": converted, "user_id": user_id,
+            "service_user_id": service_user_id, "external_wallet_id": external_wallet_id,
+            "parent_id": parent_id, "entry_id": entry_id, "created_at": self.now,
+            "commission_rate": commission_rate, "commission": commission,
+        }
+        self.new_transactions.append(row)
+        return row
+
+    def publish(self, type: str, service_user_id: uuid.UUID, record: dict) -> None:
+        """An outbox event about a deposit or withdrawal (never a transfer: those name no service user)."""
+        self.outbox.append((service_user_id, {
+            "id": str(new_id()), "type": type, "created_at": self.now.isoformat(timespec="microseconds"),
+            "data": record}))
 
 
 # ---- planning ---------------------------------------------------------------------------------
@@ -214,7 +342,8 @@ def plan_deposit_request(cmd: RequestDeposit, wallets: dict[uuid.UUID, WalletSta
     gateway = wallets[cmd.gateway_wallet_id]
     row = effects.record(type=TxType.DEPOSIT, status=TxStatus.PENDING, source=gateway, target=wallet, amount=cmd.amount,
                          converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=None,
-                         service_user_id=cmd.service_user_id)
+                         service_user_id=cmd.service_user_id, commission_rate=cmd.commission_rate,
+                         commission=commission(cmd.amount, cmd.commission_rate))
     effects.events.append(("deposit.requested", {
         "transaction_id": row["id"], "wallet_id": wallet.id, "amount": cmd.amount, "currency_id": wallet.currency_id,
         "service_user_id": cmd.service_user_id, "principal": cmd.user_id, "request_id": cmd.request_id}))
@@ -232,7 +361,9 @@ def plan_withdraw_request(cmd: RequestWithdraw, wallets: dict[uuid.UUID, WalletS
                              [(wallet, Bucket.BALANCE, -cmd.amount), (wallet, Bucket.RESERVED, cmd.amount)], record_id)
     row = effects.record(type=TxType.WITHDRAW, status=TxStatus.PENDING, source=wallet, target=gateway,
                          amount=cmd.amount, converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=entry_id,
-                         service_user_id=cmd.service_user_id, external_wallet_id=cmd.external_wallet_id, id=record_id)
+                         service_user_id=cmd.service_user_id, external_wallet_id=cmd.external_wallet_id,
+                         commission_rate=cmd.commission_rate, commission=commission(cmd.amount, cmd.commission_rate),
+                         id=record_id)
     effects.events.append(("withdraw.requested", {
         "entry_id": entry_id, "transaction_id": row["id"], "wallet_id": wallet.id, "amount": cmd.amount,
         "currency_id": wallet.currency_id, "service_user_id": cmd.service_user_id, "principal": cmd.user_id,
@@ -240,72 +371,3 @@ def plan_withdraw_request(cmd: RequestWithdraw, wallets: dict[uuid.UUID, WalletS
     record = tx_json(row)
     effects.publish("withdraw.requested", cmd.service_user_id, record)
     return record
-
-
-def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uuid.UUID, WalletState],
-                    effects: Effects) -> dict:
-    """Exactly once: only a pending transaction moves; a repeat of the same outcome answers the
-    stored record, a conflicting one is SettlementConflict."""
-    if pending is None or pending.service_user_id != cmd.service_user_id:
-        raise errors.TransactionNotFound()
-    if pending.type != cmd.type:
-        raise errors.InvalidTransactionType()
-    new_status = TxStatus.REJECTED if cmd.new_status in (TxStatus.REJECTED, "reject") else cmd.new_status
-    if pending.status != TxStatus.PENDING:
-        if pending.status == TxStatus.EXPIRED and new_status != TxStatus.EXPIRED:
-            raise errors.TransactionExpired()
-        if pending.status == new_status:
-            return pending.record
-        raise errors.SettlementConflict(detail=f"transaction is already {pending.status}")
-    user = wallets[cmd.user_wallet_id]
-    service = wallets[cmd.service_wallet_id]
-    gateway = wallets[cmd.gateway_wallet_id]
-    amount = pending.amount
-    entry_id = None
-    if pending.type == TxType.DEPOSIT and new_status == TxStatus.PAID:
-        fee = commission(amount, cmd.commission_rate)
-        entry_id = effects.entry(EntryKind.DEPOSIT, cmd.request_id,
-                                 [(gateway, Bucket.BALANCE, -amount), (user, Bucket.BALANCE, amount - fee),
-                                  (service, Bucket.BALANCE, fee)], pending.id)
-        effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=service, target=user, amount=amount,
-                       converted=amount, rate=ONE, user_id=pending.user_id, entry_id=entry_id,
-                       service_user_id=cmd.service_user_id, parent_id=pending.id)
-        if fee:
-            effects.record(type=TxType.COMMISSION, status=TxStatus.CLOSE, source=user, target=service, amount=fee,
-                           converted=fee, rate=ONE, user_id=pending.user_id, entry_id=entry_id,
-                           service_user_id=cmd.service_user_id, parent_id=pending.id)
-        moved = {"amount": amount, "commission": fee, "credited": amount - fee}
-    elif pending.type == TxType.WITHDRAW and new_status == TxStatus.PAID:
-        fee = commission(amount, cmd.commission_rate)
-        net = amount - fee
-        if user.reserved < amount:  # cannot happen while holds only move through this code
-            raise errors.InsufficientFunds()
-        entry_id = effects.entry(EntryKind.WITHDRAW, cmd.request_id,
-                                 [(user, Bucket.RESERVED, -amount), (service, Bucket.BALANCE, fee),
-                                  (gateway, Bucket.BALANCE, net)], pending.id)
-        if fee:
-            effects.record(type=TxType.COMMISSION, status=TxStatus.CLOSE, source=user, target=service, amount=fee,
-                           converted=fee, rate=ONE, user_id=pending.user_id, entry_id=entry_id,
-                           service_user_id=cmd.service_user_id, parent_id=pending.id)
-        if pending.external_wallet_id is not None:
-            effects.external_credits.append((pending.external_wallet_id, net))
-        moved = {"amount": amount, "commission": fee, "paid_out": net}
-    elif pending.type == TxType.WITHDRAW:
-        # rejected or expired: the hold returns to the balance, in one entry
-        kind = EntryKind.WITHDRAW_EXPIRED if new_status == TxStatus.EXPIRED else EntryKind.WITHDRAW_RELEASE
-        entry_id = effects.entry(kind, cmd.request_id,
-                                 [(user, Bucket.RESERVED, -amount), (user, Bucket.BALANCE, amount)], pending.id)
-        moved = {"amount": amount, "released": amount}
-    else:
-        moved = {"amount": amount}
-    effects.status_updates.append((pending.id, new_status, entry_id))
-    pending.status = new_status
-    pending.record = {**pending.record, "status": new_status}
-    outcome = "settled" if new_status == TxStatus.PAID else str(new_status)  # settled, rejected, expired
-    effects.publish(f"{pending.type}.{outcome}", cmd.service_user_id, pending.record)
-    effects.events.append((f"{pending.type}.{'expired' if new_status == TxStatus.EXPIRED else 'settled'}", {
-        "entry_id": entry_id, "transaction_id": pending.id, "status": new_status, "wallet_id": user.id,
-        "service_wallet_id": service.id, "gateway_wallet_id": gateway.id, "currency_id": user.currency_id,
-        "principal": cmd.service_user_id, "request_id": cmd.request_id,
-        **{k: v for k, v in moved.items()}}))
-    return pending.record

@@ -34,6 +34,10 @@ def tx_json(row, memo: dict | None = None) -> dict:
             found = memo[value] = fmt(value)
         return found
 
+    def fee(name):  # fixed on deposit and withdrawal requests; absent on every other record
+        value = row.get(name)  # a dict or an asyncpg Record: both have get()
+        return None if value is None else money(value)
+
     created_at = row["created_at"]
     if memo is None or (timestamp := memo.get(created_at)) is None:
         timestamp = created_at.isoformat(timespec="microseconds")
@@ -47,5 +51,6 @@ def tx_json(row, memo: dict | None = None) -> dict:
         "converted_amount": money(row["converted_amount"]),
         "timestamp": timestamp,
         "user_id": text(row["user_id"]), "service_user_id": text(row["service_user_id"]),
-        "parent_id": text(row["parent_id"]),
+        "parent_id": text(row["parent_id"]), "commission_rate": fee("commission_rate"),
+        "commission": fee("commission"),
     }

@@ -50,6 +50,9 @@ _CSV_CONTENT = {
 }
 
 
+_READERS = {"user": "its own wallets", "service": "its service and gateway wallets"}
+
+
 def readable_kinds(principal: Principal) -> tuple[str, ...]:
     """The kinds of wallet a principal reads of its own: a payment service its service and
     gateway wallets, a user its user wallets."""
@@ -61,7 +64,8 @@ def readable_kinds(principal: Principal) -> tuple[str, ...]:
 @routes("GET", "/user/wallet/balance", summary="A wallet's balance at an instant (default: now)",
         description="Exactly what replaying the journal up to `at` (included) gives; zeros before the wallet "
                     "existed. A user reads its own wallets, a payment service its service and gateway wallets.",
-        auth="user_or_service", params=BalanceParams, response=BalanceOut, tags=["books"], errors=[WalletNotFound])
+        auth=("user", "service"), scope=_READERS, params=BalanceParams, response=BalanceOut, tags=["books"],
+        errors=[WalletNotFound])
 async def wallet_balance(request: web.Request, principal: Principal, params: BalanceParams):
     at = params.at or datetime.now(timezone.utc)
     row = await books.balance_at(request.app[pool_key], params.wallet_id, at, principal.user_id,
@@ -76,7 +80,7 @@ async def wallet_balance(request: web.Request, principal: Principal, params: Bal
         description="Lines are the movements of `balance` after `from` up to `to` (included), oldest first, "
                     "paged with `limit` and `cursor`; opening_balance + the sum of every line's amount = "
                     "closing_balance. `Accept: text/csv` or `format=csv` streams every line at once as RFC 4180 CSV.",
-        auth="user_or_service", params=StatementParams, response=StatementOut, tags=["books"],
+        auth=("user", "service"), scope=_READERS, params=StatementParams, response=StatementOut, tags=["books"],
         errors=[WalletNotFound], other_content=[("text/csv", _CSV_CONTENT)])
 async def wallet_statement(request: web.Request, principal: Principal, params: StatementParams):
     wallet = await books.readable_wallet(request.app[pool_key], params.wallet_id, principal.user_id,
@@ -92,7 +96,7 @@ async def wallet_statement(request: web.Request, principal: Principal, params: S
 
 
 @routes("GET", "/service/wallets", summary="The caller's own wallets: a service and a gateway wallet per currency",
-        auth="service", response=ServiceWalletsOut, tags=["service"])
+        auth="service", scope={"service": "its own"}, response=ServiceWalletsOut, tags=["service"])
 async def list_service_wallets(request: web.Request, principal: Principal):
     rows = await books.service_wallets(request.app[pool_key], principal.user_id)
     return ServiceWalletsOut(wallets=[

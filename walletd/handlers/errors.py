@@ -12,6 +12,7 @@ import json
 
 from aiohttp import web
 
+from walletd import metrics
 from walletd.domain import errors as e
 
 
@@ -57,11 +58,7 @@ class InvalidIdempotencyKey(RequestError):
     message = "Idempotency-Key must be 1-128 characters"
 
 
-class OperatorKeyRequired(e.DomainError):
-    """Registering a service user needs header X-Operator-Key equal to WALLETD_OPERATOR_KEY."""
-
-    code = "operator_key_required"
-    message = "operator credential required (X-Operator-Key)"
+OperatorKeyRequired = e.OperatorKeyRequired  # an authentication error, kept importable from here
 
 
 # The single place where an error gets its status. Looked up along the class's MRO, so a
@@ -77,13 +74,16 @@ STATUS: dict[type[e.DomainError], int] = {
     e.CurrencyNotFound: 400,
     e.RateNotFound: 400,
     e.RateStale: 409,
+    e.RateArbitrage: 409,
+    e.RateChangeTooLarge: 409,
+    e.CommissionRateTooHigh: 400,
     e.ServiceWalletNotFound: 400,
     e.ExternalWalletNotFound: 400,
     e.ExternalWalletExists: 409,
     e.TransactionNotFound: 404,
     e.InvalidStatusUpdate: 400,
     e.SettlementConflict: 409,
-    e.TransactionExpired: 409,
+    e.TransactionNotStale: 409,
     e.InvalidTransactionType: 400,
     e.InvalidWebhookUrl: 400,
     e.TooManyWebhooks: 409,
@@ -158,29 +158,57 @@ def catalogue() -> list[tuple[str, int, str]]:
 
 
 _dumps = functools.partial(json.dumps, default=str)
+# The body's fields in the order every error answer writes them (nested objects: keys sorted),
+# so a refusal stored under an Idempotency-Key, which comes back from jsonb reordered, replays
+# with the bytes of its first answer.
+_ERROR_FIELDS = ("status", "code", "message", "request_id", "errors", "detail")
+
+
+def _sorted(value):
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(item) for item in value]
+    return value
+
+
+def render_error(status: int, body: dict, headers: dict | None = None) -> web.Response:
+    """An error answer from its JSON body: the one serializer of first answers and replays."""
+    metrics.answered_error(body["code"])
+    ordered = {key: _sorted(body[key]) for key in _ERROR_FIELDS if key in body}
+    ordered.update((key, _sorted(body[key])) for key in sorted(body) if key not in ordered)
+    headers = dict(headers or {})
+    if status == 503:
+        headers.setdefault("Retry-After", "1")
+    return web.Response(text=_dumps(ordered), status=status, content_type="application/json",
+                        headers=headers or None)
 
 
 def error_response(status: int, code: str, message: str, request_id: str | None = None,
                    headers: dict | None = None, **extra) -> web.Response:
-    body = {"status": status, "code": code, "message": message, "request_id": request_id, **extra}
-    headers = dict(headers or {})
-    if status == 503:
-        headers.setdefault("Retry-After", "1")
-    return web.json_response(body, status=status, headers=headers or None, dumps=_dumps)
+    return render_error(status, {"status": status, "code": code, "message": message, "request_id": request_id,
+                                 **extra}, headers)
+
+
+def error_body(exc: e.DomainError, request_id: str | None) -> tuple[int, dict]:
+    """A domain error's status and JSON body (JSON-ready: exactly what a stored copy reads back):
+    what its answer carries, and what an Idempotency-Key remembers of a refusal."""
+    status = status_of(type(exc))
+    body: dict = {"status": status, "code": exc.code, "message": exc.message, "request_id": request_id}
+    if exc.errors:
+        body["errors"] = exc.errors
+    if exc.detail:
+        body["detail"] = exc.detail
+    return status, json.loads(_dumps(body))
 
 
 def domain_error_response(exc: e.DomainError, request_id: str | None, challenge: str | None = None) -> web.Response:
-    status = status_of(type(exc))
-    extra: dict = {}
-    if exc.errors:
-        extra["errors"] = exc.errors
-    if exc.detail:
-        extra["detail"] = exc.detail
+    status, body = error_body(exc, request_id)
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = challenge or next(
             (value for cls, value in _CHALLENGE.items() if isinstance(exc, cls)), _BEARER)
-    return error_response(status, exc.code, exc.message, request_id, headers, **extra)
+    return render_error(status, body, headers)
 
 
 def http_code(cls: type[web.HTTPException]) -> str:

@@ -20,7 +20,7 @@ from walletd.handlers.errors import ValidationFailed
 from walletd.handlers.money import MOVE_ERRORS, idempotency, run
 from walletd.handlers.schemas import TxOut
 from walletd.persistence import accounts
-from walletd.persistence.ledger import Replay
+from walletd.persistence.outcomes import Replay
 
 routes = Routes()
 
@@ -38,8 +38,8 @@ def body_limit(settings: Settings) -> int:
                     "All legs are one journal entry: every leg moves, or none does and the refusal (400 legs_refused) "
                     "names each refused leg in `errors` (index, code, message). One Idempotency-Key covers the "
                     "request. The body may hold up to max(WALLETD_MAX_BODY_BYTES, 256 × WALLETD_MAX_BATCH_LEGS) bytes.",
-        auth="user", params=TransfersParams, response=TransfersOut, tags=["money"], idempotent=True,
-        errors=[errors.LegsRefused, *MOVE_ERRORS], max_body_bytes=body_limit)
+        auth="user", scope={"user": "from its own wallets"}, params=TransfersParams, response=TransfersOut,
+        tags=["money"], idempotent=True, errors=[errors.LegsRefused, *MOVE_ERRORS], max_body_bytes=body_limit)
 async def transfer_legs(request: web.Request, principal: Principal, params: TransfersParams, raw_params: dict):
     most = request.app[settings_key].max_batch_legs
     if len(params.transfers) > most:
@@ -49,7 +49,7 @@ async def transfer_legs(request: web.Request, principal: Principal, params: Tran
     await _check_wallets(request, principal, legs)
     result = await run(request, MultiTransfer(principal.user_id, legs, request.get(request_id_key),
                                               idempotency(request, principal, raw_params)))
-    if isinstance(result, Replay):
+    if isinstance(result, Replay) and result.status == 200:
         # The stored first answer comes back from jsonb with every record's keys reordered: put
         # them back in TxOut's order, so a replay repeats the first answer byte for byte.
         fields = list(TxOut.model_fields)

@@ -63,7 +63,7 @@ ALTER TABLE postings ALTER COLUMN created_at SET NOT NULL, ALTER COLUMN created_
 CREATE INDEX postings_wallet_time ON postings (wallet_id, created_at, entry_id, transaction_id)
     INCLUDE (bucket, amount);
 
--- walletd_write_batch as in 0005, but each posting is written with the batch's time and its
+-- walletd_write_batch as 0006 left it, but each posting is written with the batch's time and its
 -- record: doc.postings items are {entry_id, wallet_id, currency_id, bucket, amount,
 -- transaction_id} (transaction_id absent or null: the nil id).
 CREATE OR REPLACE FUNCTION walletd_write_batch(doc jsonb) RETURNS bigint LANGUAGE plpgsql AS $$
@@ -84,16 +84,19 @@ BEGIN
     ), recorded AS (
         INSERT INTO transactions (id, type, status, from_wallet_id, from_currency_id, from_user_id, amount,
                                   to_wallet_id, to_currency_id, to_user_id, rate, converted_amount, user_id,
-                                  service_user_id, external_wallet_id, parent_id, entry_id, created_at)
+                                  service_user_id, external_wallet_id, parent_id, entry_id, created_at,
+                                  commission_rate, commission)
         SELECT t.* FROM jsonb_to_recordset(doc->'transactions')
             AS t(id uuid, type text, status text, from_wallet_id uuid, from_currency_id int2, from_user_id uuid,
                  amount numeric, to_wallet_id uuid, to_currency_id int2, to_user_id uuid, rate numeric,
                  converted_amount numeric, user_id uuid, service_user_id uuid, external_wallet_id uuid,
-                 parent_id uuid, entry_id uuid, created_at timestamptz)
+                 parent_id uuid, entry_id uuid, created_at timestamptz, commission_rate numeric, commission numeric)
     ), settled AS (
-        UPDATE transactions t SET status = u.status, entry_id = coalesce(u.entry_id, t.entry_id), updated_at = at
-          FROM jsonb_to_recordset(doc->'settled') AS u(id uuid, status text, entry_id uuid)
-         WHERE t.id = u.id AND t.status = 'pending'
+        UPDATE transactions t SET status = u.status, entry_id = coalesce(u.entry_id, t.entry_id), updated_at = at,
+                                  settled_by = coalesce(u.settled_by, 'service')
+          FROM jsonb_to_recordset(doc->'settled')
+            AS u(id uuid, status text, entry_id uuid, from_status text, settled_by text)
+         WHERE t.id = u.id AND t.status = coalesce(u.from_status, 'pending')
         RETURNING 1
     ), paid_out AS (
         UPDATE external_wallets e SET amount_withdraw = e.amount_withdraw + c.amount
