@@ -201,3 +201,21 @@ async def test_one_audit_line_names_every_leg_and_a_refusal_is_audited_too(clien
     assert not events("money.transferred"), "one line per request, not one per leg"
     (refusal,) = await until(lambda: events("money.refused"), what="the refusal's audit line")
     assert refusal["reason"] == "legs_refused" and refusal["path"] == "/wallet/transfers"
+
+
+async def test_a_refusal_the_ledger_decided_is_remembered_under_the_key(client, db):
+    """As for every money route: a refusal decided against the balances is the key's answer, replayed
+    byte for byte even once the money is there (a new key moves it)."""
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    service = await register_service(client)
+    a, b = alice["wallets"][1]["id"], bob["wallets"][1]["id"]
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = await legs(client, alice, [leg(a, b, 1), leg(a, b, 2)], key)
+    assert await refused(first) == [(0, "insufficient_funds"), (1, "insufficient_funds")]
+    await fund(client, alice, service, 1, "10")
+    again = await legs(client, alice, [leg(a, b, 1), leg(a, b, 2)], key)
+    assert again.status == 400 and again.headers.get("Idempotent-Replayed") == "true"
+    assert await again.read() == await first.read()
+    fresh = await legs(client, alice, [leg(a, b, 1), leg(a, b, 2)], {"Idempotency-Key": uuid.uuid4().hex})
+    assert fresh.status == 200
+    await assert_ledger_consistent(db)
