@@ -17,15 +17,18 @@ from walletd.appkeys import (
     database_url_key,
     history_pool_key,
     http_key,
+    keys_key,
     ledger_key,
     pool_key,
     registry_key,
     settings_key,
+    targets_key,
     tokens_key,
 )
 from walletd.config import ConfigError
 from walletd.events.delivery import WebhookDispatcher, dispatcher_key
 from walletd.events.expiry import PendingExpirySweeper
+from walletd.events.secrets import seal_stored_secrets
 from walletd.memory import release_memory
 from walletd.persistence.db import create_pool
 from walletd.persistence.failures import UNAVAILABLE, outage
@@ -66,6 +69,12 @@ async def history_pool_ctx(app: web.Application):
         yield
     finally:
         await pool.close()
+
+
+async def webhook_secrets_ctx(app: web.Application):
+    """Seals webhook secrets stored in plaintext (or under an older key) before anything delivers."""
+    await seal_stored_secrets(app[pool_key], app[keys_key])
+    yield
 
 
 async def actors_ctx(app: web.Application):
@@ -115,7 +124,8 @@ async def events_ctx(app: web.Application):
     """Issue 11's background tasks: the pending-expiry sweep and webhook delivery (walletd/events/).
     After actors_ctx, so on shutdown they stop before the actors drain and the pool closes."""
     settings = app[settings_key]
-    dispatcher = WebhookDispatcher(app[pool_key], concurrency=settings.webhook_concurrency,
+    dispatcher = WebhookDispatcher(app[pool_key], app[keys_key], app[targets_key],
+                                   concurrency=settings.webhook_concurrency,
                                    timeout=settings.webhook_timeout_seconds,
                                    backoff_base=settings.webhook_backoff_seconds,
                                    horizon=settings.webhook_horizon_seconds)
