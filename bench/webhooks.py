@@ -147,7 +147,8 @@ async def main(events: int, load_seconds: float) -> None:
         await migrate(conn)
         # The receiver listens on loopback, which walletd refuses unless allowed by name.
         proc = walletd_server(url, base_dir / "walletd.log", jwt_secret="b" * 48, operator_key=OPERATOR_KEY,
-                              secrets_key=SECRETS_KEY, WALLETD_LOG_LEVEL="warning", WALLETD_WEBHOOK_ALLOW_HOSTS=LOOPBACK)
+                              secrets_key=SECRETS_KEY, WALLETD_LOG_LEVEL="warning",
+                              WALLETD_WEBHOOK_ALLOW_HOSTS=LOOPBACK)
         await proc.start("/ready")
         try:
             async with aiohttp.ClientSession() as session:

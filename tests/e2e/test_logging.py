@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 
 from tests.conftest import OPERATOR_KEY, register, unique
@@ -40,15 +41,27 @@ async def test_one_request_line_per_request_with_the_response_request_id(client,
     assert lines[1]["route"] == "/user/wallets"
 
 
-async def test_request_id_from_the_client_is_kept_and_bad_ones_replaced(client, log_tap):
+async def test_walletd_answers_its_own_request_id_and_logs_a_clients_beside_it(client, log_tap):
     mine = "trace-" + uuid.uuid4().hex
     resp = await client.get("/health", headers={"X-Request-ID": mine})
-    assert resp.headers["X-Request-ID"] == mine
-    too_long = "x" * 65
-    resp2 = await client.get("/health", headers={"X-Request-ID": too_long})
-    assert resp2.headers["X-Request-ID"] != too_long and len(resp2.headers["X-Request-ID"]) <= 64
-    ids = [line["request_id"] for line in named(log_tap, "http.request")]
-    assert ids == [mine, resp2.headers["X-Request-ID"]]
+    ours = resp.headers["X-Request-ID"]
+    assert ours != mine and re.fullmatch(r"[0-9a-f]{24}", ours)
+    for unusable in ("x" * 65, "tab\there", ""):  # too long, not printable, empty: not kept at all
+        await client.get("/health", headers={"X-Request-ID": unusable})
+    lines = named(log_tap, "http.request")
+    assert [(line["request_id"], line.get("client_request_id")) for line in lines[:1]] == [(ours, mine)]
+    assert [line.get("client_request_id") for line in lines[1:]] == [None, None, None]
+    assert "x" * 65 not in "".join(log_tap.lines)
+
+
+async def test_request_ids_are_random_not_a_count_of_anyones_requests(client):
+    ids = [(await client.get("/health")).headers["X-Request-ID"] for _ in range(40)]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[0-9a-f]{24}", i) for i in ids)
+    numbers = [int(i, 16) for i in ids]
+    # A counter (or a clock) would make neighbours close; 96 random bits make them far apart.
+    assert min(abs(a - b) for a, b in zip(numbers, numbers[1:], strict=False)) > 2**40
+    # and no shared prefix (a per-process prefix tells processes apart, and then counts them)
+    assert len({i[:4] for i in ids}) > 20
 
 
 async def test_audit_events_for_registration_and_login(client, log_tap):
