@@ -85,7 +85,7 @@ class TokenIssuer:
 
     def _claims(self, token: str) -> dict:
         # algorithms pinned to HS256: "alg: none" and algorithm-confusion tokens fail here.
-        options = {"require": ["sub", "role", "iat", "exp"]}
+        options: jwt.types.Options = {"require": ["sub", "role", "iat", "exp"]}
         try:
             return jwt.decode(token, self.secret, algorithms=["HS256"], options=options)
         except jwt.InvalidSignatureError:

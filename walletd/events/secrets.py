@@ -8,6 +8,8 @@ or a rotation meanwhile, never lose a secret.
 
 from __future__ import annotations
 
+import uuid
+
 from walletd.keys import SecretUnreadable, ServerKeys
 from walletd.logs import get_logger
 from walletd.persistence import outbox
@@ -19,7 +21,7 @@ log = get_logger("walletd.webhooks")
 
 async def seal_stored_secrets(pool: FairPool, keys: ServerKeys) -> int:
     """Seal plaintext secrets and re-seal those under an older key; returns the rows changed."""
-    updates = []
+    updates: list[tuple[uuid.UUID, str | None, str | None, str | None]] = []
     for endpoint_id, plaintext, sealed, previous in await outbox.unsealed_or_stale(pool):
         try:
             if plaintext is not None:
