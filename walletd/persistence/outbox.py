@@ -56,8 +56,8 @@ async def rotate_secret(pool: FairPool, endpoint_id: uuid.UUID, service_user_id:
     previous one still in its overlap is dropped: two at most). None if not the caller's endpoint."""
     row = await pool.fetchrow(
         """UPDATE webhook_endpoints SET
-               previous_secret_sealed = CASE WHEN $4 > 0 THEN secret_sealed END,
-               previous_secret_until = CASE WHEN $4 > 0 THEN now() + make_interval(secs => $4) END,
+               previous_secret_sealed = CASE WHEN $4::float8 > 0 THEN secret_sealed END,
+               previous_secret_until = CASE WHEN $4::float8 > 0 THEN now() + make_interval(secs => $4::float8) END,
                secret_sealed = $3, secret = NULL
             WHERE id = $1 AND service_user_id = $2
         RETURNING id, url, created_at, previous_secret_until""",
