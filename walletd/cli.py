@@ -93,6 +93,8 @@ def serve(args, settings: Settings) -> int:
     from walletd.server import run as run_server
 
     logs.configure(settings.log_level)
+    if settings.database_url and not settings.secrets_key:
+        with_secrets_key(settings, None)  # refuses now, before anything starts
     if not args.worker and (problem := _port_problem(args.host, args.port)):
         print(f"walletd: cannot listen on {args.host}:{args.port}: {problem}", file=sys.stderr)
         return 1

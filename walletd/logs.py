@@ -25,7 +25,8 @@ _CREDENTIAL_TEXT = (
     (_JWT, "[jwt]"),
     (re.compile(r"(?i)\b(basic|bearer)(\s+|%20|\+)[^\s'\"&,;\\]+"), r"\1\2[redacted]"),
     (re.compile(r"(?i)\b(password|passwd|secret|token|access_token|authorization|x-operator-key|operator_key"
-                r"|idempotency-key)\b(['\"]?\s*[:=]\s*['\"]?)([^\s'\"&,;\\]+)"), r"\1\2[redacted]"),
+                r"|idempotency-key)\b(['\"]?\s*[:=]\s*['\"]?)(?!(?:basic|bearer)\b)([^\s'\"&,;\\]+)"),
+     r"\1\2[redacted]"),
     (re.compile(r"whsec_[\w-]+"), "whsec_[redacted]"),
 )
 _FREE_TEXT_KEYS = ("exception", "stack")

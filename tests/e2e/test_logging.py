@@ -153,3 +153,28 @@ async def test_log_redaction_guards_against_careless_fields(log_tap):
     assert line["password"] == line["token"] == line["authorization"] == line["operator_key"] == "[redacted]"
     assert token not in json.dumps(line) and "hunter2!" not in json.dumps(line)
     assert line["note"] == "sent [jwt] to the client"
+
+
+async def test_traceback_and_library_text_is_redacted(log_tap):
+    """A traceback quotes what the failing code held (a query string, a header, a dict); those
+    credentials are cut from its text as from the line's own fields, for walletd's lines and for
+    a library's (stdlib logging) alike."""
+    import logging
+
+    from walletd.logs import get_logger
+
+    jwt_like = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
+    held = (f"GET /auth/login?username=bob&password=hunter2-pw HTTP/1.1 | Authorization: Basic dXNlcjpodW50ZXIy "
+            f"| token: {jwt_like} | {{'secret': 'whsec_abcdef123456', 'X-Operator-Key': 'op-key-987'}}")
+    try:
+        raise ValueError(held)
+    except ValueError:
+        get_logger("walletd.test").exception("test.failed")
+        logging.getLogger("aiohttp.server").exception("Error handling request: %s", held)
+    text = "\n".join(log_tap.lines)
+    lines = [json.loads(line) for line in log_tap.lines]
+    assert [line["event"] for line in lines][0] == "test.failed" and "Traceback" in lines[0]["exception"]
+    assert "ValueError" in lines[1]["exception"]
+    for secret in ("hunter2-pw", "dXNlcjpodW50ZXIy", jwt_like, "whsec_abcdef123456", "op-key-987"):
+        assert secret not in text, secret
+    assert "password=[redacted]" in text and "Basic [redacted]" in text and "username=bob" in text
