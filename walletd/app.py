@@ -30,7 +30,6 @@ from walletd.resources import (
     http_client_ctx,
     idempotency_sweep_ctx,
     pool_ctx,
-    webhook_secrets_ctx,
 )
 
 ROUTE_TABLES = (identity.routes, wallets.routes, money.routes, service.routes, webhooks.routes)
@@ -58,8 +57,8 @@ def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Ap
                                   settings.jwt_secret_previous)
     app[keys_key] = ServerKeys(settings.secrets_key)
     app[targets_key] = TargetPolicy.from_allow_list(settings.webhook_allow_hosts)
-    app.cleanup_ctx.extend([pool_ctx, history_pool_ctx, webhook_secrets_ctx, actors_ctx, http_client_ctx,
-                            idempotency_sweep_ctx, events_ctx, meta.metrics_ctx])
+    app.cleanup_ctx.extend([pool_ctx, history_pool_ctx, actors_ctx, http_client_ctx, idempotency_sweep_ctx,
+                            events_ctx, meta.metrics_ctx])
     identity.setup(app, settings)
     meta.setup(app)
     add_routes(app)

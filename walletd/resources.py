@@ -28,7 +28,6 @@ from walletd.appkeys import (
 from walletd.config import ConfigError
 from walletd.events.delivery import WebhookDispatcher, dispatcher_key
 from walletd.events.expiry import PendingExpirySweeper
-from walletd.events.secrets import seal_stored_secrets
 from walletd.memory import release_memory
 from walletd.persistence.db import create_pool
 from walletd.persistence.failures import UNAVAILABLE, outage
@@ -69,12 +68,6 @@ async def history_pool_ctx(app: web.Application):
         yield
     finally:
         await pool.close()
-
-
-async def webhook_secrets_ctx(app: web.Application):
-    """Seals webhook secrets stored in plaintext (or under an older key) before anything delivers."""
-    await seal_stored_secrets(app[pool_key], app[keys_key])
-    yield
 
 
 async def actors_ctx(app: web.Application):

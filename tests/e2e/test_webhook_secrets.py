@@ -97,8 +97,12 @@ async def test_plaintext_secrets_of_an_earlier_release_are_sealed_at_start_and_s
     await db.execute("UPDATE webhook_endpoints SET secret = $2, secret_sealed = NULL WHERE id = $1", hook["id"], legacy)
     await first.close()
 
-    client = await make_client()  # starting seals what it finds in plaintext
-    row = await db.fetchrow("SELECT secret, secret_sealed FROM webhook_endpoints WHERE id = $1", hook["id"])
+    client = await make_client()  # its delivery task seals what it finds in plaintext before delivering
+
+    async def sealed():
+        return await db.fetchrow("SELECT secret, secret_sealed FROM webhook_endpoints WHERE id = $1 "
+                                 "AND secret_sealed IS NOT NULL", hook["id"])
+    row = await until(sealed, what="the plaintext secret sealed")
     assert row["secret"] is None and ServerKeys(SECRETS_KEY).decrypt(row["secret_sealed"]) == legacy
     user = await register(client)
     deposit = await (await api_deposit(client, user, service, 1, "3")).json()
@@ -114,8 +118,13 @@ async def test_the_secrets_key_rotates_without_losing_a_secret(make_client, rece
 
     new_key = new_secrets_key()
     both = await make_client(secrets_key=f"{new_key},{SECRETS_KEY}")  # new first: it seals; both open
-    sealed = await db.fetchval("SELECT secret_sealed FROM webhook_endpoints WHERE id = $1", hook["id"])
-    assert ServerKeys(new_key).decrypt(sealed) == hook["secret"]  # re-sealed under the new key at start
+
+    async def resealed():  # at start, under the new key
+        sealed = await db.fetchval("SELECT secret_sealed FROM webhook_endpoints WHERE id = $1", hook["id"])
+        return ServerKeys(new_key).under_primary(sealed)
+    await until(resealed, what="the secret re-sealed under the new key")
+    assert ServerKeys(new_key).decrypt(
+        await db.fetchval("SELECT secret_sealed FROM webhook_endpoints WHERE id = $1", hook["id"])) == hook["secret"]
     await both.close()
 
     client = await make_client(secrets_key=new_key)  # the old key is gone for good

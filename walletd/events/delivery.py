@@ -40,7 +40,7 @@ from aiohttp import web
 from yarl import URL
 
 from walletd import metrics
-from walletd.events.secrets import signing_secrets
+from walletd.events.secrets import seal_stored_secrets, signing_secrets
 from walletd.events.targets import TargetPolicy, TargetRefused, UnsafeUrl, VettingResolver
 from walletd.keys import SecretUnreadable, ServerKeys
 from walletd.logs import get_logger
@@ -108,7 +108,9 @@ class WebhookDispatcher:
         self._outcomes: list[Outcome] = []  # at most `concurrency` between two _record() calls
 
     async def run(self) -> None:
-        """Claims, sends and records forever (run it under walletd.supervisor)."""
+        """Claims, sends and records forever (run it under walletd.supervisor); first seals the
+        secrets still stored in plaintext or under an older key (walletd/events/secrets.py)."""
+        await seal_stored_secrets(self.pool, self.keys)
         # No DNS cache: each new connection resolves, and so is checked, again.
         connector = aiohttp.TCPConnector(limit=self.concurrency, resolver=VettingResolver(self.policy),
                                          use_dns_cache=False)

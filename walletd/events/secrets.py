@@ -1,6 +1,6 @@
 """Webhook secrets at rest: sealed under WALLETD_SECRETS_KEY (walletd/keys.py), opened only to sign.
 
-At start every process seals what is not sealed yet (rows written before migration 0008, or by a
+Before its first delivery every process seals what is not sealed yet (rows written before migration 0008, or by a
 previous release during a rolling upgrade) and re-seals what an older key sealed (after a
 rotation of WALLETD_SECRETS_KEY), each row by a compare-and-set so processes starting together,
 or a rotation meanwhile, never lose a secret.
