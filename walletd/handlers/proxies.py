@@ -38,24 +38,32 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 class TrustedProxies:
     def __init__(self, cidrs: tuple[str, ...]) -> None:
         self.networks = tuple(network(cidr) for cidr in cidrs)
-        # Peers are few (the balancers): remember each verdict instead of parsing per request.
-        self.trusts = functools.lru_cache(maxsize=4096)(self._trusts)
+        # Parsing an address costs microseconds; a balancer forwards the same clients again and
+        # again, so each distinct text is parsed once (bounded).
+        self.entry = functools.lru_cache(maxsize=65536)(self._entry)
 
-    def _trusts(self, peer: str) -> bool:
-        address = _address(peer)
-        return address is not None and any(address in net for net in self.networks if net.version == address.version)
+    def _entry(self, text: str) -> tuple[str | None, bool]:
+        """(the address as walletd writes it, or None if it is none; whether it is a trusted proxy)."""
+        address = _address(text)
+        if address is None:
+            return None, False
+        return str(address), any(address in net for net in self.networks if net.version == address.version)
+
+    def trusts(self, peer: str) -> bool:
+        return self.entry(peer)[1]
 
     def client(self, peer: str, forwarded_for: list[str]) -> str:
         """The rightmost address that is not a trusted proxy; where the chain holds something that
         is not an address, the nearest address before it (never anything the client wrote)."""
         client = peer
-        for item in reversed([part for header in forwarded_for for part in header.split(",")]):
-            address = _address(item)
-            if address is None:
-                break
-            client = str(address)
-            if not self.trusts(client):
-                break
+        for header in reversed(forwarded_for):
+            for item in reversed(header.split(",")):
+                address, trusted = self.entry(item)
+                if address is None:
+                    return client
+                client = address
+                if not trusted:
+                    return client
         return client
 
     def middleware(self):
