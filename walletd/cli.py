@@ -254,6 +254,8 @@ _SERVE_ENVIRONMENT = """environment (read at start; see the README's Configurati
   WALLETD_JWT_SECRET_PREVIOUS  the secret before a rotation: its tokens stay valid until they expire
   WALLETD_SECRETS_KEY          encrypts webhook secrets (required with DATABASE_URL; `walletd secrets-key`)
   WALLETD_OPERATOR_KEY         operator credential (embedded: generated into WALLETD_DATA_DIR/operator-key)
+  WALLETD_TRUSTED_PROXIES      CIDRs of the proxies whose X-Forwarded-For names the client (default none)
+  WALLETD_WEBHOOK_ALLOW_HOSTS  internal names or CIDRs webhooks may reach (default none: public only)
   WALLETD_OPEN_SERVICE_REGISTRATION, WALLETD_TOKEN_TTL, WALLETD_SIGNUP_BONUS, WALLETD_RATES_URL,
   WALLETD_RATES_MAX_AGE, WALLETD_SEED_FILE, WALLETD_MAX_BODY_BYTES, WALLETD_MAILBOX_SIZE,
   WALLETD_ACTOR_IDLE_SECONDS, WALLETD_MAX_BATCH, WALLETD_COMMITTERS, WALLETD_POOL_SIZE,

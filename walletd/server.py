@@ -6,8 +6,8 @@ What aiohttp offers and walletd uses:
   after each response, and closes the connection if no complete request head has arrived when it
   fires (a request being handled is never cut). So a slow-header client (slowloris) and an idle
   keep-alive connection both go after WALLETD_HEADER_TIMEOUT_SECONDS.
-- `max_line_size` / `max_field_size` / `max_headers` (aiohttp's defaults: 8190 / 8190 / 128)
-  bound the head's size; `client_max_size` (WALLETD_MAX_BODY_BYTES) bounds the body.
+- `max_line_size` / `max_field_size` / `max_headers` (8190 / 8192 / 128) bound the head's size;
+  `client_max_size` (WALLETD_MAX_BODY_BYTES) bounds the body.
 
 What aiohttp lacks and walletd adds here:
 - a body timeout: `read_body_within` reads the whole body (at most WALLETD_MAX_BODY_BYTES)
@@ -21,9 +21,10 @@ What aiohttp lacks and walletd adds here:
   error level, which quotes the offending bytes (a password in a query string, a token in a
   header) and lets anyone fill the log.
 
-Left to the reverse proxy: TLS, a per-address connection cap and request rate (walletd sees the
-proxy's address for every client), and slow readers of responses (walletd's responses are small
-and are written to the kernel's socket buffer at once).
+Left to the reverse proxy: TLS, a per-address connection cap and request rate (connections come
+from the proxy; only the request, through WALLETD_TRUSTED_PROXIES, learns the client's address),
+and slow readers of responses (walletd's responses are small and are written to the kernel's
+socket buffer at once).
 """
 
 from __future__ import annotations
