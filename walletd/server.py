@@ -148,7 +148,7 @@ class JsonParseErrors(RequestHandler):
 
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
-        if not isinstance(exc, HttpProcessingError):
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
         # Imported here: walletd.handlers imports this module.
         from walletd.handlers.errors import error_response
