@@ -158,8 +158,8 @@ async def measure(cfg: Config, workdir: Path, report: dict, servers: list[Server
 
     # -- walletd --------------------------------------------------------------------------------------
     env = walletd_env(cfg, url)
-    report["meta"]["walletd_env"].update({k: v for k, v in env.items() if k.startswith("WALLETD_")
-                                          and k not in ("WALLETD_JWT_SECRET", "WALLETD_OPERATOR_KEY")})
+    secret = ("WALLETD_JWT_SECRET", "WALLETD_OPERATOR_KEY", "WALLETD_SECRETS_KEY")
+    report["meta"]["walletd_env"].update({k: v for k, v in env.items() if k.startswith("WALLETD_") and k not in secret})
     walletd_port = testing.free_port(HOST)
     walletd = Server("walletd", testing.walletd_command("serve", "--host", HOST, "--port", str(walletd_port),
                                                         "--workers", str(cfg.workers)),
