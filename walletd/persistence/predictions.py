@@ -37,9 +37,10 @@ class WalletPredictions:
         return len(self.predicted)
 
     def forget(self, wallet_ids=None) -> None:
-        """Drop these predictions (all of them by default); they are re-read on next use."""
+        """Drop these predictions (all of them, and the owners, by default); they are re-read on next use."""
         if wallet_ids is None:
             self.predicted = {}
+            self.owners = {}  # all idle: memory goes back to what the active wallets need
             return
         for wallet_id in wallet_ids:
             self.predicted.pop(wallet_id, None)
