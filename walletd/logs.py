@@ -21,6 +21,25 @@ _SECRET_KEYS = {"password", "token", "access_token", "authorization", "secret", 
 _JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
 
 
+# Free text (a traceback, a library's message) may quote a request: header lines, a query string,
+# a repr of a dict. Each pattern keeps the name and drops the value.
+_CREDENTIAL_TEXT = (
+    (_JWT, "[jwt]"),
+    (re.compile(r"(?i)\b(basic|bearer)(\s+|%20|\+)[^\s'\"&,;\\]+"), r"\1\2[redacted]"),
+    (re.compile(r"(?i)\b(password|passwd|secret|token|access_token|authorization|x-operator-key|operator_key"
+                r"|idempotency-key)\b(['\"]?\s*[:=]\s*['\"]?)(?!(?:basic|bearer)\b)([^\s'\"&,;\\]+)"),
+     r"\1\2[redacted]"),
+    (re.compile(r"whsec_[\w-]+"), "whsec_[redacted]"),
+)
+_FREE_TEXT_KEYS = ("exception", "stack")
+
+
+def redact_text(text: str) -> str:
+    for pattern, replacement in _CREDENTIAL_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
         if key in _SECRET_KEYS:
@@ -28,6 +47,22 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
         elif isinstance(value, str) and "eyJ" in value:
             event[key] = _JWT.sub("[jwt]", value)
     return event
+
+
+def _redact_tracebacks(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """After format_exc_info: a traceback's text quotes what the failing code held."""
+    for key in _FREE_TEXT_KEYS:
+        value = event.get(key)
+        if isinstance(value, str):
+            event[key] = redact_text(value)
+    return event
+
+
+def _redact_foreign(logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A stdlib logger's line (aiohttp, asyncio, asyncpg): its message is free text too."""
+    if isinstance(event.get("event"), str):
+        event["event"] = redact_text(event["event"])
+    return _redact_tracebacks(logger, name, event)
 
 
 def _dumps(event: dict, **_) -> str:
@@ -131,7 +166,7 @@ def configure(level: str = "info", stream=None, *, buffered: bool = True) -> Non
                     structlog.processors.JSONRenderer(serializer=_dumps)],
         foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.processors.add_log_level,
                            structlog.processors.TimeStamper(fmt="iso", utc=True), _redact,
-                           structlog.processors.format_exc_info],
+                           structlog.processors.format_exc_info, _redact_foreign],
     ))
     root = logging.getLogger()
     root.handlers = [handler]
@@ -147,6 +182,7 @@ def configure(level: str = "info", stream=None, *, buffered: bool = True) -> Non
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
             structlog.processors.format_exc_info,
+            _redact_tracebacks,
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

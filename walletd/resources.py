@@ -17,10 +17,12 @@ from walletd.appkeys import (
     database_url_key,
     history_pool_key,
     http_key,
+    keys_key,
     ledger_key,
     pool_key,
     registry_key,
     settings_key,
+    targets_key,
     tokens_key,
 )
 from walletd.config import ConfigError
@@ -118,7 +120,8 @@ async def events_ctx(app: web.Application):
     """The payment service's background tasks: the stale sweep and webhook delivery (walletd/events/).
     After actors_ctx, so on shutdown they stop before the actors drain and the pool closes."""
     settings = app[settings_key]
-    dispatcher = WebhookDispatcher(app[pool_key], concurrency=settings.webhook_concurrency,
+    dispatcher = WebhookDispatcher(app[pool_key], app[keys_key], app[targets_key],
+                                   concurrency=settings.webhook_concurrency,
                                    timeout=settings.webhook_timeout_seconds,
                                    backoff_base=settings.webhook_backoff_seconds,
                                    horizon=settings.webhook_horizon_seconds)

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import (
+    OPERATOR,
     api_deposit,
     api_external_wallet,
     api_settle,
@@ -35,8 +36,8 @@ CURRENCY = "transaction names a wallet in another currency"
 @pytest.fixture
 async def books(admin_url, make_client):
     """A database of its own with every kind of record: transfers in one currency and across two,
-    deposits paid and rejected (with their commission), withdrawals pending, paid, rejected and
-    expired, sign-up bonuses."""
+    deposits paid and rejected (with their commission), withdrawals pending, paid, rejected (one of
+    them by the operator once it went stale), sign-up bonuses."""
     url = await create_database(admin_url)
     client = await make_client(database_url=url, signup_bonus=Decimal(2))
     alice, bob, service = await register(client, "alice"), await register(client, "bob"), await register_service(client)
@@ -52,11 +53,13 @@ async def books(admin_url, make_client):
     for outcome in ("paid", "rejected"):
         tx = await (await api_withdraw(client, alice, service, 1, "3")).json()
         assert (await api_settle(client, service, "withdraw", tx["id"], outcome)).status == 200
-    expiring = await make_client(database_url=url, pending_ttl_seconds=0.5)
-    doomed = await (await api_withdraw(expiring, alice, service, 1, "2")).json()
-    await until(lambda: _one(url, "SELECT status = 'expired' FROM transactions WHERE id = $1", uuid.UUID(doomed["id"])),
-                what="the withdrawal expired by the sweeper")
-    await expiring.close()  # its sweeper would expire the pending withdrawal below
+    staling = await make_client(database_url=url, pending_ttl_seconds=0.5)
+    doomed = await (await api_withdraw(staling, alice, service, 1, "2")).json()
+    await until(lambda: _one(url, "SELECT stale_at IS NOT NULL FROM transactions WHERE id = $1",
+                             uuid.UUID(doomed["id"])), what="the withdrawal gone stale")
+    await staling.close()  # its sweeper would mark the pending withdrawal below stale too
+    resp = await api_settle(client, {"headers": OPERATOR}, "withdraw", doomed["id"], "rejected")
+    assert resp.status == 200, await resp.text()
     records["pending"] = (await (await api_withdraw(client, alice, service, 1, "4")).json())["id"]
     records["alice"] = alice["wallets"][1]["id"]
     records["bob"] = bob["wallets"][1]["id"]
@@ -84,7 +87,7 @@ async def test_books_with_every_kind_of_record_are_clean(books):
     kinds = {tuple(r) for r in await conn.fetch("SELECT DISTINCT type, status FROM transactions")}
     assert kinds == {("transfer", "close"), ("commission", "close"), ("bonus", "close"), ("deposit", "paid"),
                      ("deposit", "rejected"), ("withdraw", "pending"), ("withdraw", "paid"),
-                     ("withdraw", "rejected"), ("withdraw", "expired")}
+                     ("withdraw", "rejected")}
     code, out = await audit(url)
     assert code == 0 and "audit: clean" in out, out
 

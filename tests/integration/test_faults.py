@@ -283,13 +283,14 @@ async def test_nonsense_settings_exit_non_zero_naming_the_variable(database_url,
     import os
     import sys
 
-    from tests.conftest import REPO_ROOT, walletd_command
+    from tests.conftest import REPO_ROOT, SECRETS_KEY, walletd_command
 
     port = socket.socket()
     port.bind(("127.0.0.1", 0))
     free = str(port.getsockname()[1])
     port.close()
-    env = {**os.environ, "DATABASE_URL": database_url, "WALLETD_JWT_SECRET": "x" * 40, variable: value}
+    env = {**os.environ, "DATABASE_URL": database_url, "WALLETD_JWT_SECRET": "x" * 40,
+           "WALLETD_SECRETS_KEY": SECRETS_KEY, variable: value}
     proc = await asyncio.create_subprocess_exec(*walletd_command("serve", "--host", "127.0.0.1", "--port", free),
                                                 cwd=REPO_ROOT, env=env, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)

@@ -184,7 +184,9 @@ class TransactionNotStale(DomainError):
 
 
 class InvalidWebhookUrl(DomainError):
-    """A webhook URL must be http(s), name a host, and carry no credentials or fragment; `message` says which."""
+    """A webhook URL must be http(s) to a public address (no loopback, private, link-local, CGNAT, multicast,
+    reserved or unspecified one unless allowed), parse strictly and carry no credentials or fragment; `message`
+    says why."""
 
     code = "invalid_webhook_url"
     message = "url is not a valid URL"

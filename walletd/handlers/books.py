@@ -10,12 +10,13 @@ from decimal import Context, Decimal
 
 from aiohttp import web
 
-from walletd.appkeys import history_pool_key, pool_key, tokens_key
+from walletd.appkeys import history_pool_key, keys_key, pool_key
 from walletd.auth.tokens import Principal
 from walletd.domain.errors import WalletNotFound
 from walletd.domain.instants import iso
 from walletd.domain.money import fmt
 from walletd.domain.vocabulary import WalletKind
+from walletd.handlers import cursors
 from walletd.handlers.book_schemas import (
     BalanceOut,
     BalanceParams,
@@ -25,7 +26,6 @@ from walletd.handlers.book_schemas import (
     StatementOut,
     StatementParams,
 )
-from walletd.handlers.cursors import CursorSigner
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.errors import ValidationFailed
 from walletd.logs import get_logger
@@ -39,7 +39,6 @@ log = get_logger("walletd.books")
 _EXACT = Context(prec=60)
 CSV_CHUNK = 5000  # lines per query while streaming: the memory a CSV statement holds at once
 CSV_COLUMNS = ("transaction_id", "type", "status", "amount", "balance_after", "timestamp")
-_STATEMENT_SCOPE = "statement"
 
 
 _CSV_CONTENT = {
@@ -118,7 +117,6 @@ def _period(params: StatementParams) -> tuple[datetime | None, datetime]:
 
 async def _statement_page(request: web.Request, params: StatementParams, currency_id: int) -> StatementOut:
     pool = request.app[history_pool_key]
-    signer = CursorSigner(request.app[tokens_key].secret)
     if params.cursor is None:
         start, end = _period(params)
         opening, closing, lines = await books.first_lines(pool, params.wallet_id, start, end, params.limit + 1)
@@ -126,7 +124,7 @@ async def _statement_page(request: web.Request, params: StatementParams, currenc
     else:
         # The cursor carries the period, both ends' balances and where (and at what running
         # balance) the page starts: given again, from and to must be the same.
-        start, end, opening, closing, position, balance = _read_cursor(signer, params)
+        start, end, opening, closing, position, balance = _read_cursor(request, params)
         lines = await books.lines_after(pool, params.wallet_id, start, end, position, params.limit + 1)
     more = len(lines) > params.limit
     out = []
@@ -137,25 +135,21 @@ async def _statement_page(request: web.Request, params: StatementParams, currenc
     next_cursor = None
     if more:
         last = lines[params.limit - 1].position
-        next_cursor = signer.encode(_STATEMENT_SCOPE, [
-            str(params.wallet_id), start and iso(start), iso(end), str(opening), str(closing),
-            iso(last.at), str(last.entry_id), str(last.record_id), str(balance)])
+        next_cursor = cursors.seal(request.app[keys_key], params.wallet_id, [
+            start and iso(start), iso(end), str(opening), str(closing), iso(last.at), str(last.entry_id),
+            str(last.record_id), str(balance)])
     return StatementOut(wallet_id=params.wallet_id, currency_id=currency_id, from_=start, to=end,
                         opening_balance=opening, closing_balance=closing, entries=out, next_cursor=next_cursor)
 
 
-def _read_cursor(signer: CursorSigner, params: StatementParams):
+def _read_cursor(request: web.Request, params: StatementParams):
     assert params.cursor is not None
-    values = signer.decode(_STATEMENT_SCOPE, params.cursor)
-    wallet, start, end, opening, closing, at, entry, record, balance = values
-    if wallet != str(params.wallet_id):
-        raise ValidationFailed("invalid parameters: cursor", errors=[
-            {"loc": "cursor", "msg": "the cursor is another wallet's", "type": "cursor_invalid"}])
+    start, end, opening, closing, at, entry, record, balance = cursors.open_sealed(
+        request.app[keys_key], params.wallet_id, params.cursor)
     start_at = datetime.fromisoformat(start) if start else None
     end_at = datetime.fromisoformat(end)
     if (params.from_ is not None and params.from_ != start_at) or (params.to is not None and params.to != end_at):
-        raise ValidationFailed("invalid parameters: cursor", errors=[
-            {"loc": "cursor", "msg": "from and to differ from the first page's", "type": "cursor_invalid"}])
+        raise cursors.invalid_cursor("from and to differ from the first page's")
     position = Position(datetime.fromisoformat(at), uuid.UUID(entry), uuid.UUID(record))
     return start_at, end_at, Decimal(opening), Decimal(closing), position, Decimal(balance)
 

@@ -113,13 +113,15 @@ STATUS: dict[type[e.DomainError], int] = {
 # Errors raised as aiohttp HTTP exceptions (routing, body size, handlers outside the domain):
 # status -> (code, meaning).
 HTTP_CODES: dict[int, tuple[str, str]] = {
-    400: ("bad_request", "The request could not be read."),
+    400: ("bad_request", "The request could not be read (including anything the HTTP parser refuses)."),
     401: ("token_invalid", "The token is not valid (for example its account no longer exists)."),
     404: ("not_found", "No such path."),
     405: ("method_not_allowed", "The path exists, not with this method (`Allow` lists the methods)."),
     408: ("request_timeout", "The request was not received in time."),
     413: ("payload_too_large", "The body exceeds WALLETD_MAX_BODY_BYTES."),
+    414: ("uri_too_long", "The request line is longer than 8190 bytes (answered before any route is looked up)."),
     415: ("unsupported_media_type", "A non-empty body that is not JSON."),
+    431: ("header_too_large", "A header line is longer than 8192 bytes, or there are more than 128 of them."),
     429: ("too_many_attempts", "Too many failed logins for this account or address (or failed operator keys from "
                                "this address); retry after `Retry-After` seconds."),
     500: ("internal_error", "A bug; the log has the request id."),

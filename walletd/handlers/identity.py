@@ -6,10 +6,10 @@ from decimal import Decimal
 
 from aiohttp import web
 
-from walletd.appkeys import pool_key, principal_key, request_id_key, settings_key, tokens_key
+from walletd.appkeys import keys_key, pool_key, principal_key, request_id_key, settings_key, tokens_key
 from walletd.auth.operator import OperatorPrincipal
 from walletd.auth.passwords import PasswordPool
-from walletd.auth.throttle import LoginThrottle, TooManyAttempts, throttle_key, username_key
+from walletd.auth.throttle import LoginThrottle, TooManyAttempts, throttle_key
 from walletd.auth.tokens import Principal
 from walletd.config import Settings
 from walletd.domain.errors import DuplicateAccount, InvalidCredentials, OutcomeUnknown, Overloaded
@@ -70,7 +70,7 @@ def setup(app: web.Application, settings: Settings) -> None:
     """The password-hash pool and the login throttle, one each per app."""
     app[passwords_key] = PasswordPool(settings.hash_threads, settings.hash_queue, settings.hash_queue_per_address)
     app[throttle_key] = LoginThrottle(settings.login_max_failures, settings.login_max_failures_per_address,
-                                      settings.login_window_seconds)
+                                      settings.login_window_seconds, app[keys_key].pseudonym)
 
     async def close_pool(app: web.Application) -> None:
         app[passwords_key].close()
@@ -85,15 +85,15 @@ async def _login(request: web.Request, username: str, password: str, role: str):
     try:
         had_failures = await throttle.check(pool, username, address)
     except web.HTTPTooManyRequests:
-        log.info("auth.login_throttled", username_sha256=username_key(username), role=role)
+        log.info("auth.login_throttled", username_hmac=throttle.pseudonym(username), role=role, client=address)
         raise
     user = await accounts.find_user(pool, username)
     ok = await request.app[passwords_key].verify(user["password_hash"] if user else None, password, address)
     if not ok or user is None or user["role"] != role:
         await throttle.failed(pool, username, address)
-        # Never the typed name (people type passwords into it): the user id, or a hash of the name.
-        who = {"user_id": str(user["id"])} if user else {"username_sha256": username_key(username)}
-        log.info("auth.login_failed", role=role, **who)
+        # Never the typed name (people type passwords into it): the user id, or its keyed pseudonym.
+        who = {"user_id": str(user["id"])} if user else {"username_hmac": throttle.pseudonym(username)}
+        log.info("auth.login_failed", role=role, client=address, **who)
         raise InvalidCredentials()
     if had_failures:
         await throttle.succeeded(pool, username)

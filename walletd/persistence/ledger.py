@@ -64,6 +64,7 @@ from walletd.domain.ledger import (
 )
 from walletd.domain.multi_transfer import plan_multi_transfer
 from walletd.domain.settlement import plan_settlement
+from walletd.domain.vocabulary import WalletKind
 from walletd.logs import get_logger
 from walletd.persistence.batch_write import write_batch, writes_anything
 from walletd.persistence.db import FairPool
@@ -257,6 +258,12 @@ class PgLedger:
     def forget(self) -> None:
         """Drop every prediction (they are re-read on next use)."""
         self.predictions.forget()
+
+    async def owns(self, user_id, wallet_id, *read_along) -> bool:
+        """Whether wallet_id is one of the user's own (user-kind) wallets: asked before a command may
+        enter the wallet's queue, from memory for a warm wallet (see persistence/predictions.py)."""
+        owner = await self.predictions.owner(wallet_id, *read_along)
+        return owner is not None and owner[0] == user_id and owner[1] == WalletKind.USER
 
     # ---- locked path -------------------------------------------------------------------------
 
