@@ -32,7 +32,7 @@ import aiohttp
 import asyncpg
 
 from bench import procstat, seed
-from bench.config import JWT_SECRET, OPERATOR_KEY, RESULTS
+from bench.config import JWT_SECRET, OPERATOR_KEY, RESULTS, SECRETS_KEY
 from walletd import testing
 
 CUR = 1
@@ -159,8 +159,8 @@ async def main_async(entries: int) -> dict:
         url = await testing.create_empty_database(embedded.database_url(pg), "walletd_statement", replace=True)
         owner, info = await prepare(url, entries)
         server = testing.walletd_server(url, workdir / "walletd.log", jwt_secret=JWT_SECRET,
-                                        operator_key=OPERATOR_KEY, WALLETD_LOG_LEVEL="warning",
-                                        PYTHONMALLOC="malloc")
+                                        operator_key=OPERATOR_KEY, secrets_key=SECRETS_KEY,
+                                        WALLETD_LOG_LEVEL="warning", PYTHONMALLOC="malloc")
         await server.start("/ready")
         headers = {"Authorization": f"Bearer {TokenIssuer(JWT_SECRET, 3600).issue(owner.id, 'user')}"}
         result = {"entries_loaded": entries, **{k: v for k, v in info.items() if k not in ("first", "last")}}
@@ -178,7 +178,7 @@ async def main_async(entries: int) -> dict:
 
 
 async def _audit(url: str) -> tuple[int, str]:
-    env = {**os.environ, "DATABASE_URL": url, "WALLETD_JWT_SECRET": JWT_SECRET}
+    env = {**os.environ, "DATABASE_URL": url, "WALLETD_JWT_SECRET": JWT_SECRET, "WALLETD_SECRETS_KEY": SECRETS_KEY}
     proc = await asyncio.create_subprocess_exec(*testing.walletd_command("audit"), env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
