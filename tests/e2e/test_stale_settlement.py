@@ -105,7 +105,7 @@ async def test_the_operator_ends_a_pending_record_only_once_it_is_stale(make_cli
 
 
 async def test_a_payment_service_settlement_after_the_operators_is_a_conflict(make_client, receiver, db, log_tap):
-    client = await make_client(pending_ttl_seconds=1.0)
+    client = await make_client(pending_ttl_seconds=1.0, webhook_allow_hosts=("127.0.0.1",))  # the loopback receiver
     conflicts_before = await metric(client, "walletd_settlement_conflicts_total")
     service, user, credited = await setup(client, receiver)
     withdrawal = await (await api_withdraw(client, user, service, 1, "25")).json()
