@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -31,8 +32,8 @@ import asyncpg
 
 from bench import procstat
 from walletd import testing
-from walletd.domain.effects import Effects, WalletState
 from walletd.domain.ids import new_id
+from walletd.domain.ledger import Effects, WalletState
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 from walletd.persistence import embedded
 from walletd.persistence.batch_write import WRITE_BATCH, batch_document
@@ -122,6 +123,7 @@ async def _main(batches: int, rounds: int) -> None:
             await conn.close()
     finally:
         server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _pairs(rng: random.Random, wallets: list[WalletState], legs: int) -> list[tuple[WalletState, WalletState]]:
