@@ -26,6 +26,7 @@ from walletd.resources import (
     history_pool_ctx,
     http_client_ctx,
     idempotency_sweep_ctx,
+    integrity_ctx,
     pool_ctx,
 )
 
@@ -49,7 +50,7 @@ def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Ap
     app[database_url_key] = database_url
     app[tokens_key] = TokenIssuer(jwt_secret, settings.token_ttl_seconds)
     app.cleanup_ctx.extend([pool_ctx, history_pool_ctx, actors_ctx, http_client_ctx, idempotency_sweep_ctx,
-                            events_ctx, meta.metrics_ctx])
+                            events_ctx, integrity_ctx, meta.metrics_ctx])
     identity.setup(app, settings)
     meta.setup(app)
     add_routes(app)

@@ -72,6 +72,15 @@ WEBHOOKS_IN_FLIGHT = Gauge("walletd_webhook_in_flight", "Webhook deliveries bein
 WEBHOOKS_PENDING = Gauge("walletd_webhook_deliveries_pending", "Webhook deliveries waiting in the database "
                          "(all processes; read at scrape)", multiprocess_mode="mostrecent")
 WORKERS = Gauge("walletd_workers", "walletd processes serving the port", multiprocess_mode="livesum")
+# The journal's chain and its self-audit (walletd/integrity/). The gauges read the database's record,
+# the same whichever process reads it: the latest reading, never a sum.
+JOURNAL_SEALED = Counter("walletd_journal_sealed_entries", "Journal entries this process sealed into the hash chain")
+AUDIT_VERIFIED = Counter("walletd_audit_verified_entries", "New journal entries the self-audit checked (chain, "
+                         "balances, holds)")
+AUDIT_PROBLEMS = Gauge("walletd_audit_problems", "Problems the self-audit has found and nobody has cleared yet "
+                       "(rows of audit_problems)", multiprocess_mode="mostrecent")
+AUDIT_LAST_SUCCESS = Gauge("walletd_audit_last_success_timestamp_seconds", "When the self-audit last completed "
+                           "a pass (Unix time)", multiprocess_mode="mostrecent")
 
 _children: dict[tuple[str, str, int], tuple] = {}
 

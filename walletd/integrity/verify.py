@@ -16,8 +16,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+import asyncpg
+
 from walletd.domain.chain import ChainProblem, Entry, Seal, check_seals
 from walletd.persistence import chain
+from walletd.persistence.audit import find_problems
 
 
 @dataclass
@@ -92,3 +95,16 @@ async def expected_head_problems(conn, expect_head: bytes, last: Seal | None) ->
     return [ChainProblem(last.seq + 1 if last else 1, "truncated", None,
                          f"the expected head {expect_head.hex()} is not in the chain (it ends at {ends}): entries "
                          "sealed after it were removed with their seals, or the chain was rewritten")]
+
+
+async def run_full_audit(url: str, expect_head: bytes | None = None) -> tuple[list[str], str]:
+    """`walletd audit`: every check of find_problems, then the chain. Returns the problems as lines
+    (the chain's in chain order, so its first line names the first place that differs) and a
+    one-line summary of the chain."""
+    conn = await asyncpg.connect(url)
+    try:
+        problems = await find_problems(conn)
+        result = await audit_chain(conn, expect_head)
+    finally:
+        await conn.close()
+    return problems + [str(p) for p in result.problems], result.summary()

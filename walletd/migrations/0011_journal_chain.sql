@@ -180,3 +180,4 @@ CREATE TABLE audit_problems (
     problem  text NOT NULL,
     found_at timestamptz NOT NULL DEFAULT now()
 );
+INSERT INTO audit_cursor DEFAULT VALUES;

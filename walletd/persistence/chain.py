@@ -101,6 +101,21 @@ async def read_entries(conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, Entry]:
     return entries
 
 
+async def read_legs(conn, ids: list[uuid.UUID]) -> list[Leg]:
+    """The postings of these entries (as read_entries, without the canonical texts)."""
+    if not ids:
+        return []
+    found = sorted(ids)
+    rows = await conn.fetch(_LEGS, found, found[0], found[-1])
+    return [Leg(*r) for r in rows]
+
+
+_LEGS = """
+SELECT p.wallet_id, p.currency_id, p.bucket, p.amount
+  FROM postings p JOIN unnest($1::uuid[]) AS wanted(id) ON wanted.id = p.entry_id
+ WHERE p.entry_id BETWEEN $2 AND $3"""
+
+
 @contextlib.asynccontextmanager
 async def reading(conn, isolation: str = "read_committed"):
     """A read-only transaction planned for read_entries (SET LOCAL ends with it)."""
