@@ -27,6 +27,7 @@ import asyncpg
 
 from walletd import metrics
 from walletd.domain.chain import Entry, Leg, unbalanced
+from walletd.domain.money import fmt
 from walletd.domain.vocabulary import Bucket
 from walletd.integrity import verify
 from walletd.logs import get_logger
@@ -197,21 +198,22 @@ async def _balance_problems(conn, last, sealed: dict[uuid.UUID, list[Decimal]]) 
     touched = set(sealed) | set(unsealed)
     if not touched:
         return []
-    zero = [Decimal(0), Decimal(0)]
     problems: list[Problem] = []
     found = set()
     for wallet_id, balance, reserved, verified_balance, verified_reserved, held in await conn.fetch(
             _WALLETS, list(touched)):
         found.add(wallet_id)
-        expected_balance = (verified_balance or 0) + sealed.get(wallet_id, zero)[0] + unsealed.get(wallet_id, zero)[0]
-        expected_reserved = (verified_reserved or 0) + sealed.get(wallet_id, zero)[1] + unsealed.get(wallet_id, zero)[1]
-        if balance != expected_balance or reserved != expected_reserved:
+        expected = [Decimal(verified_balance or 0), Decimal(verified_reserved or 0)]
+        for more in (sealed.get(wallet_id), unsealed.get(wallet_id)):
+            if more:
+                expected = [expected[0] + more[0], expected[1] + more[1]]
+        if [balance, reserved] != expected:
             problems.append((f"balance:{wallet_id}",
-                             f"wallet {wallet_id} holds balance {balance} / reserved {reserved}, its postings sum "
-                             f"to {expected_balance} / {expected_reserved}"))
+                             f"wallet {wallet_id} holds balance {fmt(balance)} / reserved {fmt(reserved)}, its "
+                             f"postings sum to {fmt(expected[0])} / {fmt(expected[1])}"))
         if reserved != held:
-            problems.append((f"holds:{wallet_id}", f"wallet {wallet_id} has reserved balance {reserved}, its pending "
-                                                   f"withdrawals hold {held}"))
+            problems.append((f"holds:{wallet_id}", f"wallet {wallet_id} has reserved balance {fmt(reserved)}, its "
+                                                   f"pending withdrawals hold {fmt(held)}"))
     for wallet_id in touched - found:
         problems.append((f"wallet:{wallet_id}:missing", f"postings name wallet {wallet_id}, which does not exist"))
     return problems
