@@ -57,8 +57,8 @@ def parse_args(argv: list[str] | None, description: str) -> Config:
                    help="walletd serve --workers N (1: one process, like the single-process references)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(GROUPS)} (development aid)")
     p.add_argument("--out", type=Path,
-                   help="where to write the JSON (bench/results/latest.json; smoke: bench/results/smoke.json, "
-                        "so a CI smoke run never overwrites the figures of a full run)")
+                   help="where to write the JSON (bench/results/latest.json, ignored by git; smoke: "
+                        "bench/results/smoke.json, so a CI smoke run never overwrites the figures of a full run)")
     a = p.parse_args(argv)
     smoke = a.smoke
     only = {g.strip() for g in a.only.split(",") if g.strip()}

@@ -27,6 +27,10 @@ RATIO_DEFINITIONS = {
     "history_1m_vs_100": "cost of the first history page, 1M-row wallet ÷ 100-row wallet = ops/s(100) ÷ ops/s(1M) "
                          "(closed loop: the mean-latency ratio)",
     "p99_ms_max": "worst p99 latency (ms) over the walletd runs",
+    "server_cpu_ms_per_transfer": "walletd's CPU (user + system) per uniform transfer, ms",
+    "hot_credit_vs_pgbench_hot": "walletd hot-credit transfers/s ÷ pgbench hot-row tps",
+    "hot_debit_vs_pgbench_hot": "walletd hot-debit transfers/s ÷ pgbench hot-row tps",
+    "memory_after_idle_vs_baseline": "walletd RSS after the actors' idle timeout ÷ RSS before the memory run",
 }
 
 
@@ -48,6 +52,7 @@ def ratios(scenarios: dict, memory: dict | None) -> dict:
         "history_1m_vs_100": _div(_ops(scenarios, "walletd.read_history_small"),
                                   _ops(scenarios, "walletd.read_history_big")),
         "p99_ms_max": max(walletd_p99) if walletd_p99 else None,
+        "server_cpu_ms_per_transfer": (scenarios.get("walletd.uniform") or {}).get("server_cpu_ms_per_op"),
         # Extra detail behind the keys above.
         "uniform_vs_lock_reference": _div(uniform, ops("lock.uniform")),
         "hot_credit_vs_lock_reference": _div(credit, ops("lock.hot_credit")),
@@ -79,6 +84,9 @@ def targets(r: dict, scenarios: dict, memory: dict | None) -> dict:
         "hot_credit_vs_uniform": check(r["hot_credit_vs_uniform"], ">=", 0.9),
         "hot_debit_vs_uniform": check(r["hot_debit_vs_uniform"], ">=", 0.9),
         "hot_vs_pgbench_hot": check(r["hot_vs_pgbench_hot"], ">=", 1.5),
+        "hot_credit_vs_pgbench_hot": check(r["hot_credit_vs_pgbench_hot"], ">=", 1.5),
+        "hot_debit_vs_pgbench_hot": check(r["hot_debit_vs_pgbench_hot"], ">=", 1.5),
+        "server_cpu_ms_per_transfer": check(r["server_cpu_ms_per_transfer"], "<=", 0.16),
         "hot_vs_lock_reference": check(r["hot_vs_lock_reference"], ">=", 3),
         "p99_ms_max": check(r["p99_ms_max"], "<=", 25),
         "history_1m_vs_100": check(r["history_1m_vs_100"], "<=", 1.5),
