@@ -15,6 +15,7 @@ from walletd.handlers import (
     meta,
     money,
     openapi,
+    operator,
     service,
     wallets,
     webhooks,
@@ -30,7 +31,7 @@ from walletd.resources import (
     pool_ctx,
 )
 
-ROUTE_TABLES = (identity.routes, wallets.routes, money.routes, service.routes, webhooks.routes)
+ROUTE_TABLES = (identity.routes, wallets.routes, money.routes, service.routes, operator.routes, webhooks.routes)
 
 
 def add_routes(app: web.Application) -> None:

@@ -119,7 +119,19 @@ class Settle:
     idempotency: Idempotency | None = None
 
 
-Command = Transfer | RequestDeposit | RequestWithdraw | Settle
+@dataclass(frozen=True)
+class Reverse:
+    """Undo a completed transfer or a paid deposit with one compensating entry (the operator's;
+    planned by domain/reversal.py). The wallets are those the original's entry posted to."""
+
+    transaction_id: uuid.UUID
+    debited_wallet_id: uuid.UUID  # the wallet the original credited
+    wallet_ids: frozenset[uuid.UUID]
+    request_id: str | None = None
+    idempotency: Idempotency | None = None
+
+
+Command = Transfer | RequestDeposit | RequestWithdraw | Settle | Reverse
 
 
 def routing_wallet(command: Command) -> uuid.UUID:
@@ -128,6 +140,8 @@ def routing_wallet(command: Command) -> uuid.UUID:
         return command.source_wallet_id
     if isinstance(command, Settle):
         return command.user_wallet_id
+    if isinstance(command, Reverse):
+        return command.debited_wallet_id
     return command.wallet_id
 
 
@@ -137,6 +151,8 @@ def wallets_touched(command: Command) -> set[uuid.UUID]:
         return {command.source_wallet_id, command.target_wallet_id}
     if isinstance(command, Settle):
         return {command.user_wallet_id, command.service_wallet_id, command.gateway_wallet_id}
+    if isinstance(command, Reverse):
+        return set(command.wallet_ids)
     return {command.wallet_id, command.gateway_wallet_id}
 
 

@@ -26,6 +26,7 @@ class TxType(StrEnum):
     WITHDRAW = "withdraw"
     COMMISSION = "commission"
     BONUS = "bonus"
+    REVERSAL = "reversal"  # undoes a completed transfer or a paid deposit (parent_id: the original)
 
 
 class TxStatus(StrEnum):
@@ -46,3 +47,4 @@ class EntryKind(StrEnum):
     WITHDRAW_RELEASE = "withdraw_release"  # rejected: hold → balance
     WITHDRAW_EXPIRED = "withdraw_expired"  # expired: hold → balance
     BONUS = "bonus"  # sign-up bonus: operator → user
+    REVERSAL = "reversal"  # the original entry's postings, negated

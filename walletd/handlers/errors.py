@@ -58,7 +58,8 @@ class InvalidIdempotencyKey(RequestError):
 
 
 class OperatorKeyRequired(e.DomainError):
-    """Registering a service user needs header X-Operator-Key equal to WALLETD_OPERATOR_KEY."""
+    """An operator action (registering a service user, a reversal) needs header X-Operator-Key equal to
+    WALLETD_OPERATOR_KEY."""
 
     code = "operator_key_required"
     message = "operator credential required (X-Operator-Key)"
@@ -80,6 +81,9 @@ STATUS: dict[type[e.DomainError], int] = {
     e.ExternalWalletNotFound: 400,
     e.ExternalWalletExists: 409,
     e.TransactionNotFound: 404,
+    e.AlreadyReversed: 409,
+    e.NotReversible: 409,
+    e.ReversalNotCovered: 409,
     e.InvalidStatusUpdate: 400,
     e.SettlementConflict: 409,
     e.TransactionExpired: 409,
