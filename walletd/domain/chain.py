@@ -19,22 +19,11 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 import orjson
 
 VERSION = "walletd-journal-1"
 GENESIS = bytes(32)
-
-
-@dataclass(frozen=True)
-class Leg:
-    """A posting's effect, for the balance checks."""
-
-    wallet_id: uuid.UUID
-    currency_id: int
-    bucket: str
-    amount: Decimal
 
 
 @dataclass
@@ -49,7 +38,6 @@ class Entry:
     created_at: str  # UTC, microseconds: 2026-01-31T23:59:59.000001Z
     postings: list[str] = field(default_factory=list)
     records: list[str] = field(default_factory=list)
-    legs: list[Leg] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -122,11 +110,3 @@ def check_seals(previous: Seal | None, seals: Sequence[Seal], entries: dict[uuid
                 "differ from what was sealed"))
         before = seal
     return problems
-
-
-def unbalanced(entry: Entry) -> list[int]:
-    """Currencies in which the entry's postings do not sum to zero."""
-    totals: dict[int, Decimal] = {}
-    for p in entry.legs:
-        totals[p.currency_id] = totals.get(p.currency_id, Decimal(0)) + p.amount
-    return sorted(c for c, total in totals.items() if total != 0)

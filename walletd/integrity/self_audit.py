@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import defaultdict
-from collections.abc import Iterable
 from decimal import Decimal
 
 import asyncpg
 
 from walletd import metrics
-from walletd.domain.chain import Entry, Leg, unbalanced
+from walletd.domain.chain import Entry
 from walletd.domain.money import fmt
-from walletd.domain.vocabulary import Bucket
 from walletd.integrity import verify
 from walletd.logs import get_logger
 from walletd.persistence import chain
@@ -97,8 +94,8 @@ class SelfAudit:
                                                         "checked, was removed"))
         segment = await verify.check_after(conn, previous, self.batch)
         problems += [(p.key, str(p)) for p in segment.problems]
-        problems += [problem for entry in segment.entries for problem in _entry_problems(entry)]
-        sealed = _deltas(segment.entries)
+        problems += await _entry_problems(conn, segment.entries)
+        sealed = await chain.posting_sums(conn, [entry.id for entry in segment.entries])
         head_seq = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM journal_seals")
         last_seq = segment.last.seq if segment.last else 0
         caught_up = last_seq >= head_seq
@@ -128,9 +125,9 @@ class SelfAudit:
                RETURNING true""", float(self.full_interval))
         if not claimed:
             return False
+        result = await verify.audit_chain(self.pool)
+        problems = [(p.key, str(p)) for p in result.problems]
         async with self.pool.acquire() as conn:
-            result = await verify.audit_chain(conn)
-            problems = [(p.key, str(p)) for p in result.problems]
             problems += [(text.split(", ")[0], text) for text in await find_problems(conn)]
             async with conn.transaction():
                 await record(conn, problems)
@@ -158,23 +155,13 @@ async def record(conn, problems: list[Problem]) -> None:
         log.error("audit.problem", key=key, problem=text)
 
 
-def _entry_problems(entry: Entry) -> list[Problem]:
-    if not entry.legs:
-        return [(f"entry:{entry.id}:empty", f"journal entry {entry.id} has no postings")]
-    return [(f"entry:{entry.id}:unbalanced:{currency}", f"journal entry {entry.id} does not balance in currency "
-                                                         f"{currency}") for currency in unbalanced(entry)]
-
-
-def _deltas(entries: list[Entry]) -> dict[uuid.UUID, list[Decimal]]:
-    return _sums(leg for entry in entries for leg in entry.legs)
-
-
-def _sums(legs: Iterable[Leg]) -> dict[uuid.UUID, list[Decimal]]:
-    """Per wallet, what the postings add to its balance and to its reserved balance."""
-    sums: dict[uuid.UUID, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
-    for leg in legs:
-        sums[leg.wallet_id][0 if leg.bucket == Bucket.BALANCE else 1] += leg.amount
-    return sums
+async def _entry_problems(conn, entries: list[Entry]) -> list[Problem]:
+    problems = [(f"entry:{entry.id}:empty", f"journal entry {entry.id} has no postings")
+                for entry in entries if not entry.postings]
+    for entry_id, currency in await chain.unbalanced(conn, [entry.id for entry in entries]):
+        problems.append((f"entry:{entry_id}:unbalanced:{currency}",
+                         f"journal entry {entry_id} does not balance in currency {currency}"))
+    return problems
 
 
 _AFTER = """
@@ -187,14 +174,14 @@ SELECT w.id, w.balance, w.reserved_balance, b.balance, b.reserved,
  WHERE w.id = ANY($1::uuid[])"""
 
 
-async def _balance_problems(conn, last, sealed: dict[uuid.UUID, list[Decimal]]) -> list[Problem]:
+async def _balance_problems(conn, last, sealed: dict[uuid.UUID, tuple[Decimal, Decimal]]) -> list[Problem]:
     """The wallets the newly checked entries and the entries not sealed yet touch, against the
     verified sums plus those entries' postings (see the module docstring)."""
     position = (str(last.entry_xid), last.entry_id) if last else ("0", uuid.UUID(int=0))
     newer = [r[0] for r in await conn.fetch(_AFTER, *position, UNSEALED_LIMIT + 1)]
     if len(newer) > UNSEALED_LIMIT:
         return []  # sealing is far behind; the check resumes once it catches up
-    unsealed = _sums(await chain.read_legs(conn, newer))
+    unsealed = await chain.posting_sums(conn, newer)
     touched = set(sealed) | set(unsealed)
     if not touched:
         return []

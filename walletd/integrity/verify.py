@@ -13,6 +13,7 @@ Problems are listed in chain order, so the first one printed is the first place 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ import asyncpg
 from walletd.domain.chain import ChainProblem, Entry, Seal, check_seals
 from walletd.persistence import chain
 from walletd.persistence.audit import find_problems
+from walletd.persistence.db import FairPool
 
 
 @dataclass
@@ -58,13 +60,14 @@ class ChainAudit:
                 f"{self.unsealed} newer entries not sealed yet")
 
 
-async def audit_chain(conn, expect_head: bytes | None = None, *, inserted_limit: int = 100) -> ChainAudit:
+async def audit_chain(source, expect_head: bytes | None = None, *, inserted_limit: int = 100) -> ChainAudit:
     """The whole chain, from seal 1 to the head, then the entries inserted inside it and, given an
-    expected head, whether the chain still holds it."""
+    expected head, whether the chain still holds it. `source` is a connection, or a pool to take one
+    from per segment (a long walk then never holds a connection others wait for)."""
     result = ChainAudit()
     previous: Seal | None = None
     while True:
-        async with chain.reading(conn):  # one short transaction per segment: seals never change
+        async with _connection(source) as conn, chain.reading(conn):  # a short transaction per segment
             segment = await check_after(conn, previous)
         if segment.count == 0:
             break
@@ -72,14 +75,24 @@ async def audit_chain(conn, expect_head: bytes | None = None, *, inserted_limit:
         result.sealed += segment.count
         previous = segment.last
     result.head = previous
-    if previous is not None:
-        for entry_id, after_seq in await chain.inserted_entries(conn, previous, inserted_limit):
-            result.problems.append(inserted(entry_id, after_seq))
-    if expect_head is not None:
-        result.problems.extend(await expected_head_problems(conn, expect_head, previous))
-    result.unsealed = await chain.unsealed_count(conn, previous)
+    async with _connection(source) as conn:
+        if previous is not None:
+            for entry_id, after_seq in await chain.inserted_entries(conn, previous, inserted_limit):
+                result.problems.append(inserted(entry_id, after_seq))
+        if expect_head is not None:
+            result.problems.extend(await expected_head_problems(conn, expect_head, previous))
+        result.unsealed = await chain.unsealed_count(conn, previous)
     result.problems.sort(key=lambda p: (p.seq, p.kind != "removed"))
     return result
+
+
+@contextlib.asynccontextmanager
+async def _connection(source):
+    if isinstance(source, FairPool):
+        async with source.acquire() as conn:
+            yield conn
+    else:
+        yield source
 
 
 def inserted(entry_id: uuid.UUID, after_seq: int) -> ChainProblem:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 
-from walletd.domain.chain import Entry, Leg, Seal
+from walletd.domain.chain import Entry, Seal
 
 SEAL_BATCH = 1000  # entries per sealing transaction
 READ_BATCH = 2000  # seals checked per read
@@ -63,8 +64,7 @@ SELECT id, xid::text::bigint, kind, request_id, {_TIME.format('created_at')} FRO
 # Each posting's and record's canonical item, built by this query (the same text the sealer builds,
 # but not by its stored function). The join with the wanted ids keeps `= ANY` out of the BRIN scan.
 _POSTINGS = """
-SELECT p.entry_id, format('["%s","%s","%s","%s"]', p.wallet_id, p.currency_id, p.bucket, p.amount),
-       p.wallet_id, p.currency_id, p.bucket, p.amount
+SELECT p.entry_id, format('["%s","%s","%s","%s"]', p.wallet_id, p.currency_id, p.bucket, p.amount)
   FROM postings p JOIN unnest($1::uuid[]) AS wanted(id) ON wanted.id = p.entry_id
  WHERE p.entry_id BETWEEN $2 AND $3"""
 _RECORDS = f"""
@@ -93,27 +93,36 @@ async def read_entries(conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, Entry]:
     found = sorted(entries)
     low, high = found[0], found[-1]
     for r in await conn.fetch(_POSTINGS, found, low, high):
-        entry = entries[r[0]]
-        entry.postings.append(r[1])
-        entry.legs.append(Leg(r[2], r[3], r[4], r[5]))
+        entries[r[0]].postings.append(r[1])
     for r in await conn.fetch(_RECORDS, found, low, high):
         entries[r[0]].records.append(r[1])
     return entries
 
 
-async def read_legs(conn, ids: list[uuid.UUID]) -> list[Leg]:
-    """The postings of these entries (as read_entries, without the canonical texts)."""
+async def posting_sums(conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[Decimal, Decimal]]:
+    """Per wallet, what these entries' postings add to its balance and to its reserved balance."""
+    if not ids:
+        return {}
+    found = sorted(ids)
+    return {r[0]: (r[1], r[2]) for r in await conn.fetch(_SUMS, found, found[0], found[-1])}
+
+
+async def unbalanced(conn, ids: list[uuid.UUID]) -> list[tuple[uuid.UUID, int]]:
+    """(entry, currency) of these entries whose postings do not sum to zero in that currency."""
     if not ids:
         return []
     found = sorted(ids)
-    rows = await conn.fetch(_LEGS, found, found[0], found[-1])
-    return [Leg(*r) for r in rows]
+    return [(r[0], r[1]) for r in await conn.fetch(_UNBALANCED, found, found[0], found[-1])]
 
 
-_LEGS = """
-SELECT p.wallet_id, p.currency_id, p.bucket, p.amount
-  FROM postings p JOIN unnest($1::uuid[]) AS wanted(id) ON wanted.id = p.entry_id
+_OF_ENTRIES = """FROM postings p JOIN unnest($1::uuid[]) AS wanted(id) ON wanted.id = p.entry_id
  WHERE p.entry_id BETWEEN $2 AND $3"""
+_SUMS = f"""
+SELECT p.wallet_id, coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'B'), 0),
+       coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'R'), 0)
+  {_OF_ENTRIES} GROUP BY p.wallet_id"""
+_UNBALANCED = f"""
+SELECT p.entry_id, p.currency_id {_OF_ENTRIES} GROUP BY p.entry_id, p.currency_id HAVING sum(p.amount) <> 0"""
 
 
 @contextlib.asynccontextmanager
