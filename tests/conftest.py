@@ -19,8 +19,8 @@ from tests.oracles import DEPOSIT_RATE, net_of_commission
 from walletd import logs, testing
 from walletd.app import create_app
 from walletd.config import Settings
-from walletd.persistence import embedded
 from walletd.integrity.verify import audit_chain
+from walletd.persistence import embedded
 from walletd.persistence.audit import find_problems
 from walletd.persistence.migrate import migrate
 from walletd.testing import ServerProcess, free_port, walletd_command, walletd_server  # noqa: F401 - re-exported
