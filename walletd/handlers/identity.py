@@ -24,7 +24,7 @@ log = get_logger("walletd.auth")
 passwords_key = web.AppKey("passwords", PasswordPool)
 throttle_key = web.AppKey("login_throttle", LoginThrottle)
 _HASH_BUSY = (Overloaded, "too many logins in progress, retry later")  # the password-hash pool is full
-OPERATOR_HEADER = {"name": "X-Operator-Key", "in": "header", "required": True, "schema": {"type": "string"},
+_OPERATOR_HEADER = {"name": "X-Operator-Key", "in": "header", "required": True, "schema": {"type": "string"},
                     "description": "The operator credential (env WALLETD_OPERATOR_KEY)."}
 
 
@@ -56,7 +56,7 @@ async def register(request: web.Request, params: RegisterParams):
 
 
 @routes("POST", "/auth/register_service", summary="Register a service user (payment service); operator only",
-        params=RegisterParams, response=ServiceTokenOut, tags=["service"], extra_headers=[OPERATOR_HEADER],
+        params=RegisterParams, response=ServiceTokenOut, tags=["service"], extra_headers=[_OPERATOR_HEADER],
         description="Requires header X-Operator-Key equal to WALLETD_OPERATOR_KEY. With no key configured "
                     "registration is refused unless WALLETD_OPEN_SERVICE_REGISTRATION=1 (development only).",
         errors=[OperatorKeyRequired, DuplicateAccount, TooManyAttempts, _HASH_BUSY])

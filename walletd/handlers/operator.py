@@ -16,7 +16,7 @@ from walletd.domain.reversal import reversible
 from walletd.events.delivery import wake_delivery
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.errors import OperatorKeyRequired
-from walletd.handlers.identity import OPERATOR_HEADER, throttle_key
+from walletd.handlers.identity import throttle_key
 from walletd.handlers.money import MOVE_ERRORS, idempotency, run
 from walletd.handlers.schemas import ReverseParams, TxOut
 from walletd.logs import get_logger
@@ -25,6 +25,8 @@ from walletd.persistence import transactions
 routes = Routes()
 log = get_logger("walletd.operator")
 OPERATOR = Principal(OPERATOR_USER_ID, "operator")  # whose Idempotency-Keys the operator's are
+OPERATOR_HEADER = {"name": "X-Operator-Key", "in": "header", "required": True, "schema": {"type": "string"},
+                   "description": "The operator credential (env WALLETD_OPERATOR_KEY)."}
 
 
 async def require_operator(request: web.Request) -> Principal:
