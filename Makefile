@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WALLETD_DATA_DIR ?= $(CURDIR)/.walletd
 
-.PHONY: install run demo lint test test-ha bench bench-smoke audit clean
+.PHONY: install run demo lint test test-ha test-docker test-monitoring test-restore bench bench-smoke audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,23 @@ test: install
 # etcd-server, python3-venv, Patroni and a system user).
 test-ha: install
 	tests/ha/run.sh failover sync_gap
+
+# The Dockerfile built and run against a PostgreSQL, healthy, `walletd smoke`, stopped. Needs root
+# on Debian (installs docker.io and debootstrap; builds the base image from Debian packages and
+# caches it in ~/.cache/walletd). See docs/operations.md.
+test-docker: install
+	tests/docker/run.sh
+
+# deploy/'s alert rules and dashboard: promtool check and unit tests, then a real Prometheus
+# scraping a live walletd evaluates every dashboard query. Installs Debian's prometheus if missing.
+test-monitoring: install
+	tests/monitoring/run.sh
+
+# Backup and restore with PostgreSQL's own tools: WAL archiving, pg_basebackup under load, the
+# cluster destroyed, restored to the latest point and to an earlier instant; prints RPO and restore
+# times (docs/operations.md).
+test-restore: install
+	$(BIN)/python -m tests.restore.run
 
 bench: install
 	$(BIN)/python -m bench.run

@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 JWT_SECRET = "bench-secret-" + "b" * 48
-OPERATOR_KEY = "bench-operator-key"
+OPERATOR_KEY = "bench-operator-key-0123456789abcdef"  # walletd refuses keys under 24 characters
 HOST = "127.0.0.1"
 TRANSFER_AMOUNT = "0.01"
 DATABASE = "walletd_bench"

@@ -34,7 +34,7 @@ from walletd.persistence.migrate import migrate
 from walletd.testing import LOOPBACK, create_empty_database, free_port, walletd_server
 
 PASSWORD = "Str0ng!pass"
-OPERATOR_KEY = "bench-operator-key"
+OPERATOR_KEY = "bench-operator-key-0123456789abcdef"  # walletd refuses keys under 24 characters
 
 
 class Receiver:

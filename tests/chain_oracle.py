@@ -10,7 +10,8 @@ from datetime import timezone
 
 _RECORD_COLUMNS = ("id", "type", "status", "from_wallet_id", "from_currency_id", "from_user_id", "amount",
                    "to_wallet_id", "to_currency_id", "to_user_id", "rate", "converted_amount", "user_id",
-                   "service_user_id", "external_wallet_id", "parent_id", "created_at")
+                   "service_user_id", "external_wallet_id", "parent_id", "created_at", "commission_rate", "commission",
+                   "settled_by")
 
 
 def _value(value):
@@ -51,8 +52,9 @@ async def recompute(conn) -> list[tuple[int, bytes, bytes]]:
     out = []
     for seal in seals:
         entry_id = seal["entry_id"]
-        digest = hashlib.sha256(entry_text(prev, entries[entry_id], postings.get(entry_id, []),
-                                           records.get(entry_id, []))).digest()
+        entry = entries[entry_id]
+        covered = [] if entry["kind"] == "withdraw_expired" else records.get(entry_id, [])
+        digest = hashlib.sha256(entry_text(prev, entry, postings.get(entry_id, []), covered)).digest()
         out.append((seal["seq"], bytes(seal["hash"]), digest))
         prev = digest
     return out

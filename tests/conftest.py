@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import os
 import tempfile
+import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +27,8 @@ from walletd.persistence.migrate import migrate
 from walletd.testing import ServerProcess, free_port, walletd_command, walletd_server  # noqa: F401 - re-exported
 
 JWT_SECRET = "test-secret-" + "x" * 40
-OPERATOR_KEY = "test-operator-key"
+OPERATOR_KEY = "test-operator-key-0123456789abcdef"  # at least 24 characters, as walletd requires
+OPERATOR = {"X-Operator-Key": OPERATOR_KEY}
 PASSWORD = "Str0ng!pass"
 _db_counter = itertools.count()
 
@@ -257,6 +259,38 @@ async def api_external_wallet(client, user: dict, currency_id: int) -> dict:
                              params={"wallet_name": f"card-{currency_id}", "currency_id": currency_id})
     assert resp.status == 200, await resp.text()
     return await resp.json()
+
+
+@pytest.fixture
+async def provider(aiohttp_server):
+    """A rate provider (exchangeratesapi.io shapes) on 127.0.0.1. Its documents live in the returned
+    dict; tests change them between calls."""
+    from aiohttp import web
+
+    state = {
+        "latest": {"base": "EUR", "timestamp": int(time.time()),
+                   "rates": {"EUR": 1, "USD": "1.0850000000", "RUB": "98.7654321", "GBP": "0.8555"}},
+        "symbols": {"symbols": {"EUR": "Euro", "USD": "United States Dollar", "RUB": "Russian Ruble",
+                                "GBP": "British Pound Sterling"}},
+        "status": 200, "calls": [],
+    }
+
+    async def latest(request):
+        state["calls"].append(request.path)
+        if state["status"] != 200:
+            return web.Response(status=state["status"], text="down")
+        return web.json_response(state["latest"])
+
+    async def symbols(request):
+        state["calls"].append(request.path)
+        return web.json_response(state["symbols"])
+
+    app = web.Application()
+    app.router.add_get("/latest", latest)
+    app.router.add_get("/symbols", symbols)
+    server = await aiohttp_server(app)
+    state["url"] = f"http://127.0.0.1:{server.port}"
+    return state
 
 
 @pytest.fixture

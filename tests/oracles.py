@@ -5,7 +5,7 @@ integers with Python's round() (half to even) and floor/ceil (truncation), never
 Decimal.quantize, whose context precision could round an intermediate product. The rules are the
 ones the README documents: amounts have 10 places; a commission is amount × rate rounded half to
 even (the postings table); a conversion is amount × rate truncated to 10 places; a cross rate is
-the quotient of two provider rates rounded half to even.
+the quotient of two provider rates cut to 10 places (toward the exchange desk).
 """
 
 from __future__ import annotations
@@ -68,5 +68,6 @@ def converted(amount: Number, rate: Number) -> Decimal:
 
 
 def cross_rate(rate_from: Number, rate_to: Number) -> Decimal:
-    """The stored rate from one currency to another, both quoted against the provider's base."""
-    return to_decimal(half_even(exact(rate_to) / exact(rate_from)))
+    """The stored rate from one currency to another, both quoted against the provider's base: cut,
+    never rounded up, so the desk never pays more than the exact quotient."""
+    return to_decimal(truncated(exact(rate_to) / exact(rate_from)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from walletd import server
+from walletd import metrics, server
 from walletd.appkeys import database_url_key, settings_key, tokens_key
 from walletd.auth.tokens import TokenIssuer
 from walletd.config import Settings
@@ -17,9 +17,11 @@ from walletd.handlers import (
     openapi,
     operator,
     service,
+    settlement,
     wallets,
     webhooks,
 )
+from walletd.handlers.errors import catalogue
 from walletd.handlers.middleware import request_context
 from walletd.resources import (
     actors_ctx,
@@ -31,7 +33,8 @@ from walletd.resources import (
     pool_ctx,
 )
 
-ROUTE_TABLES = (identity.routes, wallets.routes, money.routes, service.routes, operator.routes, webhooks.routes)
+ROUTE_TABLES = (identity.routes, wallets.routes, money.routes, settlement.routes, service.routes, operator.routes,
+                webhooks.routes)
 
 
 def add_routes(app: web.Application) -> None:
@@ -54,5 +57,6 @@ def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Ap
                             events_ctx, integrity_ctx, meta.metrics_ctx])
     identity.setup(app, settings)
     meta.setup(app)
+    metrics.know_error_codes(code for code, _, _ in catalogue())
     add_routes(app)
     return app

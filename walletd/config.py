@@ -25,10 +25,16 @@ class Settings:
     jwt_secret: str | None = None
     token_ttl_seconds: int = 3600
     operator_key: str | None = None
+    # Still accepted beside operator_key while a rotation is under way (docs/authority.md).
+    operator_key_previous: str | None = None
     open_service_registration: bool = False
     signup_bonus: Decimal = Decimal(0)
     rates_url: str | None = None
-    rates_max_age_seconds: int | None = None
+    rates_max_age_seconds: int = 86400
+    # A rate write further than this fraction from the stored rate needs force=true.
+    rate_max_change: Decimal = Decimal("0.2")
+    # The highest commission rate a payment service may set, or have a request fixed at.
+    max_commission_rate: Decimal = Decimal("0.10")
     seed_file: Path | None = None
     max_body_bytes: int = 64 * 1024
     mailbox_size: int = 256
@@ -64,8 +70,13 @@ class Settings:
     audit_full_interval_seconds: float = 3600.0
 
     @property
-    def rates_max_age(self) -> timedelta | None:
-        return None if self.rates_max_age_seconds is None else timedelta(seconds=self.rates_max_age_seconds)
+    def rates_max_age(self) -> timedelta:
+        return timedelta(seconds=self.rates_max_age_seconds)
+
+    @property
+    def operator_keys(self) -> tuple[str, ...]:
+        """Every operator key accepted now: the current one, and the previous one during a rotation."""
+        return tuple(key for key in (self.operator_key, self.operator_key_previous) if key)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -73,7 +84,7 @@ class Settings:
         the variable instead of hanging or refusing every request later."""
         env = dict(os.environ if env is None else env)
         read = _Reader(env)
-        max_age = read.optional_integer("WALLETD_RATES_MAX_AGE", minimum=1)
+        max_age = read.integer("WALLETD_RATES_MAX_AGE", 86400, minimum=1)
         level = env.get("WALLETD_LOG_LEVEL", "info").strip().lower()
         if level not in LOG_LEVELS:
             raise ConfigError(f"WALLETD_LOG_LEVEL={level!r}: expected one of {', '.join(LOG_LEVELS)}")
@@ -84,11 +95,14 @@ class Settings:
             data_dir=Path(env.get("WALLETD_DATA_DIR", ".walletd")),
             jwt_secret=env.get("WALLETD_JWT_SECRET") or None,
             token_ttl_seconds=read.integer("WALLETD_TOKEN_TTL", 3600, minimum=1),
-            operator_key=env.get("WALLETD_OPERATOR_KEY") or None,
+            operator_key=read.operator_key("WALLETD_OPERATOR_KEY"),
+            operator_key_previous=read.operator_key("WALLETD_OPERATOR_KEY_PREVIOUS"),
             open_service_registration=_flag(env.get("WALLETD_OPEN_SERVICE_REGISTRATION")),
             signup_bonus=bonus,
             rates_url=env.get("WALLETD_RATES_URL") or None,
             rates_max_age_seconds=max_age,
+            rate_max_change=read.fraction("WALLETD_RATE_MAX_CHANGE", "0.2", above_zero=True),
+            max_commission_rate=read.fraction("WALLETD_MAX_COMMISSION_RATE", "0.10", above_zero=False),
             seed_file=Path(env["WALLETD_SEED_FILE"]) if env.get("WALLETD_SEED_FILE") else None,
             max_body_bytes=read.integer("WALLETD_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
             mailbox_size=read.integer("WALLETD_MAILBOX_SIZE", 256, minimum=1),
@@ -120,6 +134,9 @@ class Settings:
             audit_interval_seconds=read.number("WALLETD_AUDIT_INTERVAL_SECONDS", 10.0, minimum=0.1),
             audit_full_interval_seconds=read.number("WALLETD_AUDIT_FULL_INTERVAL_SECONDS", 3600.0, minimum=1.0),
         )
+        if settings.operator_key_previous and not settings.operator_key:
+            raise ConfigError("WALLETD_OPERATOR_KEY_PREVIOUS is set but WALLETD_OPERATOR_KEY is not: a rotation "
+                              "needs the new key too")
         if bonus < 0:
             raise ConfigError(f"WALLETD_SIGNUP_BONUS={bonus}: must not be negative")
         if settings.hash_queue < settings.hash_threads:
@@ -128,6 +145,12 @@ class Settings:
         if settings.hash_queue_per_address > settings.hash_queue:
             raise ConfigError(f"WALLETD_HASH_QUEUE_PER_ADDRESS={settings.hash_queue_per_address} must not exceed "
                               f"WALLETD_HASH_QUEUE ({settings.hash_queue})")
+        if settings.open_service_registration and settings.operator_key:
+            # An explicit key means the operator means to restrict registration; the switch says the
+            # opposite. Neither may silently win.
+            raise ConfigError("WALLETD_OPEN_SERVICE_REGISTRATION=1 and WALLETD_OPERATOR_KEY are both set: the first "
+                              "lets anyone register a payment service, the second restricts it to the operator; "
+                              "unset one of them")
         if settings.committers >= settings.pool_size:
             raise ConfigError(f"WALLETD_COMMITTERS={settings.committers} needs WALLETD_POOL_SIZE above it "
                               f"(is {settings.pool_size}): reads need connections too")
@@ -135,6 +158,18 @@ class Settings:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# The operator key is the one credential that sets rates and ends other parties' pending money:
+# short keys are refused at start (generated ones are 32 random bytes, 43 characters).
+OPERATOR_KEY_MIN_LENGTH = 24
+
+
+def check_operator_key(key: str, source: str) -> str:
+    """The key, or ConfigError naming where it came from when it is too short to be a credential."""
+    if len(key) < OPERATOR_KEY_MIN_LENGTH:
+        raise ConfigError(f"{source} is {len(key)} characters: an operator key needs at least "
+                          f"{OPERATOR_KEY_MIN_LENGTH} (e.g. python3 -c 'import secrets; "
+                          "print(secrets.token_urlsafe(32))')")
+    return key
 
 
 class _Reader:
@@ -171,6 +206,18 @@ class _Reader:
             raise ConfigError(f"{name}={raw!r}: expected a number of seconds") from None
         if not value >= minimum or value == float("inf"):
             raise ConfigError(f"{name}={raw}: must be a finite number of at least {minimum}")
+        return value
+
+    def operator_key(self, name: str) -> str | None:
+        value = self.env.get(name) or None
+        return None if value is None else check_operator_key(value, name)
+
+    def fraction(self, name: str, default: str, *, above_zero: bool) -> Decimal:
+        """A rate in [0, 1) (or (0, 1) when above_zero), as an exact Decimal."""
+        value = self.decimal(name, default)
+        if value >= 1 or value < 0 or (above_zero and value == 0):
+            low = "above 0" if above_zero else "at least 0"
+            raise ConfigError(f"{name}={value}: must be {low} and below 1")
         return value
 
     def decimal(self, name: str, default: str) -> Decimal:

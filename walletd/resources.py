@@ -25,7 +25,7 @@ from walletd.appkeys import (
 )
 from walletd.config import ConfigError
 from walletd.events.delivery import WebhookDispatcher, dispatcher_key
-from walletd.events.expiry import PendingExpirySweeper
+from walletd.events.stale import StalePendingSweeper
 from walletd.integrity.sealer import JournalSealer
 from walletd.integrity.self_audit import SelfAudit
 from walletd.memory import release_memory
@@ -114,16 +114,16 @@ async def idempotency_sweep_ctx(app: web.Application):
 
 
 async def events_ctx(app: web.Application):
-    """Issue 11's background tasks: the pending-expiry sweep and webhook delivery (walletd/events/).
+    """The payment service's background tasks: the stale sweep and webhook delivery (walletd/events/).
     After actors_ctx, so on shutdown they stop before the actors drain and the pool closes."""
     settings = app[settings_key]
     dispatcher = WebhookDispatcher(app[pool_key], concurrency=settings.webhook_concurrency,
                                    timeout=settings.webhook_timeout_seconds,
                                    backoff_base=settings.webhook_backoff_seconds,
                                    horizon=settings.webhook_horizon_seconds)
-    sweeper = PendingExpirySweeper(app[pool_key], app[registry_key], settings.pending_ttl_seconds, dispatcher.wake)
+    sweeper = StalePendingSweeper(app[pool_key], settings.pending_ttl_seconds, dispatcher.wake)
     app[dispatcher_key] = dispatcher
-    tasks = [start_supervised("pending_expiry", sweeper.run), start_supervised("webhook_delivery", dispatcher.run)]
+    tasks = [start_supervised("pending_stale", sweeper.run), start_supervised("webhook_delivery", dispatcher.run)]
     try:
         yield
     finally:

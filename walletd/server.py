@@ -31,6 +31,7 @@ from typing import Callable
 from aiohttp import web
 from aiohttp.http_exceptions import ContentLengthError
 
+from walletd import metrics
 from walletd.config import ConfigError, Settings
 from walletd.logs import get_logger
 
@@ -136,6 +137,7 @@ class ConnectionCap:
         if len(self.server.connections) < self.limit:
             return self.server()
         self.refused += 1
+        metrics.answered_error("too_many_connections")
         now = time.monotonic()
         if now >= self._next_report:  # one warning per second at most, with the count since the last
             log.warning("http.connections_capped", limit=self.limit, refused=self.refused - self._reported)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from decimal import ROUND_DOWN, Decimal
 
 import aiohttp
 import pytest
@@ -212,3 +213,27 @@ async def test_wrong_operator_keys_count_against_the_address_not_the_operator(ma
         async with operator.post(client.make_url("/auth/register_service"), json=body,
                                  headers={"X-Operator-Key": OPERATOR_KEY}) as resp:
             assert resp.status == 200, await resp.text()
+
+
+async def test_wrong_keys_on_operator_routes_lock_out_their_address_never_the_operator(make_client, db):
+    client = await make_client(login_max_failures_per_address=3, login_window_seconds=WINDOW)
+    rate = await db.fetchval("SELECT rate FROM exchange_rates WHERE from_currency_id = 1 AND to_currency_id = 3")
+    lowered = (rate * 99 / 100).quantize(Decimal("1E-10"), ROUND_DOWN)
+    lower = {"from_currency": 1, "to_currency": 3, "rate": str(lowered)}  # lower: always allowed
+    guess = {"X-Operator-Key": "a-guess-that-is-long-enough-to-pass"}
+    for path, method in (("/service/exchange-rates/set", "POST"), ("/service/transactions/stale", "GET"),
+                         ("/service/exchange-rates/set", "POST")):
+        resp = await client.request(method, path, headers=guess, params=lower if method == "POST" else None)
+        assert resp.status == 403 and (await resp.json())["code"] == "operator_key_required"
+    # Past the limit this address is refused on every operator route, even with the right key...
+    await assert_throttled(await client.post("/service/exchange-rates/set", headers={"X-Operator-Key": OPERATOR_KEY},
+                                             params=lower))
+    await assert_throttled(await client.get("/service/transactions/stale", headers={"X-Operator-Key": OPERATOR_KEY}))
+    assert await db.fetchval("SELECT count(*) FROM login_failures WHERE scope = 'username'") == 0
+    # ...while the operator, on another address, is not locked out.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as operator:
+        async with operator.post(client.make_url("/service/exchange-rates/set"), params=lower,
+                                 headers={"X-Operator-Key": OPERATOR_KEY}) as resp:
+            assert resp.status == 200, await resp.text()
+    assert await db.fetchval("SELECT rate FROM exchange_rates WHERE from_currency_id = 1 AND to_currency_id = 3") \
+        == lowered

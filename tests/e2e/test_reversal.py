@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import (
+    OPERATOR,
     OPERATOR_KEY,
     api_deposit,
     api_external_wallet,
@@ -26,8 +27,6 @@ from tests.conftest import (
 )
 from tests.oracles import DEPOSIT_RATE, commission_fee
 from tests.polling import until
-
-OPERATOR = {"X-Operator-Key": OPERATOR_KEY}
 
 
 async def reverse(client, transaction_id, headers=None):
@@ -85,8 +84,10 @@ async def test_a_transfer_across_currencies_is_undone_at_its_own_amounts(client,
     desks = await db.fetch("SELECT id, balance FROM wallets WHERE kind = 'operator' ORDER BY currency_id")
     original = await (await api_transfer(client, alice, 1, bob["wallets"][2]["id"], "10")).json()
     assert original["from_currency_id"] != original["to_currency_id"]
-    await client.post("/service/exchange-rates/set", headers=(await register_service(client))["headers"],
-                      params={"from_currency": 1, "to_currency": 2, "rate": "5"})  # today's rate is not used
+    today = Decimal(original["rate"]) / 2  # a new rate, which the reversal must not use
+    resp = await client.post("/service/exchange-rates/set", headers=OPERATOR,
+                             params={"from_currency": 1, "to_currency": 2, "rate": str(today), "force": "true"})
+    assert resp.status == 200, await resp.text()
     reversal = await (await reverse(client, original["id"])).json()
     assert (reversal["amount"], reversal["converted_amount"], reversal["rate"]) == (
         original["converted_amount"], original["amount"], original["rate"])

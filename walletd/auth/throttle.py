@@ -72,3 +72,6 @@ class LoginThrottle:
 
     async def succeeded(self, pool: FairPool, username: str) -> None:
         await login_failures.reset_username(pool, username_key(username))
+
+
+throttle_key = web.AppKey("login_throttle", LoginThrottle)

@@ -88,6 +88,29 @@ class RateStale(DomainError):
     message = "exchange_rate_stale"
 
 
+class RateArbitrage(DomainError):
+    """The rate would let a round trip through the exchange desk return more than it started with;
+    `detail` names the reverse rate (or the cycle) and the highest rate allowed. `force` does not lift this."""
+
+    code = "rate_arbitrage"
+    message = "rate_arbitrage"
+
+
+class RateChangeTooLarge(DomainError):
+    """The rate is further from the stored one than WALLETD_RATE_MAX_CHANGE allows; if it is right,
+    send it again with force=true."""
+
+    code = "rate_change_too_large"
+    message = "rate_change_too_large"
+
+
+class CommissionRateTooHigh(DomainError):
+    """A commission rate above WALLETD_MAX_COMMISSION_RATE, the operator's ceiling."""
+
+    code = "commission_rate_too_high"
+    message = "commission_rate_too_high"
+
+
 class ServiceWalletNotFound(DomainError):
     """The named payment service has no wallet in this currency (or is not a service user)."""
 
@@ -144,17 +167,19 @@ class InvalidStatusUpdate(DomainError):
 
 
 class SettlementConflict(DomainError):
-    """The transaction was already settled with the other outcome."""
+    """The transaction was already settled with the other outcome; `detail.settled_by` says who decided
+    (service, operator, or expiry for a record the previous release expired)."""
 
     code = "transaction_already_settled"
     message = "transaction_already_settled"
 
 
-class TransactionExpired(DomainError):
-    """Settling a deposit or withdrawal that stayed pending past WALLETD_PENDING_TTL and expired."""
+class TransactionNotStale(DomainError):
+    """The operator ends only a stale pending transaction (older than WALLETD_PENDING_TTL); until then
+    the payment service settles it."""
 
-    message = "transaction_expired"
-    code = "transaction_expired"
+    code = "transaction_not_stale"
+    message = "transaction_not_stale"
 
 
 class InvalidWebhookUrl(DomainError):
@@ -235,6 +260,14 @@ class WrongRole(TokenInvalid):
 
     def __init__(self, needed: str) -> None:
         super().__init__(self.message.format(role=needed))
+
+
+class OperatorKeyRequired(DomainError):
+    """The action belongs to the operator: send header X-Operator-Key (WALLETD_OPERATOR_KEY); a
+    service token is not enough."""
+
+    code = "operator_key_required"
+    message = "operator credential required (X-Operator-Key)"
 
 
 class IdempotencyKeyReused(DomainError):

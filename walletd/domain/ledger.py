@@ -1,4 +1,5 @@
-"""The money rules as pure code: commands, the postings of each movement, the pending state machine.
+"""The money rules as pure code: commands, the postings of each movement (settlements, the
+pending state machine, in domain/settlement.py).
 
 Planning works on an in-memory snapshot of the wallets a batch touches (read under row locks by
 persistence). A command either raises a DomainError and leaves the snapshot untouched, or updates
@@ -57,6 +58,9 @@ class PendingState:
     service_user_id: uuid.UUID | None
     external_wallet_id: uuid.UUID | None
     record: dict  # the row as the API shows it, to answer repeats of a settlement
+    commission: Decimal | None = None  # fixed when the customer asked (None: a record from before that rule)
+    stale: bool = False  # pending past WALLETD_PENDING_TTL: the operator may end it too
+    settled_by: str | None = None  # who decided a settled record: SERVICE, OPERATOR, or EXPIRY (previous release)
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,17 @@ class Transfer:
     idempotency: Idempotency | None = None
 
 
+# Who decided a settlement (transactions.settled_by).
+SERVICE = "service"
+OPERATOR = "operator"
+EXPIRY = "expiry"  # the previous release's expiry, which returned holds; nothing decides this way now
+
+
 @dataclass(frozen=True)
 class RequestDeposit:
+    """commission_rate: the payment service's rate at this moment, within the operator's ceiling;
+    the pending record keeps it, and its settlement charges exactly the commission it fixes."""
+
     user_id: uuid.UUID
     wallet_id: uuid.UUID
     gateway_wallet_id: uuid.UUID
@@ -88,10 +101,13 @@ class RequestDeposit:
     amount: Decimal
     request_id: str | None = None
     idempotency: Idempotency | None = None
+    commission_rate: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
 class RequestWithdraw:
+    """commission_rate: as RequestDeposit's."""
+
     user_id: uuid.UUID
     wallet_id: uuid.UUID
     gateway_wallet_id: uuid.UUID
@@ -100,12 +116,15 @@ class RequestWithdraw:
     amount: Decimal
     request_id: str | None = None
     idempotency: Idempotency | None = None
+    commission_rate: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
 class Settle:
-    """Settle a pending deposit or withdrawal: new_status is 'paid' or 'rejected' (the payment
-    service), or 'expired' (walletd's expiry sweeper, walletd/events/expiry.py, past the TTL)."""
+    """Settle a pending deposit or withdrawal 'paid' or 'rejected'. settled_by: SERVICE (the
+    payment service the record names) or OPERATOR (only once the record is stale, or to reconcile
+    one the previous release expired). commission_rate is charged only to a record that has no
+    commission fixed (written before fees were fixed at request time)."""
 
     service_user_id: uuid.UUID
     transaction_id: uuid.UUID
@@ -117,6 +136,7 @@ class Settle:
     commission_rate: Decimal
     request_id: str | None = None
     idempotency: Idempotency | None = None
+    settled_by: str = SERVICE
 
 
 @dataclass(frozen=True)
@@ -167,10 +187,11 @@ class Effects:
     entries: list[tuple[uuid.UUID, str, str | None]] = field(default_factory=list)
     postings: list[tuple[uuid.UUID, uuid.UUID, int, str, Decimal]] = field(default_factory=list)
     new_transactions: list[dict] = field(default_factory=list)
-    status_updates: list[tuple[uuid.UUID, str, uuid.UUID | None]] = field(default_factory=list)
+    # (transaction id, new status, entry id, the status it must still have, who decided)
+    status_updates: list[tuple[uuid.UUID, str, uuid.UUID | None, str, str]] = field(default_factory=list)
     external_credits: list[tuple[uuid.UUID, Decimal]] = field(default_factory=list)
     events: list[tuple[str, dict]] = field(default_factory=list)
-    # Events for the payment service (issue 11), written in the same statement as the change:
+    # Events for the payment service, written in the same statement as the change:
     # (service_user_id, event) with event = {"id", "type", "created_at", "data": tx_json record}.
     outbox: list[tuple[uuid.UUID, dict]] = field(default_factory=list)
 
@@ -204,7 +225,8 @@ class Effects:
     def record(self, *, type: str, status: str, source: WalletState | None, target: WalletState | None,
                amount: Decimal, converted: Decimal, rate: Decimal, user_id: uuid.UUID,
                entry_id: uuid.UUID | None, service_user_id: uuid.UUID | None = None,
-               external_wallet_id: uuid.UUID | None = None, parent_id: uuid.UUID | None = None) -> dict:
+               external_wallet_id: uuid.UUID | None = None, parent_id: uuid.UUID | None = None,
+               commission_rate: Decimal | None = None, commission: Decimal | None = None) -> dict:
         row = {
             "id": new_id(), "type": type, "status": status,
             "from_wallet_id": source.id if source else None,
@@ -217,6 +239,7 @@ class Effects:
             "rate": rate, "converted_amount": converted, "user_id": user_id,
             "service_user_id": service_user_id, "external_wallet_id": external_wallet_id,
             "parent_id": parent_id, "entry_id": entry_id, "created_at": self.now,
+            "commission_rate": commission_rate, "commission": commission,
         }
         self.new_transactions.append(row)
         return row
@@ -278,7 +301,8 @@ def plan_deposit_request(cmd: RequestDeposit, wallets: dict[uuid.UUID, WalletSta
     gateway = wallets[cmd.gateway_wallet_id]
     row = effects.record(type=TxType.DEPOSIT, status=TxStatus.PENDING, source=gateway, target=wallet, amount=cmd.amount,
                          converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=None,
-                         service_user_id=cmd.service_user_id)
+                         service_user_id=cmd.service_user_id, commission_rate=cmd.commission_rate,
+                         commission=commission(cmd.amount, cmd.commission_rate))
     effects.events.append(("deposit.requested", {
         "transaction_id": row["id"], "wallet_id": wallet.id, "amount": cmd.amount, "currency_id": wallet.currency_id,
         "service_user_id": cmd.service_user_id, "principal": cmd.user_id, "request_id": cmd.request_id}))
@@ -295,7 +319,8 @@ def plan_withdraw_request(cmd: RequestWithdraw, wallets: dict[uuid.UUID, WalletS
                              [(wallet, Bucket.BALANCE, -cmd.amount), (wallet, Bucket.RESERVED, cmd.amount)])
     row = effects.record(type=TxType.WITHDRAW, status=TxStatus.PENDING, source=wallet, target=gateway,
                          amount=cmd.amount, converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=entry_id,
-                         service_user_id=cmd.service_user_id, external_wallet_id=cmd.external_wallet_id)
+                         service_user_id=cmd.service_user_id, external_wallet_id=cmd.external_wallet_id,
+                         commission_rate=cmd.commission_rate, commission=commission(cmd.amount, cmd.commission_rate))
     effects.events.append(("withdraw.requested", {
         "entry_id": entry_id, "transaction_id": row["id"], "wallet_id": wallet.id, "amount": cmd.amount,
         "currency_id": wallet.currency_id, "service_user_id": cmd.service_user_id, "principal": cmd.user_id,
@@ -303,75 +328,6 @@ def plan_withdraw_request(cmd: RequestWithdraw, wallets: dict[uuid.UUID, WalletS
     record = tx_json(row)
     effects.publish("withdraw.requested", cmd.service_user_id, record)
     return record
-
-
-def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uuid.UUID, WalletState],
-                    effects: Effects) -> dict:
-    """Exactly once: only a pending transaction moves; a repeat of the same outcome answers the
-    stored record, a conflicting one is SettlementConflict."""
-    if pending is None or pending.service_user_id != cmd.service_user_id:
-        raise errors.TransactionNotFound()
-    if pending.type != cmd.type:
-        raise errors.InvalidTransactionType()
-    new_status = TxStatus.REJECTED if cmd.new_status in (TxStatus.REJECTED, "reject") else cmd.new_status
-    if pending.status != TxStatus.PENDING:
-        if pending.status == TxStatus.EXPIRED and new_status != TxStatus.EXPIRED:
-            raise errors.TransactionExpired()
-        if pending.status == new_status:
-            return pending.record
-        raise errors.SettlementConflict(detail=f"transaction is already {pending.status}")
-    user = wallets[cmd.user_wallet_id]
-    service = wallets[cmd.service_wallet_id]
-    gateway = wallets[cmd.gateway_wallet_id]
-    amount = pending.amount
-    entry_id = None
-    if pending.type == TxType.DEPOSIT and new_status == TxStatus.PAID:
-        fee = commission(amount, cmd.commission_rate)
-        entry_id = effects.entry(EntryKind.DEPOSIT, cmd.request_id,
-                                 [(gateway, Bucket.BALANCE, -amount), (user, Bucket.BALANCE, amount - fee),
-                                  (service, Bucket.BALANCE, fee)])
-        effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=service, target=user, amount=amount,
-                       converted=amount, rate=ONE, user_id=pending.user_id, entry_id=entry_id,
-                       service_user_id=cmd.service_user_id, parent_id=pending.id)
-        if fee:
-            effects.record(type=TxType.COMMISSION, status=TxStatus.CLOSE, source=user, target=service, amount=fee,
-                           converted=fee, rate=ONE, user_id=pending.user_id, entry_id=entry_id,
-                           service_user_id=cmd.service_user_id, parent_id=pending.id)
-        moved = {"amount": amount, "commission": fee, "credited": amount - fee}
-    elif pending.type == TxType.WITHDRAW and new_status == TxStatus.PAID:
-        fee = commission(amount, cmd.commission_rate)
-        net = amount - fee
-        if user.reserved < amount:  # cannot happen while holds only move through this code
-            raise errors.InsufficientFunds()
-        entry_id = effects.entry(EntryKind.WITHDRAW, cmd.request_id,
-                                 [(user, Bucket.RESERVED, -amount), (service, Bucket.BALANCE, fee),
-                                  (gateway, Bucket.BALANCE, net)])
-        if fee:
-            effects.record(type=TxType.COMMISSION, status=TxStatus.CLOSE, source=user, target=service, amount=fee,
-                           converted=fee, rate=ONE, user_id=pending.user_id, entry_id=entry_id,
-                           service_user_id=cmd.service_user_id, parent_id=pending.id)
-        if pending.external_wallet_id is not None:
-            effects.external_credits.append((pending.external_wallet_id, net))
-        moved = {"amount": amount, "commission": fee, "paid_out": net}
-    elif pending.type == TxType.WITHDRAW:
-        # rejected or expired: the hold returns to the balance, in one entry
-        kind = EntryKind.WITHDRAW_EXPIRED if new_status == TxStatus.EXPIRED else EntryKind.WITHDRAW_RELEASE
-        entry_id = effects.entry(kind, cmd.request_id,
-                                 [(user, Bucket.RESERVED, -amount), (user, Bucket.BALANCE, amount)])
-        moved = {"amount": amount, "released": amount}
-    else:
-        moved = {"amount": amount}
-    effects.status_updates.append((pending.id, new_status, entry_id))
-    pending.status = new_status
-    pending.record = {**pending.record, "status": new_status}
-    outcome = "settled" if new_status == TxStatus.PAID else str(new_status)  # settled, rejected, expired
-    effects.publish(f"{pending.type}.{outcome}", cmd.service_user_id, pending.record)
-    effects.events.append((f"{pending.type}.{'expired' if new_status == TxStatus.EXPIRED else 'settled'}", {
-        "entry_id": entry_id, "transaction_id": pending.id, "status": new_status, "wallet_id": user.id,
-        "service_wallet_id": service.id, "gateway_wallet_id": gateway.id, "currency_id": user.currency_id,
-        "principal": cmd.service_user_id, "request_id": cmd.request_id,
-        **{k: v for k, v in moved.items()}}))
-    return pending.record
 
 
 def tx_json(row) -> dict:
@@ -384,6 +340,10 @@ def tx_json(row) -> dict:
     def money(value):  # history queries already select NUMERIC(…, 10) as its fixed-point text
         return value if isinstance(value, str) else fmt(value)
 
+    def fee(name):  # fixed on deposit and withdrawal requests; absent on every other record
+        value = row.get(name)  # a dict or an asyncpg Record: both have get()
+        return None if value is None else money(value)
+
     return {
         "id": str(row["id"]), "type": row["type"], "status": row["status"],
         "from_wallet_id": text(row["from_wallet_id"]), "from_currency_id": row["from_currency_id"],
@@ -392,5 +352,6 @@ def tx_json(row) -> dict:
         "converted_amount": money(row["converted_amount"]),
         "timestamp": row["created_at"].isoformat(timespec="microseconds"),
         "user_id": str(row["user_id"]), "service_user_id": text(row["service_user_id"]),
-        "parent_id": text(row["parent_id"]),
+        "parent_id": text(row["parent_id"]), "commission_rate": fee("commission_rate"),
+        "commission": fee("commission"),
     }

@@ -1,7 +1,8 @@
-"""Audit events of the money-moving routes, written at the HTTP edge where the outcome becomes a
-response: `money.refused` (reason = the error's code) and `money.replayed` (a stored first
-response answered again for an Idempotency-Key). The ledger logs what moved; these say what was
-asked for and did not move, with the wallet, the principal and the request id."""
+"""Audit events written at the HTTP edge, where the outcome becomes a response: on the
+money-moving routes `money.refused` (reason = the error's code) and `money.replayed` (a stored
+first response answered again for an Idempotency-Key); on every route the operator calls,
+`operator.action` (principal "operator", the route and its outcome). The ledger logs what moved;
+these say what was asked for, by whom, and how it ended, with the request id."""
 
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ def _subject(params: BaseModel | None) -> dict:
 
 def refused(request: web.Request, exc: DomainError, principal: Principal | None, params: BaseModel | None) -> None:
     log.info("money.refused", reason=exc.code, path=request.path, principal=principal and principal.subject,
+             request_id=request.get(request_id_key), **_subject(params))
+
+
+def operator_action(request: web.Request, route: str, outcome: str, params: BaseModel | None) -> None:
+    log.info("operator.action", principal="operator", method=request.method, route=route, outcome=outcome,
              request_id=request.get(request_id_key), **_subject(params))
 
 

@@ -12,6 +12,7 @@ import json
 
 from aiohttp import web
 
+from walletd import metrics
 from walletd.domain import errors as e
 
 
@@ -57,12 +58,7 @@ class InvalidIdempotencyKey(RequestError):
     message = "Idempotency-Key must be 1-128 characters"
 
 
-class OperatorKeyRequired(e.DomainError):
-    """An operator action (registering a service user, a reversal) needs header X-Operator-Key equal to
-    WALLETD_OPERATOR_KEY."""
-
-    code = "operator_key_required"
-    message = "operator credential required (X-Operator-Key)"
+OperatorKeyRequired = e.OperatorKeyRequired  # an authentication error, kept importable from here
 
 
 # The single place where an error gets its status. Looked up along the class's MRO, so a
@@ -77,6 +73,9 @@ STATUS: dict[type[e.DomainError], int] = {
     e.CurrencyNotFound: 400,
     e.RateNotFound: 400,
     e.RateStale: 409,
+    e.RateArbitrage: 409,
+    e.RateChangeTooLarge: 409,
+    e.CommissionRateTooHigh: 400,
     e.ServiceWalletNotFound: 400,
     e.ExternalWalletNotFound: 400,
     e.ExternalWalletExists: 409,
@@ -86,7 +85,7 @@ STATUS: dict[type[e.DomainError], int] = {
     e.ReversalNotCovered: 409,
     e.InvalidStatusUpdate: 400,
     e.SettlementConflict: 409,
-    e.TransactionExpired: 409,
+    e.TransactionNotStale: 409,
     e.InvalidTransactionType: 400,
     e.InvalidWebhookUrl: 400,
     e.TooManyWebhooks: 409,
@@ -165,6 +164,7 @@ _dumps = functools.partial(json.dumps, default=str)
 
 def error_response(status: int, code: str, message: str, request_id: str | None = None,
                    headers: dict | None = None, **extra) -> web.Response:
+    metrics.answered_error(code)
     body = {"status": status, "code": code, "message": message, "request_id": request_id, **extra}
     headers = dict(headers or {})
     if status == 503:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import hmac
 from decimal import Decimal
 
 from aiohttp import web
 
 from walletd.appkeys import pool_key, principal_key, request_id_key, settings_key, tokens_key
+from walletd.auth.operator import OperatorPrincipal
 from walletd.auth.passwords import PasswordPool
-from walletd.auth.throttle import LoginThrottle, TooManyAttempts, username_key
+from walletd.auth.throttle import LoginThrottle, TooManyAttempts, throttle_key, username_key
 from walletd.auth.tokens import Principal
 from walletd.config import Settings
 from walletd.domain.errors import DuplicateAccount, InvalidCredentials, Overloaded
 from walletd.handlers.endpoint import Routes
-from walletd.handlers.errors import OperatorKeyRequired
 from walletd.handlers.schemas import LoginParams, RegisterParams, ServiceTokenOut, TokenOut, UserOut
 from walletd.logs import get_logger
 from walletd.persistence import accounts
@@ -22,10 +21,7 @@ from walletd.persistence import accounts
 routes = Routes()
 log = get_logger("walletd.auth")
 passwords_key = web.AppKey("passwords", PasswordPool)
-throttle_key = web.AppKey("login_throttle", LoginThrottle)
 _HASH_BUSY = (Overloaded, "too many logins in progress, retry later")  # the password-hash pool is full
-_OPERATOR_HEADER = {"name": "X-Operator-Key", "in": "header", "required": True, "schema": {"type": "string"},
-                    "description": "The operator credential (env WALLETD_OPERATOR_KEY)."}
 
 
 async def _register(request: web.Request, params: RegisterParams, role: str):
@@ -39,16 +35,18 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
     except Exception as exc:
         log.info("auth.register_failed", username=params.username, role=role, reason=type(exc).__name__)
         raise
-    log.info("auth.registered", user_id=str(user_id), username=params.username, role=role)
+    log.info("auth.registered", user_id=str(user_id), username=params.username, role=role,
+             principal=request.get(principal_key))  # "operator" for a service user it registered
     if bonus_entry is not None:
         log.info("money.signup_bonus", entry_id=str(bonus_entry), user_id=str(user_id),
                  amount=f"{settings.signup_bonus:f}", request_id=request.get(request_id_key))
-    request[principal_key] = str(user_id)
+    if principal_key not in request:  # registered by the operator: the request's principal stays "operator"
+        request[principal_key] = str(user_id)
     return user_id, request.app[tokens_key].issue(user_id, role)
 
 
 @routes("POST", "/auth/register", summary="Register a user; a wallet in every currency is created",
-        params=RegisterParams, response=TokenOut, tags=["auth"],
+        params=RegisterParams, response=TokenOut, tags=["auth"], auth="anonymous",
         errors=[DuplicateAccount, _HASH_BUSY])
 async def register(request: web.Request, params: RegisterParams):
     _, token = await _register(request, params, "user")
@@ -56,28 +54,13 @@ async def register(request: web.Request, params: RegisterParams):
 
 
 @routes("POST", "/auth/register_service", summary="Register a service user (payment service); operator only",
-        params=RegisterParams, response=ServiceTokenOut, tags=["service"], extra_headers=[_OPERATOR_HEADER],
-        description="Requires header X-Operator-Key equal to WALLETD_OPERATOR_KEY. With no key configured "
-                    "registration is refused unless WALLETD_OPEN_SERVICE_REGISTRATION=1 (development only).",
-        errors=[OperatorKeyRequired, DuplicateAccount, TooManyAttempts, _HASH_BUSY])
-async def register_service(request: web.Request, params: RegisterParams):
-    settings = request.app[settings_key]
-    given = request.headers.get("X-Operator-Key", "")
-    if settings.operator_key:
-        # The operator key is a password too: its failures count against the client's address.
-        pool, throttle, address = request.app[pool_key], request.app[throttle_key], request.remote or "unknown"
-        await throttle.check(pool, None, address)
-        allowed = hmac.compare_digest(given.encode(), settings.operator_key.encode())
-        if not allowed:
-            await throttle.failed(pool, None, address)
-    else:
-        allowed = settings.open_service_registration
-    if not allowed:
-        log.warning("auth.register_service_refused", username=params.username,
-                    configured=bool(settings.operator_key))
-        message = ("operator credential required (X-Operator-Key)" if settings.operator_key else
-                   "service registration is closed: set WALLETD_OPERATOR_KEY and send it as X-Operator-Key")
-        raise OperatorKeyRequired(message)
+        params=RegisterParams, response=ServiceTokenOut, tags=["service"], auth="operator",
+        open_when="open_service_registration",
+        description="Requires header X-Operator-Key equal to WALLETD_OPERATOR_KEY. With "
+                    "WALLETD_OPEN_SERVICE_REGISTRATION=1 (development only) anyone may register; with neither "
+                    "registration is refused.",
+        errors=[DuplicateAccount, _HASH_BUSY])
+async def register_service(request: web.Request, principal: OperatorPrincipal | None, params: RegisterParams):
     user_id, token = await _register(request, params, "service")
     return ServiceTokenOut(access_token=token, user_id=user_id)
 
@@ -119,7 +102,7 @@ async def _login(request: web.Request, username: str, password: str, role: str):
 
 
 @routes("POST", "/auth/login", summary="Log in; returns a JWT", params=LoginParams, response=TokenOut,
-        tags=["auth"], errors=[InvalidCredentials, TooManyAttempts, _HASH_BUSY])
+        tags=["auth"], auth="anonymous", errors=[InvalidCredentials, TooManyAttempts, _HASH_BUSY])
 async def login(request: web.Request, params: LoginParams):
     _, token = await _login(request, params.username, params.password, "user")
     return TokenOut(access_token=token)
@@ -132,7 +115,7 @@ async def token_for_basic(request: web.Request, credentials: tuple[str, str]):
     return TokenOut(access_token=token)
 
 
-@routes("GET", "/service/auth/login", summary="Log a service user in", params=LoginParams,
+@routes("GET", "/service/auth/login", summary="Log a service user in", params=LoginParams, auth="anonymous",
         response=ServiceTokenOut, tags=["service"], errors=[InvalidCredentials, TooManyAttempts, _HASH_BUSY])
 async def service_login(request: web.Request, params: LoginParams):
     user_id, token = await _login(request, params.username, params.password, "service")

@@ -174,10 +174,24 @@ class ConversionParams(Params):
     amount: Amount
 
 
+_FORCE = Field(False, description="The operator confirms a rate further than WALLETD_RATE_MAX_CHANGE from the "
+                                  "stored one (it never lifts the round-trip rule)")
+
+
 class SetRateParams(Params):
     from_currency: CurrencyId
     to_currency: TargetCurrencyId
     rate: Amount
+    force: bool = _FORCE
+
+
+class UpdateRatesParams(Params):
+    force: bool = _FORCE
+
+
+class StaleParams(Params):
+    after: uuid.UUID | None = Field(None, description="A transaction id (the last one seen): the page starts after it")
+    limit: Annotated[int, Field(ge=1, le=500)] = 100
 
 
 class CommissionParams(Params):
@@ -250,6 +264,10 @@ class TxOut(Model):
     user_id: uuid.UUID
     service_user_id: uuid.UUID | None = None
     parent_id: uuid.UUID | None = None
+    commission_rate: Money | None = Field(default=None, description="Deposits and withdrawals: the payment "
+                                          "service's rate, fixed when the customer asked")
+    commission: Money | None = Field(default=None, description="Deposits and withdrawals: the commission their "
+                                     "settlement charges (amount × commission_rate, rounded half to even)")
 
 
 class HistoryOut(Model):

@@ -1,4 +1,4 @@
-"""The payment service's subscriptions and event feed (issue 11; delivery is walletd/events/)."""
+"""The payment service's subscriptions and event feed (delivery is walletd/events/)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ from walletd.persistence import outbox
 routes = Routes()
 log = get_logger("walletd.webhooks")
 
-EVENT_TYPES = ("deposit.requested", "deposit.settled", "deposit.rejected", "deposit.expired",
-               "withdraw.requested", "withdraw.settled", "withdraw.rejected", "withdraw.expired")
+# *.expired: written by the previous release (time no longer ends a pending record); still in the feed.
+EVENT_TYPES = ("deposit.requested", "deposit.settled", "deposit.rejected", "deposit.stale",
+               "withdraw.requested", "withdraw.settled", "withdraw.rejected", "withdraw.stale",
+               "settlement.conflict", "deposit.expired", "withdraw.expired")
 
 
 class WebhookParams(Params):
@@ -53,11 +55,20 @@ class WebhookListOut(Model):
     webhooks: list[WebhookOut]
 
 
+class ConflictOut(Model):
+    refused_status: Literal["paid", "rejected"] = Field(description="What the payment service asked for")
+    status: str = Field(description="The record's status, decided before")
+    settled_by: Literal["operator", "expiry"] = Field(description="Who decided: the operator, or the previous "
+                                                                  "release's expiry")
+
+
 class EventOut(Model):
     id: uuid.UUID = Field(description="The same id as the delivery's Walletd-Event-Id header")
     type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
     created_at: datetime
     data: TxOut = Field(description="The transaction record as the API returns it, at the time of the event")
+    conflict: ConflictOut | None = Field(None, description="settlement.conflict only: the payment service's "
+                                                           "settlement refused, for a person to reconcile")
 
 
 class EventsOut(Model):
@@ -88,7 +99,8 @@ def _loggable(url: str) -> str:
 
 
 @routes("POST", "/service/webhooks", summary="Register a webhook endpoint",
-        description="Every event of the caller (deposit.requested|settled|rejected|expired, withdraw.…) is POSTed "
+        description="Every event of the caller (deposit.requested|settled|rejected|stale, withdraw.…, "
+                    "settlement.conflict) is POSTed "
                     "to the endpoint, signed with the secret returned here (shown once). At most 16 endpoints.",
         auth="service", params=WebhookParams, response=WebhookCreatedOut, tags=["events"],
         errors=[errors.InvalidWebhookUrl, errors.TooManyWebhooks])

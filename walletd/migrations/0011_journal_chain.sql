@@ -55,7 +55,9 @@ CREATE TRIGGER journal_seals_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON 
 -- number, a timestamp or a word of walletd's vocabulary, quoted as it is (format() builds each item
 -- in one call: a fraction of the cost of concatenating it piece by piece). A record belongs to the
 -- entry it names once it is no longer pending: a withdrawal's pending record names its hold entry,
--- then moves to the entry that settles it.
+-- then moves to the entry that settles it. Except on a withdraw_expired entry (the previous
+-- release's expiry): the operator may still reconcile that record, and rejecting it changes the
+-- record without writing an entry, so it stays outside the chain.
 --
 -- Postings and records are found by the id range [lowest, highest] (the BRIN scan) joined with the
 -- ids: that range looks tiny to the planner, which would then probe the id list once per row it
@@ -75,7 +77,7 @@ LANGUAGE sql STABLE SET enable_nestloop = off AS $$
     recorded AS (
         SELECT t.entry_id, string_agg(t.item, ',' ORDER BY t.item COLLATE "C") AS items
           FROM (SELECT t.entry_id,
-                       format('["%s","%s","%s",%s,%s,%s,"%s",%s,%s,%s,"%s","%s","%s",%s,%s,%s,"%s"]',
+                       format('["%s","%s","%s",%s,%s,%s,"%s",%s,%s,%s,"%s","%s","%s",%s,%s,%s,"%s",%s,%s,%s]',
                               t.id, t.type, t.status, coalesce('"' || t.from_wallet_id || '"', 'null'),
                               coalesce('"' || t.from_currency_id || '"', 'null'),
                               coalesce('"' || t.from_user_id || '"', 'null'), t.amount,
@@ -85,7 +87,10 @@ LANGUAGE sql STABLE SET enable_nestloop = off AS $$
                               coalesce('"' || t.service_user_id || '"', 'null'),
                               coalesce('"' || t.external_wallet_id || '"', 'null'),
                               coalesce('"' || t.parent_id || '"', 'null'),
-                              to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')) AS item
+                              to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                              coalesce('"' || t.commission_rate || '"', 'null'),
+                              coalesce('"' || t.commission || '"', 'null'),
+                              coalesce('"' || t.settled_by || '"', 'null')) AS item
                   FROM bounds, transactions t JOIN unnest(ids) AS wanted(id) ON wanted.id = t.entry_id
                  WHERE t.entry_id BETWEEN bounds.lo AND bounds.hi AND t.status <> 'pending') t
          GROUP BY t.entry_id
@@ -95,7 +100,7 @@ LANGUAGE sql STABLE SET enable_nestloop = off AS $$
                         posted.items, recorded.items)
       FROM journal_entries e
       LEFT JOIN posted ON posted.entry_id = e.id
-      LEFT JOIN recorded ON recorded.entry_id = e.id
+      LEFT JOIN recorded ON recorded.entry_id = e.id AND e.kind <> 'withdraw_expired'
      WHERE e.id = ANY(ids)
 $$;
 

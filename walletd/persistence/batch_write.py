@@ -1,5 +1,6 @@
 """Everything one ledger batch decided (its Effects), written by one call of the schema's
-walletd_write_batch(doc jsonb) (migration 0005, where the document's shape is written down).
+walletd_write_batch(doc jsonb) (migration 0005, extended by 0006; the document's shape is written
+down there).
 
 One JSON parameter: a single document is several times cheaper to encode than dozens of typed
 arrays, and the statement-level postings trigger sees the whole batch at once. The function
@@ -27,7 +28,8 @@ def batch_document(fx: Effects, idempotency_rows: list) -> str:
         "postings": [{"entry_id": e, "wallet_id": w, "currency_id": c, "bucket": b, "amount": a}
                      for e, w, c, b, a in fx.postings],
         "transactions": fx.new_transactions,
-        "settled": [{"id": i, "status": st, "entry_id": e} for i, st, e in fx.status_updates],
+        "settled": [{"id": i, "status": st, "entry_id": e, "from_status": was, "settled_by": by}
+                    for i, st, e, was, by in fx.status_updates],
         "paid_out": [{"id": i, "amount": a} for i, a in fx.external_credits],
         "idempotency": [{"principal_id": p, "key": k, "request_hash": h, "status_code": c, "response": r}
                         for p, k, h, c, r in idempotency_rows],

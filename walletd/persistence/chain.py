@@ -14,8 +14,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from walletd.domain.chain import Entry, Seal
+from walletd.domain.vocabulary import EntryKind
 
 SEAL_BATCH = 1000  # entries per sealing transaction
+# The previous release's expiry: the operator may still reconcile its record, and rejecting it
+# changes the record without a new entry, so the chain leaves that record out (as the sealer does).
+OUTSIDE_RECORDS = EntryKind.WITHDRAW_EXPIRED
 READ_BATCH = 2000  # seals checked per read
 
 
@@ -69,14 +73,15 @@ SELECT p.entry_id, format('["%s","%s","%s","%s"]', p.wallet_id, p.currency_id, p
  WHERE p.entry_id BETWEEN $2 AND $3"""
 _RECORDS = f"""
 SELECT t.entry_id,
-       format('["%s","%s","%s",%s,%s,%s,"%s",%s,%s,%s,"%s","%s","%s",%s,%s,%s,"%s"]',
+       format('["%s","%s","%s",%s,%s,%s,"%s",%s,%s,%s,"%s","%s","%s",%s,%s,%s,"%s",%s,%s,%s]',
               t.id, t.type, t.status, coalesce('"' || t.from_wallet_id || '"', 'null'),
               coalesce('"' || t.from_currency_id || '"', 'null'), coalesce('"' || t.from_user_id || '"', 'null'),
               t.amount, coalesce('"' || t.to_wallet_id || '"', 'null'),
               coalesce('"' || t.to_currency_id || '"', 'null'), coalesce('"' || t.to_user_id || '"', 'null'),
               t.rate, t.converted_amount, t.user_id, coalesce('"' || t.service_user_id || '"', 'null'),
               coalesce('"' || t.external_wallet_id || '"', 'null'), coalesce('"' || t.parent_id || '"', 'null'),
-              {_TIME.format('t.created_at')})
+              {_TIME.format('t.created_at')}, coalesce('"' || t.commission_rate || '"', 'null'),
+              coalesce('"' || t.commission || '"', 'null'), coalesce('"' || t.settled_by || '"', 'null'))
   FROM transactions t JOIN unnest($1::uuid[]) AS wanted(id) ON wanted.id = t.entry_id
  WHERE t.entry_id BETWEEN $2 AND $3 AND t.status <> 'pending'"""
 
@@ -95,7 +100,9 @@ async def read_entries(conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, Entry]:
     for r in await conn.fetch(_POSTINGS, found, low, high):
         entries[r[0]].postings.append(r[1])
     for r in await conn.fetch(_RECORDS, found, low, high):
-        entries[r[0]].records.append(r[1])
+        entry = entries[r[0]]
+        if entry.kind != OUTSIDE_RECORDS:
+            entry.records.append(r[1])
     return entries
 
 

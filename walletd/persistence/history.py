@@ -16,14 +16,15 @@ TX_DOC = """json_build_object(
     'from_currency_id', from_currency_id, 'amount', amount::text, 'to_wallet_id', to_wallet_id,
     'to_currency_id', to_currency_id, 'rate', rate::text, 'converted_amount', converted_amount::text,
     'timestamp', to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-    'user_id', user_id, 'service_user_id', service_user_id, 'parent_id', parent_id)::text"""
+    'user_id', user_id, 'service_user_id', service_user_id, 'parent_id', parent_id,
+    'commission_rate', commission_rate::text, 'commission', commission::text)::text"""
 # Pending deposits and withdrawals are listed whole (newest first, up to this many) on every
 # page rather than paginated: a client must always see what is still open.
 PENDING_LIMIT = 500
 
 
 _RAW = ("seq, id, type, status, from_wallet_id, from_currency_id, amount, to_wallet_id, to_currency_id, rate, "
-        "converted_amount, created_at, user_id, service_user_id, parent_id")
+        "converted_amount, created_at, user_id, service_user_id, parent_id, commission_rate, commission")
 
 
 def _page(side: str, key: str = "$1", extra: str = "") -> str:

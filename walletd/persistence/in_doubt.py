@@ -41,7 +41,7 @@ def marker(fx: Effects) -> tuple:
     if fx.new_transactions:
         return ("transaction", fx.new_transactions[0]["id"])
     # Only status changes (e.g. deposits rejected): the row with this status at this batch's instant.
-    transaction_id, status, _ = fx.status_updates[0]
+    transaction_id, status = fx.status_updates[0][:2]
     return ("settled", transaction_id, status, fx.now)
 
 

@@ -50,11 +50,11 @@ from walletd.domain.ledger import (
     Settle,
     Transfer,
     plan_deposit_request,
-    plan_settlement,
     plan_transfer,
     plan_withdraw_request,
 )
 from walletd.domain.reversal import plan_reversal
+from walletd.domain.settlement import plan_settlement
 from walletd.logs import get_logger
 from walletd.persistence.batch_write import write_batch, writes_anything
 from walletd.persistence.db import FairPool, discard
@@ -320,7 +320,7 @@ class PgLedger:
         planned so the rest of the batch goes on without it."""
         mark = effects.mark()
         state = pending.get(command.transaction_id) if isinstance(command, Settle) else None
-        saved = (state.status, state.record) if state is not None else None
+        saved = (state.status, state.record, state.settled_by) if state is not None else None
         try:
             return self._plan(command, wallets, desks, rates, pending, effects)
         except errors.DomainError:
@@ -328,7 +328,7 @@ class PgLedger:
         except Exception:
             effects.rollback(mark, wallets)
             if state is not None and saved is not None:
-                state.status, state.record = saved
+                state.status, state.record, state.settled_by = saved
             log.exception("ledger.plan_failed", command=type(command).__name__, request_id=command.request_id)
             raise errors.InternalFailure() from None
 

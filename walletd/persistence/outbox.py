@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+import orjson
+
 from walletd.persistence.db import FairPool
 
 MAX_ENDPOINTS = 16  # per service user: bounds the fan-out of every event
@@ -128,25 +130,33 @@ async def record_outcomes(pool: FairPool, outcomes: list[tuple]) -> set[tuple[uu
     return {(r[0], r[1]) for r in rows}
 
 
-async def pending_count(pool: FairPool) -> int:
-    return await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
-
-
-_DUE_PENDING = """
-SELECT t.id, t.type, t.service_user_id, u.id AS user_wallet_id, g.id AS gateway_wallet_id, s.id AS service_wallet_id
-  FROM (SELECT id, type, service_user_id,
-               CASE WHEN type = 'deposit' THEN to_wallet_id ELSE from_wallet_id END AS user_wallet_id,
-               CASE WHEN type = 'deposit' THEN from_wallet_id ELSE to_wallet_id END AS gateway_wallet_id
-          FROM transactions
-         WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1::double precision)
-         ORDER BY created_at LIMIT $2) t
-  JOIN wallets u ON u.id = t.user_wallet_id
-  JOIN wallets g ON g.id = t.gateway_wallet_id
-  JOIN wallets s ON s.user_id = t.service_user_id AND s.currency_id = u.currency_id AND s.kind = 'service'
+# Events written outside a ledger batch (a record gone stale, a refused settlement). An event id
+# already written is skipped, with its deliveries: publishing the same event twice sends it once.
+_PUBLISH = """
+WITH outbox AS (
+    INSERT INTO events (id, service_user_id, type, transaction_id, body, created_at)
+    SELECT e.id, e.service_user_id, e.type, e.transaction_id, e.body::json, e.created_at
+      FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::timestamptz[])
+        AS e(id, service_user_id, type, transaction_id, body, created_at)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, service_user_id, created_at
+)
+INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at, created_at)
+SELECT o.id, w.id, o.created_at, o.created_at
+  FROM outbox o JOIN webhook_endpoints w ON w.service_user_id = o.service_user_id
 """
 
 
-async def due_for_expiry(pool: FairPool, ttl_seconds: float, limit: int) -> list[dict]:
-    """Pending deposits and withdrawals older than the TTL (by the database clock), oldest first,
-    with the wallets a settlement names. Nothing is locked: the expiry's compare-and-set decides."""
-    return [dict(r) for r in await pool.fetch(_DUE_PENDING, float(ttl_seconds), limit)]
+async def publish(conn, events: list[tuple[uuid.UUID, dict]]) -> None:
+    """(service_user_id, event) pairs, event = {"id", "type", "created_at", "data": record, …}: the
+    stored body is the event's JSON exactly as it will be delivered and listed."""
+    if not events:
+        return
+    await conn.execute(_PUBLISH, [uuid.UUID(e["id"]) for _, e in events], [s for s, _ in events],
+                       [e["type"] for _, e in events], [uuid.UUID(e["data"]["id"]) for _, e in events],
+                       [orjson.dumps(e).decode() for _, e in events],
+                       [datetime.fromisoformat(e["created_at"]) for _, e in events])
+
+
+async def pending_count(pool: FairPool) -> int:
+    return await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")

@@ -12,8 +12,9 @@ from walletd.domain.reversal import ReversalState
 from walletd.persistence.db import FairPool
 
 TX_COLUMNS = ("id, type, status, from_wallet_id, from_currency_id, amount, to_wallet_id, to_currency_id, rate, "
-              "converted_amount, created_at, user_id, service_user_id, parent_id")
-_PENDING = f"SELECT {TX_COLUMNS}, external_wallet_id FROM transactions WHERE id = ANY($1::uuid[]) ORDER BY id"
+              "converted_amount, created_at, user_id, service_user_id, parent_id, commission_rate, commission")
+_PENDING = (f"SELECT {TX_COLUMNS}, external_wallet_id, stale_at IS NOT NULL AS stale, settled_by "
+            "FROM transactions WHERE id = ANY($1::uuid[]) ORDER BY id")
 
 
 async def find_transaction(pool: FairPool, transaction_id: uuid.UUID) -> asyncpg.Record | None:
@@ -22,12 +23,19 @@ async def find_transaction(pool: FairPool, transaction_id: uuid.UUID) -> asyncpg
         "coalesce(from_currency_id, to_currency_id) AS currency_id FROM transactions WHERE id = $1", transaction_id)
 
 
+async def record(pool: FairPool, transaction_id: uuid.UUID) -> dict | None:
+    """One record exactly as the API shows it."""
+    row = await pool.fetchrow(f"SELECT {TX_COLUMNS} FROM transactions WHERE id = $1", transaction_id)
+    return None if row is None else tx_json(row)
+
+
 async def pending_states(conn, ids: list[uuid.UUID], *, lock: bool) -> dict[uuid.UUID, PendingState]:
     """The transactions a batch settles, as planning needs them; locked (in id order) on the locked path."""
     rows = await conn.fetch(_PENDING + (" FOR UPDATE" if lock else ""), ids)
     return {
         r["id"]: PendingState(r["id"], r["type"], r["status"], r["amount"], r["from_wallet_id"], r["to_wallet_id"],
-                              r["user_id"], r["service_user_id"], r["external_wallet_id"], tx_json(r))
+                              r["user_id"], r["service_user_id"], r["external_wallet_id"], tx_json(r),
+                              r["commission"], r["stale"], r["settled_by"])
         for r in rows
     }
 
