@@ -40,6 +40,10 @@ UNSEALED_LIMIT = 20_000  # past this many entries not sealed yet, a pass skips t
 Problem = tuple[str, str]  # (key, text)
 
 
+class _Overtaken(Exception):
+    """The cursor is no longer where this pass found it."""
+
+
 class SelfAudit:
     def __init__(self, pool: FairPool, interval: float, full_interval: float, batch: int = chain.READ_BATCH) -> None:
         self.pool = pool
@@ -49,6 +53,7 @@ class SelfAudit:
 
     async def run(self) -> None:
         """Passes until cancelled (run it under walletd.supervisor)."""
+        await self.pool.execute("INSERT INTO audit_cursor DEFAULT VALUES ON CONFLICT DO NOTHING")
         while True:
             await self.incremental_pass()
             await self.full_pass_if_due()
@@ -80,13 +85,15 @@ class SelfAudit:
                         return None
                     await conn.execute("SET LOCAL enable_nestloop = off")  # see chain.read_entries
                     return await self._check_next(conn)
-            except asyncpg.SerializationError:
+            except (asyncpg.SerializationError, _Overtaken):
                 # Another process's pass committed after this snapshot was taken (the lock came
                 # free in between): its cursor is newer, and updating ours failed. Nothing written.
                 return None
 
     async def _check_next(self, conn) -> tuple[int, bool]:
         cursor = await conn.fetchval("SELECT verified_seq FROM audit_cursor")
+        if cursor is None:
+            raise _Overtaken()  # no cursor row: run() creates it
         problems: list[Problem] = []
         previous = await chain.seal_at(conn, cursor) if cursor else None
         if cursor and previous is None:
@@ -111,8 +118,10 @@ class SelfAudit:
                    ON CONFLICT (wallet_id) DO UPDATE SET balance = audit_balances.balance + excluded.balance,
                                                         reserved = audit_balances.reserved + excluded.reserved""",
                 wallets, [sealed[w][0] for w in wallets], [sealed[w][1] for w in wallets])
-        await conn.execute("UPDATE audit_cursor SET verified_seq = $1, passed_at = now() WHERE verified_seq = $2",
-                           last_seq, cursor)
+        moved = await conn.execute("UPDATE audit_cursor SET verified_seq = $1, passed_at = now() "
+                                   "WHERE verified_seq = $2", last_seq, cursor)
+        if moved != "UPDATE 1":
+            raise _Overtaken()  # the sums above are rolled back with it
         await record(conn, problems)
         return segment.count, caught_up
 
