@@ -310,3 +310,19 @@ async def test_the_seals_are_append_only(client, db):
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
             await db.execute(statement)
     assert await db.fetchval("SELECT count(*) FROM journal_seals") > 0
+
+
+async def test_a_request_id_any_client_may_send_is_sealed_and_checked_alike(client, db, database_url):
+    """The only free text in the chain: the database escapes it with to_json, the audit with its JSON
+    encoder, the oracle with json.dumps; all three must agree on quotes, backslashes and non-ASCII."""
+    people = await movements(client)
+    request_id = 'q"uo\\te é€😀 <>&'
+    resp = await api_transfer(client, people["alice"], 1, people["bob"]["wallets"][1]["id"], "1",
+                              headers={"X-Request-ID": request_id})
+    assert resp.status == 200 and resp.headers["X-Request-ID"] == request_id
+    await all_sealed(db)
+    assert await db.fetchval("SELECT count(*) FROM journal_entries WHERE request_id = $1", request_id) == 1
+    for seq, stored, recomputed in await recompute(db):
+        assert stored == recomputed, f"seal {seq}"
+    code, lines = await audit(database_url)
+    assert code == 0, lines
