@@ -10,6 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 JWT_SECRET = "bench-secret-" + "b" * 48
 OPERATOR_KEY = "bench-operator-key-0123456789abcdef"  # walletd refuses keys under 24 characters
+SECRETS_KEY = "YmVuY2gtc2VjcmV0cy1rZXktb2YtMzItYnl0ZXMtLS0="  # a Fernet key (32 bytes, URL-safe base64)
 HOST = "127.0.0.1"
 TRANSFER_AMOUNT = "0.01"
 DATABASE = "walletd_bench"

@@ -51,7 +51,17 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.config import DATABASE, HOST, JWT_SECRET, OPERATOR_KEY, REPO, TRANSFER_AMOUNT, Config, parse_args
+from bench.config import (
+    DATABASE,
+    HOST,
+    JWT_SECRET,
+    OPERATOR_KEY,
+    REPO,
+    SECRETS_KEY,
+    TRANSFER_AMOUNT,
+    Config,
+    parse_args,
+)
 from bench.harness import Bench, HarnessError, Server, Target, log_problems, say
 from bench.memory import MemoryRun
 from bench.ratios import RATIO_DEFINITIONS, ratios, targets
@@ -98,7 +108,7 @@ def new_report(cfg: Config) -> dict:
 
 def walletd_env(cfg: Config, url: str) -> dict[str, str]:
     env = {**os.environ, "DATABASE_URL": url, "WALLETD_JWT_SECRET": JWT_SECRET,
-           "WALLETD_OPERATOR_KEY": OPERATOR_KEY, "WALLETD_LOG_LEVEL": cfg.log_level,
+           "WALLETD_OPERATOR_KEY": OPERATOR_KEY, "WALLETD_SECRETS_KEY": SECRETS_KEY, "WALLETD_LOG_LEVEL": cfg.log_level,
            "PYTHONMALLOC": "malloc",  # as `make run` and the Dockerfile deploy walletd
            "WALLETD_ACTOR_IDLE_SECONDS": str(cfg.idle_seconds), "PYTHONUNBUFFERED": "1"}
     env.pop("WALLETD_SIGNUP_BONUS", None)
@@ -150,8 +160,8 @@ async def measure(cfg: Config, workdir: Path, report: dict, servers: list[Server
 
     # -- walletd --------------------------------------------------------------------------------------
     env = walletd_env(cfg, url)
-    report["meta"]["walletd_env"].update({k: v for k, v in env.items() if k.startswith("WALLETD_")
-                                          and k not in ("WALLETD_JWT_SECRET", "WALLETD_OPERATOR_KEY")})
+    secret = ("WALLETD_JWT_SECRET", "WALLETD_OPERATOR_KEY", "WALLETD_SECRETS_KEY")
+    report["meta"]["walletd_env"].update({k: v for k, v in env.items() if k.startswith("WALLETD_") and k not in secret})
     walletd_port = testing.free_port(HOST)
     walletd = Server("walletd", testing.walletd_command("serve", "--host", HOST, "--port", str(walletd_port),
                                                         "--workers", str(cfg.workers)),

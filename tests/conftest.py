@@ -5,6 +5,7 @@ and the real app through pytest-aiohttp. No mocks: every test talks HTTP to wall
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import os
 import tempfile
@@ -27,6 +28,7 @@ from walletd.persistence.migrate import migrate
 from walletd.testing import ServerProcess, free_port, walletd_command, walletd_server  # noqa: F401 - re-exported
 
 JWT_SECRET = "test-secret-" + "x" * 40
+SECRETS_KEY = base64.urlsafe_b64encode(b"walletd-test-secrets-key-32bytes").decode()  # a Fernet key
 OPERATOR_KEY = "test-operator-key-0123456789abcdef"  # at least 24 characters, as walletd requires
 OPERATOR = {"X-Operator-Key": OPERATOR_KEY}
 PASSWORD = "Str0ng!pass"
@@ -94,7 +96,7 @@ async def database_url(admin_url) -> str:
 def settings_for(database_url):
     def build(**overrides) -> Settings:
         values = dict(database_url=database_url, jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY,
-                      actor_idle_seconds=5.0, pool_size=6)
+                      secrets_key=SECRETS_KEY, actor_idle_seconds=5.0, pool_size=6)
         values.update(overrides)
         return Settings(**values)
     return build
@@ -188,7 +190,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 async def run_cli(database_url: str, *args: str, timeout: float = 60) -> tuple[int, str]:
     """Run `walletd <args>` against database_url; returns (exit code, stdout + stderr)."""
-    env = {**os.environ, "DATABASE_URL": database_url, "WALLETD_JWT_SECRET": JWT_SECRET}
+    env = {**os.environ, "DATABASE_URL": database_url, "WALLETD_JWT_SECRET": JWT_SECRET,
+           "WALLETD_SECRETS_KEY": SECRETS_KEY}
     proc = await asyncio.create_subprocess_exec(*walletd_command(*args), cwd=REPO_ROOT, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -201,6 +204,7 @@ class ServeProcess(ServerProcess):
     def __init__(self, database_url: str, **env: str) -> None:
         log = Path(tempfile.mkstemp(prefix="walletd-serve-", suffix=".log")[1])
         server = walletd_server(database_url, log, jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY,
+                                secrets_key=SECRETS_KEY,
                                 cwd=REPO_ROOT, **{"WALLETD_LOG_LEVEL": "warning", **env})
         super().__init__(server.name, server.cmd, server.env, server.port, log, server.cwd)
         self.database_url = database_url

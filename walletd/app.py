@@ -6,9 +6,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from walletd import metrics, server
-from walletd.appkeys import database_url_key, settings_key, tokens_key
+from walletd.appkeys import database_url_key, keys_key, settings_key, targets_key, tokens_key
 from walletd.auth.tokens import TokenIssuer
-from walletd.config import Settings
+from walletd.config import Settings, check_jwt_secret
+from walletd.events.targets import TargetPolicy
 from walletd.handlers import (
     endpoint,
     identity,
@@ -23,6 +24,8 @@ from walletd.handlers import (
 )
 from walletd.handlers.errors import catalogue
 from walletd.handlers.middleware import request_context
+from walletd.handlers.proxies import TrustedProxies
+from walletd.keys import ServerKeys
 from walletd.resources import (
     actors_ctx,
     events_ctx,
@@ -48,11 +51,17 @@ def add_routes(app: web.Application) -> None:
 
 
 def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Application:
-    app = web.Application(middlewares=[request_context, server.read_body_within(settings.body_timeout_seconds)],
-                          client_max_size=settings.max_body_bytes)
+    middlewares = [request_context, server.read_body_within(settings.body_timeout_seconds)]
+    if settings.trusted_proxies:
+        # First: every later middleware and handler sees the client's address as request.remote.
+        middlewares.insert(0, TrustedProxies(settings.trusted_proxies).middleware())
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[settings_key] = settings
     app[database_url_key] = database_url
-    app[tokens_key] = TokenIssuer(jwt_secret, settings.token_ttl_seconds)
+    app[tokens_key] = TokenIssuer(check_jwt_secret(jwt_secret, "WALLETD_JWT_SECRET"), settings.token_ttl_seconds,
+                                  settings.jwt_secret_previous)
+    app[keys_key] = ServerKeys(settings.secrets_key)
+    app[targets_key] = TargetPolicy.from_allow_list(settings.webhook_allow_hosts)
     app.cleanup_ctx.extend([pool_ctx, history_pool_ctx, actors_ctx, http_client_ctx, idempotency_sweep_ctx,
                             events_ctx, integrity_ctx, meta.metrics_ctx])
     identity.setup(app, settings)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
 
@@ -23,6 +25,8 @@ class Settings:
     read_database_url: str | None = None  # history pages only; see README, High availability
     data_dir: Path = Path(".walletd")
     jwt_secret: str | None = None
+    jwt_secret_previous: str | None = None  # still verifies tokens during a rotation (docs/security.md)
+    secrets_key: str | None = None  # encrypts webhook secrets at rest (walletd/keys.py)
     token_ttl_seconds: int = 3600
     operator_key: str | None = None
     # Still accepted beside operator_key while a rotation is under way (docs/authority.md).
@@ -53,6 +57,9 @@ class Settings:
     webhook_backoff_seconds: float = 2.0
     webhook_timeout_seconds: float = 10.0
     webhook_concurrency: int = 16
+    webhook_allow_hosts: tuple[str, ...] = ()  # names or CIDRs a webhook may reach although internal
+    webhook_rotation_overlap_seconds: float = 86400.0
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
     # Login throttling, the password-hash pool and slow clients (README "Login throttling", "Slow clients").
     login_max_failures: int = 10
     login_max_failures_per_address: int = 100
@@ -93,7 +100,9 @@ class Settings:
             database_url=env.get("DATABASE_URL") or None,
             read_database_url=env.get("WALLETD_READ_DATABASE_URL") or None,
             data_dir=Path(env.get("WALLETD_DATA_DIR", ".walletd")),
-            jwt_secret=env.get("WALLETD_JWT_SECRET") or None,
+            jwt_secret=read.secret("WALLETD_JWT_SECRET"),
+            jwt_secret_previous=read.secret("WALLETD_JWT_SECRET_PREVIOUS"),
+            secrets_key=env.get("WALLETD_SECRETS_KEY", "").strip() or None,
             token_ttl_seconds=read.integer("WALLETD_TOKEN_TTL", 3600, minimum=1),
             operator_key=read.operator_key("WALLETD_OPERATOR_KEY"),
             operator_key_previous=read.operator_key("WALLETD_OPERATOR_KEY_PREVIOUS"),
@@ -120,6 +129,9 @@ class Settings:
             webhook_backoff_seconds=read.number("WALLETD_WEBHOOK_BACKOFF", 2.0, minimum=0.01),
             webhook_timeout_seconds=read.number("WALLETD_WEBHOOK_TIMEOUT", 10.0, minimum=0.1),
             webhook_concurrency=read.integer("WALLETD_WEBHOOK_CONCURRENCY", 16, minimum=1),
+            webhook_allow_hosts=read.hosts_or_networks("WALLETD_WEBHOOK_ALLOW_HOSTS"),
+            webhook_rotation_overlap_seconds=read.number("WALLETD_WEBHOOK_ROTATION_OVERLAP", 86400.0, minimum=0.0),
+            trusted_proxies=read.networks("WALLETD_TRUSTED_PROXIES"),
             login_max_failures=read.integer("WALLETD_LOGIN_MAX_FAILURES", 10, minimum=1),
             login_max_failures_per_address=read.integer("WALLETD_LOGIN_MAX_FAILURES_PER_ADDRESS", 100, minimum=1),
             login_window_seconds=read.integer("WALLETD_LOGIN_WINDOW_SECONDS", 900, minimum=1),
@@ -139,6 +151,10 @@ class Settings:
                               "needs the new key too")
         if bonus < 0:
             raise ConfigError(f"WALLETD_SIGNUP_BONUS={bonus}: must not be negative")
+        if settings.secrets_key is not None:
+            from walletd.keys import ServerKeys
+
+            ServerKeys(settings.secrets_key)  # a malformed key stops walletd here, naming the variable
         if settings.hash_queue < settings.hash_threads:
             raise ConfigError(f"WALLETD_HASH_QUEUE={settings.hash_queue} must be at least WALLETD_HASH_THREADS "
                               f"({settings.hash_threads}): a thread with nothing to hash is wasted")
@@ -172,6 +188,29 @@ def check_operator_key(key: str, source: str) -> str:
     return key
 
 
+# HS256 keys shorter than the hash are easier to brute-force offline from any one token (RFC 7518 3.2).
+MIN_JWT_SECRET_BYTES = 32
+
+
+def check_jwt_secret(secret: str, source: str) -> str:
+    if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+        raise ConfigError(f"{source} is {len(secret.encode())} bytes: a JWT secret must be at least "
+                          f"{MIN_JWT_SECRET_BYTES} bytes (e.g. `openssl rand -base64 48`)")
+    return secret
+
+
+def network(text: str) -> IPv4Network | IPv6Network:
+    """A CIDR or a single address (a /32 or /128); host bits must be zero."""
+    return ip_network(text.strip(), strict=True)
+
+
+_HOST_NAME = re.compile(r"(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?")
+
+
+def _items(raw: str) -> list[str]:
+    return [item for item in raw.replace(",", " ").split() if item]
+
+
 class _Reader:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
@@ -179,6 +218,29 @@ class _Reader:
     def _raw(self, name: str) -> str | None:
         value = self.env.get(name)
         return value.strip() if value is not None and value.strip() else None
+
+    def secret(self, name: str) -> str | None:
+        value = self.env.get(name) or None
+        return None if value is None else check_jwt_secret(value, name)
+
+    def networks(self, name: str) -> tuple[str, ...]:
+        items = _items(self.env.get(name, ""))
+        for item in items:
+            try:
+                network(item)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {item!r} is not a CIDR ({exc})") from None
+        return tuple(items)
+
+    def hosts_or_networks(self, name: str) -> tuple[str, ...]:
+        items = _items(self.env.get(name, ""))
+        for item in items:
+            try:
+                network(item)
+            except ValueError as exc:
+                if not _HOST_NAME.fullmatch(item) or item.rstrip(".").rsplit(".", 1)[-1].isdigit():
+                    raise ConfigError(f"{name}: {item!r} is neither a host name nor a CIDR ({exc})") from None
+        return tuple(items)
 
     def integer(self, name: str, default: int, *, minimum: int) -> int:
         value = self.optional_integer(name, minimum=minimum)

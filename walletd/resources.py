@@ -17,15 +17,18 @@ from walletd.appkeys import (
     database_url_key,
     history_pool_key,
     http_key,
+    keys_key,
     ledger_key,
     pool_key,
     registry_key,
     settings_key,
+    targets_key,
     tokens_key,
 )
 from walletd.config import ConfigError
 from walletd.events.delivery import WebhookDispatcher, dispatcher_key
 from walletd.events.stale import StalePendingSweeper
+from walletd.handlers.errors import error_body
 from walletd.integrity.sealer import JournalSealer
 from walletd.integrity.self_audit import SelfAudit
 from walletd.memory import release_memory
@@ -74,7 +77,9 @@ async def actors_ctx(app: web.Application):
     """Ledger, group committer and actors; on shutdown the actors drain what they accepted while
     the pool (an earlier context) is still open."""
     settings = app[settings_key]
-    ledger = PgLedger(app[pool_key], settings.rates_max_age, in_doubt_seconds=settings.in_doubt_seconds)
+    # A refusal remembered under an Idempotency-Key is stored as the answer the edge gives.
+    ledger = PgLedger(app[pool_key], settings.rates_max_age, refusal_response=error_body,
+                      in_doubt_seconds=settings.in_doubt_seconds)
     app[ledger_key] = ledger
     committer = GroupCommitter(ledger, workers=settings.committers, max_batch=settings.max_batch)
     registry = ActorRegistry(committer, mailbox_size=settings.mailbox_size,
@@ -117,7 +122,8 @@ async def events_ctx(app: web.Application):
     """The payment service's background tasks: the stale sweep and webhook delivery (walletd/events/).
     After actors_ctx, so on shutdown they stop before the actors drain and the pool closes."""
     settings = app[settings_key]
-    dispatcher = WebhookDispatcher(app[pool_key], concurrency=settings.webhook_concurrency,
+    dispatcher = WebhookDispatcher(app[pool_key], app[keys_key], app[targets_key],
+                                   concurrency=settings.webhook_concurrency,
                                    timeout=settings.webhook_timeout_seconds,
                                    backoff_base=settings.webhook_backoff_seconds,
                                    horizon=settings.webhook_horizon_seconds)

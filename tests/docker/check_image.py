@@ -10,6 +10,7 @@ a non-root user, no compiler, no pip cache. Run by tests/docker/run.sh (`make te
 from __future__ import annotations
 
 import argparse
+import base64
 import fcntl
 import json
 import secrets
@@ -117,7 +118,9 @@ def main() -> int:
         docker("run", "--detach", "--name", container, "--publish", f"127.0.0.1::{CONTAINER_PORT}",
                "--env", f"DATABASE_URL={cluster.url(password, 'walletd', host=bridge)}",
                "--env", f"WALLETD_JWT_SECRET={secrets.token_urlsafe(48)}",
-               "--env", f"WALLETD_OPERATOR_KEY={operator_key}", args.image)
+               "--env", f"WALLETD_OPERATOR_KEY={operator_key}",
+               "--env", f"WALLETD_SECRETS_KEY={base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()}",
+               args.image)
         seconds = wait_healthy(container)
         print(f"container {container}: healthy after {seconds:.0f} s (PostgreSQL at {bridge}:{cluster.port})")
         published = docker("port", container, f"{CONTAINER_PORT}/tcp").splitlines()[0]

@@ -8,7 +8,7 @@ import typing
 
 from pydantic import BaseModel
 
-from tests.conftest import JWT_SECRET, REPO_ROOT
+from tests.conftest import JWT_SECRET, REPO_ROOT, SECRETS_KEY
 from walletd.app import ROUTE_TABLES, create_app
 from walletd.config import Settings
 
@@ -49,7 +49,7 @@ def test_every_response_field_is_described():
 
 
 def test_operational_routes_are_documented_too():
-    settings = Settings(database_url="postgresql://unused/unused", jwt_secret=JWT_SECRET)
+    settings = Settings(database_url="postgresql://unused/unused", jwt_secret=JWT_SECRET, secrets_key=SECRETS_KEY)
     app = create_app(settings, settings.database_url, settings.jwt_secret)  # routes only; nothing connects
     served = {(route.method, route.resource.canonical) for route in app.router.routes()
               if route.method != "HEAD" and not route.resource.canonical.startswith("/static/")}

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 from decimal import ROUND_DOWN, Decimal
 
 import aiohttp
 import pytest
 
-from tests.conftest import OPERATOR_KEY, PASSWORD, register, register_service, unique
+from tests.conftest import OPERATOR_KEY, PASSWORD, SECRETS_KEY, register, register_service, unique
 from tests.polling import until
-from walletd.auth.throttle import username_key
 from walletd.handlers.identity import passwords_key
+from walletd.keys import ServerKeys, new_secrets_key
 
 WINDOW = 600
 
@@ -136,16 +137,23 @@ async def test_a_window_that_ended_starts_afresh(make_client, db):
     assert (await login(client, user["username"], PASSWORD)).status == 200
 
 
-async def test_login_failed_logs_a_hash_or_the_user_id_never_the_typed_name(client, log_tap):
+async def test_login_failed_logs_a_keyed_pseudonym_or_the_user_id_never_the_typed_name(client, log_tap, db):
     user = await register(client)
     typed = "my-Secret-passw0rd-typed-as-name"
     await login(client, typed, "x")
     await login(client, user["username"], "wrong")
     failures = [json.loads(line) for line in log_tap.lines if '"auth.login_failed"' in line]
     assert len(failures) == 2
-    assert failures[0]["username_sha256"] == username_key(typed) and "username" not in failures[0]
-    assert failures[1]["user_id"] == user["id"] and "username" not in failures[1]
+    pseudonym = failures[0]["username_hmac"]
+    assert "username" not in failures[0] and failures[1]["user_id"] == user["id"] and "username" not in failures[1]
     assert not any(typed in line for line in log_tap.lines)
+    # Keyed: the server's key gives this pseudonym, another key another one, and no unkeyed hash of the
+    # name (what a dictionary attack computes) matches what is logged or stored.
+    assert pseudonym == ServerKeys(SECRETS_KEY).pseudonym(typed) != ServerKeys(new_secrets_key()).pseudonym(typed)
+    unkeyed = {hashlib.new(name, typed.encode()).hexdigest() for name in ("sha256", "sha1", "md5", "sha512")}
+    assert not any(pseudonym in digest or digest[:16] in pseudonym for digest in unkeyed)
+    stored = await db.fetchval("SELECT key FROM login_failures WHERE scope = 'username' AND key = $1", pseudonym)
+    assert stored == pseudonym
 
 
 async def test_the_hash_pool_refuses_beyond_its_bound_instead_of_queueing(make_client):

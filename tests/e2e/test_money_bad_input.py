@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import (
     OPERATOR,
+    SECRETS_KEY,
     api_external_wallet,
     balance,
     fund,
@@ -52,7 +53,8 @@ async def aiohttp_client_module(database_url):
     from walletd.app import create_app
     from walletd.config import Settings
 
-    settings = Settings(database_url=database_url, jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY, pool_size=4)
+    settings = Settings(database_url=database_url, jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY, pool_size=4,
+                        secrets_key=SECRETS_KEY)
     client = TestClient(TestServer(create_app(settings, database_url, JWT_SECRET)))
     await client.start_server()
     yield client

@@ -229,3 +229,41 @@ async def test_a_retry_with_the_same_idempotency_key_replays_the_reversal(client
     assert await first.read() == await again.read()
     assert again.headers["Idempotent-Replayed"] == "true"
     assert await balance_of(db, bob["wallets"][1]["id"]) == 0
+
+
+async def test_the_audit_names_a_reversal_that_no_longer_undoes_its_original(make_client, admin_url):
+    from tests.conftest import create_database
+    from walletd.persistence.audit import find_problems
+
+    url = await create_database(admin_url)  # a database of its own: this test breaks it on purpose
+    client = await make_client(database_url=url)
+    conn = await asyncpg.connect(url)
+    try:
+        service, alice, bob = await funded_pair(client)
+        deposit = await (await api_deposit(client, bob, service, 1, "40")).json()
+        assert (await api_settle(client, service, "deposit", deposit["id"], "paid")).status == 200
+        transfer = await (await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "8")).json()
+        reversals = [await (await reverse(client, tx["id"])).json() for tx in (deposit, transfer)]
+        assert await find_problems(conn) == []  # both kinds of reversal are what the audit expects
+        deposit_reversal = uuid.UUID(reversals[0]["id"])
+        await conn.execute("UPDATE transactions SET amount = amount + 1 WHERE id = $1", deposit_reversal)
+        problems = await find_problems(conn)
+        assert [p.split(":")[0] for p in problems] == [
+            "transaction record disagrees with its journal entry (amount, wallets or status)"], problems
+        await conn.execute("UPDATE transactions SET amount = amount - 1 WHERE id = $1", deposit_reversal)
+        # a posting of the transfer's reversal moved to another wallet, balances fixed: the record
+        # and every balance still agree, but the reversal no longer undoes its original
+        entry = await conn.fetchval("SELECT entry_id FROM transactions WHERE id = $1", uuid.UUID(reversals[1]["id"]))
+        carol = await register(client, "carol")
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            amount = await conn.fetchval("UPDATE postings SET wallet_id = $1 WHERE entry_id = $2 AND amount > 0 "
+                                         "RETURNING amount", uuid.UUID(carol["wallets"][1]["id"]), entry)
+            await conn.execute("UPDATE wallets SET balance = balance - $1 WHERE id = $2", amount,
+                               uuid.UUID(alice["wallets"][1]["id"]))
+            await conn.execute("UPDATE wallets SET balance = balance + $1 WHERE id = $2", amount,
+                               uuid.UUID(carol["wallets"][1]["id"]))
+        titles = {p.split(":")[0] for p in await find_problems(conn)}
+        assert "reversal does not undo its original's entry exactly" in titles, titles
+    finally:
+        await conn.close()

@@ -23,7 +23,8 @@ from tests.conftest import (
 from tests.polling import until
 from tests.receiver import Receiver, of_type
 
-FAST = {"WALLETD_WEBHOOK_BACKOFF": "0.2", "WALLETD_WEBHOOK_TIMEOUT": "1"}
+# The receiver listens on loopback, which walletd refuses unless WALLETD_WEBHOOK_ALLOW_HOSTS names it.
+FAST = {"WALLETD_WEBHOOK_BACKOFF": "0.2", "WALLETD_WEBHOOK_TIMEOUT": "1", "WALLETD_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"}
 
 
 async def subscribe(session, service: dict, url: str) -> dict:

@@ -86,7 +86,8 @@ class Prometheus:
 
 @pytest.fixture
 async def walletd(database_url):
-    serve = await ServeProcess(database_url, WALLETD_WEBHOOK_BACKOFF="0.2").start()
+    serve = await ServeProcess(database_url, WALLETD_WEBHOOK_BACKOFF="0.2",
+                                 WALLETD_WEBHOOK_ALLOW_HOSTS="127.0.0.1").start()
     yield serve
     await serve.stop()
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from tests.conftest import JWT_SECRET, OPERATOR_KEY, fund, register, register_service
+from tests.conftest import JWT_SECRET, OPERATOR_KEY, SECRETS_KEY, fund, register, register_service
 from tests.pgcluster import LocalCluster
 from walletd.testing import free_port, walletd_command, walletd_server
 
@@ -173,7 +173,7 @@ async def scenario(run_dir: Path, archive_timeout: float, pace: float) -> dict:
     primary.psql("CREATE DATABASE walletd")
     url = primary.url(password, "walletd")
     server = walletd_server(url, run_dir / "walletd.log", jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY,
-                            cwd=REPO_ROOT, WALLETD_LOG_LEVEL="warning", WALLETD_IN_DOUBT_SECONDS="2")
+                            secrets_key=SECRETS_KEY, cwd=REPO_ROOT, WALLETD_LOG_LEVEL="warning", WALLETD_IN_DOUBT_SECONDS="2")
     restored: list[LocalCluster] = []
     try:
         await server.start("/ready")

@@ -86,17 +86,20 @@ class WalletActor:
             batch = [mailbox.popleft() for _ in range(min(len(mailbox), registry.max_batch))]
             metrics.MAILBOX_DEPTH.dec(len(batch))  # metrics (api branch)
             self.busy = True
-            # Wait for this batch's outcome (never for the callers' reactions to it), so the
-            # wallet's next commands are planned against committed state.
             try:
-                await registry.committer.submit(batch)
+                handed = registry.committer.submit(batch)
             except BaseException:
-                # The batch in hand must not be lost with the actor: whatever it had not
-                # answered yet never reached the committer's hands, so nothing of it moved.
+                # The hand-off itself failed: the batch never reached the committer, so nothing
+                # of it moved, and it must not be lost with the actor.
                 for envelope in batch:
                     if not envelope.future.done():
                         envelope.future.set_exception(InternalFailure())
                 raise
+            # From here the committer answers every command of the batch, whatever becomes of
+            # this actor (a cancelled actor must not say "nothing moved" of a batch the
+            # committer may still commit). Wait for the batch's outcome (never for the callers'
+            # reactions to it), so the wallet's next commands are planned against committed state.
+            await handed
             self.busy = False
             if registry.closing and not mailbox:
                 registry._retire(self)

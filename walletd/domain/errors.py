@@ -183,7 +183,9 @@ class TransactionNotStale(DomainError):
 
 
 class InvalidWebhookUrl(DomainError):
-    """A webhook URL must be http(s), name a host, and carry no credentials or fragment; `message` says which."""
+    """A webhook URL must be http(s) to a public address (no loopback, private, link-local, CGNAT, multicast,
+    reserved or unspecified one unless allowed), parse strictly and carry no credentials or fragment; `message`
+    says why."""
 
     code = "invalid_webhook_url"
     message = "url is not a valid URL"
@@ -299,7 +301,8 @@ class Unavailable(DomainError):
 
 
 class OutcomeUnknown(DomainError):
-    """A commit was cut off and its outcome could not be found out in time; retry with the same Idempotency-Key."""
+    """A commit was cut off and its outcome could not be found out in time; retry with the same
+    Idempotency-Key (a registration: log in to learn whether the account exists)."""
 
     code = "outcome_unknown"
     message = "outcome unknown: retry with the same Idempotency-Key to learn it"

@@ -15,9 +15,9 @@ from walletd.auth import operator
 from walletd.auth.http import authenticate, basic_credentials
 from walletd.domain import errors
 from walletd.handlers import audit
-from walletd.handlers.errors import BASIC_CHALLENGE, challenge_key
+from walletd.handlers.errors import BASIC_CHALLENGE, challenge_key, render_error
 from walletd.handlers.params import gather_params, validate
-from walletd.persistence.ledger import Replay
+from walletd.persistence.outcomes import Replay
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -109,7 +109,9 @@ def wrap(spec: Endpoint, func: Handler) -> Handler:
         if isinstance(result, web.StreamResponse):
             return result
         if isinstance(result, Replay):
-            audit.replayed(request, principal, params)
+            audit.replayed(request, principal, params, result.status)
+            if result.status >= 400:  # a refusal the ledger decided, remembered under the key
+                return render_error(result.status, result.body, _REPLAYED)
             return web.Response(body=render(spec, result.body), status=result.status, content_type="application/json",
                                 headers=_REPLAYED)
         # A first response is tx_json's dict, already in the response model's field order.

@@ -6,13 +6,13 @@ from decimal import Decimal
 
 from aiohttp import web
 
-from walletd.appkeys import pool_key, principal_key, request_id_key, settings_key, tokens_key
+from walletd.appkeys import keys_key, pool_key, principal_key, request_id_key, settings_key, tokens_key
 from walletd.auth.operator import OperatorPrincipal
 from walletd.auth.passwords import PasswordPool
-from walletd.auth.throttle import LoginThrottle, TooManyAttempts, throttle_key, username_key
+from walletd.auth.throttle import LoginThrottle, TooManyAttempts, throttle_key
 from walletd.auth.tokens import Principal
 from walletd.config import Settings
-from walletd.domain.errors import DuplicateAccount, InvalidCredentials, Overloaded
+from walletd.domain.errors import DuplicateAccount, InvalidCredentials, OutcomeUnknown, Overloaded
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.schemas import LoginParams, RegisterParams, ServiceTokenOut, TokenOut, UserOut
 from walletd.logs import get_logger
@@ -22,6 +22,7 @@ routes = Routes()
 log = get_logger("walletd.auth")
 passwords_key = web.AppKey("passwords", PasswordPool)
 _HASH_BUSY = (Overloaded, "too many logins in progress, retry later")  # the password-hash pool is full
+_REGISTRATION_UNKNOWN = (OutcomeUnknown, accounts.REGISTRATION_UNKNOWN)  # its COMMIT was cut off
 
 
 async def _register(request: web.Request, params: RegisterParams, role: str):
@@ -31,7 +32,7 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
         user_id, bonus_entry = await accounts.create_user(
             request.app[pool_key], username=params.username, email=params.email, password_hash=password_hash,
             role=role, signup_bonus=settings.signup_bonus if role == "user" else Decimal(0),
-            request_id=request.get(request_id_key))
+            request_id=request.get(request_id_key), in_doubt_seconds=settings.in_doubt_seconds)
     except Exception as exc:
         log.info("auth.register_failed", username=params.username, role=role, reason=type(exc).__name__)
         raise
@@ -47,7 +48,7 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
 
 @routes("POST", "/auth/register", summary="Register a user; a wallet in every currency is created",
         params=RegisterParams, response=TokenOut, tags=["auth"], auth="anonymous",
-        errors=[DuplicateAccount, _HASH_BUSY])
+        errors=[DuplicateAccount, _HASH_BUSY, _REGISTRATION_UNKNOWN])
 async def register(request: web.Request, params: RegisterParams):
     _, token = await _register(request, params, "user")
     return TokenOut(access_token=token)
@@ -59,7 +60,7 @@ async def register(request: web.Request, params: RegisterParams):
         description="Requires header X-Operator-Key equal to WALLETD_OPERATOR_KEY. With "
                     "WALLETD_OPEN_SERVICE_REGISTRATION=1 (development only) anyone may register; with neither "
                     "registration is refused.",
-        errors=[DuplicateAccount, _HASH_BUSY])
+        errors=[DuplicateAccount, _HASH_BUSY, _REGISTRATION_UNKNOWN])
 async def register_service(request: web.Request, principal: OperatorPrincipal | None, params: RegisterParams):
     user_id, token = await _register(request, params, "service")
     return ServiceTokenOut(access_token=token, user_id=user_id)
@@ -69,7 +70,7 @@ def setup(app: web.Application, settings: Settings) -> None:
     """The password-hash pool and the login throttle, one each per app."""
     app[passwords_key] = PasswordPool(settings.hash_threads, settings.hash_queue, settings.hash_queue_per_address)
     app[throttle_key] = LoginThrottle(settings.login_max_failures, settings.login_max_failures_per_address,
-                                      settings.login_window_seconds)
+                                      settings.login_window_seconds, app[keys_key].pseudonym)
 
     async def close_pool(app: web.Application) -> None:
         app[passwords_key].close()
@@ -84,15 +85,15 @@ async def _login(request: web.Request, username: str, password: str, role: str):
     try:
         had_failures = await throttle.check(pool, username, address)
     except web.HTTPTooManyRequests:
-        log.info("auth.login_throttled", username_sha256=username_key(username), role=role)
+        log.info("auth.login_throttled", username_hmac=throttle.pseudonym(username), role=role, client=address)
         raise
     user = await accounts.find_user(pool, username)
     ok = await request.app[passwords_key].verify(user["password_hash"] if user else None, password, address)
     if not ok or user is None or user["role"] != role:
         await throttle.failed(pool, username, address)
-        # Never the typed name (people type passwords into it): the user id, or a hash of the name.
-        who = {"user_id": str(user["id"])} if user else {"username_sha256": username_key(username)}
-        log.info("auth.login_failed", role=role, **who)
+        # Never the typed name (people type passwords into it): the user id, or its keyed pseudonym.
+        who = {"user_id": str(user["id"])} if user else {"username_hmac": throttle.pseudonym(username)}
+        log.info("auth.login_failed", role=role, client=address, **who)
         raise InvalidCredentials()
     if had_failures:
         await throttle.succeeded(pool, username)

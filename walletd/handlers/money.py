@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from walletd.appkeys import pool_key, registry_key, request_id_key, settings_key
+from walletd.appkeys import ledger_key, pool_key, registry_key, request_id_key, settings_key
 from walletd.auth.operator import OperatorPrincipal
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
@@ -27,7 +27,7 @@ from walletd.handlers.schemas import (
     WithdrawParams,
 )
 from walletd.persistence import accounts, rates
-from walletd.persistence.ledger import Replay
+from walletd.persistence.outcomes import Replay
 
 routes = Routes()
 
@@ -65,6 +65,10 @@ async def run(request: web.Request, command) -> dict | Replay:
 async def transfer(request: web.Request, principal: Principal, params: TransferParams, raw_params: dict):
     if params.source_wallet_id == params.target_wallet_id:
         raise errors.SameWallet()
+    # Before the command may enter the wallet's queue: someone naming another's wallet must neither
+    # fill its queue nor make an actor for a wallet that is not theirs (or does not exist).
+    if not await request.app[ledger_key].owns(principal.user_id, params.source_wallet_id, params.target_wallet_id):
+        raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
     return await run(request, Transfer(principal.user_id, params.source_wallet_id, params.target_wallet_id,
                                        params.amount, request.get(request_id_key),
                                        idempotency(request, principal, raw_params)))

@@ -12,48 +12,64 @@ from walletd.domain import errors
 from walletd.domain.ledger import Effects, WalletState
 from walletd.domain.policy import DEFAULT_COMMISSION, OPERATOR_USER_ID, plan_signup_bonus
 from walletd.domain.vocabulary import WalletKind
+from walletd.logs import get_logger
 from walletd.persistence.batch_write import write_batch
 from walletd.persistence.db import FairPool
+from walletd.persistence.in_doubt import InDoubt, find_out, transaction, user_marker
 
 WALLET_COLUMNS = """w.id, w.balance, w.reserved_balance, w.currency_id, c.code AS currency, w.user_id, w.kind"""
 
 
 _STATE_COLUMNS = "id, user_id, currency_id, kind, balance, reserved_balance"
+REGISTRATION_UNKNOWN = "outcome unknown: log in to learn whether the account was created"
+log = get_logger("walletd.accounts")
 
 
 async def create_user(pool: FairPool, *, username: str, email: str, password_hash: str, role: str,
-                      signup_bonus: Decimal = Decimal(0),
-                      request_id: str | None = None) -> tuple[uuid.UUID, uuid.UUID | None]:
+                      signup_bonus: Decimal = Decimal(0), request_id: str | None = None,
+                      in_doubt_seconds: float = 30.0) -> tuple[uuid.UUID, uuid.UUID | None]:
     """The user and a wallet in every currency, in one transaction; returns (user id, bonus entry id).
 
     A service user gets a service wallet and a gateway wallet per currency, and the default
     commission rates. A user's sign-up bonus (walletd.domain.policy.plan_signup_bonus) is written
-    by the ledger's batch write, in the same transaction.
+    by the ledger's batch write, in the same transaction. A COMMIT whose answer is lost is found
+    out like a ledger batch's (persistence/in_doubt.py): the user row is the marker. Raises
+    Unavailable only when nothing was created, OutcomeUnknown when that could not be found out.
     """
     user_id = uuid.uuid4()
     kinds = (WalletKind.SERVICE, WalletKind.GATEWAY) if role == "service" else (WalletKind.USER,)
-    async with pool.acquire() as conn, conn.transaction():
-        try:
-            await conn.execute(
-                "INSERT INTO users (id, username, email, password_hash, role) VALUES ($1, $2, $3, $4, $5)",
-                user_id, username, email.lower(), password_hash, role,
+    entry_id = None
+    try:
+        async with pool.acquire() as conn, transaction(conn):
+            try:
+                await conn.execute(
+                    "INSERT INTO users (id, username, email, password_hash, role) VALUES ($1, $2, $3, $4, $5)",
+                    user_id, username, email.lower(), password_hash, role,
+                )
+            except asyncpg.UniqueViolationError:
+                raise errors.DuplicateAccount() from None
+            wallets = await conn.fetch(
+                f"""INSERT INTO wallets (id, user_id, currency_id, kind)
+                    SELECT gen_random_uuid(), $1, c.id, k FROM currencies c, unnest($2::text[]) k
+                    RETURNING {_STATE_COLUMNS}""",
+                user_id, list(kinds),
             )
-        except asyncpg.UniqueViolationError:
-            raise errors.DuplicateAccount() from None
-        wallets = await conn.fetch(
-            f"""INSERT INTO wallets (id, user_id, currency_id, kind)
-                SELECT gen_random_uuid(), $1, c.id, k FROM currencies c, unnest($2::text[]) k
-                RETURNING {_STATE_COLUMNS}""",
-            user_id, list(kinds),
-        )
-        if role == "service":
-            await conn.execute(
-                "INSERT INTO commission_rates (service_user_id, currency_id, deposit_rate, withdraw_rate) "
-                "SELECT $1, id, $2, $3 FROM currencies",
-                user_id, DEFAULT_COMMISSION.deposit, DEFAULT_COMMISSION.withdraw)
-        entry_id = None
-        if role == "user" and signup_bonus > 0:
-            entry_id = await _grant_signup_bonus(conn, wallets, signup_bonus, request_id)
+            if role == "service":
+                await conn.execute(
+                    "INSERT INTO commission_rates (service_user_id, currency_id, deposit_rate, withdraw_rate) "
+                    "SELECT $1, id, $2, $3 FROM currencies",
+                    user_id, DEFAULT_COMMISSION.deposit, DEFAULT_COMMISSION.withdraw)
+            if role == "user" and signup_bonus > 0:
+                entry_id = await _grant_signup_bonus(conn, wallets, signup_bonus, request_id)
+    except InDoubt as doubt:
+        log.warning("accounts.in_doubt", user_id=str(user_id), error=repr(doubt.cause)[:300])
+        committed = await find_out(pool, doubt, user_marker(user_id), in_doubt_seconds)
+        if committed is None:
+            log.error("accounts.outcome_unknown", user_id=str(user_id), username=username, bonus_entry=entry_id)
+            raise errors.OutcomeUnknown(REGISTRATION_UNKNOWN) from None
+        log.warning("accounts.in_doubt_resolved", user_id=str(user_id), committed=committed)
+        if not committed:
+            raise errors.Unavailable() from None
     return user_id, entry_id
 
 

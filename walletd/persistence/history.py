@@ -63,7 +63,8 @@ _USER_HISTORY = f"SELECT 0, * FROM ({_USER_PAGE}) page UNION ALL ({_USER_PENDING
 
 
 async def wallet_page(pool: FairPool, wallet_id: uuid.UUID, before: int | None, limit: int):
-    """(records as JSON texts, next cursor or None, pending records as JSON texts)."""
+    """(records as JSON texts, the next page's position or None, pending records as JSON texts).
+    A position is a global sequence number: the handlers seal it before a client sees it."""
     return _split(await pool.fetch(_WALLET_HISTORY, wallet_id, before or _NO_CURSOR, limit + 1), limit)
 
 
@@ -74,6 +75,6 @@ async def user_page(pool: FairPool, user_id: uuid.UUID, before: int | None, limi
 def _split(rows, limit):
     settled = [r for r in rows if r[0] == 0]
     page = settled[:limit]
-    next_cursor = str(page[-1][1]) if len(settled) > limit else None
-    return [r[2] for r in page], next_cursor, [r[2] for r in rows if r[0] == 1]
+    next_position = page[-1][1] if len(settled) > limit else None
+    return [r[2] for r in page], next_position, [r[2] for r in rows if r[0] == 1]
 

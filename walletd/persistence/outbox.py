@@ -9,6 +9,10 @@ statement, counts the attempt and moves next_attempt_at past the attempt's timeo
 processes therefore never send one delivery at once, and a process that dies mid-attempt leaves
 a row that becomes due again when the lease ends (at least once). The attempt number is the
 fencing token: an outcome is recorded only if nobody claimed the row again meanwhile.
+
+Secrets are stored sealed (walletd/keys.py); this module stores and returns the sealed text and
+never sees a key. A delivery carries the current secret and, during a rotation's overlap, the
+previous one.
 """
 
 from __future__ import annotations
@@ -30,19 +34,58 @@ class Delivery:
     endpoint_id: uuid.UUID
     attempt: int
     url: str
-    secret: str
+    sealed_secrets: tuple[str, ...]  # current first, then the previous one during a rotation's overlap
     body: str
     created_at: datetime  # when the event was written: latency and the give-up horizon count from it
+    # A row a previous release wrote after this one sealed the others at start (a rolling
+    # upgrade): sealed at this release's next start, used as it is meanwhile.
+    plaintext_secret: str | None = None
 
 
 async def create_endpoint(pool: FairPool, endpoint_id: uuid.UUID, service_user_id: uuid.UUID, url: str,
-                          secret: str) -> dict | None:
+                          sealed_secret: str) -> dict | None:
     """None when the service user already has MAX_ENDPOINTS (checked in the insert itself)."""
     row = await pool.fetchrow(
-        """INSERT INTO webhook_endpoints (id, service_user_id, url, secret)
+        """INSERT INTO webhook_endpoints (id, service_user_id, url, secret_sealed)
            SELECT $1, $2, $3, $4 WHERE (SELECT count(*) FROM webhook_endpoints WHERE service_user_id = $2) < $5
-           RETURNING id, url, created_at""", endpoint_id, service_user_id, url, secret, MAX_ENDPOINTS)
+           RETURNING id, url, created_at""", endpoint_id, service_user_id, url, sealed_secret, MAX_ENDPOINTS)
     return dict(row) if row else None
+
+
+async def rotate_secret(pool: FairPool, endpoint_id: uuid.UUID, service_user_id: uuid.UUID, sealed_secret: str,
+                        overlap_seconds: float) -> dict | None:
+    """The new secret becomes current; the one it replaces still signs for overlap_seconds (a
+    previous one still in its overlap is dropped: two at most). None if not the caller's endpoint."""
+    row = await pool.fetchrow(
+        """UPDATE webhook_endpoints SET
+               previous_secret_sealed = CASE WHEN $4::float8 > 0 THEN secret_sealed END,
+               previous_secret_until = CASE WHEN $4::float8 > 0 THEN now() + make_interval(secs => $4::float8) END,
+               secret_sealed = $3, secret = NULL
+            WHERE id = $1 AND service_user_id = $2
+        RETURNING id, url, created_at, previous_secret_until""",
+        endpoint_id, service_user_id, sealed_secret, float(overlap_seconds))
+    return dict(row) if row else None
+
+
+async def unsealed_or_stale(pool: FairPool) -> list[tuple]:
+    """(id, plaintext secret or None, sealed secret, previous sealed) of every endpoint: walletd
+    checks at start which ones need sealing or re-sealing under its current key."""
+    rows = await pool.fetch("SELECT id, secret, secret_sealed, previous_secret_sealed FROM webhook_endpoints")
+    return [tuple(r) for r in rows]
+
+
+async def store_sealed(pool: FairPool, updates: list[tuple[uuid.UUID, str | None, str | None, str | None]]) -> int:
+    """(id, what the row held before: plaintext or sealed, new sealed, new previous sealed): a
+    compare-and-set, so a rotation that ran meanwhile (another process) is never overwritten."""
+    done = 0
+    for endpoint_id, before, sealed, previous in updates:
+        status = await pool.execute(
+            """UPDATE webhook_endpoints SET secret_sealed = $3, secret = NULL,
+                      previous_secret_sealed = coalesce($4, previous_secret_sealed)
+                WHERE id = $1 AND (secret = $2 OR secret_sealed = $2)""",
+            endpoint_id, before, sealed, previous)
+        done += status == "UPDATE 1"
+    return done
 
 
 async def list_endpoints(pool: FairPool, service_user_id: uuid.UUID) -> list[dict]:
@@ -97,14 +140,17 @@ WITH due AS (
       FROM due WHERE d.event_id = due.event_id AND d.endpoint_id = due.endpoint_id
     RETURNING d.event_id, d.endpoint_id, d.attempts
 )
-SELECT c.event_id, c.endpoint_id, c.attempts, w.url, w.secret, e.body::text, e.created_at
+SELECT c.event_id, c.endpoint_id, c.attempts, w.url, w.secret_sealed,
+       CASE WHEN w.previous_secret_until > now() THEN w.previous_secret_sealed END, e.body::text, e.created_at,
+       w.secret
   FROM claimed c JOIN webhook_endpoints w ON w.id = c.endpoint_id JOIN events e ON e.id = c.event_id
 """
 
 
 async def claim_due(pool: FairPool, limit: int, lease_seconds: float) -> list[Delivery]:
     rows = await pool.fetch(_CLAIM, limit, lease_seconds)
-    return [Delivery(*r) for r in rows]
+    return [Delivery(r[0], r[1], r[2], r[3], tuple(x for x in (r[4], r[5]) if x is not None), r[6], r[7], r[8])
+            for r in rows]
 
 
 _RECORD = """

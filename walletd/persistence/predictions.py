@@ -4,6 +4,10 @@ Per wallet: owner, currency and kind (they never change) and a predicted balance
 process last read or committed). A wrong prediction costs only a locked-path retry: the database
 decides (see persistence/ledger.py). Bounded so memory follows the active wallets: cleared whole
 when full, then refilled on use.
+
+Owners are also kept apart from the balances: a balance prediction is dropped after every locked
+batch, an owner is a fact, so asking whose a warm wallet is (before a command may enter its
+queue) never costs a round trip.
 """
 
 from __future__ import annotations
@@ -25,15 +29,18 @@ class WalletPredictions:
     def __init__(self, pool: FairPool) -> None:
         self.pool = pool
         self.predicted: dict[uuid.UUID, WalletState] = {}
+        self.owners: dict[uuid.UUID, tuple[uuid.UUID, str]] = {}  # wallet id -> (user id, kind)
         self.desks: dict[int, uuid.UUID] = {}  # currency id -> the operator's exchange desk wallet
+        self.reads = 0  # round trips reading wallet states (the tests count them)
 
     def __len__(self) -> int:
         return len(self.predicted)
 
     def forget(self, wallet_ids=None) -> None:
-        """Drop these predictions (all of them by default); they are re-read on next use."""
+        """Drop these predictions (all of them, and the owners, by default); they are re-read on next use."""
         if wallet_ids is None:
             self.predicted = {}
+            self.owners = {}  # all idle: memory goes back to what the active wallets need
             return
         for wallet_id in wallet_ids:
             self.predicted.pop(wallet_id, None)
@@ -52,12 +59,27 @@ class WalletPredictions:
         found = {i: self.predicted[i] for i in ids if i in self.predicted}
         missing = [i for i in ids if i not in found]
         if missing:
+            self.reads += 1
             rows = await self.pool.fetch(_WALLET_STATES, missing)
             if len(self.predicted) + len(rows) > CACHE_LIMIT:
                 self.predicted.clear()
+            if len(self.owners) + len(rows) > CACHE_LIMIT:
+                self.owners.clear()
             for r in rows:
                 found[r[0]] = self.predicted[r[0]] = WalletState(r[0], r[1], r[2], r[3], r[4], r[5])
+                self.owners[r[0]] = (r[1], r[3])
         return found
+
+    async def owner(self, wallet_id: uuid.UUID, *read_along: uuid.UUID) -> tuple[uuid.UUID, str] | None:
+        """(user id, kind) of the wallet, None if it does not exist. From memory when known; else
+        one read, which also predicts `read_along` (the batch then needs no read of its own)."""
+        known = self.owners.get(wallet_id)
+        if known is None and (state := self.predicted.get(wallet_id)) is not None:
+            known = self.owners[wallet_id] = (state.user_id, state.kind)
+        if known is not None:
+            return known
+        state = (await self.states({wallet_id, *read_along})).get(wallet_id)
+        return None if state is None else (state.user_id, state.kind)
 
     async def wallets_for(self, commands: list[Command]) -> tuple[dict[uuid.UUID, WalletState], set[int]]:
         """Every wallet the batch may touch, with the exchange desks its cross-currency transfers
