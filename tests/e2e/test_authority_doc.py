@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import uuid
 
-from tests.conftest import JWT_SECRET, OPERATOR, PASSWORD, REPO_ROOT, register, register_service
+from tests.conftest import JWT_SECRET, OPERATOR, PASSWORD, REPO_ROOT, SECRETS_KEY, register, register_service
 from walletd.app import ROUTE_TABLES, create_app
 from walletd.config import Settings
 from walletd.handlers.authority import rows, table
@@ -23,7 +23,7 @@ AUTH_REFUSALS = {"token_missing", "token_invalid", "token_expired", "wrong_role"
 
 
 def test_every_served_route_declares_who_may_call_it():
-    settings = Settings(database_url="postgresql://unused/unused", jwt_secret=JWT_SECRET)
+    settings = Settings(database_url="postgresql://unused/unused", jwt_secret=JWT_SECRET, secrets_key=SECRETS_KEY)
     app = create_app(settings, settings.database_url, settings.jwt_secret)  # routes only; nothing connects
     declared = {(spec.method, spec.path) for t in ROUTE_TABLES for spec, _ in t.entries}
     public = {(method, path) for method, path, _ in PUBLIC_ROUTES}
