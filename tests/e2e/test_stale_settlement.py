@@ -32,7 +32,6 @@ from tests.conftest import (
 from tests.oracles import commission_fee
 from tests.polling import until
 from tests.receiver import Receiver, of_type
-from walletd.testing import LOOPBACK
 
 AS_OPERATOR = {"headers": OPERATOR}  # in place of a service: api_settle sends these headers
 
@@ -106,8 +105,7 @@ async def test_the_operator_ends_a_pending_record_only_once_it_is_stale(make_cli
 
 
 async def test_a_payment_service_settlement_after_the_operators_is_a_conflict(make_client, receiver, db, log_tap):
-    # the receiver listens on loopback, which walletd calls only when allowed by name
-    client = await make_client(pending_ttl_seconds=1.0, webhook_allow_hosts=(LOOPBACK,))
+    client = await make_client(pending_ttl_seconds=1.0, webhook_allow_hosts=("127.0.0.1",))  # the loopback receiver
     conflicts_before = await metric(client, "walletd_settlement_conflicts_total")
     service, user, credited = await setup(client, receiver)
     withdrawal = await (await api_withdraw(client, user, service, 1, "25")).json()
