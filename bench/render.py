@@ -70,7 +70,8 @@ def render(report: dict) -> str:
     audit = report.get("audit")
     lines.append("")
     if audit == "clean":
-        lines.append("audit: clean (walletd audit: every balance equals its postings, every entry balances)")
+        lines.append("audit: clean (walletd audit: every balance equals its postings, every entry balances, "
+                     "the journal's hash chain holds)")
     elif isinstance(audit, str):
         lines.append(f"audit: {audit}")
     else:

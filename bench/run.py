@@ -10,7 +10,9 @@ What it does, in order:
  3. starts `walletd serve` as a subprocess (WALLETD_LOG_LEVEL=info as in production, its JSON
     lines going to a file) and funds every wallet THROUGH THE LEDGER: deposit requests
     (POST /wallet/deposit), then settlement (PUT /service/transaction/deposit, paid);
- 4. bulk-loads the history wallets (1,000,000 rows vs 100) with balanced SQL, VACUUM ANALYZE;
+ 4. bulk-loads the history wallets (1,000,000 rows vs 100) with balanced SQL, VACUUM ANALYZE, and
+    waits until walletd has sealed them into the journal's hash chain and its self-audit has checked
+    them (a backlog no steady state has; the seconds are in the report, meta.history);
  5. drives every scenario from a separate process (bench/loadgen.py), fixed concurrency,
     time-bounded, each after a warm-up; samples server CPU (/proc utime+stime) of walletd and of
     the whole PostgreSQL process tree at the edges of the measured window, and peak RSS;

@@ -21,6 +21,7 @@ from tests.oracles import DEPOSIT_RATE, net_of_commission
 from walletd import logs, testing
 from walletd.app import create_app
 from walletd.config import Settings
+from walletd.integrity.verify import audit_chain
 from walletd.persistence import embedded
 from walletd.persistence.audit import find_problems
 from walletd.persistence.migrate import migrate
@@ -226,9 +227,12 @@ async def wallets_snapshot(db) -> list[tuple]:
 
 
 async def assert_ledger_consistent(db) -> None:
-    """The ledger's invariants, checked by the same queries as `walletd audit` (on db's connection)."""
+    """The ledger's invariants and the journal's hash chain (as far as it is sealed yet), checked by
+    the same code as `walletd audit` (on db's connection)."""
     problems = await find_problems(db)
     assert problems == [], problems
+    chain = await audit_chain(db)
+    assert [str(p) for p in chain.problems] == [], chain.summary()
 
 
 async def api_transfer(client, user: dict, source_currency: int, target_wallet_id: str, amount, headers=None):

@@ -17,6 +17,7 @@ from walletd.handlers import (
     meta,
     money,
     openapi,
+    operator,
     service,
     settlement,
     transfers,
@@ -33,11 +34,12 @@ from walletd.resources import (
     history_pool_ctx,
     http_client_ctx,
     idempotency_sweep_ctx,
+    integrity_ctx,
     pool_ctx,
 )
 
 ROUTE_TABLES = (identity.routes, wallets.routes, books.routes, money.routes, transfers.routes, settlement.routes,
-                service.routes, webhooks.routes)
+                service.routes, operator.routes, webhooks.routes)
 
 
 def add_routes(app: web.Application) -> None:
@@ -63,7 +65,7 @@ def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Ap
     app[keys_key] = ServerKeys(settings.secrets_key)
     app[targets_key] = TargetPolicy.from_allow_list(settings.webhook_allow_hosts)
     app.cleanup_ctx.extend([pool_ctx, history_pool_ctx, actors_ctx, http_client_ctx, idempotency_sweep_ctx,
-                            events_ctx, meta.metrics_ctx])
+                            events_ctx, integrity_ctx, meta.metrics_ctx])
     identity.setup(app, settings)
     meta.setup(app)
     metrics.know_error_codes(code for code, _, _ in catalogue())

@@ -220,14 +220,25 @@ def migrate_cmd(args, settings: Settings) -> int:
 
 
 def audit_cmd(args, settings: Settings) -> int:
-    from walletd.persistence.audit import run_audit
+    from walletd.integrity.verify import run_full_audit
 
     url = settings.database_url or resolve_database(settings)[0]
-    problems = asyncio.run(run_audit(url))
+    problems, chain_summary = asyncio.run(run_full_audit(url, args.expect_head))
     for problem in problems:
         print(problem)
+    print(chain_summary)
     print("audit: clean" if not problems else f"audit: {len(problems)} problem(s)")
     return 1 if problems else 0
+
+
+def _sha256_hex(value: str) -> bytes:
+    try:
+        digest = bytes.fromhex(value)
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        raise argparse.ArgumentTypeError("expected 64 hexadecimal digits (the hash of a journal.head log line)")
+    return digest
 
 
 def smoke_cmd(args, settings: Settings) -> int:
@@ -317,8 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.set_defaults(run=serve)
     p_migrate = sub.add_parser("migrate", help="apply pending migrations and the seed data, then exit")
     p_migrate.set_defaults(run=migrate_cmd)
-    sub.add_parser("audit", help="recompute balances from the journal; exit 1 on any difference").set_defaults(
-        run=audit_cmd)
+    p_audit = sub.add_parser("audit", help="recompute balances from the journal and check its hash chain; exit 1 "
+                                           "naming each difference")
+    p_audit.add_argument("--expect-head", type=_sha256_hex, default=None, metavar="HASH",
+                         help="a chain head kept elsewhere (journal.head log lines): also report a chain that no "
+                              "longer holds it (a truncated tail)")
+    p_audit.set_defaults(run=audit_cmd)
     sub.add_parser("secrets-key", help="print a new random WALLETD_SECRETS_KEY").set_defaults(run=secrets_key_cmd)
     p_smoke = sub.add_parser("smoke", help="end-to-end check against a live deployment (users named smoke_*)")
     _add_client_options(p_smoke)

@@ -71,6 +71,11 @@ class Settings:
     header_timeout_seconds: float = 15.0
     body_timeout_seconds: float = 15.0
     max_connections: int = 512
+    # The journal's hash chain and the self-audit (walletd/integrity/, docs/journal-integrity.md).
+    seal_interval_seconds: float = 1.0
+    head_log_interval_seconds: float = 300.0
+    audit_interval_seconds: float = 10.0
+    audit_full_interval_seconds: float = 3600.0
 
     @property
     def rates_max_age(self) -> timedelta:
@@ -138,6 +143,10 @@ class Settings:
             header_timeout_seconds=read.number("WALLETD_HEADER_TIMEOUT_SECONDS", 15.0, minimum=0.1),
             body_timeout_seconds=read.number("WALLETD_BODY_TIMEOUT_SECONDS", 15.0, minimum=0.1),
             max_connections=read.integer("WALLETD_MAX_CONNECTIONS", 512, minimum=1),
+            seal_interval_seconds=read.number("WALLETD_SEAL_INTERVAL_SECONDS", 1.0, minimum=0.05),
+            head_log_interval_seconds=read.number("WALLETD_HEAD_LOG_INTERVAL_SECONDS", 300.0, minimum=1.0),
+            audit_interval_seconds=read.number("WALLETD_AUDIT_INTERVAL_SECONDS", 10.0, minimum=0.1),
+            audit_full_interval_seconds=read.number("WALLETD_AUDIT_FULL_INTERVAL_SECONDS", 3600.0, minimum=1.0),
         )
         if settings.operator_key_previous and not settings.operator_key:
             raise ConfigError("WALLETD_OPERATOR_KEY_PREVIOUS is set but WALLETD_OPERATOR_KEY is not: a rotation "

@@ -82,6 +82,15 @@ HTTP_ERRORS = Counter("walletd_http_errors", "Error answers by their `code` (the
 # Probed at every scrape and /ready: what the probe found last, never a sum over processes.
 DATABASE_UP = Gauge("walletd_database_up", "1 when walletd's last probe (at scrape or /ready) reached a writable "
                     "PostgreSQL with walletd's schema, else 0", multiprocess_mode="mostrecent")
+# The journal's chain and its self-audit (walletd/integrity/). The gauges read the database's record,
+# the same whichever process reads it: the latest reading, never a sum.
+JOURNAL_SEALED = Counter("walletd_journal_sealed_entries", "Journal entries this process sealed into the hash chain")
+AUDIT_VERIFIED = Counter("walletd_audit_verified_entries", "New journal entries the self-audit checked (chain, "
+                         "balances, holds)")
+AUDIT_PROBLEMS = Gauge("walletd_audit_problems", "Problems the self-audit has found and nobody has cleared yet "
+                       "(rows of audit_problems)", multiprocess_mode="mostrecent")
+AUDIT_LAST_SUCCESS = Gauge("walletd_audit_last_success_timestamp_seconds", "When the self-audit last completed "
+                           "a pass (Unix time)", multiprocess_mode="mostrecent")
 
 _children: dict[tuple[str, str, int], tuple] = {}
 

@@ -29,6 +29,8 @@ from walletd.config import ConfigError
 from walletd.events.delivery import WebhookDispatcher, dispatcher_key
 from walletd.events.stale import StalePendingSweeper
 from walletd.handlers.errors import error_body
+from walletd.integrity.sealer import JournalSealer
+from walletd.integrity.self_audit import SelfAudit
 from walletd.memory import release_memory
 from walletd.persistence.db import create_pool
 from walletd.persistence.failures import UNAVAILABLE, outage
@@ -128,6 +130,20 @@ async def events_ctx(app: web.Application):
     sweeper = StalePendingSweeper(app[pool_key], settings.pending_ttl_seconds, dispatcher.wake)
     app[dispatcher_key] = dispatcher
     tasks = [start_supervised("pending_stale", sweeper.run), start_supervised("webhook_delivery", dispatcher.run)]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            await stop_task(task, timeout=5)
+
+
+async def integrity_ctx(app: web.Application):
+    """The journal's sealer and the self-audit (walletd/integrity/); after pool_ctx, so they stop
+    before the pool closes."""
+    settings = app[settings_key]
+    sealer = JournalSealer(app[pool_key], settings.seal_interval_seconds, settings.head_log_interval_seconds)
+    audit = SelfAudit(app[pool_key], settings.audit_interval_seconds, settings.audit_full_interval_seconds)
+    tasks = [start_supervised("journal_sealer", sealer.run), start_supervised("self_audit", audit.run)]
     try:
         yield
     finally:

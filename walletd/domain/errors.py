@@ -154,10 +154,30 @@ class ExternalWalletExists(DomainError):
 
 
 class TransactionNotFound(DomainError):
-    """No such transaction for this service user."""
+    """No such transaction (a service user sees only its own)."""
 
     code = "transaction_not_found"
     message = "transaction_not_found"
+
+
+class AlreadyReversed(DomainError):
+    """The transaction was reversed already (a reversal is never reversed twice)."""
+
+    code = "already_reversed"
+    message = "transaction already reversed"
+
+
+class NotReversible(DomainError):
+    """Only a completed transfer or a paid deposit can be reversed; `message` says what this one is."""
+
+    code = "transaction_not_reversible"
+    message = "only a completed transfer or a paid deposit can be reversed"
+
+
+class ReversalNotCovered(InsufficientFunds):
+    """A wallet the reversal takes money back from no longer holds it; nothing moved."""
+
+    message = "insufficient_funds: the wallet credited by the original no longer holds the amount"
 
 
 class InvalidStatusUpdate(DomainError):

@@ -158,7 +158,19 @@ class MultiTransfer:
     idempotency: Idempotency | None = None
 
 
-Command = Transfer | RequestDeposit | RequestWithdraw | Settle | MultiTransfer
+@dataclass(frozen=True)
+class Reverse:
+    """Undo a completed transfer or a paid deposit with one compensating entry (the operator's;
+    planned by domain/reversal.py). The wallets are those the original's entry posted to."""
+
+    transaction_id: uuid.UUID
+    debited_wallet_id: uuid.UUID  # the wallet the original credited
+    wallet_ids: frozenset[uuid.UUID]
+    request_id: str | None = None
+    idempotency: Idempotency | None = None
+
+
+Command = Transfer | RequestDeposit | RequestWithdraw | Settle | MultiTransfer | Reverse
 
 
 def routing_wallet(command: Command) -> uuid.UUID:
@@ -169,6 +181,8 @@ def routing_wallet(command: Command) -> uuid.UUID:
         return command.user_wallet_id
     if isinstance(command, MultiTransfer):
         return min(routing_wallets(command))
+    if isinstance(command, Reverse):
+        return command.debited_wallet_id
     return command.wallet_id
 
 
@@ -188,6 +202,8 @@ def wallets_touched(command: Command) -> set[uuid.UUID]:
         return {w for leg in command.legs for w in (leg.source_wallet_id, leg.target_wallet_id)}
     if isinstance(command, Settle):
         return {command.user_wallet_id, command.service_wallet_id, command.gateway_wallet_id}
+    if isinstance(command, Reverse):
+        return set(command.wallet_ids)
     return {command.wallet_id, command.gateway_wallet_id}
 
 

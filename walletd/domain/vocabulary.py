@@ -26,6 +26,7 @@ class TxType(StrEnum):
     WITHDRAW = "withdraw"
     COMMISSION = "commission"
     BONUS = "bonus"
+    REVERSAL = "reversal"  # undoes a completed transfer or a paid deposit (parent_id: the original)
 
 
 class TxStatus(StrEnum):
@@ -49,3 +50,4 @@ class EntryKind(StrEnum):
     # balance → gateway and service wallet, since its hold had gone back to the balance
     WITHDRAW_AFTER_EXPIRY = "withdraw_after_expiry"
     BONUS = "bonus"  # sign-up bonus: operator → user
+    REVERSAL = "reversal"  # the original entry's postings, negated

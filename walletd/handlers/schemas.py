@@ -163,6 +163,11 @@ class SettleParams(Params):
     new_status: Literal["paid", "rejected", "reject"]
 
 
+class ReverseParams(Params):
+    transaction_id: Annotated[uuid.UUID, Field(description="The completed transfer's or paid deposit's id",
+                                               examples=["0193a6f0-5b1e-7c2d-9e3f-4a5b6c7d8e10"])]
+
+
 class ConversionParams(Params):
     from_currency: Annotated[str, Field(min_length=2, max_length=10, description="Currency code", examples=["USD"])]
     to_currency: Annotated[str, Field(min_length=2, max_length=10, description="Currency code", examples=["EUR"])]
@@ -246,7 +251,7 @@ class TxOut(Model):
     # Field order = domain.ledger.tx_json's key order: the order of every record on the wire,
     # first response and idempotent replay alike (endpoint.render).
     id: uuid.UUID
-    type: Literal["deposit", "withdraw", "transfer", "commission", "bonus"]
+    type: Literal["deposit", "withdraw", "transfer", "commission", "bonus", "reversal"]
     status: Literal["pending", "paid", "rejected", "close", "expired"]
     from_wallet_id: uuid.UUID | None
     from_currency_id: int | None

@@ -37,6 +37,10 @@ _RECORD_RULES = {
     ("withdraw", "rejected"): ("t.kind IN ('withdraw_release', 'withdraw_expired') "
                                "AND t.src_r = -t.amount AND t.src_b = t.amount"),
     ("withdraw", "expired"): "t.kind = 'withdraw_expired' AND t.src_r = -t.amount AND t.src_b = t.amount",
+    # the operator's reversal: the wallet the original credited gives back what it kept (for a
+    # deposit, all but the commission, which the service wallet gives back), the other gets it all
+    ("reversal", "close"): ("t.kind = 'reversal' AND t.parent_entry_id IS NOT NULL "
+                            "AND t.src_b = -(t.amount - t.parent_fee) AND t.dst_b = t.converted_amount"),
 }
 
 
@@ -56,7 +60,7 @@ def _record_check() -> str:
                   WHERE type = 'commission' AND parent_id IS NOT NULL GROUP BY parent_id),
         records AS (
              SELECT t.id, t.type, t.status, t.amount, t.converted_amount, t.parent_id, t.entry_id, e.kind,
-                    p.entry_id AS parent_entry_id, coalesce(f.fee, 0) AS fee,
+                    p.entry_id AS parent_entry_id, coalesce(f.fee, 0) AS fee, coalesce(pf.fee, 0) AS parent_fee,
                     coalesce(own_src.b, src.b, 0) AS src_b, coalesce(own_src.r, src.r, 0) AS src_r,
                     coalesce(own_dst.b, dst.b, 0) AS dst_b
                FROM transactions t
@@ -68,7 +72,8 @@ def _record_check() -> str:
                                       AND own_src.transaction_id = t.id
                LEFT JOIN named own_dst ON own_dst.entry_id = t.entry_id AND own_dst.wallet_id = t.to_wallet_id
                                       AND own_dst.transaction_id = t.id
-               LEFT JOIN fees f ON f.parent_id = t.id)
+               LEFT JOIN fees f ON f.parent_id = t.id
+               LEFT JOIN fees pf ON pf.parent_id = t.parent_id)
         SELECT t.id, t.type, t.status, t.amount, t.converted_amount, t.kind AS entry_kind FROM records t
          WHERE NOT coalesce(CASE
 {rules}
@@ -128,6 +133,15 @@ _CHECKS = {
           LEFT JOIN wallets d ON d.id = t.to_wallet_id
          WHERE t.from_currency_id IS DISTINCT FROM f.currency_id OR t.to_currency_id IS DISTINCT FROM d.currency_id""",
     "transaction record disagrees with its journal entry (amount, wallets or status)": _record_check(),
+    # a transfer's own postings only: one leg of a multi-leg transfer shares its entry with the others
+    "reversal does not undo its original's entry exactly": """
+        SELECT r.id, r.parent_id FROM transactions r JOIN transactions o ON o.id = r.parent_id
+         WHERE r.type = 'reversal' AND EXISTS (
+               SELECT wallet_id, bucket, sum(amount) FROM (
+                   SELECT wallet_id, bucket, amount FROM postings WHERE entry_id = r.entry_id
+                   UNION ALL SELECT wallet_id, bucket, amount FROM postings WHERE entry_id = o.entry_id
+                       AND (o.type <> 'transfer' OR transaction_id = o.id)) both_entries
+                GROUP BY wallet_id, bucket HAVING sum(amount) <> 0)""",
 }
 
 

@@ -56,6 +56,7 @@ from walletd.domain.ledger import (
     RateBook,
     RequestDeposit,
     RequestWithdraw,
+    Reverse,
     Settle,
     Transfer,
     plan_deposit_request,
@@ -63,6 +64,7 @@ from walletd.domain.ledger import (
     plan_withdraw_request,
 )
 from walletd.domain.multi_transfer import plan_multi_transfer
+from walletd.domain.reversal import plan_reversal
 from walletd.domain.settlement import plan_settlement
 from walletd.domain.vocabulary import WalletKind
 from walletd.logs import get_logger
@@ -73,7 +75,7 @@ from walletd.persistence.in_doubt import InDoubt, batch_marker, decisive, find_o
 from walletd.persistence.outcomes import Decided, RefusalResponse, Replay
 from walletd.persistence.predictions import WalletPredictions
 from walletd.persistence.rates import rate_book
-from walletd.persistence.transactions import pending_states
+from walletd.persistence.transactions import pending_states, reversal_states
 
 log = get_logger("walletd.ledger")
 
@@ -241,6 +243,7 @@ class PgLedger:
         now = datetime.now(timezone.utc)
         settle_ids = [c.transaction_id for c in commands if isinstance(c, Settle)]
         pending = await pending_states(self.pool, settle_ids, lock=False) if settle_ids else {}
+        pending |= await self._originals(self.pool, commands, lock=False)
         rates = await rate_book(self.pool, now, self.rates_max_age) if converted else RateBook({}, now)
         keys = [c.idempotency for c in commands if c.idempotency is not None]
         stored = await self._stored_responses(self.pool, keys) if keys else {}
@@ -280,6 +283,7 @@ class PgLedger:
                         sorted(predicted))
                     wallets = {r[0]: dataclasses.replace(predicted[r[0]], balance=r[1], reserved=r[2]) for r in rows}
                     pending = await pending_states(conn, settle_ids, lock=True) if settle_ids else {}
+                    pending |= await self._originals(conn, commands, lock=True)
                     now = datetime.now(timezone.utc)
                     rates = await rate_book(conn, now, self.rates_max_age) if converted else RateBook({}, now)
                     stored = await self._stored_responses(conn, keys) if keys else {}
@@ -357,7 +361,16 @@ class PgLedger:
             raise errors.InternalFailure() from None
 
     @staticmethod
+    async def _originals(conn, commands: list[Command], *, lock: bool) -> dict:
+        """What the batch's reversals undo, keyed apart from the settlements' pending states."""
+        ids = sorted({c.transaction_id for c in commands if isinstance(c, Reverse)})
+        states = await reversal_states(conn, ids, lock=lock) if ids else {}
+        return {(Reverse, i): state for i, state in states.items()}
+
+    @staticmethod
     def _plan(command, wallets, desks, rates, pending, effects):
+        if isinstance(command, Reverse):
+            return plan_reversal(command, pending.get((Reverse, command.transaction_id)), wallets, effects)
         if isinstance(command, Transfer):
             return plan_transfer(command, wallets, desks, rates, effects)
         if isinstance(command, Settle):

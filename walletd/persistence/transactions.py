@@ -8,6 +8,8 @@ import uuid
 import asyncpg
 
 from walletd.domain.ledger import PendingState, tx_json
+from walletd.domain.reversal import ReversalState
+from walletd.domain.vocabulary import TxType
 from walletd.persistence.db import FairPool
 
 TX_COLUMNS = ("id, type, status, from_wallet_id, from_currency_id, amount, to_wallet_id, to_currency_id, rate, "
@@ -37,3 +39,39 @@ async def pending_states(conn, ids: list[uuid.UUID], *, lock: bool) -> dict[uuid
                               r["commission"], r["stale"], r["settled_by"])
         for r in rows
     }
+
+
+_ORIGINALS = ("SELECT id, type, status, parent_id, from_wallet_id, to_wallet_id, amount, converted_amount, rate, "
+              "user_id, service_user_id, entry_id FROM transactions WHERE id = ANY($1::uuid[]) ORDER BY id")
+_REVERSED = "SELECT parent_id FROM transactions WHERE parent_id = ANY($1::uuid[]) AND type = 'reversal'"
+_LEGS = "SELECT entry_id, wallet_id, bucket, amount, transaction_id FROM postings WHERE entry_id = ANY($1::uuid[])"
+
+
+async def reversal_states(conn, ids: list[uuid.UUID], *, lock: bool) -> dict[uuid.UUID, ReversalState]:
+    """The originals a batch reverses; locked (in id order) on the locked path, so a reversal racing
+    in another process waits, then finds this one. Whether one was reversed is read after the lock
+    (in its own statement: a row lock's wait does not refresh the rest of the statement's snapshot)."""
+    rows = await conn.fetch(_ORIGINALS + (" FOR UPDATE" if lock else ""), ids)
+    if not rows:
+        return {}
+    reversed_ids = {r[0] for r in await conn.fetch(_REVERSED, [r["id"] for r in rows])}
+    postings: dict[uuid.UUID, list] = {}
+    for p in await conn.fetch(_LEGS, [r["entry_id"] for r in rows if r["entry_id"] is not None]):
+        postings.setdefault(p[0], []).append(p)
+
+    def own(original) -> list:
+        # A transfer is only the postings naming it: a multi-leg transfer's legs share one entry.
+        return [(p[1], p[2], p[3]) for p in postings.get(original["entry_id"], [])
+                if original["type"] != TxType.TRANSFER or p[4] == original["id"]]
+
+    return {r["id"]: ReversalState(dict(r), own(r), r["id"] in reversed_ids) for r in rows}
+
+
+async def reversal_target(pool: FairPool, transaction_id: uuid.UUID) -> tuple[dict, list[uuid.UUID]] | None:
+    """The original and the wallets its entry posted to: what a Reverse command names."""
+    async with pool.acquire() as conn:
+        states = await reversal_states(conn, [transaction_id], lock=False)
+    state = states.get(transaction_id)
+    if state is None:
+        return None
+    return state.record, sorted({wallet_id for wallet_id, _, _ in state.legs})
