@@ -22,8 +22,9 @@ from decimal import Decimal
 
 import asyncpg
 
-from walletd.domain.ledger import Effects, WalletState
+from walletd.domain.effects import Effects
 from walletd.domain.policy import OPERATOR_USER_ID, plan_signup_bonus
+from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import WalletKind
 from walletd.persistence import accounts
 from walletd.persistence.batch_write import write_batch

@@ -5,28 +5,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from walletd import metrics, server
+from walletd import metrics
 from walletd.appkeys import database_url_key, keys_key, settings_key, targets_key, tokens_key
 from walletd.auth.tokens import TokenIssuer
 from walletd.config import Settings, check_jwt_secret
-from walletd.events.targets import TargetPolicy
-from walletd.handlers import (
-    books,
-    endpoint,
-    identity,
-    meta,
-    money,
-    openapi,
-    operator,
-    service,
-    settlement,
-    transfers,
-    wallets,
-    webhooks,
-)
+from walletd.handlers import endpoint, identity, meta, openapi
 from walletd.handlers.errors import catalogue
-from walletd.handlers.middleware import request_context, route_body_limit
+from walletd.handlers.middleware import read_body_within, request_context, route_body_limit
 from walletd.handlers.proxies import TrustedProxies
+from walletd.handlers.routes import ROUTE_TABLES
 from walletd.keys import ServerKeys
 from walletd.resources import (
     actors_ctx,
@@ -37,9 +24,7 @@ from walletd.resources import (
     integrity_ctx,
     pool_ctx,
 )
-
-ROUTE_TABLES = (identity.routes, wallets.routes, books.routes, money.routes, transfers.routes, settlement.routes,
-                service.routes, operator.routes, webhooks.routes)
+from walletd.webhooks.targets import TargetPolicy
 
 
 def add_routes(app: web.Application) -> None:
@@ -53,7 +38,7 @@ def add_routes(app: web.Application) -> None:
 
 
 def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Application:
-    middlewares = [request_context, route_body_limit, server.read_body_within(settings.body_timeout_seconds)]
+    middlewares = [request_context, route_body_limit, read_body_within(settings.body_timeout_seconds)]
     if settings.trusted_proxies:
         # First: every later middleware and handler sees the client's address as request.remote.
         middlewares.insert(0, TrustedProxies(settings.trusted_proxies).middleware())

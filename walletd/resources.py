@@ -15,6 +15,7 @@ from walletd.actors.committer import GroupCommitter
 from walletd.actors.registry import ActorRegistry
 from walletd.appkeys import (
     database_url_key,
+    dispatcher_key,
     history_pool_key,
     http_key,
     keys_key,
@@ -26,17 +27,17 @@ from walletd.appkeys import (
     tokens_key,
 )
 from walletd.config import ConfigError
-from walletd.events.delivery import WebhookDispatcher, dispatcher_key
-from walletd.events.stale import StalePendingSweeper
 from walletd.handlers.errors import error_body
-from walletd.integrity.sealer import JournalSealer
-from walletd.integrity.self_audit import SelfAudit
+from walletd.jobs.idempotency_sweep import IdempotencySweeper
+from walletd.jobs.journal_sealer import JournalSealer
+from walletd.jobs.self_audit import SelfAudit
+from walletd.jobs.stale_sweep import StalePendingSweeper
+from walletd.jobs.supervision import start_supervised, stop_task
+from walletd.jobs.webhook_delivery import WebhookDispatcher
 from walletd.memory import release_memory
 from walletd.persistence.db import create_pool
 from walletd.persistence.failures import UNAVAILABLE, outage
 from walletd.persistence.ledger import PgLedger
-from walletd.persistence.retention import IdempotencySweeper
-from walletd.supervisor import start_supervised, stop_task
 
 
 async def _open_pool(settings, url: str, size: int, what: str):
@@ -108,7 +109,7 @@ class StartupError(ConfigError):
 
 
 async def idempotency_sweep_ctx(app: web.Application):
-    """Deletes expired idempotency keys in the background (walletd/persistence/retention.py);
+    """Deletes expired idempotency keys in the background (walletd/jobs/idempotency_sweep.py);
     after pool_ctx, so it stops before the pool closes."""
     sweeper = IdempotencySweeper(app[pool_key], app[settings_key].idempotency_retention_seconds)
     task = start_supervised("idempotency_sweep", sweeper.run)
@@ -119,7 +120,7 @@ async def idempotency_sweep_ctx(app: web.Application):
 
 
 async def events_ctx(app: web.Application):
-    """The payment service's background tasks: the stale sweep and webhook delivery (walletd/events/).
+    """The payment service's jobs: the stale sweep and webhook delivery (walletd/jobs/).
     After actors_ctx, so on shutdown they stop before the actors drain and the pool closes."""
     settings = app[settings_key]
     dispatcher = WebhookDispatcher(app[pool_key], app[keys_key], app[targets_key],
@@ -138,7 +139,7 @@ async def events_ctx(app: web.Application):
 
 
 async def integrity_ctx(app: web.Application):
-    """The journal's sealer and the self-audit (walletd/integrity/); after pool_ctx, so they stop
+    """The journal's jobs: the sealer and the self-audit (walletd/jobs/); after pool_ctx, so they stop
     before the pool closes."""
     settings = app[settings_key]
     sealer = JournalSealer(app[pool_key], settings.seal_interval_seconds, settings.head_log_interval_seconds)

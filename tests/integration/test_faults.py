@@ -29,7 +29,7 @@ from tests.conftest import (
 from tests.polling import until
 from walletd.appkeys import registry_key
 from walletd.domain import errors
-from walletd.domain.ledger import Idempotency, RequestDeposit, Transfer
+from walletd.domain.commands import Idempotency, RequestDeposit, Transfer
 from walletd.persistence import embedded
 
 

@@ -13,9 +13,9 @@ import pytest
 from tests.conftest import api_transfer, balance, fund, register, register_service
 from tests.polling import until
 from walletd.config import ConfigError, Settings
+from walletd.jobs.supervision import run_supervised, start_supervised, stop_task
 from walletd.persistence.db import create_pool
 from walletd.persistence.retention import prune_idempotency_keys, sweep_interval
-from walletd.supervisor import run_supervised, start_supervised, stop_task
 
 
 async def insert_keys(db, count: int, age: str) -> list[str]:

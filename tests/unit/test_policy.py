@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from walletd.domain import errors
-from walletd.domain.ledger import Effects, WalletState
+from walletd.domain.effects import Effects
 from walletd.domain.policy import (
     DEFAULT_COMMISSION,
     OPERATOR_USER_ID,
@@ -20,6 +20,7 @@ from walletd.domain.policy import (
     settle_command,
 )
 from walletd.domain.rates import cross_rates
+from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import Bucket, TxStatus, TxType, WalletKind
 
 

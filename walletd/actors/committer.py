@@ -18,25 +18,13 @@ import asyncio
 import contextvars
 import functools
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from walletd import metrics
+from walletd.actors.envelope import Envelope
 from walletd.domain.errors import DomainError, InternalFailure, OutcomeUnknown, Overloaded, Unavailable
-from walletd.domain.ledger import Command
 from walletd.logs import get_logger
 
-if TYPE_CHECKING:
-    from walletd.actors.registry import Joint
-
 log = get_logger("walletd.ledger")
-
-
-@dataclass
-class Envelope:
-    command: Command
-    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    joint: Joint | None = None  # set when the command sits in several wallets' mailboxes
 
 
 class GroupCommitter:

@@ -25,32 +25,13 @@ from collections.abc import Callable
 from typing import Any
 
 from walletd import metrics
-from walletd.actors.committer import Envelope, GroupCommitter
+from walletd.actors.committer import GroupCommitter
+from walletd.actors.envelope import Envelope, Joint
+from walletd.domain.commands import Command, routing_wallets
 from walletd.domain.errors import InternalFailure, Overloaded, Unavailable
-from walletd.domain.ledger import Command, routing_wallets
 from walletd.logs import get_logger
 
 log = get_logger("walletd.actors")
-
-
-class Joint:
-    """A command queued in several actors' mailboxes: the last actor to arrive runs it; `ran`
-    resolves once it has run (or can no longer run), and releases the actors waiting for it."""
-
-    __slots__ = ("waiting", "ran")
-
-    def __init__(self, actors: int) -> None:
-        self.waiting = actors
-        self.ran: asyncio.Future = asyncio.get_running_loop().create_future()
-
-    def arrive(self) -> bool:
-        """True for the actor that must run it: the last to arrive, if it was not abandoned."""
-        self.waiting -= 1
-        return self.waiting == 0 and not self.ran.done()
-
-    def release(self) -> None:
-        if not self.ran.done():
-            self.ran.set_result(None)
 
 
 class WalletActor:

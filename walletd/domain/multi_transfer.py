@@ -11,7 +11,12 @@ from __future__ import annotations
 import uuid
 
 from walletd.domain import errors
-from walletd.domain.ledger import Effects, MultiTransfer, RateBook, WalletState, book_transfer, tx_json
+from walletd.domain.commands import MultiTransfer
+from walletd.domain.effects import Effects
+from walletd.domain.rates import RateBook
+from walletd.domain.records import tx_json
+from walletd.domain.state import WalletState
+from walletd.domain.transfers import book_transfer
 from walletd.domain.vocabulary import EntryKind
 
 

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from walletd.domain import errors
+from walletd.domain.commands import SERVICE, Idempotency, Settle
+from walletd.domain.effects import Effects
 from walletd.domain.ids import new_id
-from walletd.domain.ledger import SERVICE, Effects, Idempotency, Settle, WalletState
 from walletd.domain.rates import ONE
+from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 
 # The operator account owns the exchange desks and funds sign-up bonuses; a fixed id so every

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from walletd.domain import errors
+from walletd.domain.commands import Reverse
+from walletd.domain.effects import Effects
 from walletd.domain.ids import new_id
-from walletd.domain.ledger import Effects, Reverse, WalletState, tx_json
+from walletd.domain.records import tx_json
+from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 import uuid
 
 from walletd.domain import errors
-from walletd.domain.ledger import EXPIRY, OPERATOR, SERVICE, Effects, PendingState, Settle, WalletState
+from walletd.domain.commands import EXPIRY, OPERATOR, SERVICE, Settle
+from walletd.domain.effects import Effects
 from walletd.domain.money import commission
 from walletd.domain.rates import ONE
+from walletd.domain.state import PendingState, WalletState
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 
 

@@ -10,15 +10,15 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from walletd.appkeys import settings_key
+from walletd.appkeys import challenge_key, pool_key, principal_key, settings_key, throttle_key, tokens_key
 from walletd.auth import operator
 from walletd.auth.http import authenticate, basic_credentials
 from walletd.config import Settings
 from walletd.domain import errors
+from walletd.domain.commands import Replay
 from walletd.handlers import audit
-from walletd.handlers.errors import BASIC_CHALLENGE, challenge_key, render_error
+from walletd.handlers.errors import BASIC_CHALLENGE, render_error
 from walletd.handlers.params import gather_params, validate
-from walletd.persistence.outcomes import Replay
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -151,9 +151,14 @@ async def _principal(request: web.Request, spec: Endpoint):
             # beside the switch (config refuses an explicit one), and the switch wins over it.
             return None
         if spec.token_role is None or operator.HEADER in request.headers:
-            return await operator.authenticate(request)
+            found = await operator.authenticate(request, settings.operator_keys, request.app[throttle_key],
+                                                request.app[pool_key])
+            request[principal_key] = found.subject
+            return found
     assert spec.token_role is not None
-    return await authenticate(request, spec.token_roles)
+    principal = await authenticate(request, spec.token_roles, request.app[tokens_key], request.app[pool_key])
+    request[principal_key] = principal.subject
+    return principal
 
 
 def render(spec: Endpoint, result: dict | BaseModel) -> bytes:

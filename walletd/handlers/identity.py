@@ -6,10 +6,19 @@ from decimal import Decimal
 
 from aiohttp import web
 
-from walletd.appkeys import keys_key, pool_key, principal_key, request_id_key, settings_key, tokens_key
+from walletd.appkeys import (
+    keys_key,
+    passwords_key,
+    pool_key,
+    principal_key,
+    request_id_key,
+    settings_key,
+    throttle_key,
+    tokens_key,
+)
 from walletd.auth.operator import OperatorPrincipal
 from walletd.auth.passwords import PasswordPool
-from walletd.auth.throttle import LoginThrottle, TooManyAttempts, throttle_key
+from walletd.auth.throttle import LoginThrottle, TooManyAttempts
 from walletd.auth.tokens import Principal
 from walletd.config import Settings
 from walletd.domain.errors import DuplicateAccount, InvalidCredentials, OutcomeUnknown, Overloaded
@@ -20,7 +29,6 @@ from walletd.persistence import accounts
 
 routes = Routes()
 log = get_logger("walletd.auth")
-passwords_key = web.AppKey("passwords", PasswordPool)
 _HASH_BUSY = (Overloaded, "too many logins in progress, retry later")  # the password-hash pool is full
 _REGISTRATION_UNKNOWN = (OutcomeUnknown, accounts.REGISTRATION_UNKNOWN)  # its COMMIT was cut off
 

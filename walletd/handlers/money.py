@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import datetime, timezone
 
 from aiohttp import web
 
-from walletd.appkeys import ledger_key, pool_key, registry_key, request_id_key, settings_key
-from walletd.auth.operator import OperatorPrincipal
+from walletd.appkeys import ledger_key, pool_key, request_id_key, settings_key
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
-from walletd.domain.ledger import Idempotency, RequestDeposit, RequestWithdraw, Transfer
+from walletd.domain.commands import RequestDeposit, RequestWithdraw, Transfer
 from walletd.domain.policy import CommissionRates, fixed_commission_rate
 from walletd.domain.vocabulary import TxType
-from walletd.events.delivery import wake_delivery
+from walletd.handlers.commands import MOVE_ERRORS, idempotency, run, wake_delivery
 from walletd.handlers.endpoint import Routes
-from walletd.handlers.errors import InvalidIdempotencyKey
 from walletd.handlers.schemas import (
     DepositParams,
     ExchangeParams,
@@ -27,33 +23,10 @@ from walletd.handlers.schemas import (
     WithdrawParams,
 )
 from walletd.persistence import accounts, rates
-from walletd.persistence.outcomes import Replay
 
 routes = Routes()
 
 _WALLET_ERRORS = [(errors.NotYourWallet, "Wrong wallet ID or it is not your wallet ID"), errors.InvalidAmount]
-MOVE_ERRORS = [errors.IdempotencyKeyReused, InvalidIdempotencyKey, errors.Overloaded, errors.OutcomeUnknown,
-               errors.InternalFailure]
-
-
-def idempotency(request: web.Request, principal: Principal | OperatorPrincipal, raw_params: dict) -> Idempotency | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 128:
-        raise InvalidIdempotencyKey()
-    if not key.isprintable() or not key.isascii():
-        # Keys are stored as text: a byte that is not UTF-8 (or a control character) must be
-        # refused here, never reach the database inside somebody else's batch.
-        raise InvalidIdempotencyKey("Idempotency-Key must be printable ASCII")
-    canonical = json.dumps({"path": request.path, "params": raw_params}, sort_keys=True, default=str)
-    return Idempotency(principal.user_id, key, hashlib.sha256(canonical.encode()).hexdigest())
-
-
-async def run(request: web.Request, command) -> dict | Replay:
-    """Hand the command to its wallet's actor. The reply is the ledger's tx_json record, or a
-    Replay of the stored first one; endpoint.render writes both the same way."""
-    return await request.app[registry_key].execute(command)
 
 
 @routes("POST", "/wallet/transfer", summary="Transfer to any user's wallet, converting currency when they differ",

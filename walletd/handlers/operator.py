@@ -7,11 +7,10 @@ from aiohttp import web
 from walletd.appkeys import pool_key, request_id_key
 from walletd.auth.operator import OperatorPrincipal
 from walletd.domain import errors
-from walletd.domain.ledger import Reverse
+from walletd.domain.commands import Reverse
 from walletd.domain.reversal import reversible
-from walletd.events.delivery import wake_delivery
+from walletd.handlers.commands import MOVE_ERRORS, idempotency, run, wake_delivery
 from walletd.handlers.endpoint import Routes
-from walletd.handlers.money import MOVE_ERRORS, idempotency, run
 from walletd.handlers.schemas import ReverseParams, TxOut
 from walletd.persistence import transactions
 

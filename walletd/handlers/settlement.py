@@ -17,14 +17,13 @@ from walletd.appkeys import pool_key, request_id_key, settings_key
 from walletd.auth.operator import OPERATOR, OperatorPrincipal
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
-from walletd.domain.ledger import EXPIRY
-from walletd.domain.ledger import OPERATOR as BY_OPERATOR
-from walletd.domain.ledger import SERVICE as BY_SERVICE
+from walletd.domain.commands import EXPIRY
+from walletd.domain.commands import OPERATOR as BY_OPERATOR
+from walletd.domain.commands import SERVICE as BY_SERVICE
 from walletd.domain.policy import CommissionRates, check_settler, fixed_commission_rate, settle_command
 from walletd.domain.vocabulary import TxType
-from walletd.events.delivery import wake_delivery
+from walletd.handlers.commands import MOVE_ERRORS, idempotency, run, wake_delivery
 from walletd.handlers.endpoint import Routes
-from walletd.handlers.money import MOVE_ERRORS, idempotency, run
 from walletd.handlers.schemas import Model, SettleParams, StaleParams, TxOut
 from walletd.logs import get_logger
 from walletd.persistence import accounts, outbox, stale, transactions

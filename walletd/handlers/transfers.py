@@ -11,16 +11,15 @@ from walletd.appkeys import pool_key, request_id_key, settings_key
 from walletd.auth.tokens import Principal
 from walletd.config import Settings
 from walletd.domain import errors
-from walletd.domain.ledger import MultiTransfer, TransferLeg
+from walletd.domain.commands import MultiTransfer, Replay, TransferLeg
 from walletd.domain.multi_transfer import leg_refusal
 from walletd.domain.vocabulary import WalletKind
 from walletd.handlers.book_schemas import TransfersOut, TransfersParams
+from walletd.handlers.commands import MOVE_ERRORS, idempotency, run
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.errors import ValidationFailed
-from walletd.handlers.money import MOVE_ERRORS, idempotency, run
 from walletd.handlers.schemas import TxOut
 from walletd.persistence import accounts
-from walletd.persistence.outcomes import Replay
 
 routes = Routes()
 

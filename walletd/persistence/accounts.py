@@ -9,8 +9,9 @@ from decimal import Decimal
 import asyncpg
 
 from walletd.domain import errors
-from walletd.domain.ledger import Effects, WalletState
+from walletd.domain.effects import Effects
 from walletd.domain.policy import DEFAULT_COMMISSION, OPERATOR_USER_ID, plan_signup_bonus
+from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import WalletKind
 from walletd.logs import get_logger
 from walletd.persistence.batch_write import write_batch

@@ -8,7 +8,7 @@ import uuid
 from walletd.persistence.db import FairPool
 
 _NO_CURSOR = 2**63 - 1
-# Each record as its JSON text, rendered by PostgreSQL exactly as domain.ledger.tx_json renders
+# Each record as its JSON text, rendered by PostgreSQL exactly as domain.records.tx_json renders
 # it (same keys and order, fixed-point amounts, ISO timestamps with microseconds): a page costs
 # walletd one short string per row instead of decoding and re-encoding fourteen columns.
 TX_DOC = """json_build_object(

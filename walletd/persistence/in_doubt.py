@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import asyncpg
 import orjson
 
-from walletd.domain.ledger import Effects
+from walletd.domain.effects import Effects
 from walletd.persistence.db import Backend, FairPool, discard
 from walletd.persistence.failures import UNAVAILABLE, outage, server_refused
 

@@ -49,30 +49,17 @@ import asyncpg
 
 from walletd import metrics
 from walletd.domain import errors
-from walletd.domain.ledger import (
-    Command,
-    Effects,
-    MultiTransfer,
-    RateBook,
-    RequestDeposit,
-    RequestWithdraw,
-    Reverse,
-    Settle,
-    Transfer,
-    plan_deposit_request,
-    plan_transfer,
-    plan_withdraw_request,
-)
-from walletd.domain.multi_transfer import plan_multi_transfer
-from walletd.domain.reversal import plan_reversal
-from walletd.domain.settlement import plan_settlement
+from walletd.domain.commands import Command, Replay, Reverse, Settle
+from walletd.domain.effects import Effects
+from walletd.domain.planning import plan
+from walletd.domain.rates import RateBook
 from walletd.domain.vocabulary import WalletKind
 from walletd.logs import get_logger
 from walletd.persistence.batch_write import write_batch, writes_anything
 from walletd.persistence.db import FairPool
 from walletd.persistence.failures import UNAVAILABLE, outage
 from walletd.persistence.in_doubt import InDoubt, batch_marker, decisive, find_out, transaction
-from walletd.persistence.outcomes import Decided, RefusalResponse, Replay
+from walletd.persistence.outcomes import Decided, RefusalResponse
 from walletd.persistence.predictions import WalletPredictions
 from walletd.persistence.rates import rate_book
 from walletd.persistence.transactions import pending_states, reversal_states
@@ -350,7 +337,7 @@ class PgLedger:
         state = pending.get(command.transaction_id) if isinstance(command, Settle) else None
         saved = (state.status, state.record, state.settled_by) if state is not None else None
         try:
-            return self._plan(command, wallets, desks, rates, pending, effects)
+            return plan(command, wallets, desks, rates, pending, effects)
         except errors.DomainError:
             raise
         except Exception:
@@ -366,22 +353,6 @@ class PgLedger:
         ids = sorted({c.transaction_id for c in commands if isinstance(c, Reverse)})
         states = await reversal_states(conn, ids, lock=lock) if ids else {}
         return {(Reverse, i): state for i, state in states.items()}
-
-    @staticmethod
-    def _plan(command, wallets, desks, rates, pending, effects):
-        if isinstance(command, Reverse):
-            return plan_reversal(command, pending.get((Reverse, command.transaction_id)), wallets, effects)
-        if isinstance(command, Transfer):
-            return plan_transfer(command, wallets, desks, rates, effects)
-        if isinstance(command, Settle):
-            return plan_settlement(command, pending.get(command.transaction_id), wallets, effects)
-        if isinstance(command, RequestDeposit):
-            return plan_deposit_request(command, wallets, effects)
-        if isinstance(command, RequestWithdraw):
-            return plan_withdraw_request(command, wallets, effects)
-        if isinstance(command, MultiTransfer):
-            return plan_multi_transfer(command, wallets, desks, rates, effects)
-        raise TypeError(f"unknown command {command!r}")
 
     @staticmethod
     async def _stored_responses(conn, keys) -> dict:

@@ -1,5 +1,5 @@
-"""What a ledger batch decided, as values: the committer answers its callers from a `Decided`
-before anything else runs, and a `Replay` is a stored first answer given again."""
+"""What a ledger batch decided, as a value: the committer answers its callers from a `Decided`
+before anything else runs."""
 
 from __future__ import annotations
 
@@ -8,19 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from walletd.domain import errors
-from walletd.domain.ledger import Effects
+from walletd.domain.effects import Effects
 
 # (error, request id) -> (HTTP status, the JSON-ready error body the first answer carries).
 RefusalResponse = Callable[[errors.DomainError, "str | None"], tuple[int, dict]]
-
-
-@dataclass(frozen=True)
-class Replay:
-    """A stored first answer (a movement, or a refusal the ledger decided) returned for a retried
-    Idempotency-Key."""
-
-    status: int
-    body: dict
 
 
 @dataclass

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import uuid
 
-from walletd.domain.ledger import Command, Effects, MultiTransfer, Transfer, WalletState, wallets_touched
+from walletd.domain.commands import Command, MultiTransfer, Transfer, wallets_touched
+from walletd.domain.effects import Effects
 from walletd.domain.policy import OPERATOR_USER_ID
+from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import WalletKind
 from walletd.persistence.db import FairPool
 

@@ -31,7 +31,7 @@ class StalePendingSweeper:
         self.marked = 0
 
     async def run(self) -> None:
-        """Sweeps forever (run it under walletd.supervisor)."""
+        """Sweeps forever (run it under walletd.jobs.supervision)."""
         while True:
             while await self.sweep_once() == BATCH:
                 pass
