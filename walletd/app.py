@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from walletd import metrics
-from walletd.appkeys import database_url_key, keys_key, settings_key, targets_key, tokens_key
+from walletd.appkeys import breaker_key, database_url_key, keys_key, settings_key, targets_key, tokens_key
 from walletd.auth.tokens import TokenIssuer
 from walletd.config import Settings, check_jwt_secret
 from walletd.handlers import endpoint, identity, meta, openapi
@@ -15,13 +15,14 @@ from walletd.handlers.middleware import read_body_within, request_context, route
 from walletd.handlers.proxies import TrustedProxies
 from walletd.handlers.routes import ROUTE_TABLES
 from walletd.keys import ServerKeys
+from walletd.persistence.breaker import DatabaseBreaker
 from walletd.resources import (
     actors_ctx,
-    events_ctx,
     history_pool_ctx,
     http_client_ctx,
     idempotency_sweep_ctx,
-    integrity_ctx,
+    journal_jobs_ctx,
+    payment_service_jobs_ctx,
     pool_ctx,
 )
 from walletd.webhooks.targets import TargetPolicy
@@ -45,12 +46,13 @@ def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Ap
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[settings_key] = settings
     app[database_url_key] = database_url
+    app[breaker_key] = DatabaseBreaker()
     app[tokens_key] = TokenIssuer(check_jwt_secret(jwt_secret, "WALLETD_JWT_SECRET"), settings.token_ttl_seconds,
                                   settings.jwt_secret_previous)
     app[keys_key] = ServerKeys(settings.secrets_key)
     app[targets_key] = TargetPolicy.from_allow_list(settings.webhook_allow_hosts)
     app.cleanup_ctx.extend([pool_ctx, history_pool_ctx, actors_ctx, http_client_ctx, idempotency_sweep_ctx,
-                            events_ctx, integrity_ctx, meta.metrics_ctx])
+                            payment_service_jobs_ctx, journal_jobs_ctx, meta.metrics_ctx])
     identity.setup(app, settings)
     meta.setup(app)
     metrics.know_error_codes(code for code, _, _ in catalogue())

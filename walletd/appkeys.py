@@ -13,6 +13,7 @@ from walletd.auth.tokens import TokenIssuer
 from walletd.config import Settings
 from walletd.jobs.webhook_delivery import WebhookDispatcher
 from walletd.keys import ServerKeys
+from walletd.persistence.breaker import DatabaseBreaker
 from walletd.persistence.db import FairPool
 from walletd.persistence.ledger import PgLedger
 from walletd.webhooks.targets import TargetPolicy
@@ -27,6 +28,7 @@ keys_key = web.AppKey("keys", ServerKeys)  # everything derived from WALLETD_SEC
 targets_key = web.AppKey("webhook_targets", TargetPolicy)  # where a webhook may point
 http_key = web.AppKey("http", ClientSession)
 database_url_key = web.AppKey("database_url", str)
+breaker_key = web.AppKey("database_breaker", DatabaseBreaker)  # this app's view of whether the database answers
 passwords_key = web.AppKey("passwords", PasswordPool)
 throttle_key = web.AppKey("login_throttle", LoginThrottle)
 dispatcher_key = web.AppKey("webhook_dispatcher", WebhookDispatcher)

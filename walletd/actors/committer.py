@@ -126,11 +126,11 @@ class GroupCommitter:
         _answer(batch, decided.results)
         self.batches += 1
         self.commands += len(batch)
-        for event, fields in decided.events:
+        for name, fields in decided.audit_lines:
             try:
-                log.info(event, **fields)
+                log.info(name, **fields)
             except Exception:  # noqa: BLE001 - one broken audit line must not cost the others
-                log.exception("audit.log_failed", audit_event=event)
+                log.exception("audit.log_failed", audit_event=name)
         self.ledger.learn(decided)
         metrics.committed(len(batch), time.perf_counter() - started)
 

@@ -166,7 +166,7 @@ class ActorRegistry:
             raise ValueError("mailbox_size and max_batch must be >= 1 and idle_seconds > 0")
         self.committer = committer
         # Asked before a command is queued; False refuses it at once (503, nothing moved). The
-        # composition root passes the database outage's fail-fast check (persistence/failures.py).
+        # composition root passes the database breaker's admission gate (persistence/breaker.py).
         self.admit = admit
         self.mailbox_size = mailbox_size
         self.idle_seconds = idle_seconds

@@ -28,28 +28,30 @@ class Effects:
     # (transaction id, new status, entry id, the status it must still have, who decided)
     status_updates: list[tuple[uuid.UUID, str, uuid.UUID | None, str, str]] = field(default_factory=list)
     external_credits: list[tuple[uuid.UUID, Decimal]] = field(default_factory=list)
-    events: list[tuple[str, dict]] = field(default_factory=list)
+    # Audit lines of what the batch did, logged once it committed: (event name, fields).
+    audit_lines: list[tuple[str, dict]] = field(default_factory=list)
     # Events for the payment service, written in the same statement as the change:
     # (service_user_id, event) with event = {"id", "type", "created_at", "data": tx_json record}.
     outbox: list[tuple[uuid.UUID, dict]] = field(default_factory=list)
 
-    def mark(self) -> tuple[int, ...]:
+    def checkpoint(self) -> tuple[int, ...]:
+        """How much each list holds now: what rollback() goes back to."""
         return (len(self.entries), len(self.postings), len(self.new_transactions), len(self.status_updates),
-                len(self.external_credits), len(self.events), len(self.outbox))
+                len(self.external_credits), len(self.audit_lines), len(self.outbox))
 
-    def rollback(self, mark: tuple[int, ...], wallets: dict[uuid.UUID, WalletState]) -> None:
+    def rollback(self, checkpoint: tuple[int, ...], wallets: dict[uuid.UUID, WalletState]) -> None:
         """Undo a command that failed half-way through planning (a bug, or a multi-leg transfer
         with a refused leg; other refusals raise before they change anything): drop what it
         appended, take its postings back off the snapshot, so the rest of the batch is planned as
         if it had never come."""
-        for _, wallet_id, _, bucket, amount in self.postings[mark[1]:]:
+        for _, wallet_id, _, bucket, amount in self.postings[checkpoint[1]:]:
             wallet = wallets.get(wallet_id)
             if wallet is not None:
                 wallet.post(bucket, -amount)
-        del self.posting_records[mark[1]:]
+        del self.posting_records[checkpoint[1]:]
         parts: tuple[list[Any], ...] = (self.entries, self.postings, self.new_transactions, self.status_updates,
-                                        self.external_credits, self.events, self.outbox)
-        for items, length in zip(parts, mark, strict=True):
+                                        self.external_credits, self.audit_lines, self.outbox)
+        for items, length in zip(parts, checkpoint, strict=True):
             del items[length:]
 
     def entry(self, kind: str, request_id: str | None, legs: Sequence[tuple[WalletState, str, Decimal]],

@@ -31,7 +31,7 @@ def plan_deposit_request(cmd: RequestDeposit, wallets: dict[uuid.UUID, WalletSta
                          converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=None,
                          service_user_id=cmd.service_user_id, commission_rate=cmd.commission_rate,
                          commission=commission(cmd.amount, cmd.commission_rate))
-    effects.events.append(("deposit.requested", {
+    effects.audit_lines.append(("deposit.requested", {
         "transaction_id": row["id"], "wallet_id": wallet.id, "amount": cmd.amount, "currency_id": wallet.currency_id,
         "service_user_id": cmd.service_user_id, "principal": cmd.user_id, "request_id": cmd.request_id}))
     record = tx_json(row)
@@ -51,7 +51,7 @@ def plan_withdraw_request(cmd: RequestWithdraw, wallets: dict[uuid.UUID, WalletS
                          service_user_id=cmd.service_user_id, external_wallet_id=cmd.external_wallet_id,
                          commission_rate=cmd.commission_rate, commission=commission(cmd.amount, cmd.commission_rate),
                          id=record_id)
-    effects.events.append(("withdraw.requested", {
+    effects.audit_lines.append(("withdraw.requested", {
         "entry_id": entry_id, "transaction_id": row["id"], "wallet_id": wallet.id, "amount": cmd.amount,
         "currency_id": wallet.currency_id, "service_user_id": cmd.service_user_id, "principal": cmd.user_id,
         "request_id": cmd.request_id}))

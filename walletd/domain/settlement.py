@@ -100,7 +100,7 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
     pending.record = {**pending.record, "status": new_status}
     outcome = "settled" if new_status == TxStatus.PAID else str(new_status)  # settled, rejected
     effects.publish(f"{pending.type}.{outcome}", cmd.service_user_id, pending.record)
-    effects.events.append((f"{pending.type}.settled", {
+    effects.audit_lines.append((f"{pending.type}.settled", {
         "entry_id": entry_id, "transaction_id": pending.id, "status": new_status, "wallet_id": user.id,
         "service_wallet_id": service.id, "gateway_wallet_id": gateway.id, "currency_id": user.currency_id,
         "principal": "operator" if cmd.settled_by == OPERATOR else cmd.service_user_id,

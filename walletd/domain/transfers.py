@@ -20,7 +20,7 @@ def plan_transfer(cmd: Transfer, wallets: dict[uuid.UUID, WalletState], desks: d
                   rates: RateBook, effects: Effects) -> dict:
     record, moved = book_transfer(cmd.user_id, TransferLeg(cmd.source_wallet_id, cmd.target_wallet_id, cmd.amount),
                                   cmd.request_id, wallets, desks, rates, effects)
-    effects.events.append(("money.transferred", {
+    effects.audit_lines.append(("money.transferred", {
         "entry_id": record["entry_id"], **moved, "principal": cmd.user_id, "request_id": cmd.request_id}))
     return tx_json(record)
 

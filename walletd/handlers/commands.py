@@ -33,7 +33,7 @@ def idempotency(request: web.Request, principal: Principal | OperatorPrincipal, 
     return Idempotency(principal.user_id, key, hashlib.sha256(canonical.encode()).hexdigest())
 
 
-async def run(request: web.Request, command) -> dict | Replay:
+async def hand_to_actors(request: web.Request, command) -> dict | Replay:
     """Hand the command to its wallet's actor. The reply is the ledger's tx_json record, or a
     Replay of the stored first one; endpoint.render writes both the same way."""
     return await request.app[registry_key].execute(command)

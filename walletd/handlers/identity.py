@@ -7,6 +7,7 @@ from decimal import Decimal
 from aiohttp import web
 
 from walletd.appkeys import (
+    breaker_key,
     keys_key,
     passwords_key,
     pool_key,
@@ -40,7 +41,8 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
         user_id, bonus_entry = await accounts.create_user(
             request.app[pool_key], username=params.username, email=params.email, password_hash=password_hash,
             role=role, signup_bonus=settings.signup_bonus if role == "user" else Decimal(0),
-            request_id=request.get(request_id_key), in_doubt_seconds=settings.in_doubt_seconds)
+            request_id=request.get(request_id_key), in_doubt_seconds=settings.in_doubt_seconds,
+            breaker=request.app[breaker_key])
     except Exception as exc:
         log.info("auth.register_failed", username=params.username, role=role, reason=type(exc).__name__)
         raise

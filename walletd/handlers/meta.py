@@ -11,9 +11,8 @@ from aiohttp import web
 from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES
 
 from walletd import metrics
-from walletd.appkeys import dispatcher_key, openapi_key, pool_key, registry_key
+from walletd.appkeys import breaker_key, dispatcher_key, openapi_key, pool_key, registry_key
 from walletd.persistence import outbox, stale
-from walletd.persistence.failures import outage
 from walletd.persistence.migrate import schema_ready
 
 READY_TIMEOUT = 2.0
@@ -103,7 +102,7 @@ async def database_problem(app: web.Application) -> str | None:
             "schema not applied" if not applied else "database is a read-only standby")
     metrics.DATABASE_UP.set(0 if problem else 1)
     if problem is None:
-        outage.succeeded()
+        app[breaker_key].succeeded()
     return problem
 
 

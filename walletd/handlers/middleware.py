@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from walletd import metrics
-from walletd.appkeys import challenge_key, principal_key, request_id_key, settings_key
+from walletd.appkeys import breaker_key, challenge_key, principal_key, request_id_key, settings_key
 from walletd.config import ConfigError
 from walletd.domain.errors import DomainError, Unavailable
 from walletd.handlers.disconnects import CLIENT_GONE, client_aborted, client_went_away
@@ -22,7 +22,7 @@ from walletd.handlers.errors import (
     http_error_response,
 )
 from walletd.logs import get_logger
-from walletd.persistence.failures import is_unavailable, outage
+from walletd.persistence.failures import is_unavailable
 
 log = get_logger("walletd.http")
 
@@ -109,7 +109,7 @@ def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:
         return client_aborted(request, exc)
     if is_unavailable(exc):
         # A read or a non-ledger write could not reach the database: nothing was done.
-        outage.failed(exc)
+        request.app[breaker_key].failed(exc)
         return domain_error_response(Unavailable(), request_id)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:

@@ -12,7 +12,7 @@ from walletd.domain import errors
 from walletd.domain.commands import RequestDeposit, RequestWithdraw, Transfer
 from walletd.domain.policy import CommissionRates, fixed_commission_rate
 from walletd.domain.vocabulary import TxType
-from walletd.handlers.commands import MOVE_ERRORS, idempotency, run, wake_delivery
+from walletd.handlers.commands import MOVE_ERRORS, hand_to_actors, idempotency, wake_delivery
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.schemas import (
     DepositParams,
@@ -42,9 +42,9 @@ async def transfer(request: web.Request, principal: Principal, params: TransferP
     # fill its queue nor make an actor for a wallet that is not theirs (or does not exist).
     if not await request.app[ledger_key].owns(principal.user_id, params.source_wallet_id, params.target_wallet_id):
         raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
-    return await run(request, Transfer(principal.user_id, params.source_wallet_id, params.target_wallet_id,
-                                       params.amount, request.get(request_id_key),
-                                       idempotency(request, principal, raw_params)))
+    command = Transfer(principal.user_id, params.source_wallet_id, params.target_wallet_id, params.amount,
+                       request.get(request_id_key), idempotency(request, principal, raw_params))
+    return await hand_to_actors(request, command)
 
 
 @routes("POST", "/wallet/deposit", summary="Request a deposit through a payment service (pending; moves nothing)",
@@ -55,10 +55,10 @@ async def deposit(request: web.Request, principal: Principal, params: DepositPar
     pool = request.app[pool_key]
     wallet = await _own_wallet(pool, principal, params.wallet_id)
     service = await accounts.service_wallets(pool, params.service_user_id, wallet["currency_id"])
-    result = await run(request, RequestDeposit(principal.user_id, wallet["id"], service["gateway_wallet_id"],
-                                               params.service_user_id, params.amount, request.get(request_id_key),
-                                               idempotency(request, principal, raw_params),
-                                               commission_rate=_fixed_rate(request, service, TxType.DEPOSIT)))
+    command = RequestDeposit(principal.user_id, wallet["id"], service["gateway_wallet_id"], params.service_user_id,
+                             params.amount, request.get(request_id_key), idempotency(request, principal, raw_params),
+                             commission_rate=_fixed_rate(request, service, TxType.DEPOSIT))
+    result = await hand_to_actors(request, command)
     wake_delivery(request.app)  # its event is committed: send it now rather than at the next poll
     return result
 
@@ -76,11 +76,11 @@ async def withdraw(request: web.Request, principal: Principal, params: WithdrawP
     external = await accounts.external_wallet(pool, principal.user_id, wallet["currency_id"])
     if external is None:
         raise errors.ExternalWalletNotFound()
-    result = await run(request, RequestWithdraw(principal.user_id, wallet["id"], service["gateway_wallet_id"],
-                                                params.service_user_id, external["id"], params.amount,
-                                                request.get(request_id_key),
-                                                idempotency(request, principal, raw_params),
-                                                commission_rate=_fixed_rate(request, service, TxType.WITHDRAW)))
+    command = RequestWithdraw(principal.user_id, wallet["id"], service["gateway_wallet_id"], params.service_user_id,
+                              external["id"], params.amount, request.get(request_id_key),
+                              idempotency(request, principal, raw_params),
+                              commission_rate=_fixed_rate(request, service, TxType.WITHDRAW))
+    result = await hand_to_actors(request, command)
     wake_delivery(request.app)
     return result
 

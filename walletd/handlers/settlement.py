@@ -22,7 +22,7 @@ from walletd.domain.commands import OPERATOR as BY_OPERATOR
 from walletd.domain.commands import SERVICE as BY_SERVICE
 from walletd.domain.policy import CommissionRates, check_settler, fixed_commission_rate, settle_command
 from walletd.domain.vocabulary import TxType
-from walletd.handlers.commands import MOVE_ERRORS, idempotency, run, wake_delivery
+from walletd.handlers.commands import MOVE_ERRORS, hand_to_actors, idempotency, wake_delivery
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.schemas import Model, SettleParams, StaleParams, TxOut
 from walletd.logs import get_logger
@@ -59,7 +59,7 @@ async def _settle(request: web.Request, principal: Principal | OperatorPrincipal
         settled_by=BY_OPERATOR if by_operator else BY_SERVICE, request_id=request.get(request_id_key),
         idempotency=idempotency(request, principal, raw_params))
     try:
-        result = await run(request, command)
+        result = await hand_to_actors(request, command)
     except errors.SettlementConflict as exc:
         if not by_operator and exc.detail.get("settled_by") in (BY_OPERATOR, EXPIRY):
             await _report_conflict(request, pending, params.new_status, exc)

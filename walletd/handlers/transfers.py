@@ -15,7 +15,7 @@ from walletd.domain.commands import MultiTransfer, Replay, TransferLeg
 from walletd.domain.multi_transfer import leg_refusal
 from walletd.domain.vocabulary import WalletKind
 from walletd.handlers.book_schemas import TransfersOut, TransfersParams
-from walletd.handlers.commands import MOVE_ERRORS, idempotency, run
+from walletd.handlers.commands import MOVE_ERRORS, hand_to_actors, idempotency
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.errors import ValidationFailed
 from walletd.handlers.schemas import TxOut
@@ -46,8 +46,9 @@ async def transfer_legs(request: web.Request, principal: Principal, params: Tran
             {"loc": "transfers", "msg": f"at most {most} legs (WALLETD_MAX_BATCH_LEGS)", "type": "too_long"}])
     legs = tuple(TransferLeg(leg.source_wallet_id, leg.target_wallet_id, leg.amount) for leg in params.transfers)
     await _check_wallets(request, principal, legs)
-    result = await run(request, MultiTransfer(principal.user_id, legs, request.get(request_id_key),
-                                              idempotency(request, principal, raw_params)))
+    command = MultiTransfer(principal.user_id, legs, request.get(request_id_key),
+                            idempotency(request, principal, raw_params))
+    result = await hand_to_actors(request, command)
     if isinstance(result, Replay) and result.status == 200:
         # The stored first answer comes back from jsonb with every record's keys reordered: put
         # them back in TxOut's order, so a replay repeats the first answer byte for byte.

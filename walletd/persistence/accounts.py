@@ -15,8 +15,9 @@ from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import WalletKind
 from walletd.logs import get_logger
 from walletd.persistence.batch_write import write_batch
+from walletd.persistence.breaker import DatabaseBreaker
 from walletd.persistence.db import FairPool
-from walletd.persistence.in_doubt import InDoubt, find_out, transaction, user_marker
+from walletd.persistence.in_doubt import InDoubt, find_out, registration_evidence, transaction
 
 WALLET_COLUMNS = """w.id, w.balance, w.reserved_balance, w.currency_id, c.code AS currency, w.user_id, w.kind"""
 
@@ -28,13 +29,14 @@ log = get_logger("walletd.accounts")
 
 async def create_user(pool: FairPool, *, username: str, email: str, password_hash: str, role: str,
                       signup_bonus: Decimal = Decimal(0), request_id: str | None = None,
-                      in_doubt_seconds: float = 30.0) -> tuple[uuid.UUID, uuid.UUID | None]:
+                      in_doubt_seconds: float = 30.0,
+                      breaker: DatabaseBreaker | None = None) -> tuple[uuid.UUID, uuid.UUID | None]:
     """The user and a wallet in every currency, in one transaction; returns (user id, bonus entry id).
 
     A service user gets a service wallet and a gateway wallet per currency, and the default
     commission rates. A user's sign-up bonus (walletd.domain.policy.plan_signup_bonus) is written
     by the ledger's batch write, in the same transaction. A COMMIT whose answer is lost is found
-    out like a ledger batch's (persistence/in_doubt.py): the user row is the marker. Raises
+    out like a ledger batch's (persistence/in_doubt.py): the user row is the evidence. Raises
     Unavailable only when nothing was created, OutcomeUnknown when that could not be found out.
     """
     user_id = uuid.uuid4()
@@ -64,7 +66,8 @@ async def create_user(pool: FairPool, *, username: str, email: str, password_has
                 entry_id = await _grant_signup_bonus(conn, wallets, signup_bonus, request_id)
     except InDoubt as doubt:
         log.warning("accounts.in_doubt", user_id=str(user_id), error=repr(doubt.cause)[:300])
-        committed = await find_out(pool, doubt, user_marker(user_id), in_doubt_seconds)
+        committed = await find_out(pool, doubt, registration_evidence(user_id), in_doubt_seconds,
+                                   breaker or DatabaseBreaker())
         if committed is None:
             log.error("accounts.outcome_unknown", user_id=str(user_id), username=username, bonus_entry=entry_id)
             raise errors.OutcomeUnknown(REGISTRATION_UNKNOWN) from None

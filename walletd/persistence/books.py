@@ -17,6 +17,7 @@ from decimal import Decimal
 
 import asyncpg
 
+from walletd.domain.vocabulary import Bucket
 from walletd.persistence.accounts import WALLET_COLUMNS
 from walletd.persistence.db import FairPool
 
@@ -39,14 +40,16 @@ def _sums_at(at: str, sums: str, needed: str = "true") -> str:
                  GROUP BY f.forward)"""
 
 
+# What a wallet's postings add to its balance and to its withdrawal hold.
+_BALANCE_SUM = f"coalesce(sum(p.amount) FILTER (WHERE p.bucket = '{Bucket.BALANCE}'), 0)"
+_RESERVED_SUM = f"coalesce(sum(p.amount) FILTER (WHERE p.bucket = '{Bucket.RESERVED}'), 0)"
+
 _BALANCE_AT = f"""
 SELECT w.currency_id,
        CASE WHEN s.forward THEN 0 ELSE w.balance END + (CASE WHEN s.forward THEN 1 ELSE -1 END) * s.b AS balance,
        CASE WHEN s.forward THEN 0 ELSE w.reserved_balance END + (CASE WHEN s.forward THEN 1 ELSE -1 END) * s.r
            AS reserved
-  FROM wallets w CROSS JOIN LATERAL {_sums_at("$2::timestamptz",
-                                              "coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'B'), 0) AS b, "
-                                              "coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'R'), 0) AS r")} s
+  FROM wallets w CROSS JOIN LATERAL {_sums_at("$2::timestamptz", f"{_BALANCE_SUM} AS b, {_RESERVED_SUM} AS r")} s
  WHERE w.id = $1 AND w.user_id = $3 AND w.kind = ANY($4::text[])"""
 
 _WALLET = "SELECT currency_id, created_at FROM wallets WHERE id = $1 AND user_id = $2 AND kind = ANY($3::text[])"
@@ -60,7 +63,7 @@ _LINES = f"""
 SELECT l.created_at, l.entry_id, l.transaction_id AS tx, l.amount, t.type, t.status FROM (
     SELECT p.created_at, p.entry_id, p.transaction_id, sum(p.amount) AS amount
       FROM postings p
-     WHERE p.wallet_id = $1 AND p.bucket = 'B'
+     WHERE p.wallet_id = $1 AND p.bucket = '{Bucket.BALANCE}'
        AND p.created_at > coalesce($2::timestamptz, '-infinity') AND p.created_at <= $3
        AND (p.created_at, p.entry_id, p.transaction_id)
            > (coalesce($4::timestamptz, '-infinity'), coalesce($5::uuid, '{NIL}'), coalesce($6::uuid, '{NIL}'))
@@ -73,7 +76,7 @@ SELECT l.created_at, l.entry_id, l.transaction_id AS tx, l.amount, t.type, t.sta
 
 # The balances at both ends of the period, in the same statement (so the same snapshot) as the
 # first lines: opening + the sum of every line = closing.
-_B = "coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'B'), 0) AS b"
+_B = f"{_BALANCE_SUM} AS b"
 _ENDS = f"""
 SELECT CASE WHEN $2::timestamptz IS NULL THEN 0
             ELSE CASE WHEN o.forward THEN o.b ELSE w.balance - o.b END END AS opening,

@@ -90,7 +90,7 @@ class WalletPredictions:
         for command in commands:
             ids |= wallets_touched(command)
         wallets = await self.states(ids)
-        currencies = _converted_currencies(commands, wallets)
+        currencies = _currencies_to_convert(commands, wallets)
         if currencies:
             wallets |= await self.states(await self._desk_ids(currencies))
         return wallets, currencies
@@ -102,7 +102,7 @@ class WalletPredictions:
         return {self.desks[c] for c in currencies if c in self.desks}
 
 
-def _converted_currencies(commands: list[Command], wallets: dict[uuid.UUID, WalletState]) -> set[int]:
+def _currencies_to_convert(commands: list[Command], wallets: dict[uuid.UUID, WalletState]) -> set[int]:
     """Currencies on either side of a cross-currency transfer in the batch."""
     currencies: set[int] = set()
     pairs = [(c.source_wallet_id, c.target_wallet_id) for c in commands if isinstance(c, Transfer)]
