@@ -9,12 +9,12 @@ from decimal import Decimal
 import pytest
 
 from walletd.domain import errors
+from walletd.domain.access import check_settler
 from walletd.domain.effects import Effects
 from walletd.domain.policy import (
     DEFAULT_COMMISSION,
     OPERATOR_USER_ID,
     CommissionRates,
-    check_settler,
     fixed_commission_rate,
     plan_signup_bonus,
     settle_command,

@@ -6,21 +6,21 @@ from __future__ import annotations
 
 import uuid
 
-from walletd.domain import errors
+from walletd.domain.access import own_wallet_refusal, refuse
 from walletd.domain.commands import RequestDeposit, RequestWithdraw
 from walletd.domain.effects import Effects
 from walletd.domain.ids import new_id
 from walletd.domain.money import commission
 from walletd.domain.rates import ONE
 from walletd.domain.records import tx_json
-from walletd.domain.state import WalletState, require_available
-from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType, WalletKind
+from walletd.domain.state import WalletState, owner_of, require_available
+from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 
 
 def _own(wallets: dict[uuid.UUID, WalletState], wallet_id: uuid.UUID, user_id: uuid.UUID) -> WalletState:
     wallet = wallets.get(wallet_id)
-    if wallet is None or wallet.user_id != user_id or wallet.kind != WalletKind.USER:
-        raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
+    refuse(own_wallet_refusal(user_id, owner_of(wallet)))
+    assert wallet is not None
     return wallet
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 
 from walletd.domain import errors
+from walletd.domain.access import refuse, settler_refusal
 from walletd.domain.commands import EXPIRY, OPERATOR, SERVICE, Settle
 from walletd.domain.effects import Effects
 from walletd.domain.money import commission
@@ -43,10 +44,9 @@ def _outcome(cmd: Settle, pending: PendingState) -> str:
 
 def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uuid.UUID, WalletState],
                     effects: Effects) -> dict:
-    if pending is None or pending.service_user_id != cmd.service_user_id:
+    if pending is None:
         raise errors.TransactionNotFound()
-    if pending.type != cmd.type:
-        raise errors.InvalidTransactionType()
+    refuse(settler_refusal(pending.service_user_id, pending.type, cmd.service_user_id, cmd.type))
     new_status = _outcome(cmd, pending)
     if pending.status == new_status:
         return pending.record

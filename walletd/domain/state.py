@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from walletd.domain import errors
-from walletd.domain.vocabulary import Bucket, WalletKind
+from walletd.domain.vocabulary import MAY_GO_NEGATIVE, Bucket
 
 
 @dataclass(slots=True)
@@ -23,7 +23,7 @@ class WalletState:
 
     @property
     def may_go_negative(self) -> bool:
-        return self.kind in (WalletKind.GATEWAY, WalletKind.OPERATOR)
+        return self.kind in MAY_GO_NEGATIVE
 
     def post(self, bucket: str, amount: Decimal) -> None:
         """A posting's effect on this wallet: the one arithmetic planning, undoing a half-planned
@@ -49,6 +49,11 @@ class PendingState:
     commission: Decimal | None = None  # fixed when the customer asked (None: a record from before that rule)
     stale: bool = False  # pending past WALLETD_PENDING_TTL: the operator may end it too
     settled_by: str | None = None  # who decided a settled record: SERVICE, OPERATOR, or EXPIRY (previous release)
+
+
+def owner_of(wallet: WalletState | None) -> tuple[uuid.UUID, str] | None:
+    """What access's rules read of a wallet: its owner and its kind."""
+    return None if wallet is None else (wallet.user_id, wallet.kind)
 
 
 def require_available(wallet: WalletState, amount: Decimal) -> None:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import uuid
 
-from walletd.domain import errors
+from walletd.domain.access import refuse, transfer_refusal
 from walletd.domain.commands import Transfer, TransferLeg
 from walletd.domain.effects import Effects
 from walletd.domain.ids import new_id
 from walletd.domain.rates import RateBook
 from walletd.domain.records import tx_json
-from walletd.domain.state import WalletState, require_available
-from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType, WalletKind
+from walletd.domain.state import WalletState, owner_of, require_available
+from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 
 
 def plan_transfer(cmd: Transfer, wallets: dict[uuid.UUID, WalletState], desks: dict[int, WalletState],
@@ -30,14 +30,9 @@ def book_transfer(user_id: uuid.UUID, leg: TransferLeg, request_id: str | None, 
                   entry_id: uuid.UUID | None = None) -> tuple[dict, dict]:
     """One transfer: its checks, postings and record; returns the record and what moved (for the
     audit line). Into a new journal entry, or into entry_id (the one entry of a multi-leg transfer)."""
-    source = wallets.get(leg.source_wallet_id)
-    if source is None or source.user_id != user_id or source.kind != WalletKind.USER:
-        raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
-    target = wallets.get(leg.target_wallet_id)
-    if target is None or target.kind != WalletKind.USER:
-        raise errors.TargetWalletNotFound()
-    if target.id == source.id:
-        raise errors.SameWallet()
+    source, target = wallets.get(leg.source_wallet_id), wallets.get(leg.target_wallet_id)
+    refuse(transfer_refusal(user_id, leg.source_wallet_id, owner_of(source), leg.target_wallet_id, owner_of(target)))
+    assert source is not None and target is not None
     amount = leg.amount
     rate, converted = rates.quote(source.currency_id, target.currency_id, amount)
     require_available(source, amount)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from aiohttp import web
 
 from walletd.appkeys import (
@@ -40,7 +38,7 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
     try:
         user_id, bonus_entry = await accounts.create_user(
             request.app[pool_key], username=params.username, email=params.email, password_hash=password_hash,
-            role=role, signup_bonus=settings.signup_bonus if role == "user" else Decimal(0),
+            role=role, signup_bonus=settings.signup_bonus,
             request_id=request.get(request_id_key), in_doubt_seconds=settings.in_doubt_seconds,
             breaker=request.app[breaker_key])
     except Exception as exc:

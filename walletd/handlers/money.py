@@ -9,6 +9,7 @@ from aiohttp import web
 from walletd.appkeys import ledger_key, pool_key, request_id_key, settings_key
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
+from walletd.domain.access import NOT_YOUR_WALLET, own_wallet_refusal, refuse, same_wallet_refusal
 from walletd.domain.commands import RequestDeposit, RequestWithdraw, Transfer
 from walletd.domain.policy import CommissionRates, fixed_commission_rate
 from walletd.domain.vocabulary import TxType
@@ -26,7 +27,7 @@ from walletd.persistence import accounts, rates
 
 routes = Routes()
 
-_WALLET_ERRORS = [(errors.NotYourWallet, "Wrong wallet ID or it is not your wallet ID"), errors.InvalidAmount]
+_WALLET_ERRORS = [(errors.NotYourWallet, NOT_YOUR_WALLET), errors.InvalidAmount]
 
 
 @routes("POST", "/wallet/transfer", summary="Transfer to any user's wallet, converting currency when they differ",
@@ -36,12 +37,12 @@ _WALLET_ERRORS = [(errors.NotYourWallet, "Wrong wallet ID or it is not your wall
         errors=_WALLET_ERRORS + MOVE_ERRORS + [errors.InsufficientFunds, errors.TargetWalletNotFound, errors.SameWallet,
                                                errors.RateNotFound, errors.RateStale])
 async def transfer(request: web.Request, principal: Principal, params: TransferParams, raw_params: dict):
-    if params.source_wallet_id == params.target_wallet_id:
-        raise errors.SameWallet()
+    refuse(same_wallet_refusal(params.source_wallet_id, params.target_wallet_id))
     # Before the command may enter the wallet's queue: someone naming another's wallet must neither
-    # fill its queue nor make an actor for a wallet that is not theirs (or does not exist).
-    if not await request.app[ledger_key].owns(principal.user_id, params.source_wallet_id, params.target_wallet_id):
-        raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
+    # fill its queue nor make an actor for a wallet that is not theirs (or does not exist). The
+    # target is the ledger's to check: its refusal is remembered under the Idempotency-Key.
+    owner = await request.app[ledger_key].owner(params.source_wallet_id, params.target_wallet_id)
+    refuse(own_wallet_refusal(principal.user_id, owner))
     command = Transfer(principal.user_id, params.source_wallet_id, params.target_wallet_id, params.amount,
                        request.get(request_id_key), idempotency(request, principal, raw_params))
     return await hand_to_actors(request, command)
@@ -101,12 +102,11 @@ async def exchange(request: web.Request, principal: Principal, params: ExchangeP
 def _fixed_rate(request: web.Request, service, kind: str):
     """The service's rate now, within the operator's ceiling: the record keeps it, and its
     settlement charges exactly the commission it fixes, whatever the service sets meanwhile."""
-    rates = CommissionRates(service["deposit_rate"], service["withdraw_rate"])
+    rates = CommissionRates.stored_or_default(service["deposit_rate"], service["withdraw_rate"])
     return fixed_commission_rate(rates, kind, request.app[settings_key].max_commission_rate)
 
 
 async def _own_wallet(pool, principal: Principal, wallet_id):
-    try:
-        return await accounts.owned_wallet(pool, principal.user_id, wallet_id)
-    except errors.WalletNotFound:
-        raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID") from None
+    row = await accounts.wallet(pool, wallet_id)
+    refuse(own_wallet_refusal(principal.user_id, accounts.owner(row)))
+    return row

@@ -17,10 +17,11 @@ from walletd.appkeys import pool_key, request_id_key, settings_key
 from walletd.auth.operator import OPERATOR, OperatorPrincipal
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
+from walletd.domain.access import check_settler
 from walletd.domain.commands import EXPIRY
 from walletd.domain.commands import OPERATOR as BY_OPERATOR
 from walletd.domain.commands import SERVICE as BY_SERVICE
-from walletd.domain.policy import CommissionRates, check_settler, fixed_commission_rate, settle_command
+from walletd.domain.policy import CommissionRates, fixed_commission_rate, settle_command
 from walletd.domain.vocabulary import TxType
 from walletd.handlers.commands import MOVE_ERRORS, hand_to_actors, idempotency, wake_delivery
 from walletd.handlers.endpoint import Routes
@@ -51,8 +52,8 @@ async def _settle(request: web.Request, principal: Principal | OperatorPrincipal
     found = await transactions.find_transaction(pool, params.transaction_id)
     pending = check_settler(found, None if by_operator else principal.user_id, kind)
     service = await accounts.service_wallets(pool, pending["service_user_id"], pending["currency_id"])
-    fallback = fixed_commission_rate(CommissionRates(service["deposit_rate"], service["withdraw_rate"]), kind,
-                                     request.app[settings_key].max_commission_rate)
+    rates = CommissionRates.stored_or_default(service["deposit_rate"], service["withdraw_rate"])
+    fallback = fixed_commission_rate(rates, kind, request.app[settings_key].max_commission_rate)
     command = settle_command(
         pending, new_status=params.new_status, service_wallet_id=service["service_wallet_id"],
         gateway_wallet_id=service["gateway_wallet_id"], fallback_rate=fallback,

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncpg
 
-from walletd.domain.vocabulary import Bucket
+from walletd.domain.vocabulary import MAY_GO_NEGATIVE, Bucket
+
+# The domain's rule, as an SQL list: which wallet kinds may hold a negative balance.
+_MAY_GO_NEGATIVE = ", ".join(f"'{kind}'" for kind in sorted(MAY_GO_NEGATIVE))
 
 # What each kind of transaction record says its journal entry did, as a condition on the record
 # `t`: its entry's kind, its parent's entry, the commissions charged on it (`fee`), and what its
@@ -95,9 +98,9 @@ _CHECKS = {
     "journal entry does not balance": """
         SELECT entry_id, currency_id, sum(amount) AS total FROM postings
          GROUP BY entry_id, currency_id HAVING sum(amount) <> 0""",
-    "wallet is negative": """
+    "wallet is negative": f"""
         SELECT id, kind, balance, reserved_balance FROM wallets
-         WHERE reserved_balance < 0 OR (balance < 0 AND kind NOT IN ('gateway', 'operator'))""",
+         WHERE reserved_balance < 0 OR (balance < 0 AND kind NOT IN ({_MAY_GO_NEGATIVE}))""",
     "currency total is not zero": """
         SELECT currency_id, sum(balance + reserved_balance) AS total FROM wallets
          GROUP BY currency_id HAVING sum(balance + reserved_balance) <> 0""",

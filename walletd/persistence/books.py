@@ -197,9 +197,10 @@ async def csv_chunk(pool: FairPool, wallet_id: uuid.UUID, start: datetime | None
                     row["balance_after"])
 
 
-async def service_wallets(pool: FairPool, service_user_id: uuid.UUID) -> list[asyncpg.Record]:
-    """A payment service's own wallets (its service and gateway wallet in every currency)."""
+async def wallets_of(pool: FairPool, owner: uuid.UUID, kinds: Sequence[str]) -> list[asyncpg.Record]:
+    """The owner's wallets of these kinds (a payment service's: its service and gateway wallet in
+    every currency), by currency, then kind in reverse order (service before gateway)."""
     return await pool.fetch(
         f"""SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id
-            WHERE w.user_id = $1 AND w.kind IN ('service', 'gateway') ORDER BY w.currency_id, w.kind DESC""",
-        service_user_id)
+            WHERE w.user_id = $1 AND w.kind = ANY($2::text[]) ORDER BY w.currency_id, w.kind DESC""",
+        owner, list(kinds))

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -53,7 +54,6 @@ from walletd.domain.commands import Command, Replay, Reverse, Settle
 from walletd.domain.effects import Effects
 from walletd.domain.planning import plan
 from walletd.domain.rates import RateBook
-from walletd.domain.vocabulary import WalletKind
 from walletd.logs import get_logger
 from walletd.persistence.batch_write import write_batch, writes_anything
 from walletd.persistence.breaker import DatabaseBreaker
@@ -252,11 +252,11 @@ class PgLedger:
         """Drop every prediction (they are re-read on next use)."""
         self.predictions.forget()
 
-    async def owns(self, user_id, wallet_id, *read_along) -> bool:
-        """Whether wallet_id is one of the user's own (user-kind) wallets: asked before a command may
-        enter the wallet's queue, from memory for a warm wallet (see persistence/predictions.py)."""
-        owner = await self.predictions.owner(wallet_id, *read_along)
-        return owner is not None and owner[0] == user_id and owner[1] == WalletKind.USER
+    async def owner(self, wallet_id, *read_along) -> tuple[uuid.UUID, str] | None:
+        """(owner's user id, kind) of the wallet, None if it does not exist: what the edge asks
+        before a command may enter the wallet's queue, from memory for a warm wallet (see
+        persistence/predictions.py)."""
+        return await self.predictions.owner(wallet_id, *read_along)
 
     # ---- locked path -------------------------------------------------------------------------
 
