@@ -83,5 +83,5 @@ async def wallet_transactions(request: web.Request, principal: Principal, params
     # Who owns a wallet decides what the caller may see: asked of the primary, even when the page
     # itself comes from a standby.
     await accounts.owned_wallet(request.app[pool_key], principal.user_id, params.wallet_id)
-    return _history(*await history.wallet_page(request.app[history_pool_key], params.wallet_id,
+    return _history(*await history.wallet_page(request.app[history_pool_key], principal.user_id, params.wallet_id,
                                                _cursor(params.cursor), params.limit))

@@ -12,7 +12,7 @@ from walletd.domain import errors
 from walletd.domain.ledger import Effects, WalletState
 from walletd.domain.policy import DEFAULT_COMMISSION, OPERATOR_USER_ID, plan_signup_bonus
 from walletd.domain.vocabulary import WalletKind
-from walletd.persistence.batch_write import write_batch
+from walletd.persistence.batch_write import Owners, write_batch
 from walletd.persistence.db import FairPool
 
 WALLET_COLUMNS = """w.id, w.balance, w.reserved_balance, w.currency_id, c.code AS currency, w.user_id, w.kind"""
@@ -53,19 +53,20 @@ async def create_user(pool: FairPool, *, username: str, email: str, password_has
                 user_id, DEFAULT_COMMISSION.deposit, DEFAULT_COMMISSION.withdraw)
         entry_id = None
         if role == "user" and signup_bonus > 0:
-            entry_id = await _grant_signup_bonus(conn, wallets, signup_bonus, request_id)
+            entry_id = await _grant_signup_bonus(conn, wallets, signup_bonus, request_id, pool.distributed)
     return user_id, entry_id
 
 
 async def _grant_signup_bonus(conn: asyncpg.Connection, wallets: list[asyncpg.Record], amount: Decimal,
-                              request_id: str | None) -> uuid.UUID | None:
+                              request_id: str | None, distributed: bool) -> uuid.UUID | None:
     desks = await conn.fetch(f"SELECT {_STATE_COLUMNS} FROM wallets WHERE user_id = $1 AND kind = $2",
                              OPERATOR_USER_ID, WalletKind.OPERATOR)
     effects = Effects(datetime.now(timezone.utc))
-    entry_id = plan_signup_bonus([WalletState(*w) for w in wallets], {d["currency_id"]: WalletState(*d) for d in desks},
+    states = [WalletState(*w) for w in wallets] + [WalletState(*d) for d in desks]
+    entry_id = plan_signup_bonus(states[:len(wallets)], {d.currency_id: d for d in states[len(wallets):]},
                                  amount, request_id, effects)
     if entry_id is not None:
-        await write_batch(conn, effects, [])
+        await write_batch(conn, effects, [], Owners({w.id: w for w in states}, {}) if distributed else None)
     return entry_id
 
 

@@ -1,5 +1,11 @@
 """Transaction history with keyset pagination on seq: each page is an index range scan, so
-its cost does not grow with the length of the history."""
+its cost does not grow with the length of the history.
+
+On Citus every record is stored once per user it concerns (owner_id: the initiator, and the
+receiver of a transfer between users; see persistence/citus/layout.py), so a page names its
+owner and is read from that user's shard alone (a router query: Citus runs it whole on one
+worker). The owner's rows are exactly what the single-node queries find through the user's
+wallets, for every caller these endpoints admit (users; service users read events instead)."""
 
 from __future__ import annotations
 
@@ -60,14 +66,36 @@ _USER_PENDING = f"""SELECT 1, seq, {TX_DOC} FROM (
 _WALLET_HISTORY = f"SELECT 0, * FROM ({_WALLET_PAGE}) page UNION ALL ({_WALLET_PENDING}) ORDER BY 1, 2 DESC"
 _USER_HISTORY = f"SELECT 0, * FROM ({_USER_PAGE}) page UNION ALL ({_USER_PENDING}) ORDER BY 1, 2 DESC"
 
+# Citus: $4 (wallet pages) and $1 (user pages) are the owner.
+_WALLET_PAGE_OWNED = (f"SELECT seq, {TX_DOC} FROM ({_page('owner_id = $4 AND from_wallet_id')} UNION ALL "
+                      f"{_page('owner_id = $4 AND to_wallet_id')}) t ORDER BY seq DESC LIMIT $3")
+_WALLET_PENDING_OWNED = f"""SELECT 1, seq, {TX_DOC} FROM (
+    SELECT * FROM transactions WHERE owner_id = $4 AND user_id = $4
+       AND status = 'pending' AND (from_wallet_id = $1 OR to_wallet_id = $1) ORDER BY seq DESC LIMIT {PENDING_LIMIT}
+) pending"""
+_USER_PAGE_OWNED = f"SELECT seq, {TX_DOC} FROM {_page('owner_id')}"
+_USER_PENDING_OWNED = f"""SELECT 1, seq, {TX_DOC} FROM (
+    SELECT * FROM transactions WHERE owner_id = $1 AND user_id = $1 AND status = 'pending'
+     ORDER BY seq DESC LIMIT {PENDING_LIMIT}
+) pending"""
+_WALLET_HISTORY_OWNED = (f"SELECT 0, * FROM ({_WALLET_PAGE_OWNED}) page UNION ALL ({_WALLET_PENDING_OWNED}) "
+                         "ORDER BY 1, 2 DESC")
+_USER_HISTORY_OWNED = f"SELECT 0, * FROM ({_USER_PAGE_OWNED}) page UNION ALL ({_USER_PENDING_OWNED}) ORDER BY 1, 2 DESC"
 
-async def wallet_page(pool: FairPool, wallet_id: uuid.UUID, before: int | None, limit: int):
-    """(records as JSON texts, next cursor or None, pending records as JSON texts)."""
-    return _split(await pool.fetch(_WALLET_HISTORY, wallet_id, before or _NO_CURSOR, limit + 1), limit)
+
+async def wallet_page(pool: FairPool, owner_id: uuid.UUID, wallet_id: uuid.UUID, before: int | None, limit: int):
+    """(records as JSON texts, next cursor or None, pending records as JSON texts). The caller
+    has checked that owner_id owns the wallet."""
+    if pool.distributed:
+        rows = await pool.fetch(_WALLET_HISTORY_OWNED, wallet_id, before or _NO_CURSOR, limit + 1, owner_id)
+    else:
+        rows = await pool.fetch(_WALLET_HISTORY, wallet_id, before or _NO_CURSOR, limit + 1)
+    return _split(rows, limit)
 
 
 async def user_page(pool: FairPool, user_id: uuid.UUID, before: int | None, limit: int):
-    return _split(await pool.fetch(_USER_HISTORY, user_id, before or _NO_CURSOR, limit + 1), limit)
+    query = _USER_HISTORY_OWNED if pool.distributed else _USER_HISTORY
+    return _split(await pool.fetch(query, user_id, before or _NO_CURSOR, limit + 1), limit)
 
 
 def _split(rows, limit):

@@ -54,7 +54,7 @@ from walletd.domain.ledger import (
     plan_withdraw_request,
 )
 from walletd.logs import get_logger
-from walletd.persistence.batch_write import write_batch, writes_anything
+from walletd.persistence.batch_write import Owners, write_batch, writes_anything
 from walletd.persistence.db import FairPool, discard
 from walletd.persistence.failures import UNAVAILABLE, outage, server_refused
 from walletd.persistence.in_doubt import InDoubt, backend_of, marker, stop_backend, wait_for_standby, was_written
@@ -228,7 +228,8 @@ class PgLedger:
         if writes_anything(effects, idempotency_rows):
             async with self.pool.acquire() as conn:
                 # In autocommit the write is its own transaction: a lost answer leaves it in doubt.
-                await self._decisive(conn, write_batch(conn, effects, idempotency_rows), results, effects)
+                await self._decisive(conn, write_batch(conn, effects, idempotency_rows, self._owners(wallets, pending)),
+                                     results, effects)
         self.predictions.learn(effects)
         return results, effects.events
 
@@ -246,12 +247,9 @@ class PgLedger:
             transaction = conn.transaction()
             await transaction.start()
             try:
-                rows = await conn.fetch(
-                    "SELECT id, balance, reserved_balance FROM wallets WHERE id = ANY($1::uuid[]) "
-                    "ORDER BY id FOR UPDATE",
-                    sorted(predicted))
+                rows = await conn.fetch(self._lock_wallets, sorted(predicted))
                 wallets = {r[0]: dataclasses.replace(predicted[r[0]], balance=r[1], reserved=r[2]) for r in rows}
-                pending = await pending_states(conn, settle_ids, lock=True) if settle_ids else {}
+                pending = await pending_states(conn, settle_ids, lock=not self.pool.distributed) if settle_ids else {}
                 now = datetime.now(timezone.utc)
                 rates = await rate_book(conn, now, self.rates_max_age) if converted else RateBook({}, now)
                 stored = await self._stored_responses(conn, keys) if keys else {}
@@ -259,7 +257,7 @@ class PgLedger:
                 results, idempotency_rows = self._plan_all(commands, wallets, rates, pending, stored, effects)
                 if writes_anything(effects, idempotency_rows):
                     # Inside a transaction only the COMMIT can leave the batch in doubt.
-                    await write_batch(conn, effects, idempotency_rows)
+                    await write_batch(conn, effects, idempotency_rows, self._owners(wallets, pending))
             except BaseException:
                 # Before COMMIT: whatever happened, nothing of this transaction is written.
                 if not conn.is_closed():
@@ -274,6 +272,19 @@ class PgLedger:
         return results, effects.events
 
     # ---- shared ------------------------------------------------------------------------------
+
+    @property
+    def _lock_wallets(self) -> str:
+        """The locked path's read. Citus runs FOR UPDATE only on one shard, and a batch spans
+        several; there the batch write itself decides (it applies deltas under the CHECK
+        constraints, and settles by compare-and-set), so a balance read without the lock can
+        cost a retry, never a wrong balance."""
+        lock = "" if self.pool.distributed else " FOR UPDATE"
+        return f"SELECT id, balance, reserved_balance FROM wallets WHERE id = ANY($1::uuid[]) ORDER BY id{lock}"
+
+    def _owners(self, wallets, pending) -> Owners | None:
+        """On Citus, the owner of every row the batch writes (its shard)."""
+        return Owners(wallets, pending) if self.pool.distributed else None
 
     async def _decisive(self, conn, step: Awaitable[object], results: list[object], effects: Effects) -> None:
         """Await the step that commits (the autocommit write, or COMMIT). A refusal from the server

@@ -132,21 +132,29 @@ async def pending_count(pool: FairPool) -> int:
     return await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
 
 
+# The due records, then their service wallets: on Citus they live on different shards, and the
+# second query names the owners, so only their shards are asked (and only when something is due).
+# A deposit's or withdrawal's currency is the same on both sides.
 _DUE_PENDING = """
-SELECT t.id, t.type, t.service_user_id, u.id AS user_wallet_id, g.id AS gateway_wallet_id, s.id AS service_wallet_id
-  FROM (SELECT id, type, service_user_id,
-               CASE WHEN type = 'deposit' THEN to_wallet_id ELSE from_wallet_id END AS user_wallet_id,
-               CASE WHEN type = 'deposit' THEN from_wallet_id ELSE to_wallet_id END AS gateway_wallet_id
-          FROM transactions
-         WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1::double precision)
-         ORDER BY created_at LIMIT $2) t
-  JOIN wallets u ON u.id = t.user_wallet_id
-  JOIN wallets g ON g.id = t.gateway_wallet_id
-  JOIN wallets s ON s.user_id = t.service_user_id AND s.currency_id = u.currency_id AND s.kind = 'service'
+SELECT id, type, service_user_id, coalesce(from_currency_id, to_currency_id) AS currency_id,
+       CASE WHEN type = 'deposit' THEN to_wallet_id ELSE from_wallet_id END AS user_wallet_id,
+       CASE WHEN type = 'deposit' THEN from_wallet_id ELSE to_wallet_id END AS gateway_wallet_id
+  FROM transactions
+ WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1::double precision)
+ ORDER BY created_at LIMIT $2
 """
+_SERVICE_WALLETS = "SELECT user_id, currency_id, id FROM wallets WHERE user_id = ANY($1::uuid[]) AND kind = 'service'"
 
 
 async def due_for_expiry(pool: FairPool, ttl_seconds: float, limit: int) -> list[dict]:
     """Pending deposits and withdrawals older than the TTL (by the database clock), oldest first,
     with the wallets a settlement names. Nothing is locked: the expiry's compare-and-set decides."""
-    return [dict(r) for r in await pool.fetch(_DUE_PENDING, float(ttl_seconds), limit)]
+    due = await pool.fetch(_DUE_PENDING, float(ttl_seconds), limit)
+    if not due:
+        return []
+    services = await pool.fetch(_SERVICE_WALLETS, list({r["service_user_id"] for r in due}))
+    wallet_of = {(r[0], r[1]): r[2] for r in services}
+    return [{"id": r["id"], "type": r["type"], "service_user_id": r["service_user_id"],
+             "user_wallet_id": r["user_wallet_id"], "gateway_wallet_id": r["gateway_wallet_id"],
+             "service_wallet_id": wallet_of[(r["service_user_id"], r["currency_id"])]}
+            for r in due if (r["service_user_id"], r["currency_id"]) in wallet_of]

@@ -1,0 +1,132 @@
+"""The Citus step of `walletd migrate`: after the migrations, a database whose server has the citus
+extension gets the layout of citus/layout.py and the distributed edition of the batch write.
+
+It places only what is not placed yet, so it runs on every migrate (cheaply: one catalog query)
+and a database distributed long ago picks up a table a later migration added. Everything runs in
+one transaction under migrate's advisory lock: a failure leaves the database as it was.
+
+Before a table is distributed, Citus needs every primary key and unique constraint to include
+the distribution column: each one that lacks it is rebuilt with the column first, under its own
+name. An id that was unique on its own stays unique by construction (walletd generates UUIDs).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import asyncpg
+
+from walletd.logs import get_logger
+from walletd.persistence.citus.layout import LAYOUT, ByUser, Local, OnCoordinator, Placement, Reference
+
+log = get_logger("walletd.citus")
+
+# The co-location group every ByUser table joins: the one of the first ByUser table listed.
+_ANCHOR = next(p.table for p in LAYOUT if isinstance(p, ByUser))
+
+_KEYS = """
+SELECT c.conname, c.contype, array_agg(a.attname::text ORDER BY k.ord) AS columns
+  FROM pg_constraint c
+ CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
+  JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+ WHERE c.conrelid = $1::regclass AND c.contype IN ('p', 'u')
+ GROUP BY c.oid, c.conname, c.contype
+ ORDER BY c.contype, c.conname
+"""
+
+
+async def citus_present(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"))
+
+
+async def placed_tables(conn: asyncpg.Connection) -> dict[str, str]:
+    """Table -> 'distributed', 'reference' or 'on coordinator', for what Citus already knows. A
+    table Citus registered by itself (a foreign key to a reference table) is not placed yet: Citus
+    may turn it back into a plain table."""
+    rows = await conn.fetch(
+        """SELECT logicalrelid::regclass::text,
+                  CASE WHEN partmethod = 'h' THEN 'distributed' WHEN repmodel = 't' THEN 'reference'
+                       ELSE 'on coordinator' END
+             FROM pg_dist_partition WHERE NOT autoconverted""")
+    return dict(rows)  # type: ignore[arg-type]
+
+
+def write_batch_sql() -> str:
+    return resources.files("walletd.persistence.citus").joinpath("write_batch.sql").read_text(encoding="utf-8")
+
+
+async def distribute(conn: asyncpg.Connection, layout: tuple[Placement, ...] = LAYOUT) -> list[str]:
+    """Places every table of the layout not placed yet; returns them. Call on a Citus coordinator."""
+    async with conn.transaction():
+        # The journal's append-only triggers go to the shards with their tables: they read no
+        # other table, which is what makes a trigger on a shard safe.
+        await conn.execute("SET LOCAL citus.enable_unsafe_triggers = on")
+        # One connection per worker for the whole step: creating shards of tables with foreign
+        # keys to reference tables in one transaction requires it.
+        await conn.execute("SET LOCAL citus.multi_shard_modify_mode = 'sequential'")
+        placed = await placed_tables(conn)
+        existing = {r[0] for r in await conn.fetch(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()")}
+        done: list[str] = []
+        pending = [p for p in layout if p.table in existing and p.table not in placed]
+        for placement in pending:
+            if isinstance(placement, ByUser):
+                await _prepare(conn, placement)
+        for placement in pending:
+            if isinstance(placement, Reference):
+                await conn.execute("SELECT create_reference_table($1)", placement.table)
+                done.append(placement.table)
+        for placement in pending:
+            if isinstance(placement, ByUser):
+                colocate = "none" if placement.table == _ANCHOR else _ANCHOR
+                await conn.execute("SELECT create_distributed_table($1, $2, colocate_with => $3)",
+                                   placement.table, placement.column, colocate)
+                done.append(placement.table)
+        for placement in pending:
+            if isinstance(placement, OnCoordinator):
+                await conn.execute("SELECT citus_add_local_table_to_metadata($1, cascade_via_foreign_keys => true)",
+                                   placement.table)
+                done.append(placement.table)
+        placed = await placed_tables(conn)
+        # Always: a later migration may have replaced the function with its single-node edition.
+        await conn.execute(write_batch_sql())
+    known = {p.table for p in layout}
+    for table in sorted(existing - known - set(placed)):
+        log.warning("citus.table_not_in_layout", table=table,
+                    detail="not distributed: add it to walletd/persistence/citus/layout.py")
+    if done:
+        log.info("citus.distributed", tables=done)
+    return done
+
+
+async def _prepare(conn: asyncpg.Connection, table: ByUser) -> None:
+    """What Citus needs of a local table before it can distribute it (see the module docstring)."""
+    name = table.table
+    if table.added:
+        await conn.execute(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {table.added}")
+    if table.backfill:
+        # The append-only triggers refuse the UPDATE that fills a column the journal gains here.
+        await conn.execute(f"ALTER TABLE {name} DISABLE TRIGGER USER")
+        for statement in table.backfill:
+            await conn.execute(statement)
+        await conn.execute(f"ALTER TABLE {name} ENABLE TRIGGER USER")
+    if table.added:
+        await conn.execute(f"ALTER TABLE {name} ALTER COLUMN {table.column} SET NOT NULL")
+    for trigger in table.drop_triggers:
+        await conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {name}")
+    for key in await conn.fetch(_KEYS, name):
+        if table.column in key["columns"]:
+            continue
+        kind = "PRIMARY KEY" if key["contype"] == "p" else "UNIQUE"
+        columns = ", ".join([table.column, *key["columns"]])
+        await conn.execute(f"ALTER TABLE {name} DROP CONSTRAINT {key['conname']}")
+        await conn.execute(f"ALTER TABLE {name} ADD CONSTRAINT {key['conname']} {kind} ({columns})")
+    for statement in table.after_keys:
+        await conn.execute(statement)
+    if table.replica_identity_full:
+        await conn.execute(f"ALTER TABLE {name} REPLICA IDENTITY FULL")
+    for statement in table.indexes:
+        await conn.execute(statement)
+
+
+__all__ = ["Local", "citus_present", "distribute", "placed_tables"]

@@ -1,0 +1,106 @@
+"""Where every table lives on a Citus cluster: one declarative list that the distribution step
+(citus/distribute.py) applies after the migrations. A table a later migration adds gets one line
+here; a table missing from the list is reported (`citus.table_not_in_layout`) and stays on the
+coordinator.
+
+- `Reference`: a copy on every node. Small, read by every command, written rarely: currencies
+  and rates, and the users (unique usernames and e-mails need the whole table in one place, and
+  a token check or a login then reads the local copy).
+- `ByUser`: hash-distributed by the id of the user the row belongs to, all in one co-location
+  group (the group of `wallets`), so one user's wallets, journal entries, postings, records and
+  idempotency keys sit in the same shard and a command about one user is a single-shard
+  transaction. `added` is a column only the distributed schema has (the single-node schema
+  finds the owner through joins a shard cannot make), `backfill` fills it on a database that
+  is distributed in place, before its rows are copied to the shards.
+- `OnCoordinator`: stays on the coordinator, registered with Citus so it may sit in one
+  transaction (and behind foreign keys) with the distributed tables: the outbox of events and
+  webhook deliveries (its feed orders events by the coordinator's transaction ids).
+- `Local`: a plain table of the coordinator that no distributed statement touches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from walletd.domain.policy import OPERATOR_USER_ID
+
+
+@dataclass(frozen=True)
+class Reference:
+    table: str
+
+
+@dataclass(frozen=True)
+class ByUser:
+    table: str
+    column: str
+    added: str | None = None
+    backfill: tuple[str, ...] = ()
+    # Replaced on Citus by an equivalent in the distributed write (see write_batch.sql).
+    drop_triggers: tuple[str, ...] = ()
+    indexes: tuple[str, ...] = ()
+    # Shard moves (adding a worker) copy rows by logical replication, which needs a replica
+    # identity; an append-only table without a primary key loses nothing with FULL.
+    replica_identity_full: bool = False
+    # Rows written once the primary key includes the distribution column.
+    after_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OnCoordinator:
+    table: str
+
+
+@dataclass(frozen=True)
+class Local:
+    table: str
+
+
+Placement = Reference | ByUser | OnCoordinator | Local
+
+# An entry lives with the first user-kind wallet it posts to (the customer of a settlement, the
+# sender of a transfer, the new user of a bonus), else with the first wallet's owner.
+_ENTRY_OWNERS = f"""
+UPDATE journal_entries e SET user_id = o.user_id
+  FROM (SELECT DISTINCT ON (p.entry_id) p.entry_id, w.user_id
+          FROM postings p JOIN wallets w ON w.id = p.wallet_id
+         ORDER BY p.entry_id, w.kind <> 'user', p.ctid) o
+ WHERE o.entry_id = e.id;
+UPDATE journal_entries SET user_id = '{OPERATOR_USER_ID}' WHERE user_id IS NULL
+"""
+
+# A transfer between two users is recorded once per side (same id and seq), so each side's
+# history is read from its own shard.
+_RECEIVER_COPIES = """
+INSERT INTO transactions (owner_id, id, seq, type, status, from_wallet_id, from_currency_id, from_user_id, amount,
+                          to_wallet_id, to_currency_id, to_user_id, rate, converted_amount, user_id,
+                          service_user_id, external_wallet_id, parent_id, entry_id, created_at, updated_at)
+OVERRIDING SYSTEM VALUE
+SELECT to_user_id, id, seq, type, status, from_wallet_id, from_currency_id, from_user_id, amount,
+       to_wallet_id, to_currency_id, to_user_id, rate, converted_amount, user_id,
+       service_user_id, external_wallet_id, parent_id, entry_id, created_at, updated_at
+  FROM transactions WHERE type = 'transfer' AND to_user_id IS NOT NULL AND to_user_id <> user_id
+ON CONFLICT DO NOTHING
+"""
+
+LAYOUT: tuple[Placement, ...] = (
+    Reference("currencies"),
+    Reference("exchange_rates"),
+    Reference("users"),
+    ByUser("wallets", "user_id"),
+    ByUser("external_wallets", "user_id"),
+    ByUser("commission_rates", "service_user_id"),
+    ByUser("idempotency_keys", "principal_id"),
+    ByUser("journal_entries", "user_id", added="user_id uuid", backfill=(_ENTRY_OWNERS,)),
+    ByUser("postings", "user_id", added="user_id uuid",
+           backfill=("UPDATE postings p SET user_id = w.user_id FROM wallets w WHERE w.id = p.wallet_id",),
+           drop_triggers=("postings_apply",), replica_identity_full=True),
+    ByUser("transactions", "owner_id", added="owner_id uuid",
+           backfill=("UPDATE transactions SET owner_id = user_id",), after_keys=(_RECEIVER_COPIES,),
+           indexes=("CREATE INDEX IF NOT EXISTS transactions_owner_seq ON transactions (owner_id, seq DESC)",)),
+    OnCoordinator("webhook_endpoints"),
+    OnCoordinator("events"),
+    OnCoordinator("webhook_deliveries"),
+    Local("login_failures"),
+    Local("schema_migrations"),
+)

@@ -1,0 +1,101 @@
+-- walletd_write_batch(doc jsonb), the Citus edition: installed by walletd/persistence/citus/distribute.py
+-- over migration 0005's single-node function, after every migrate on a Citus coordinator. Same
+-- document and same answer; the document also names the owner of each row (user_id), which is where
+-- the row's shard is. It runs on the coordinator, in the caller's transaction; a batch touching
+-- several workers commits with Citus's two-phase commit.
+--
+-- What the single-node schema does with a statement trigger on postings (REFERENCING NEW TABLE),
+-- this function does itself, because Citus runs no trigger that reads other shards, and a journal
+-- entry's postings may sit on two shards:
+--   * every entry sums to zero per currency (checked on the document, which is exactly what is
+--     inserted) and every posting names an entry of the batch;
+--   * the postings are applied to the wallets as deltas, one router UPDATE per wallet in wallet id
+--     order (the lock order of every writer, so batches queue instead of deadlocking), and a
+--     posting whose wallet, owner or currency does not match a wallet row fails the batch;
+--   * the CHECK constraints on wallets (no overdraft) hold on every shard as they are.
+-- Settlements stay a compare-and-set on 'pending' (counted; one short raises serialization_failure).
+-- A transfer between two users is recorded once per side (owner_id), so each side's history pages
+-- are read from its own shard.
+-- multi_shard_modify_mode: one connection per worker for the whole write, which Citus requires before
+-- it lets the same transaction write the outbox (tables on the coordinator with foreign keys to the
+-- reference table users); a batch's statements route to few shards, so nothing is lost.
+CREATE OR REPLACE FUNCTION walletd_write_batch(doc jsonb) RETURNS bigint LANGUAGE plpgsql
+SET citus.multi_shard_modify_mode = 'sequential' AS $$
+DECLARE
+    at constant timestamptz := (doc->>'now')::timestamptz;
+    bad uuid;
+    expected int;
+    settled_count bigint := 0;
+    changed int;
+    item record;
+BEGIN
+    SELECT p.entry_id INTO bad FROM jsonb_to_recordset(doc->'postings') AS p(entry_id uuid, currency_id int2, amount numeric)
+        GROUP BY p.entry_id, p.currency_id HAVING sum(p.amount) <> 0 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'journal entry % does not balance', bad USING ERRCODE = 'check_violation';
+    END IF;
+    SELECT p.entry_id INTO bad FROM jsonb_to_recordset(doc->'postings') AS p(entry_id uuid)
+        WHERE p.entry_id NOT IN (SELECT e.id FROM jsonb_to_recordset(doc->'entries') AS e(id uuid)) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'posting names unknown journal entry %', bad USING ERRCODE = 'foreign_key_violation';
+    END IF;
+
+    INSERT INTO journal_entries (user_id, id, kind, request_id, created_at)
+    SELECT e.user_id, e.id, e.kind, e.request_id, at
+      FROM jsonb_to_recordset(doc->'entries') AS e(user_id uuid, id uuid, kind text, request_id text);
+    INSERT INTO postings (user_id, entry_id, wallet_id, currency_id, bucket, amount)
+    SELECT p.user_id, p.entry_id, p.wallet_id, p.currency_id, p.bucket, p.amount FROM jsonb_to_recordset(doc->'postings')
+        AS p(user_id uuid, entry_id uuid, wallet_id uuid, currency_id int2, bucket text, amount numeric);
+    INSERT INTO transactions (owner_id, id, type, status, from_wallet_id, from_currency_id, from_user_id, amount,
+                              to_wallet_id, to_currency_id, to_user_id, rate, converted_amount, user_id,
+                              service_user_id, external_wallet_id, parent_id, entry_id, created_at)
+    SELECT o.owner_id, t.* FROM jsonb_to_recordset(doc->'transactions')
+        AS t(id uuid, type text, status text, from_wallet_id uuid, from_currency_id int2, from_user_id uuid,
+             amount numeric, to_wallet_id uuid, to_currency_id int2, to_user_id uuid, rate numeric,
+             converted_amount numeric, user_id uuid, service_user_id uuid, external_wallet_id uuid,
+             parent_id uuid, entry_id uuid, created_at timestamptz)
+      CROSS JOIN LATERAL (SELECT t.user_id UNION
+                          SELECT t.to_user_id WHERE t.type = 'transfer' AND t.to_user_id IS NOT NULL) o(owner_id);
+    FOR item IN SELECT u.* FROM jsonb_to_recordset(doc->'settled') AS u(user_id uuid, id uuid, status text, entry_id uuid)
+                 ORDER BY u.id LOOP
+        UPDATE transactions t SET status = item.status, entry_id = coalesce(item.entry_id, t.entry_id), updated_at = at
+         WHERE t.owner_id = item.user_id AND t.id = item.id AND t.status = 'pending';
+        GET DIAGNOSTICS changed = ROW_COUNT;
+        settled_count := settled_count + changed;
+    END LOOP;
+    PERFORM walletd_expect(settled_count, coalesce(jsonb_array_length(doc->'settled'), 0));
+    FOR item IN SELECT c.user_id, c.id, sum(c.amount) AS amount
+                  FROM jsonb_to_recordset(doc->'paid_out') AS c(user_id uuid, id uuid, amount numeric)
+                 GROUP BY c.user_id, c.id ORDER BY c.id LOOP
+        UPDATE external_wallets e SET amount_withdraw = e.amount_withdraw + item.amount
+         WHERE e.user_id = item.user_id AND e.id = item.id;
+    END LOOP;
+    INSERT INTO idempotency_keys (principal_id, key, request_hash, status_code, response)
+    SELECT i.* FROM jsonb_to_recordset(doc->'idempotency')
+        AS i(principal_id uuid, key text, request_hash text, status_code int2, response jsonb);
+    -- Balances last, in wallet id order (as the single-node trigger, after the settlements).
+    expected := 0;
+    FOR item IN SELECT p.user_id, p.wallet_id, p.currency_id,
+                       coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'B'), 0) AS balance_delta,
+                       coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'R'), 0) AS reserved_delta
+                  FROM jsonb_to_recordset(doc->'postings') AS p(user_id uuid, wallet_id uuid, currency_id int2, bucket text, amount numeric)
+                 GROUP BY p.user_id, p.wallet_id, p.currency_id ORDER BY p.wallet_id LOOP
+        UPDATE wallets w SET balance = w.balance + item.balance_delta, reserved_balance = w.reserved_balance + item.reserved_delta
+         WHERE w.user_id = item.user_id AND w.id = item.wallet_id AND w.currency_id = item.currency_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'posting names an unknown wallet or the wrong currency' USING ERRCODE = 'foreign_key_violation';
+        END IF;
+    END LOOP;
+    IF jsonb_array_length(doc->'events') > 0 THEN
+        WITH outbox AS (
+            INSERT INTO events (id, service_user_id, type, transaction_id, body, created_at)
+            SELECT o.id, o.service_user_id, o.type, o.transaction_id, o.body::json, at
+              FROM jsonb_to_recordset(doc->'events')
+                AS o(id uuid, service_user_id uuid, type text, transaction_id uuid, body text)
+            RETURNING id, service_user_id
+        )
+        INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at, created_at)
+        SELECT o.id, w.id, at, at FROM outbox o JOIN webhook_endpoints w ON w.service_user_id = o.service_user_id;
+    END IF;
+    RETURN settled_count;
+END $$;
