@@ -114,15 +114,12 @@ async def user_wallets(pool: FairPool, user_id: uuid.UUID) -> list[asyncpg.Recor
             WHERE w.user_id = $1 AND w.kind = $2 ORDER BY w.currency_id""", user_id, WalletKind.USER)
 
 
-async def wallet(pool: FairPool | asyncpg.Connection, wallet_id: uuid.UUID) -> asyncpg.Record | None:
-    return await pool.fetchrow(
-        f"SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id WHERE w.id = $1", wallet_id)
-
-
 async def owned_wallet(pool: FairPool, user_id: uuid.UUID, wallet_id: uuid.UUID) -> asyncpg.Record:
-    """A wallet of this user; anyone else's looks exactly like one that does not exist."""
-    row = await wallet(pool, wallet_id)
-    if row is None or row["user_id"] != user_id or row["kind"] != WalletKind.USER:
+    """A wallet of this user; anyone else's looks exactly like one that does not exist. Asked by
+    owner and id: on Citus that is the owner's shard only."""
+    row = await pool.fetchrow(f"SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id "
+                              "WHERE w.user_id = $1 AND w.id = $2", user_id, wallet_id)
+    if row is None or row["kind"] != WalletKind.USER:
         raise errors.WalletNotFound()
     return row
 

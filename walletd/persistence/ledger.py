@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import json
 import time
+import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -217,7 +218,8 @@ class PgLedger:
         wallets = {i: dataclasses.replace(state) for i, state in predicted.items()}
         now = datetime.now(timezone.utc)
         settle_ids = [c.transaction_id for c in commands if isinstance(c, Settle)]
-        pending = await pending_states(self.pool, settle_ids, lock=False) if settle_ids else {}
+        pending = await pending_states(self.pool, settle_ids, lock=False,
+                                       owners=self._customers(commands, predicted)) if settle_ids else {}
         rates = await rate_book(self.pool, now, self.rates_max_age) if converted else RateBook({}, now)
         keys = [c.idempotency for c in commands if c.idempotency is not None]
         stored = await self._stored_responses(self.pool, keys) if keys else {}
@@ -249,7 +251,8 @@ class PgLedger:
             try:
                 rows = await conn.fetch(self._lock_wallets, sorted(predicted))
                 wallets = {r[0]: dataclasses.replace(predicted[r[0]], balance=r[1], reserved=r[2]) for r in rows}
-                pending = await pending_states(conn, settle_ids, lock=not self.pool.distributed) if settle_ids else {}
+                pending = await pending_states(conn, settle_ids, lock=True,
+                                               owners=self._customers(commands, predicted)) if settle_ids else {}
                 now = datetime.now(timezone.utc)
                 rates = await rate_book(conn, now, self.rates_max_age) if converted else RateBook({}, now)
                 stored = await self._stored_responses(conn, keys) if keys else {}
@@ -281,6 +284,13 @@ class PgLedger:
         cost a retry, never a wrong balance."""
         lock = "" if self.pool.distributed else " FOR UPDATE"
         return f"SELECT id, balance, reserved_balance FROM wallets WHERE id = ANY($1::uuid[]) ORDER BY id{lock}"
+
+    def _customers(self, commands, wallets) -> list[uuid.UUID] | None:
+        """On Citus, the owners of the records a batch settles: the users of their wallets."""
+        if not self.pool.distributed:
+            return None
+        return list({wallets[c.user_wallet_id].user_id for c in commands
+                     if isinstance(c, Settle) and c.user_wallet_id in wallets})
 
     def _owners(self, wallets, pending) -> Owners | None:
         """On Citus, the owner of every row the batch writes (its shard)."""
@@ -354,7 +364,8 @@ class PgLedger:
     @staticmethod
     async def _stored_responses(conn, keys) -> dict:
         rows = await conn.fetch(
+            # principal_id = ANY: on Citus, only the callers' shards are asked.
             """SELECT principal_id, key, request_hash, status_code, response FROM idempotency_keys
-               WHERE (principal_id, key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))""",
+               WHERE principal_id = ANY($1::uuid[]) AND (principal_id, key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))""",
             [k.principal_id for k in keys], [k.key for k in keys])
         return {(r[0], r[1]): (r[2], r[3], json.loads(r[4])) for r in rows}

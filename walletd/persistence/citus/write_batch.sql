@@ -16,6 +16,17 @@
 -- Settlements stay a compare-and-set on 'pending' (counted; one short raises serialization_failure).
 -- A transfer between two users is recorded once per side (owner_id), so each side's history pages
 -- are read from its own shard.
+-- Every batch commits with two-phase commit, also one that touches a single worker (Citus would
+-- commit that one in one phase, and a worker lost during that COMMIT leaves an error on the
+-- coordinator whatever the worker did: the outcome unknown). With 2PC an error means nothing
+-- committed and success means committed (recovery finishes a worker that missed COMMIT PREPARED),
+-- so walletd's answers stay exact. The vote: a write that Citus executes on the coordinator turns
+-- 2PC on; this one finds its row present and writes nothing.
+CREATE TABLE IF NOT EXISTS walletd_two_phase (id smallint PRIMARY KEY);
+INSERT INTO walletd_two_phase VALUES (1) ON CONFLICT DO NOTHING;
+SELECT citus_add_local_table_to_metadata('walletd_two_phase')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'walletd_two_phase'::regclass);
+
 -- multi_shard_modify_mode: one connection per worker for the whole write, which Citus requires before
 -- it lets the same transaction write the outbox (tables on the coordinator with foreign keys to the
 -- reference table users); a batch's statements route to few shards, so nothing is lost.
@@ -29,6 +40,7 @@ DECLARE
     changed int;
     item record;
 BEGIN
+    INSERT INTO walletd_two_phase VALUES (1) ON CONFLICT DO NOTHING;
     SELECT p.entry_id INTO bad FROM jsonb_to_recordset(doc->'postings') AS p(entry_id uuid, currency_id int2, amount numeric)
         GROUP BY p.entry_id, p.currency_id HAVING sum(p.amount) <> 0 LIMIT 1;
     IF FOUND THEN
