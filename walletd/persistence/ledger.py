@@ -366,6 +366,7 @@ class PgLedger:
         rows = await conn.fetch(
             # principal_id = ANY: on Citus, only the callers' shards are asked.
             """SELECT principal_id, key, request_hash, status_code, response FROM idempotency_keys
-               WHERE principal_id = ANY($1::uuid[]) AND (principal_id, key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))""",
+               WHERE principal_id = ANY($1::uuid[])
+                 AND (principal_id, key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))""",
             [k.principal_id for k in keys], [k.key for k in keys])
         return {(r[0], r[1]): (r[2], r[3], json.loads(r[4])) for r in rows}

@@ -37,7 +37,8 @@ DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
 """
 
 
-_PRUNE_DISTRIBUTED = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1::double precision)"
+_PRUNE_DISTRIBUTED = ("DELETE FROM idempotency_keys "
+                      "WHERE created_at < now() - make_interval(secs => $1::double precision)")
 
 
 def sweep_interval(retention_seconds: float) -> float:
