@@ -48,7 +48,7 @@ async def placed_tables(conn: asyncpg.Connection) -> dict[str, str]:
                   CASE WHEN partmethod = 'h' THEN 'distributed' WHEN repmodel = 't' THEN 'reference'
                        ELSE 'on coordinator' END
              FROM pg_dist_partition WHERE NOT autoconverted""")
-    return dict(rows)  # type: ignore[arg-type]
+    return {r[0]: r[1] for r in rows}
 
 
 def write_batch_sql() -> str:
