@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WALLETD_DATA_DIR ?= $(CURDIR)/.walletd
 
-.PHONY: install run demo lint test test-ha bench bench-smoke audit clean
+.PHONY: install run demo lint test test-ha test-citus bench bench-smoke audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test: install
 # etcd-server, python3-venv, Patroni and a system user).
 test-ha: install
 	tests/ha/run.sh failover sync_gap
+
+# The Citus suite: builds Citus from ../shared/vendor/citus-src.tar.gz once (cached in
+# ~/.cache/walletd), starts a coordinator and two workers on loopback, runs tests/citus/ on them.
+test-citus: install
+	tests/citus/run.sh
 
 bench: install
 	$(BIN)/python -m bench.run
