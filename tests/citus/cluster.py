@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +40,8 @@ NODE_SETTINGS = {
     "shared_preload_libraries": "'citus'",
     "max_connections": "300",
     "max_prepared_transactions": "200",
+    # Moving shards to a new worker without stopping writes copies them by logical replication.
+    "wal_level": "logical",
     "citus.recover_2pc_interval": "'1s'",
     "shared_buffers": "'64MB'",
     "log_min_messages": "warning",
@@ -147,6 +148,15 @@ class CitusCluster:
             self.start_node(node.name)
         self._save()
 
+    def add_worker(self) -> Node:
+        """One more worker, started (no database knows it yet: see add_to_database)."""
+        node = Node(f"worker{len(self.workers) + 1}", free_port(), self.run_dir / f"worker{len(self.workers) + 1}")
+        self.nodes.append(node)
+        self._init_node(node)
+        self.start_node(node.name)
+        self._save()
+        return node
+
     def _init_node(self, node: Node) -> None:
         node.data.mkdir(mode=0o700)
         if os.geteuid() == 0:
@@ -193,21 +203,22 @@ class CitusCluster:
 
     # ---- databases ---------------------------------------------------------------------------
 
-    async def create_database(self, name: str) -> str:
+    async def create_database(self, name: str, *, citus: bool = True) -> str:
         """A database with the citus extension on every node and the workers registered with the
-        coordinator (Citus keeps its node list per database); returns the coordinator's URL."""
-        for node in self.nodes:
-            conn = await asyncpg.connect(node.url())
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                await conn.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await conn.close()
-            conn = await asyncpg.connect(node.url(name))
-            try:
-                await conn.execute("CREATE EXTENSION citus")
-            finally:
-                await conn.close()
+        coordinator (Citus keeps its node list per database); returns the coordinator's URL.
+        citus=False: a plain PostgreSQL database on the coordinator alone (see enable_citus)."""
+        await self._create(self.coordinator, name)
+        if citus:
+            await self.enable_citus(name)
+        return self.coordinator.url(name)
+
+    async def enable_citus(self, name: str) -> None:
+        """Turns the coordinator's database `name` into a Citus coordinator with every worker,
+        as an operator does to distribute an existing database in place."""
+        for worker in self.workers:
+            await self._create(worker, name)
+            await self._extension(worker, name)
+        await self._extension(self.coordinator, name)
         conn = await asyncpg.connect(self.coordinator.url(name))
         try:
             await conn.execute("SELECT citus_set_coordinator_host($1, $2)", HOST, self.coordinator.port)
@@ -215,18 +226,33 @@ class CitusCluster:
                 await conn.fetchval("SELECT citus_add_node($1, $2)", HOST, worker.port)
         finally:
             await conn.close()
-        return self.coordinator.url(name)
 
+    async def add_to_database(self, node: Node, name: str) -> None:
+        """Registers a worker with the coordinator's database `name` (its shards stay where they are)."""
+        await self._create(node, name)
+        await self._extension(node, name)
+        conn = await asyncpg.connect(self.coordinator.url(name))
+        try:
+            await conn.fetchval("SELECT citus_add_node($1, $2)", HOST, node.port)
+        finally:
+            await conn.close()
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    @staticmethod
+    async def _create(node: Node, name: str) -> None:
+        conn = await asyncpg.connect(node.url())
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    @staticmethod
+    async def _extension(node: Node, name: str) -> None:
+        conn = await asyncpg.connect(node.url(name))
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
+        finally:
+            await conn.close()
 
 
 def main(argv: list[str] | None = None) -> int:

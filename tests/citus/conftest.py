@@ -76,19 +76,6 @@ async def users_on(db, ports: list[int], count: int, register, client) -> dict[i
     raise AssertionError(f"could not place {count} users on each of {ports}")
 
 
-async def prepared_transactions(cluster: CitusCluster, database_url: str) -> int:
-    """Prepared (two-phase) transactions still open on any worker of this database."""
-    name = database_url.rsplit("/", 1)[1]
-    total = 0
-    for worker in cluster.workers:
-        conn = await asyncpg.connect(worker.url(name))
-        try:
-            total += await conn.fetchval("SELECT count(*) FROM pg_prepared_xacts WHERE database = $1", name)
-        finally:
-            await conn.close()
-    return total
-
-
 async def recover_two_phase(database_url: str, timeout: float = 60) -> None:
     """Citus's 2PC recovery, run now (its maintenance daemon also runs it every second here) until
     no worker holds a prepared transaction of this database."""

@@ -25,7 +25,7 @@ log = get_logger("walletd.citus")
 _ANCHOR = next(p.table for p in LAYOUT if isinstance(p, ByUser))
 
 _KEYS = """
-SELECT c.conname, c.contype, array_agg(a.attname::text ORDER BY k.ord) AS columns
+SELECT c.conname, c.contype::text AS contype, array_agg(a.attname::text ORDER BY k.ord) AS columns
   FROM pg_constraint c
  CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
   JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
