@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WALLETD_DATA_DIR ?= $(CURDIR)/.walletd
 
-.PHONY: install run demo lint test test-ha test-citus bench bench-smoke audit clean
+.PHONY: install run demo lint test test-ha test-citus bench bench-citus bench-smoke audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ test-citus: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+# The same runs on a Citus coordinator and two workers on this machine (figures in bench/results/citus.json).
+bench-citus: install
+	$(BIN)/python -m bench.run --citus "$$(tests/citus/build.sh)" --out bench/results/citus.json
 
 bench-smoke: install
 	$(BIN)/python -m bench.run --smoke

