@@ -249,10 +249,6 @@ class PgLedger:
             transaction = conn.transaction()
             await transaction.start()
             try:
-                if self.pool.distributed:
-                    # Citus lets a transaction write the outbox (on the coordinator, behind a
-                    # foreign key to a reference table) only if it kept one connection per worker.
-                    await conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
                 rows = await conn.fetch(self._lock_wallets, sorted(predicted))
                 wallets = {r[0]: dataclasses.replace(predicted[r[0]], balance=r[1], reserved=r[2]) for r in rows}
                 pending = await pending_states(conn, settle_ids, lock=True,

@@ -36,9 +36,11 @@ class Delivery:
 async def create_endpoint(pool: FairPool, endpoint_id: uuid.UUID, service_user_id: uuid.UUID, url: str,
                           secret: str) -> dict | None:
     """None when the service user already has MAX_ENDPOINTS (checked in the insert itself)."""
+    # The count as a CTE: Citus plans an INSERT whose SELECT reads the same table only this way.
     row = await pool.fetchrow(
-        """INSERT INTO webhook_endpoints (id, service_user_id, url, secret)
-           SELECT $1, $2, $3, $4 WHERE (SELECT count(*) FROM webhook_endpoints WHERE service_user_id = $2) < $5
+        """WITH existing AS (SELECT count(*) AS n FROM webhook_endpoints WHERE service_user_id = $2)
+           INSERT INTO webhook_endpoints (id, service_user_id, url, secret)
+           SELECT $1, $2, $3, $4 FROM existing WHERE n < $5
            RETURNING id, url, created_at""", endpoint_id, service_user_id, url, secret, MAX_ENDPOINTS)
     return dict(row) if row else None
 

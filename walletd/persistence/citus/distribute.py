@@ -17,7 +17,7 @@ from importlib import resources
 import asyncpg
 
 from walletd.logs import get_logger
-from walletd.persistence.citus.layout import LAYOUT, ByUser, Local, OnCoordinator, Placement, Reference
+from walletd.persistence.citus.layout import LAYOUT, ByUser, OnCoordinator, Placement, Reference
 
 log = get_logger("walletd.citus")
 
@@ -69,9 +69,12 @@ async def distribute(conn: asyncpg.Connection, layout: tuple[Placement, ...] = L
             "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()")}
         done: list[str] = []
         pending = [p for p in layout if p.table in existing and p.table not in placed]
+        references = {p.table for p in layout if isinstance(p, Reference)}
         for placement in pending:
             if isinstance(placement, ByUser):
                 await _prepare(conn, placement)
+            elif isinstance(placement, OnCoordinator):
+                await _keep_plain(conn, placement.table, references)
         for placement in pending:
             if isinstance(placement, Reference):
                 await conn.execute("SELECT create_reference_table($1)", placement.table)
@@ -81,11 +84,6 @@ async def distribute(conn: asyncpg.Connection, layout: tuple[Placement, ...] = L
                 colocate = "none" if placement.table == _ANCHOR else _ANCHOR
                 await conn.execute("SELECT create_distributed_table($1, $2, colocate_with => $3)",
                                    placement.table, placement.column, colocate)
-                done.append(placement.table)
-        for placement in pending:
-            if isinstance(placement, OnCoordinator):
-                await conn.execute("SELECT citus_add_local_table_to_metadata($1, cascade_via_foreign_keys => true)",
-                                   placement.table)
                 done.append(placement.table)
         placed = await placed_tables(conn)
         # Always: a later migration may have replaced the function with its single-node edition.
@@ -97,6 +95,16 @@ async def distribute(conn: asyncpg.Connection, layout: tuple[Placement, ...] = L
     if done:
         log.info("citus.distributed", tables=done)
     return done
+
+
+async def _keep_plain(conn: asyncpg.Connection, table: str, references: set[str]) -> None:
+    """Drops the table's foreign keys to future reference tables (see layout.OnCoordinator)."""
+    rows = await conn.fetch(
+        "SELECT conname, confrelid::regclass::text FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'f'",
+        table)
+    for name, target in rows:
+        if target in references:
+            await conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
 
 
 async def _prepare(conn: asyncpg.Connection, table: ByUser) -> None:
@@ -128,5 +136,3 @@ async def _prepare(conn: asyncpg.Connection, table: ByUser) -> None:
     for statement in table.indexes:
         await conn.execute(statement)
 
-
-__all__ = ["Local", "citus_present", "distribute", "placed_tables"]

@@ -12,10 +12,14 @@ coordinator.
   transaction. `added` is a column only the distributed schema has (the single-node schema
   finds the owner through joins a shard cannot make), `backfill` fills it on a database that
   is distributed in place, before its rows are copied to the shards.
-- `OnCoordinator`: stays on the coordinator, registered with Citus so it may sit in one
-  transaction (and behind foreign keys) with the distributed tables: the outbox of events and
-  webhook deliveries (its feed orders events by the coordinator's transaction ids).
-- `Local`: a plain table of the coordinator that no distributed statement touches.
+- `OnCoordinator`: stays a plain PostgreSQL table of the coordinator, written in the same
+  (distributed) transactions as the money it reports and read by plain PostgreSQL: the outbox of
+  events and webhook deliveries (its feed orders events by the coordinator's transaction ids).
+  Its foreign keys to tables that become reference tables are dropped first: Citus would
+  otherwise take the table into its metadata and plan its statements itself, and its planner
+  refuses some of them (now() inside CASE in an UPDATE, a subquery on the table an INSERT
+  writes). A webhook endpoint's service user is the authenticated caller who created it.
+- `Local`: a plain table of the coordinator with no such foreign key.
 """
 
 from __future__ import annotations

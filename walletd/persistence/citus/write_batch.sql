@@ -27,11 +27,7 @@ INSERT INTO walletd_two_phase VALUES (1) ON CONFLICT DO NOTHING;
 SELECT citus_add_local_table_to_metadata('walletd_two_phase')
  WHERE NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'walletd_two_phase'::regclass);
 
--- multi_shard_modify_mode: one connection per worker for the whole write, which Citus requires before
--- it lets the same transaction write the outbox (tables on the coordinator with foreign keys to the
--- reference table users); a batch's statements route to few shards, so nothing is lost.
-CREATE OR REPLACE FUNCTION walletd_write_batch(doc jsonb) RETURNS bigint LANGUAGE plpgsql
-SET citus.multi_shard_modify_mode = 'sequential' AS $$
+CREATE OR REPLACE FUNCTION walletd_write_batch(doc jsonb) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     at constant timestamptz := (doc->>'now')::timestamptz;
     bad uuid;
