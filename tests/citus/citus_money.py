@@ -4,6 +4,7 @@ statement trigger refuses, atomically across workers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from decimal import Decimal
@@ -200,3 +201,22 @@ async def test_the_batch_write_refuses_what_the_trigger_refuses_on_every_worker(
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
         await db.execute("DELETE FROM postings WHERE user_id = $1", alice["id"])
     await assert_ledger_consistent(db)
+
+
+async def test_a_foreign_claim_on_a_wallet_does_not_hide_it_from_its_owner(world):
+    """On Citus a wallet is read from the shard of the owner a command claims: commands of the
+    owner and of someone claiming the same wallet, queued together (both run on that wallet's
+    actor, so they share batches), each get their own answer."""
+    client, service = world["client"], world["service"]
+    alice, mallory, bob = world["a"][1], world["b"][0], world["b"][1]
+    await fund(client, alice, service, 2, "20")
+    source = alice["wallets"][2]["id"]
+
+    def send(user):
+        return client.post("/wallet/transfer", headers=user["headers"], params={
+            "source_wallet_id": source, "target_wallet_id": bob["wallets"][2]["id"], "amount": "1"})
+
+    responses = await asyncio.gather(*(send(user) for _ in range(6) for user in (mallory, alice)))
+    statuses = [(r.status, (await r.json()).get("code")) for r in responses]
+    assert statuses[1::2] == [(200, None)] * 6, statuses  # alice's
+    assert statuses[0::2] == [(400, "wallet_not_found")] * 6, statuses  # mallory's

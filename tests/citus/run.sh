@@ -24,4 +24,4 @@ cleanup() {
 }
 trap cleanup EXIT
 [ $# -gt 0 ] || set -- tests/citus/citus_*.py
-WALLETD_CITUS_INSTALL=$INSTALL WALLETD_CITUS_RUN_DIR=$RUN_DIR .venv/bin/python -m pytest -q "$@"
+WALLETD_CITUS_INSTALL=$INSTALL WALLETD_CITUS_RUN_DIR=$RUN_DIR .venv/bin/python -m pytest -q --durations=10 "$@"
