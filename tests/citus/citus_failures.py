@@ -233,9 +233,13 @@ async def test_a_worker_stopped_under_load_answers_503_and_recovers(servers, db,
     stored = await db.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = ANY($1::text[])", refused)
     assert stored == 0, f"{stored} of {len(refused)} keys answered 503 were stored"
     # Then every transfer not acknowledged is retried with its key and goes through exactly once.
-    for key in refused + sorted(load.unanswered):
-        for attempt in range(100):
-            if await send(session, load, procs[attempt % 2].url, key) == 200:
-                break
-            await asyncio.sleep(0.2)
+    async def retry(keys: list[str]) -> None:
+        for key in keys:
+            for attempt in range(100):
+                if await send(session, load, procs[attempt % 2].url, key) == 200:
+                    break
+                await asyncio.sleep(0.2)
+
+    todo = refused + sorted(load.unanswered)
+    await asyncio.gather(*(retry(todo[n::8]) for n in range(8)))
     await verify(db, database_url, load)
