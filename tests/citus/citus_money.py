@@ -208,7 +208,7 @@ async def test_a_foreign_claim_on_a_wallet_does_not_hide_it_from_its_owner(world
     owner and of someone claiming the same wallet, queued together (both run on that wallet's
     actor, so they share batches), each get their own answer."""
     client, service = world["client"], world["service"]
-    alice, mallory, bob = world["a"][1], world["b"][0], world["b"][1]
+    alice, mallory, bob = world["a"][1], world["b"][0], world["a"][0]  # wallets no other test counts
     await fund(client, alice, service, 2, "20")
     source = alice["wallets"][2]["id"]
 
