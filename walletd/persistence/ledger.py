@@ -67,6 +67,11 @@ log = get_logger("walletd.ledger")
 
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.UniqueViolationError)
 
+_STORED = """SELECT principal_id, key, request_hash, status_code, response FROM idempotency_keys
+             WHERE (principal_id, key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))"""
+# On Citus the callers' ids also name their shards, which then alone are asked.
+_STORED_OWNED = _STORED + " AND principal_id = ANY($1::uuid[])"
+
 
 @dataclass(frozen=True)
 class Replay:
@@ -222,7 +227,7 @@ class PgLedger:
                                        owners=self._customers(commands, predicted)) if settle_ids else {}
         rates = await rate_book(self.pool, now, self.rates_max_age) if converted else RateBook({}, now)
         keys = [c.idempotency for c in commands if c.idempotency is not None]
-        stored = await self._stored_responses(self.pool, keys) if keys else {}
+        stored = await self._stored_responses(self.pool, keys, self.pool.distributed) if keys else {}
         effects = Effects(now)
         results, idempotency_rows = self._plan_all(commands, wallets, rates, pending, stored, effects)
         if any(isinstance(r, errors.InsufficientFunds) for r in results):
@@ -255,7 +260,7 @@ class PgLedger:
                                                owners=self._customers(commands, predicted)) if settle_ids else {}
                 now = datetime.now(timezone.utc)
                 rates = await rate_book(conn, now, self.rates_max_age) if converted else RateBook({}, now)
-                stored = await self._stored_responses(conn, keys) if keys else {}
+                stored = await self._stored_responses(conn, keys, self.pool.distributed) if keys else {}
                 effects = Effects(now)
                 results, idempotency_rows = self._plan_all(commands, wallets, rates, pending, stored, effects)
                 if writes_anything(effects, idempotency_rows):
@@ -362,11 +367,7 @@ class PgLedger:
         raise TypeError(f"unknown command {command!r}")
 
     @staticmethod
-    async def _stored_responses(conn, keys) -> dict:
-        rows = await conn.fetch(
-            # principal_id = ANY: on Citus, only the callers' shards are asked.
-            """SELECT principal_id, key, request_hash, status_code, response FROM idempotency_keys
-               WHERE principal_id = ANY($1::uuid[])
-                 AND (principal_id, key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))""",
-            [k.principal_id for k in keys], [k.key for k in keys])
+    async def _stored_responses(conn, keys, distributed: bool) -> dict:
+        rows = await conn.fetch(_STORED_OWNED if distributed else _STORED,
+                                [k.principal_id for k in keys], [k.key for k in keys])
         return {(r[0], r[1]): (r[2], r[3], json.loads(r[4])) for r in rows}
