@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WALLETD_DATA_DIR ?= $(CURDIR)/.walletd
 
-.PHONY: install run demo lint test test-ha test-citus bench bench-citus bench-smoke audit clean
+.PHONY: install run demo lint test test-ha test-citus test-docker test-monitoring test-restore bench bench-citus bench-smoke audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,23 @@ test-ha: install
 # ~/.cache/walletd), starts a coordinator and two workers on loopback, runs tests/citus/ on them.
 test-citus: install
 	tests/citus/run.sh
+
+# The Dockerfile built and run against a PostgreSQL, healthy, `walletd smoke`, stopped. Needs root
+# on Debian (installs docker.io and debootstrap; builds the base image from Debian packages and
+# caches it in ~/.cache/walletd). See docs/operations.md.
+test-docker: install
+	tests/docker/run.sh
+
+# deploy/'s alert rules and dashboard: promtool check and unit tests, then a real Prometheus
+# scraping a live walletd evaluates every dashboard query. Installs Debian's prometheus if missing.
+test-monitoring: install
+	tests/monitoring/run.sh
+
+# Backup and restore with PostgreSQL's own tools: WAL archiving, pg_basebackup under load, the
+# cluster destroyed, restored to the latest point and to an earlier instant; prints RPO and restore
+# times (docs/operations.md).
+test-restore: install
+	$(BIN)/python -m tests.restore.run
 
 bench: install
 	$(BIN)/python -m bench.run

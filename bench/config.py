@@ -9,9 +9,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 JWT_SECRET = "bench-secret-" + "b" * 48
-OPERATOR_KEY = "bench-operator-key"
+OPERATOR_KEY = "bench-operator-key-0123456789abcdef"  # walletd refuses keys under 24 characters
+SECRETS_KEY = "YmVuY2gtc2VjcmV0cy1rZXktb2YtMzItYnl0ZXMtLS0="  # a Fernet key (32 bytes, URL-safe base64)
 HOST = "127.0.0.1"
 TRANSFER_AMOUNT = "0.01"
+LEGS_PER_REQUEST = 100  # legs of each POST /wallet/transfers of the transfer_legs run
 DATABASE = "walletd_bench"
 
 
@@ -61,8 +63,8 @@ def parse_args(argv: list[str] | None, description: str) -> Config:
                         "tests/citus/build.sh built into DIR, instead of the embedded PostgreSQL (make bench-citus)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(GROUPS)} (development aid)")
     p.add_argument("--out", type=Path,
-                   help="where to write the JSON (bench/results/latest.json; smoke: bench/results/smoke.json, "
-                        "so a CI smoke run never overwrites the figures of a full run)")
+                   help="where to write the JSON (bench/results/latest.json, ignored by git; smoke: "
+                        "bench/results/smoke.json, so a CI smoke run never overwrites the figures of a full run)")
     a = p.parse_args(argv)
     smoke = a.smoke
     only = {g.strip() for g in a.only.split(",") if g.strip()}

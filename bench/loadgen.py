@@ -45,10 +45,14 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[index]
 
 
-def build_request(method: str, path: str, query: str, host: str, token: str | None) -> str:
-    """One HTTP/1.1 request as text; the same shape for walletd and every reference server."""
+def build_request(method: str, path: str, query: str, host: str, token: str | None, body: str | None = None) -> str:
+    """One HTTP/1.1 request as text; the same shape for walletd and every reference server. A JSON
+    body (ASCII) is sent as is: such a request is a whole one, not a template."""
     target = f"{path}?{query}" if query else path
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    if body is not None:
+        return (f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}")
     length = "Content-Length: 0\r\n" if method in ("POST", "PUT") else ""
     return f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{auth}{length}\r\n"
 

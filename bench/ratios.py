@@ -26,7 +26,14 @@ RATIO_DEFINITIONS = {
     "hot_vs_lock_reference": "min(hot credit ÷ lock-per-request hot credit, hot debit ÷ lock-per-request hot debit)",
     "history_1m_vs_100": "cost of the first history page, 1M-row wallet ÷ 100-row wallet = ops/s(100) ÷ ops/s(1M) "
                          "(closed loop: the mean-latency ratio)",
-    "p99_ms_max": "worst p99 latency (ms) over the walletd runs",
+    "p99_ms_max": "worst p99 latency (ms) over the walletd runs of single operations (not transfer_legs, whose "
+                  "requests carry 100 transfers each)",
+    "batch_legs_vs_uniform": "legs/s of 100-leg POST /wallet/transfers requests ÷ walletd uniform transfers/s "
+                             "(single POST /wallet/transfer)",
+    "server_cpu_ms_per_transfer": "walletd's CPU (user + system) per uniform transfer, ms",
+    "hot_credit_vs_pgbench_hot": "walletd hot-credit transfers/s ÷ pgbench hot-row tps",
+    "hot_debit_vs_pgbench_hot": "walletd hot-debit transfers/s ÷ pgbench hot-row tps",
+    "memory_after_idle_vs_baseline": "walletd RSS after the actors' idle timeout ÷ RSS before the memory run",
 }
 
 
@@ -34,7 +41,9 @@ def ratios(scenarios: dict, memory: dict | None) -> dict:
     ops = lambda name: _ops(scenarios, name)  # noqa: E731
     uniform, credit, debit = ops("walletd.uniform"), ops("walletd.hot_credit"), ops("walletd.hot_debit")
     walletd_p99 = [s["latency_ms"]["p99"] for k, s in scenarios.items()
-                   if k.startswith("walletd.") and s.get("latency_ms", {}).get("p99") is not None]
+                   if k.startswith("walletd.") and k != "walletd.transfer_legs"
+                   and s.get("latency_ms", {}).get("p99") is not None]
+    legs = (scenarios.get("walletd.transfer_legs") or {}).get("legs_per_s")
     big, small = scenarios.get("walletd.read_history_big"), scenarios.get("walletd.read_history_small")
     out = {
         "uniform_vs_floor": _div(uniform, ops("floor.http")),
@@ -48,6 +57,8 @@ def ratios(scenarios: dict, memory: dict | None) -> dict:
         "history_1m_vs_100": _div(_ops(scenarios, "walletd.read_history_small"),
                                   _ops(scenarios, "walletd.read_history_big")),
         "p99_ms_max": max(walletd_p99) if walletd_p99 else None,
+        "batch_legs_vs_uniform": _div(legs, uniform),
+        "server_cpu_ms_per_transfer": (scenarios.get("walletd.uniform") or {}).get("server_cpu_ms_per_op"),
         # Extra detail behind the keys above.
         "uniform_vs_lock_reference": _div(uniform, ops("lock.uniform")),
         "hot_credit_vs_lock_reference": _div(credit, ops("lock.hot_credit")),
@@ -79,8 +90,12 @@ def targets(r: dict, scenarios: dict, memory: dict | None) -> dict:
         "hot_credit_vs_uniform": check(r["hot_credit_vs_uniform"], ">=", 0.9),
         "hot_debit_vs_uniform": check(r["hot_debit_vs_uniform"], ">=", 0.9),
         "hot_vs_pgbench_hot": check(r["hot_vs_pgbench_hot"], ">=", 1.5),
+        "hot_credit_vs_pgbench_hot": check(r["hot_credit_vs_pgbench_hot"], ">=", 1.5),
+        "hot_debit_vs_pgbench_hot": check(r["hot_debit_vs_pgbench_hot"], ">=", 1.5),
+        "server_cpu_ms_per_transfer": check(r["server_cpu_ms_per_transfer"], "<=", 0.16),
         "hot_vs_lock_reference": check(r["hot_vs_lock_reference"], ">=", 3),
         "p99_ms_max": check(r["p99_ms_max"], "<=", 25),
+        "batch_legs_vs_uniform": check(r["batch_legs_vs_uniform"], ">=", 5),
         "history_1m_vs_100": check(r["history_1m_vs_100"], "<=", 1.5),
         "memory_after_idle_vs_baseline": check(memory.get("after_idle_vs_baseline") if memory else None, "<=", 1.10),
         "walletd_errors_other_than_4xx": check(walletd_errors, "<=", 0),

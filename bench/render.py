@@ -39,6 +39,10 @@ def render(report: dict) -> str:
             f"{cell(lat.get('max'), '9.1f')}{cell(s.get('errors'), '8d')}{cell(s.get('server_cpu_ms_per_op'), '10.3f')}"
             f"{cell(s.get('pg_cpu_ms_per_op'), '10.3f')}{cell(s.get('client_cpu_ms_per_op'), '10.3f')}"
             f"{cell(s.get('peak_rss_mb'), '9.1f')}")
+    legs = scenarios.get("walletd.transfer_legs")
+    if legs and legs.get("legs_per_s") is not None:
+        lines.append(f"  walletd.transfer_legs: {legs['ops_per_s']:.0f} requests/s x {legs['legs_per_request']} legs "
+                     f"= {legs['legs_per_s']:.0f} transfers/s")
     for name, s in scenarios.items():
         if s.get("errors"):
             lines.append(f"  {name}: status {s.get('status')}, transport {s.get('transport_errors')}, "
@@ -72,7 +76,8 @@ def render(report: dict) -> str:
     audit = report.get("audit")
     lines.append("")
     if audit == "clean":
-        lines.append("audit: clean (walletd audit: every balance equals its postings, every entry balances)")
+        lines.append("audit: clean (walletd audit: every balance equals its postings, every entry balances, "
+                     "the journal's hash chain holds)")
     elif isinstance(audit, str):
         lines.append(f"audit: {audit}")
     else:

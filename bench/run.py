@@ -11,7 +11,9 @@ What it does, in order:
  3. starts `walletd serve` as a subprocess (WALLETD_LOG_LEVEL=info as in production, its JSON
     lines going to a file) and funds every wallet THROUGH THE LEDGER: deposit requests
     (POST /wallet/deposit), then settlement (PUT /service/transaction/deposit, paid);
- 4. bulk-loads the history wallets (1,000,000 rows vs 100) with balanced SQL, VACUUM ANALYZE;
+ 4. bulk-loads the history wallets (1,000,000 rows vs 100) with balanced SQL, VACUUM ANALYZE, and
+    waits until walletd has sealed them into the journal's hash chain and its self-audit has checked
+    them (a backlog no steady state has; the seconds are in the report, meta.history);
  5. drives every scenario from a separate process (bench/loadgen.py), fixed concurrency,
     time-bounded, each after a warm-up; samples server CPU (/proc utime+stime) of walletd and of
     the whole PostgreSQL process tree at the edges of the measured window, and peak RSS;
@@ -51,7 +53,17 @@ from pathlib import Path
 import asyncpg
 
 from bench import citus as bench_citus
-from bench.config import DATABASE, HOST, JWT_SECRET, OPERATOR_KEY, REPO, TRANSFER_AMOUNT, Config, parse_args
+from bench.config import (
+    DATABASE,
+    HOST,
+    JWT_SECRET,
+    OPERATOR_KEY,
+    REPO,
+    SECRETS_KEY,
+    TRANSFER_AMOUNT,
+    Config,
+    parse_args,
+)
 from bench.harness import Bench, HarnessError, Server, Target, log_problems, say
 from bench.memory import MemoryRun
 from bench.ratios import RATIO_DEFINITIONS, ratios, targets
@@ -60,7 +72,8 @@ from bench.render import render
 from bench.scenarios import WalletdScenarios, populate
 from walletd import testing
 
-SCENARIO_ORDER = ["walletd.uniform", "walletd.hot_credit", "walletd.hot_debit", "walletd.deposit_request",
+SCENARIO_ORDER = ["walletd.uniform", "walletd.hot_credit", "walletd.hot_debit", "walletd.transfer_legs",
+                  "walletd.deposit_request",
                   "walletd.settlement_burst",
                   "walletd.read_wallets", "walletd.read_history_big", "walletd.read_history_small", "floor.http",
                   "lock.uniform", "lock.hot_credit", "lock.hot_debit", "pgbench.uniform", "pgbench.hot_row"]
@@ -98,7 +111,7 @@ def new_report(cfg: Config) -> dict:
 
 def walletd_env(cfg: Config, url: str) -> dict[str, str]:
     env = {**os.environ, "DATABASE_URL": url, "WALLETD_JWT_SECRET": JWT_SECRET,
-           "WALLETD_OPERATOR_KEY": OPERATOR_KEY, "WALLETD_LOG_LEVEL": cfg.log_level,
+           "WALLETD_OPERATOR_KEY": OPERATOR_KEY, "WALLETD_SECRETS_KEY": SECRETS_KEY, "WALLETD_LOG_LEVEL": cfg.log_level,
            "PYTHONMALLOC": "malloc",  # as `make run` and the Dockerfile deploy walletd
            "WALLETD_ACTOR_IDLE_SECONDS": str(cfg.idle_seconds), "PYTHONUNBUFFERED": "1"}
     env.pop("WALLETD_SIGNUP_BONUS", None)
@@ -159,8 +172,8 @@ async def measure(cfg: Config, workdir: Path, report: dict, servers: list[Server
 
     # -- walletd --------------------------------------------------------------------------------------
     env = walletd_env(cfg, url)
-    report["meta"]["walletd_env"].update({k: v for k, v in env.items() if k.startswith("WALLETD_")
-                                          and k not in ("WALLETD_JWT_SECRET", "WALLETD_OPERATOR_KEY")})
+    secret = ("WALLETD_JWT_SECRET", "WALLETD_OPERATOR_KEY", "WALLETD_SECRETS_KEY")
+    report["meta"]["walletd_env"].update({k: v for k, v in env.items() if k.startswith("WALLETD_") and k not in secret})
     walletd_port = testing.free_port(HOST)
     walletd = Server("walletd", testing.walletd_command("serve", "--host", HOST, "--port", str(walletd_port),
                                                         "--workers", str(cfg.workers)),

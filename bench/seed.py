@@ -135,14 +135,15 @@ async def _load_pairs(conn: asyncpg.Connection, owner: User, counterpart: User, 
             2 * start, 2 * stop - 1, rows)
         # One statement per chunk, so that without `fast` the balancing trigger sees whole
         # entries; each pair nets to zero per wallet, so no balance changes either way.
+        # Each posting carries its entry's time and realizes the entry's one record (same id).
         await conn.execute(
-            f"""INSERT INTO postings (entry_id, wallet_id, currency_id, bucket, amount)
-                SELECT {ident}, leg.wallet_id, $5::int2, 'B', leg.amount
+            f"""INSERT INTO postings (entry_id, wallet_id, currency_id, bucket, amount, created_at, transaction_id)
+                SELECT {ident}, leg.wallet_id, $5::int2, 'B', leg.amount, {at.replace('$3', '$7')}, {ident}
                   FROM generate_series($1::bigint, $2::bigint) i,
                        LATERAL (VALUES (CASE WHEN i % 2 = 0 THEN $3::uuid ELSE $4::uuid END, -$6::numeric),
                                        (CASE WHEN i % 2 = 0 THEN $4::uuid ELSE $3::uuid END, $6::numeric))
                                AS leg(wallet_id, amount)""",
-            2 * start, 2 * stop - 1, a, b, currency_id, amount)
+            2 * start, 2 * stop - 1, a, b, currency_id, amount, rows)
         await conn.execute(
             f"""INSERT INTO transactions (id, type, status, from_wallet_id, from_currency_id, from_user_id, amount,
                                           to_wallet_id, to_currency_id, to_user_id, rate, converted_amount,

@@ -34,7 +34,8 @@ from walletd.persistence.migrate import migrate
 from walletd.testing import LOOPBACK, create_empty_database, free_port, walletd_server
 
 PASSWORD = "Str0ng!pass"
-OPERATOR_KEY = "bench-operator-key"
+OPERATOR_KEY = "bench-operator-key-0123456789abcdef"  # walletd refuses keys under 24 characters
+SECRETS_KEY = "YmVuY2gtc2VjcmV0cy1rZXktb2YtMzItYnl0ZXMtLS0="  # a Fernet key (32 bytes, URL-safe base64)
 
 
 class Receiver:
@@ -144,8 +145,10 @@ async def main(events: int, load_seconds: float) -> None:
         url = await create_empty_database(embedded.database_url(server), "webhooks_bench")
         conn = await asyncpg.connect(url)
         await migrate(conn)
+        # The receiver listens on loopback, which walletd refuses unless allowed by name.
         proc = walletd_server(url, base_dir / "walletd.log", jwt_secret="b" * 48, operator_key=OPERATOR_KEY,
-                              WALLETD_LOG_LEVEL="warning")
+                              secrets_key=SECRETS_KEY, WALLETD_LOG_LEVEL="warning",
+                              WALLETD_WEBHOOK_ALLOW_HOSTS=LOOPBACK)
         await proc.start("/ready")
         try:
             async with aiohttp.ClientSession() as session:

@@ -5,9 +5,11 @@ and the real app through pytest-aiohttp. No mocks: every test talks HTTP to wall
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import os
 import tempfile
+import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -19,13 +21,16 @@ from tests.oracles import DEPOSIT_RATE, net_of_commission
 from walletd import logs, testing
 from walletd.app import create_app
 from walletd.config import Settings
+from walletd.integrity.verify import audit_chain
 from walletd.persistence import embedded
 from walletd.persistence.audit import find_problems
 from walletd.persistence.migrate import migrate
 from walletd.testing import ServerProcess, free_port, walletd_command, walletd_server  # noqa: F401 - re-exported
 
 JWT_SECRET = "test-secret-" + "x" * 40
-OPERATOR_KEY = "test-operator-key"
+SECRETS_KEY = base64.urlsafe_b64encode(b"walletd-test-secrets-key-32bytes").decode()  # a Fernet key
+OPERATOR_KEY = "test-operator-key-0123456789abcdef"  # at least 24 characters, as walletd requires
+OPERATOR = {"X-Operator-Key": OPERATOR_KEY}
 PASSWORD = "Str0ng!pass"
 _db_counter = itertools.count()
 
@@ -91,7 +96,7 @@ async def database_url(admin_url) -> str:
 def settings_for(database_url):
     def build(**overrides) -> Settings:
         values = dict(database_url=database_url, jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY,
-                      actor_idle_seconds=5.0, pool_size=6)
+                      secrets_key=SECRETS_KEY, actor_idle_seconds=5.0, pool_size=6)
         values.update(overrides)
         return Settings(**values)
     return build
@@ -185,7 +190,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 async def run_cli(database_url: str, *args: str, timeout: float = 60) -> tuple[int, str]:
     """Run `walletd <args>` against database_url; returns (exit code, stdout + stderr)."""
-    env = {**os.environ, "DATABASE_URL": database_url, "WALLETD_JWT_SECRET": JWT_SECRET}
+    env = {**os.environ, "DATABASE_URL": database_url, "WALLETD_JWT_SECRET": JWT_SECRET,
+           "WALLETD_SECRETS_KEY": SECRETS_KEY}
     proc = await asyncio.create_subprocess_exec(*walletd_command(*args), cwd=REPO_ROOT, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -198,6 +204,7 @@ class ServeProcess(ServerProcess):
     def __init__(self, database_url: str, **env: str) -> None:
         log = Path(tempfile.mkstemp(prefix="walletd-serve-", suffix=".log")[1])
         server = walletd_server(database_url, log, jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY,
+                                secrets_key=SECRETS_KEY,
                                 cwd=REPO_ROOT, **{"WALLETD_LOG_LEVEL": "warning", **env})
         super().__init__(server.name, server.cmd, server.env, server.port, log, server.cwd)
         self.database_url = database_url
@@ -220,9 +227,12 @@ async def wallets_snapshot(db) -> list[tuple]:
 
 
 async def assert_ledger_consistent(db) -> None:
-    """The ledger's invariants, checked by the same queries as `walletd audit` (on db's connection)."""
+    """The ledger's invariants and the journal's hash chain (as far as it is sealed yet), checked by
+    the same code as `walletd audit` (on db's connection)."""
     problems = await find_problems(db)
     assert problems == [], problems
+    chain = await audit_chain(db)
+    assert [str(p) for p in chain.problems] == [], chain.summary()
 
 
 async def api_transfer(client, user: dict, source_currency: int, target_wallet_id: str, amount, headers=None):
@@ -253,6 +263,38 @@ async def api_external_wallet(client, user: dict, currency_id: int) -> dict:
                              params={"wallet_name": f"card-{currency_id}", "currency_id": currency_id})
     assert resp.status == 200, await resp.text()
     return await resp.json()
+
+
+@pytest.fixture
+async def provider(aiohttp_server):
+    """A rate provider (exchangeratesapi.io shapes) on 127.0.0.1. Its documents live in the returned
+    dict; tests change them between calls."""
+    from aiohttp import web
+
+    state = {
+        "latest": {"base": "EUR", "timestamp": int(time.time()),
+                   "rates": {"EUR": 1, "USD": "1.0850000000", "RUB": "98.7654321", "GBP": "0.8555"}},
+        "symbols": {"symbols": {"EUR": "Euro", "USD": "United States Dollar", "RUB": "Russian Ruble",
+                                "GBP": "British Pound Sterling"}},
+        "status": 200, "calls": [],
+    }
+
+    async def latest(request):
+        state["calls"].append(request.path)
+        if state["status"] != 200:
+            return web.Response(status=state["status"], text="down")
+        return web.json_response(state["latest"])
+
+    async def symbols(request):
+        state["calls"].append(request.path)
+        return web.json_response(state["symbols"])
+
+    app = web.Application()
+    app.router.add_get("/latest", latest)
+    app.router.add_get("/symbols", symbols)
+    server = await aiohttp_server(app)
+    state["url"] = f"http://127.0.0.1:{server.port}"
+    return state
 
 
 @pytest.fixture

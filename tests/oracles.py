@@ -5,14 +5,16 @@ integers with Python's round() (half to even) and floor/ceil (truncation), never
 Decimal.quantize, whose context precision could round an intermediate product. The rules are the
 ones the README documents: amounts have 10 places; a commission is amount × rate rounded half to
 even (the postings table); a conversion is amount × rate truncated to 10 places; a cross rate is
-the quotient of two provider rates rounded half to even.
+the quotient of two provider rates cut to 10 places (toward the exchange desk).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 
 SCALE = 10**10
 UNIT = Decimal("1E-10")
@@ -68,5 +70,16 @@ def converted(amount: Number, rate: Number) -> Decimal:
 
 
 def cross_rate(rate_from: Number, rate_to: Number) -> Decimal:
-    """The stored rate from one currency to another, both quoted against the provider's base."""
-    return to_decimal(half_even(exact(rate_to) / exact(rate_from)))
+    """The stored rate from one currency to another, both quoted against the provider's base: cut,
+    never rounded up, so the desk never pays more than the exact quotient."""
+    return to_decimal(truncated(exact(rate_to) / exact(rate_from)))
+
+
+def seed_rate(from_currency_id: int, to_currency_id: int) -> Decimal:
+    """The rate a fresh database holds for a pair: walletd/data/seed.json's quotes against its
+    base, crossed as above (1 within one currency)."""
+    if from_currency_id == to_currency_id:
+        return Decimal(1)
+    seed = json.loads((Path(__file__).resolve().parents[1] / "walletd" / "data" / "seed.json").read_text())
+    codes = {c["id"]: c["code"] for c in seed["currencies"]}
+    return cross_rate(seed["rates"][codes[from_currency_id]], seed["rates"][codes[to_currency_id]])

@@ -15,7 +15,7 @@ from walletd.testing import LOOPBACK, free_port
 class Receiver:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.received: list[dict] = []  # {"event_id", "signature", "body" (bytes), "event" (dict), "status"}
+        self.received: list[dict] = []  # {"event_id", "host", "signature", "body" (bytes), "event" (dict), "status"}
         self.script: list[int] = []  # statuses to answer, in order
         self._runner: web.AppRunner | None = None
         self._arrived = asyncio.Event()
@@ -27,7 +27,7 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         status = self.script.pop(0) if self.script else 200
-        self.received.append({"event_id": request.headers.get("Walletd-Event-Id"),
+        self.received.append({"event_id": request.headers.get("Walletd-Event-Id"), "host": request.host,
                               "signature": request.headers.get("Walletd-Signature"),
                               "body": body, "event": json.loads(body), "status": status})
         self._arrived.set()

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 from walletd import __version__
-from walletd.config import ConfigError, Settings
+from walletd.config import ConfigError, Settings, check_jwt_secret, check_operator_key
 from walletd.persistence.migrate import MigrationError
 
 DEFAULT_HOST = "127.0.0.1"  # loopback unless asked: the Dockerfile passes --host 0.0.0.0
@@ -31,19 +31,37 @@ def resolve_database(settings: Settings) -> tuple[str, str, object | None]:
                               "(tokens signed with a throwaway secret would die with the process)")
         return settings.database_url, settings.jwt_secret, None
     server = embedded.start(settings.data_dir)
-    secret = settings.jwt_secret or embedded.persistent_secret(settings.data_dir)
+    secret = settings.jwt_secret or check_jwt_secret(embedded.persistent_secret(settings.data_dir),
+                                                     str(settings.data_dir / embedded.JWT_SECRET_FILE))
     return embedded.database_url(server), secret, server
 
 
-def with_operator_key(settings: Settings, embedded_server: object | None) -> Settings:
-    """An embedded installation gets an operator key made once and kept in the data directory
-    (beside the JWT secret), unless WALLETD_OPERATOR_KEY is set: a plain `make run` can then
-    register the payment service. With DATABASE_URL the key comes only from the environment."""
-    if settings.operator_key or embedded_server is None:
+def with_secrets_key(settings: Settings, embedded_server: object | None) -> Settings:
+    """WALLETD_SECRETS_KEY, else (embedded only) a key made once and kept beside the JWT secret.
+    With DATABASE_URL it must be set: every process and host must decrypt what the others stored."""
+    if settings.secrets_key:
         return settings
+    if embedded_server is None:
+        raise ConfigError("DATABASE_URL is set but WALLETD_SECRETS_KEY is not: refusing to start (it encrypts "
+                          "webhook secrets and must be the same for every walletd process; generate one with "
+                          "`walletd secrets-key`)")
     from walletd.persistence import embedded
 
-    return dataclasses.replace(settings, operator_key=embedded.persistent_operator_key(settings.data_dir))
+    return dataclasses.replace(settings, secrets_key=embedded.persistent_secrets_key(settings.data_dir))
+
+
+def with_operator_key(settings: Settings, *, embedded: bool) -> Settings:
+    """An embedded installation gets an operator key made once (32 random bytes) and kept in the
+    data directory (beside the JWT secret), unless WALLETD_OPERATOR_KEY is set: a plain `make run`
+    can then register the payment service. With DATABASE_URL the key comes only from the environment.
+    WALLETD_OPEN_SERVICE_REGISTRATION=1 opens registration whether or not a key was generated."""
+    if settings.operator_key or not embedded:
+        return settings
+    from walletd.persistence import embedded as embedded_pg
+
+    path = embedded_pg.operator_key_path(settings.data_dir)
+    key = check_operator_key(embedded_pg.persistent_operator_key(settings.data_dir), f"the operator key in {path}")
+    return dataclasses.replace(settings, operator_key=key)
 
 
 async def _migrate(url: str, settings: Settings) -> list:
@@ -78,12 +96,18 @@ def serve(args, settings: Settings) -> int:
     from walletd.server import run as run_server
 
     logs.configure(settings.log_level)
+    if settings.database_url and not settings.secrets_key:
+        with_secrets_key(settings, None)  # refuses now, before anything starts
     if not args.worker and (problem := _port_problem(args.host, args.port)):
         print(f"walletd: cannot listen on {args.host}:{args.port}: {problem}", file=sys.stderr)
         return 1
+    operator_key_from_env = settings.operator_key is not None and not args.generated_operator_key
+    # Before the embedded PostgreSQL starts: a key file too short to be a credential stops
+    # walletd (exit 2) with nothing left running. A worker of an embedded installation reads
+    # its parent's generated key from the data directory.
+    settings = with_operator_key(settings, embedded=settings.database_url is None or args.generated_operator_key)
     url, secret, server = resolve_database(settings)
-    operator_key_from_env = settings.operator_key is not None
-    settings = with_operator_key(settings, server)
+    settings = with_secrets_key(settings, server)
     if not args.worker:
         asyncio.run(_migrate(url, settings))
     log = logs.get_logger("walletd")
@@ -91,7 +115,9 @@ def serve(args, settings: Settings) -> int:
              workers=args.workers, pid=os.getpid())
     # Extra worker processes share the port (SO_REUSEPORT; the kernel spreads connections) and
     # the database; each has its own actors. Correctness across them comes from PostgreSQL.
-    children = [_spawn_worker(args, url, secret, settings.operator_key) for _ in range(args.workers - 1)]
+    key_generated = settings.operator_key is not None and not operator_key_from_env
+    children = [_spawn_worker(args, url, secret, key_generated, settings.secrets_key)
+                for _ in range(args.workers - 1)]
     app = create_app(settings, url, secret)
     # Everything built so far lives as long as the process: keep it out of the cyclic collector's
     # sweeps, and collect the young generation less often (a full sweep stalls every request).
@@ -157,10 +183,10 @@ def print_banner(args, settings: Settings, server: object | None, operator_key_f
         lines.append(f"  operator key:         {embedded.operator_key_path(data_dir)}   (send as X-Operator-Key)")
     elif settings.operator_key:
         lines.append("  operator key:         from WALLETD_OPERATOR_KEY   (send as X-Operator-Key)")
-    if settings.operator_key:
-        registration = "needs the operator key"
-    elif settings.open_service_registration:
+    if settings.open_service_registration:
         registration = "OPEN to anyone (WALLETD_OPEN_SERVICE_REGISTRATION=1, development only)"
+    elif settings.operator_key:
+        registration = "needs the operator key"
     else:
         registration = "closed (set WALLETD_OPERATOR_KEY)"
     lines.append(f"  service registration: {registration}")
@@ -169,12 +195,16 @@ def print_banner(args, settings: Settings, server: object | None, operator_key_f
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def _spawn_worker(args, url: str, secret: str, operator_key: str | None) -> subprocess.Popen:
+def _spawn_worker(args, url: str, secret: str, key_generated: bool, secrets_key: str | None) -> subprocess.Popen:
+    """A key set in WALLETD_OPERATOR_KEY reaches the worker in the inherited environment; a generated
+    one is read from the data directory by the worker itself, so that the worker, like its parent,
+    does not take it for an explicit key (which WALLETD_OPEN_SERVICE_REGISTRATION=1 refuses)."""
     env = {**os.environ, "DATABASE_URL": url, "WALLETD_JWT_SECRET": secret}
-    if operator_key:
-        env["WALLETD_OPERATOR_KEY"] = operator_key
-    return subprocess.Popen([sys.executable, "-m", "walletd", "serve", "--host", args.host, "--port", str(args.port),
-                             "--workers", "1", "--worker"], env=env)
+    if secrets_key:
+        env["WALLETD_SECRETS_KEY"] = secrets_key
+    argv = [sys.executable, "-m", "walletd", "serve", "--host", args.host, "--port", str(args.port),
+            "--workers", "1", "--worker"]
+    return subprocess.Popen(argv + (["--generated-operator-key"] if key_generated else []), env=env)
 
 
 def migrate_cmd(args, settings: Settings) -> int:
@@ -190,14 +220,25 @@ def migrate_cmd(args, settings: Settings) -> int:
 
 
 def audit_cmd(args, settings: Settings) -> int:
-    from walletd.persistence.audit import run_audit
+    from walletd.integrity.verify import run_full_audit
 
     url = settings.database_url or resolve_database(settings)[0]
-    problems = asyncio.run(run_audit(url))
+    problems, chain_summary = asyncio.run(run_full_audit(url, args.expect_head))
     for problem in problems:
         print(problem)
+    print(chain_summary)
     print("audit: clean" if not problems else f"audit: {len(problems)} problem(s)")
     return 1 if problems else 0
+
+
+def _sha256_hex(value: str) -> bytes:
+    try:
+        digest = bytes.fromhex(value)
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        raise argparse.ArgumentTypeError("expected 64 hexadecimal digits (the hash of a journal.head log line)")
+    return digest
 
 
 def smoke_cmd(args, settings: Settings) -> int:
@@ -231,13 +272,26 @@ def _operator_key_for_client(args, settings: Settings) -> tuple[str | None, str]
 _SERVE_ENVIRONMENT = """environment (read at start; see the README's Configuration table):
   DATABASE_URL                 PostgreSQL to use; unset: the embedded one in WALLETD_DATA_DIR
   WALLETD_DATA_DIR             embedded cluster, jwt-secret and operator-key (default ./.walletd)
-  WALLETD_JWT_SECRET           token signing key (required with DATABASE_URL)
-  WALLETD_OPERATOR_KEY         operator credential (embedded: generated into WALLETD_DATA_DIR/operator-key)
+  WALLETD_JWT_SECRET           token signing key, at least 32 bytes (required with DATABASE_URL)
+  WALLETD_JWT_SECRET_PREVIOUS  the secret before a rotation: its tokens stay valid until they expire
+  WALLETD_SECRETS_KEY          encrypts webhook secrets (required with DATABASE_URL; `walletd secrets-key`)
+  WALLETD_OPERATOR_KEY         operator credential, at least 24 characters (embedded: generated into
+                               WALLETD_DATA_DIR/operator-key); WALLETD_OPERATOR_KEY_PREVIOUS during a rotation
+  WALLETD_TRUSTED_PROXIES      CIDRs of the proxies whose X-Forwarded-For names the client (default none)
+  WALLETD_WEBHOOK_ALLOW_HOSTS  internal names or CIDRs webhooks may reach (default none: public only)
   WALLETD_OPEN_SERVICE_REGISTRATION, WALLETD_TOKEN_TTL, WALLETD_SIGNUP_BONUS, WALLETD_RATES_URL,
   WALLETD_RATES_MAX_AGE, WALLETD_SEED_FILE, WALLETD_MAX_BODY_BYTES, WALLETD_MAILBOX_SIZE,
   WALLETD_ACTOR_IDLE_SECONDS, WALLETD_MAX_BATCH, WALLETD_COMMITTERS, WALLETD_POOL_SIZE,
-  WALLETD_IN_DOUBT_SECONDS, WALLETD_DB_ACQUIRE_TIMEOUT, WALLETD_DB_CONNECT_TIMEOUT, WALLETD_LOG_LEVEL
+  WALLETD_IN_DOUBT_SECONDS, WALLETD_DB_ACQUIRE_TIMEOUT, WALLETD_DB_CONNECT_TIMEOUT, WALLETD_LOG_LEVEL,
+  WALLETD_RATE_MAX_CHANGE, WALLETD_MAX_COMMISSION_RATE, WALLETD_PENDING_TTL
 """
+
+
+def secrets_key_cmd(args, settings: Settings) -> int:
+    from walletd.keys import new_secrets_key
+
+    print(new_secrets_key())
+    return 0
 
 
 def _env_int(name: str, default: int) -> int:
@@ -270,11 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--workers", type=int, default=_env_int("WALLETD_WORKERS", 1),
                          help="processes serving the port (env WALLETD_WORKERS; default 1)")
     p_serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers
+    p_serve.add_argument("--generated-operator-key", action="store_true", help=argparse.SUPPRESS)
     p_serve.set_defaults(run=serve)
     p_migrate = sub.add_parser("migrate", help="apply pending migrations and the seed data, then exit")
     p_migrate.set_defaults(run=migrate_cmd)
-    sub.add_parser("audit", help="recompute balances from the journal; exit 1 on any difference").set_defaults(
-        run=audit_cmd)
+    p_audit = sub.add_parser("audit", help="recompute balances from the journal and check its hash chain; exit 1 "
+                                           "naming each difference")
+    p_audit.add_argument("--expect-head", type=_sha256_hex, default=None, metavar="HASH",
+                         help="a chain head kept elsewhere (journal.head log lines): also report a chain that no "
+                              "longer holds it (a truncated tail)")
+    p_audit.set_defaults(run=audit_cmd)
+    sub.add_parser("secrets-key", help="print a new random WALLETD_SECRETS_KEY").set_defaults(run=secrets_key_cmd)
     p_smoke = sub.add_parser("smoke", help="end-to-end check against a live deployment (users named smoke_*)")
     _add_client_options(p_smoke)
     p_smoke.set_defaults(run=smoke_cmd)

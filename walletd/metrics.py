@@ -71,7 +71,26 @@ WEBHOOKS_IN_FLIGHT = Gauge("walletd_webhook_in_flight", "Webhook deliveries bein
 # The same database count whichever process reads it: the latest reading, never a sum.
 WEBHOOKS_PENDING = Gauge("walletd_webhook_deliveries_pending", "Webhook deliveries waiting in the database "
                          "(all processes; read at scrape)", multiprocess_mode="mostrecent")
+# Read from the database at scrape, like the webhook backlog: the latest reading, never a sum.
+PENDING_STALE = Gauge("walletd_pending_stale", "Pending deposits and withdrawals past WALLETD_PENDING_TTL, by type "
+                      "(all processes; read at scrape)", ["type"], multiprocess_mode="mostrecent")
+SETTLEMENT_CONFLICTS = Counter("walletd_settlement_conflicts", "Payment-service settlements refused because the "
+                               "operator (or the previous release's expiry) had decided otherwise")
 WORKERS = Gauge("walletd_workers", "walletd processes serving the port", multiprocess_mode="livesum")
+HTTP_ERRORS = Counter("walletd_http_errors", "Error answers by their `code` (the code field of the JSON error body)",
+                      ["code"])
+# Probed at every scrape and /ready: what the probe found last, never a sum over processes.
+DATABASE_UP = Gauge("walletd_database_up", "1 when walletd's last probe (at scrape or /ready) reached a writable "
+                    "PostgreSQL with walletd's schema, else 0", multiprocess_mode="mostrecent")
+# The journal's chain and its self-audit (walletd/integrity/). The gauges read the database's record,
+# the same whichever process reads it: the latest reading, never a sum.
+JOURNAL_SEALED = Counter("walletd_journal_sealed_entries", "Journal entries this process sealed into the hash chain")
+AUDIT_VERIFIED = Counter("walletd_audit_verified_entries", "New journal entries the self-audit checked (chain, "
+                         "balances, holds)")
+AUDIT_PROBLEMS = Gauge("walletd_audit_problems", "Problems the self-audit has found and nobody has cleared yet "
+                       "(rows of audit_problems)", multiprocess_mode="mostrecent")
+AUDIT_LAST_SUCCESS = Gauge("walletd_audit_last_success_timestamp_seconds", "When the self-audit last completed "
+                           "a pass (Unix time)", multiprocess_mode="mostrecent")
 
 _children: dict[tuple[str, str, int], tuple] = {}
 
@@ -84,6 +103,24 @@ def observe_request(method: str, route: str | None, status: int, seconds: float)
         child = _children[key] = (HTTP_REQUESTS.labels(*labels), HTTP_SECONDS.labels(*labels))
     child[0].inc()
     child[1].observe(seconds)
+
+
+_error_children: dict[str, Counter] = {}
+
+
+def answered_error(code: str) -> None:
+    """Codes come from the error classes, never from a request: the label set stays bounded."""
+    child = _error_children.get(code)
+    if child is None:
+        child = _error_children[code] = HTTP_ERRORS.labels(code)
+    child.inc()
+
+
+def know_error_codes(codes) -> None:
+    """Every code's series exists from the start, at 0: a rate over a code never seen is 0, not no data."""
+    for code in codes:
+        if code not in _error_children:
+            _error_children[code] = HTTP_ERRORS.labels(code)
 
 
 def committed(size: int, seconds: float) -> None:

@@ -17,16 +17,22 @@ from walletd.appkeys import (
     database_url_key,
     history_pool_key,
     http_key,
+    keys_key,
     ledger_key,
     pool_key,
     registry_key,
     settings_key,
+    targets_key,
     tokens_key,
 )
 from walletd.config import ConfigError
 from walletd.events.delivery import WebhookDispatcher, dispatcher_key
-from walletd.events.expiry import PendingExpirySweeper
+from walletd.events.stale import StalePendingSweeper
+from walletd.handlers.errors import error_body
+from walletd.integrity.sealer import JournalSealer
+from walletd.integrity.self_audit import SelfAudit
 from walletd.memory import release_memory
+from walletd.persistence.citus.ledger import CitusLedger
 from walletd.persistence.db import create_pool
 from walletd.persistence.failures import UNAVAILABLE, outage
 from walletd.persistence.ledger import PgLedger
@@ -72,7 +78,10 @@ async def actors_ctx(app: web.Application):
     """Ledger, group committer and actors; on shutdown the actors drain what they accepted while
     the pool (an earlier context) is still open."""
     settings = app[settings_key]
-    ledger = PgLedger(app[pool_key], settings.rates_max_age, in_doubt_seconds=settings.in_doubt_seconds)
+    # A refusal remembered under an Idempotency-Key is stored as the answer the edge gives.
+    edition = CitusLedger if app[pool_key].distributed else PgLedger
+    ledger = edition(app[pool_key], settings.rates_max_age, refusal_response=error_body,
+                     in_doubt_seconds=settings.in_doubt_seconds)
     app[ledger_key] = ledger
     committer = GroupCommitter(ledger, workers=settings.committers, max_batch=settings.max_batch)
     registry = ActorRegistry(committer, mailbox_size=settings.mailbox_size,
@@ -112,16 +121,31 @@ async def idempotency_sweep_ctx(app: web.Application):
 
 
 async def events_ctx(app: web.Application):
-    """Issue 11's background tasks: the pending-expiry sweep and webhook delivery (walletd/events/).
+    """The payment service's background tasks: the stale sweep and webhook delivery (walletd/events/).
     After actors_ctx, so on shutdown they stop before the actors drain and the pool closes."""
     settings = app[settings_key]
-    dispatcher = WebhookDispatcher(app[pool_key], concurrency=settings.webhook_concurrency,
+    dispatcher = WebhookDispatcher(app[pool_key], app[keys_key], app[targets_key],
+                                   concurrency=settings.webhook_concurrency,
                                    timeout=settings.webhook_timeout_seconds,
                                    backoff_base=settings.webhook_backoff_seconds,
                                    horizon=settings.webhook_horizon_seconds)
-    sweeper = PendingExpirySweeper(app[pool_key], app[registry_key], settings.pending_ttl_seconds, dispatcher.wake)
+    sweeper = StalePendingSweeper(app[pool_key], settings.pending_ttl_seconds, dispatcher.wake)
     app[dispatcher_key] = dispatcher
-    tasks = [start_supervised("pending_expiry", sweeper.run), start_supervised("webhook_delivery", dispatcher.run)]
+    tasks = [start_supervised("pending_stale", sweeper.run), start_supervised("webhook_delivery", dispatcher.run)]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            await stop_task(task, timeout=5)
+
+
+async def integrity_ctx(app: web.Application):
+    """The journal's sealer and the self-audit (walletd/integrity/); after pool_ctx, so they stop
+    before the pool closes."""
+    settings = app[settings_key]
+    sealer = JournalSealer(app[pool_key], settings.seal_interval_seconds, settings.head_log_interval_seconds)
+    audit = SelfAudit(app[pool_key], settings.audit_interval_seconds, settings.audit_full_interval_seconds)
+    tasks = [start_supervised("journal_sealer", sealer.run), start_supervised("self_audit", audit.run)]
     try:
         yield
     finally:

@@ -6,19 +6,25 @@ What aiohttp offers and walletd uses:
   after each response, and closes the connection if no complete request head has arrived when it
   fires (a request being handled is never cut). So a slow-header client (slowloris) and an idle
   keep-alive connection both go after WALLETD_HEADER_TIMEOUT_SECONDS.
-- `max_line_size` / `max_field_size` / `max_headers` (aiohttp's defaults: 8190 / 8190 / 128)
-  bound the head's size; `client_max_size` (WALLETD_MAX_BODY_BYTES) bounds the body.
+- `max_line_size` / `max_field_size` / `max_headers` (8190 / 8192 / 128) bound the head's size;
+  `client_max_size` (WALLETD_MAX_BODY_BYTES) bounds the body.
 
 What aiohttp lacks and walletd adds here:
 - a body timeout: `read_body_within` reads the whole body (at most WALLETD_MAX_BODY_BYTES)
   before the handler runs, within WALLETD_BODY_TIMEOUT_SECONDS, else 408 and the connection closes;
   a client that disconnects mid-body is logged at info as `http.client_aborted`, never as a 500;
 - a connection cap: `ConnectionCap` answers connections beyond WALLETD_MAX_CONNECTIONS (per
-  process) with a canned 503 + Retry-After and closes them, before any byte is parsed.
+  process) with a canned 503 + Retry-After and closes them, before any byte is parsed;
+- requests the HTTP parser refuses (`JsonParseErrors`): a JSON error with a `code` (414 for an
+  over-long request line, 431 for an over-long header or too many, 400 for anything else), one
+  info line `http.unparsable` naming the kind of error only, never the traceback aiohttp logs at
+  error level, which quotes the offending bytes (a password in a query string, a token in a
+  header) and lets anyone fill the log.
 
-Left to the reverse proxy: TLS, a per-address connection cap and request rate (walletd sees the
-proxy's address for every client), and slow readers of responses (walletd's responses are small
-and are written to the kernel's socket buffer at once).
+Left to the reverse proxy: TLS, a per-address connection cap and request rate (connections come
+from the proxy; only the request, through WALLETD_TRUSTED_PROXIES, learns the client's address),
+and slow readers of responses (walletd's responses are small and are written to the kernel's
+socket buffer at once).
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ import time
 from typing import Callable
 
 from aiohttp import web
-from aiohttp.http_exceptions import ContentLengthError
+from aiohttp.http_exceptions import ContentLengthError, HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
+from walletd import metrics
 from walletd.config import ConfigError, Settings
 from walletd.logs import get_logger
 
@@ -116,6 +124,45 @@ class _Refusal(asyncio.Protocol):
         self._timer.cancel()
 
 
+# The request line and a header line get different limits, so a LineTooLong says which it was
+# (aiohttp's exception does not, except by the limit it quotes).
+MAX_REQUEST_LINE = 8190
+MAX_HEADER_LINE = 8192
+_TOO_MANY_HEADERS = "Too many headers received"
+
+
+def unparsable(exc: BaseException) -> tuple[int, str, str]:
+    """(status, code, message) for a request the parser refused."""
+    if isinstance(exc, LineTooLong):
+        if exc.args[1:2] == (MAX_REQUEST_LINE,):
+            return 414, "uri_too_long", f"request line longer than {MAX_REQUEST_LINE} bytes"
+        return 431, "header_too_large", f"a header line is longer than {MAX_HEADER_LINE} bytes"
+    if isinstance(exc, HttpProcessingError) and exc.message == _TOO_MANY_HEADERS:
+        return 431, "header_too_large", "too many header lines"
+    return 400, "bad_request", "the request is not valid HTTP/1.1"
+
+
+class JsonParseErrors(RequestHandler):
+    """aiohttp's connection handler, answering what its parser refuses in walletd's JSON error
+    shape. Other errors (none reach here: the request middleware renders every handler failure)
+    keep aiohttp's handling."""
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        # Imported here: walletd.handlers imports this module.
+        from walletd.handlers.errors import error_response
+        from walletd.handlers.middleware import new_request_id
+
+        status, code, text = unparsable(exc)
+        request_id = new_request_id()
+        log.info("http.unparsable", status=status, code=code, error=type(exc).__name__, request_id=request_id)
+        response = error_response(status, code, text, request_id, {"Server": "walletd", "X-Request-ID": request_id})
+        response.force_close()
+        return response
+
+
 class ConnectionCap:
     """Protocol factory: aiohttp's server for the first `limit` open connections, a canned 503 beyond.
 
@@ -124,18 +171,20 @@ class ConnectionCap:
     overshoot by at most the listen backlog.
     """
 
-    def __init__(self, server: web.Server, limit: int) -> None:
+    def __init__(self, server: web.Server, limit: int, options: dict | None = None) -> None:
         if limit < 1:
             raise ConfigError(f"WALLETD_MAX_CONNECTIONS must be at least 1, got {limit}")
         self.server, self.limit = server, limit
+        self.options = options or {}  # the connection handler's options (runner_options)
         self.refused = 0
         self._reported = 0
         self._next_report = 0.0
 
     def __call__(self) -> asyncio.Protocol:
         if len(self.server.connections) < self.limit:
-            return self.server()
+            return JsonParseErrors(self.server, loop=asyncio.get_running_loop(), **self.options)
         self.refused += 1
+        metrics.answered_error("too_many_connections")
         now = time.monotonic()
         if now >= self._next_report:  # one warning per second at most, with the count since the last
             log.warning("http.connections_capped", limit=self.limit, refused=self.refused - self._reported)
@@ -149,7 +198,8 @@ def runner_options(settings: Settings) -> dict:
         raise ConfigError(f"WALLETD_HEADER_TIMEOUT_SECONDS must be positive, got {settings.header_timeout_seconds}")
     # lingering_time: after an early answer (413, 408) aiohttp discards the unread rest of the body so
     # the client can read the answer; 2 s rather than its default 10 s, or a slow body is held longer.
-    return {"access_log": None, "keepalive_timeout": settings.header_timeout_seconds, "lingering_time": 2.0}
+    return {"access_log": None, "keepalive_timeout": settings.header_timeout_seconds, "lingering_time": 2.0,
+            "max_line_size": MAX_REQUEST_LINE, "max_field_size": MAX_HEADER_LINE}
 
 
 async def serve(app: web.Application, settings: Settings, host: str, port: int, *, reuse_port: bool,
@@ -157,7 +207,8 @@ async def serve(app: web.Application, settings: Settings, host: str, port: int, 
                 on_listening: Callable[[str], object] | None = None) -> None:
     """Listen until SIGINT/SIGTERM, then stop accepting, let requests in progress finish (at most
     shutdown_timeout) and run the app's cleanup (actors drain before the pool closes)."""
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **runner_options(settings))
+    options = runner_options(settings)
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **options)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -166,7 +217,7 @@ async def serve(app: web.Application, settings: Settings, host: str, port: int, 
     try:
         await runner.setup()  # inside the try: a start-up that fails half-way is cleaned up too
         assert runner.server is not None
-        listener = await loop.create_server(ConnectionCap(runner.server, settings.max_connections), host, port,
+        listener = await loop.create_server(ConnectionCap(runner.server, settings.max_connections, options), host, port,
                                             backlog=backlog, reuse_address=True, reuse_port=reuse_port or None)
         if on_listening is not None:
             on_listening(f"listening on http://{host}:{port}")

@@ -143,11 +143,11 @@ class ServerProcess:
             return ""
 
 
-def walletd_server(database_url: str, log_path: Path, *, jwt_secret: str, operator_key: str,
+def walletd_server(database_url: str, log_path: Path, *, jwt_secret: str, operator_key: str, secrets_key: str,
                    extra_args: tuple[str, ...] = (), cwd: Path | None = None, **env: str) -> ServerProcess:
     """`walletd serve` on loopback and a free port against database_url (env overrides win)."""
     port = free_port()
     full_env = {**os.environ, "DATABASE_URL": database_url, "WALLETD_JWT_SECRET": jwt_secret,
-                "WALLETD_OPERATOR_KEY": operator_key, **env}
+                "WALLETD_OPERATOR_KEY": operator_key, "WALLETD_SECRETS_KEY": secrets_key, **env}
     cmd = walletd_command("serve", "--host", LOOPBACK, "--port", str(port), *extra_args)
     return ServerProcess("walletd", cmd, full_env, port, log_path, cwd)

@@ -8,7 +8,7 @@ import typing
 
 from pydantic import BaseModel
 
-from tests.conftest import JWT_SECRET, REPO_ROOT
+from tests.conftest import JWT_SECRET, REPO_ROOT, SECRETS_KEY
 from walletd.app import ROUTE_TABLES, create_app
 from walletd.config import Settings
 
@@ -26,7 +26,7 @@ def field_names(model: type[BaseModel]) -> set[str]:
     """The model's fields and those of the models nested in it (lists, optionals)."""
     names = set()
     for name, info in model.model_fields.items():
-        names.add(name)
+        names.add(info.alias or name)
         for inner in [info.annotation, *typing.get_args(info.annotation)]:
             if isinstance(inner, type) and issubclass(inner, BaseModel):
                 names |= field_names(inner)
@@ -37,7 +37,8 @@ def test_every_endpoint_has_a_section_naming_its_parameters():
     for table in ROUTE_TABLES:
         for spec, _ in table.entries:
             text = section(spec.method, spec.path)
-            for name in (spec.params.model_fields if spec.params else ()):
+            fields = spec.params.model_fields.items() if spec.params else ()
+            for name in (info.alias or name for name, info in fields):  # the name on the wire
                 assert f"`{name}`" in text, f"{spec.method} {spec.path}: parameter {name} undocumented"
 
 
@@ -49,7 +50,7 @@ def test_every_response_field_is_described():
 
 
 def test_operational_routes_are_documented_too():
-    settings = Settings(database_url="postgresql://unused/unused", jwt_secret=JWT_SECRET)
+    settings = Settings(database_url="postgresql://unused/unused", jwt_secret=JWT_SECRET, secrets_key=SECRETS_KEY)
     app = create_app(settings, settings.database_url, settings.jwt_secret)  # routes only; nothing connects
     served = {(route.method, route.resource.canonical) for route in app.router.routes()
               if route.method != "HEAD" and not route.resource.canonical.startswith("/static/")}

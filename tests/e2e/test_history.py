@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from tests.conftest import (
+    SECRETS_KEY,
     api_deposit,
     api_external_wallet,
     api_settle,
@@ -32,7 +33,8 @@ async def history_world(database_url):
     from walletd.app import create_app
     from walletd.config import Settings
 
-    settings = Settings(database_url=database_url, jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY, pool_size=4)
+    settings = Settings(database_url=database_url, jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY, pool_size=4,
+                        secrets_key=SECRETS_KEY)
     client = TestClient(TestServer(create_app(settings, database_url, JWT_SECRET)))
     await client.start_server()
     alice, bob = await register(client, "alice"), await register(client, "bob")

@@ -4,10 +4,12 @@ and moves no money again; the same key with another request is 422; keys belong 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from decimal import Decimal
 
 from tests.conftest import (
+    OPERATOR,
     api_deposit,
     api_external_wallet,
     api_settle,
@@ -61,9 +63,10 @@ async def test_cross_currency_transfer_replay_is_identical(client, db):
     await fund(client, alice, service, 1, "100")
     headers = key()
     first = await (await api_transfer(client, alice, 1, bob["wallets"][3]["id"], "3.3333333333", headers)).json()
-    # Another rate in between must not change what the retry answers.
-    resp = await client.post("/service/exchange-rates/set", headers=service["headers"],
-                             params={"from_currency": 1, "to_currency": 3, "rate": "50"})
+    # Another rate in between must not change what the retry answers (the operator's, confirmed: it
+    # is more than WALLETD_RATE_MAX_CHANGE away).
+    resp = await client.post("/service/exchange-rates/set", headers=OPERATOR,
+                             params={"from_currency": 1, "to_currency": 3, "rate": "50", "force": "true"})
     assert resp.status == 200, await resp.text()
     retry = await api_transfer(client, alice, 1, bob["wallets"][3]["id"], "3.3333333333", headers)
     assert retry.status == 200 and await retry.json() == first
@@ -190,17 +193,48 @@ async def test_withdraw_request_and_settlement_are_idempotent(client, db):
     await assert_ledger_consistent(db)
 
 
-async def test_a_refused_request_is_not_stored(client, db):
-    """A 4xx is not a movement: the same key may be used again once the request can succeed."""
+async def test_a_keyed_refusal_is_remembered_and_replayed_after_the_wallet_is_funded(client, db):
+    """The ledger's refusal is the key's outcome, as a movement is: retried after the wallet was
+    funded, the same key answers the same refusal byte for byte and moves nothing; only a new key
+    moves the money."""
     alice, bob = await register(client, "alice"), await register(client, "bob")
     service = await register_service(client)
     headers = key()
-    resp = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "5", headers)
-    assert resp.status == 400 and (await resp.json())["message"] == "insufficient_funds"
+    first = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "5", headers)
+    assert first.status == 400 and first.headers.get("Idempotent-Replayed") is None
+    first_body = await first.read()
+    assert json.loads(first_body)["code"] == "insufficient_funds"
+    assert json.loads(first_body)["request_id"] == first.headers["X-Request-ID"]
+    stored = await db.fetchrow("SELECT status_code, response FROM idempotency_keys WHERE key = $1",
+                               headers["Idempotency-Key"])
+    assert stored["status_code"] == 400 and json.loads(stored["response"])["code"] == "insufficient_funds"
     await fund(client, alice, service, 1, "10")
-    resp = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "5", headers)
-    assert resp.status == 200, await resp.text()
+    snapshot, counts = await wallets_snapshot(db), (await tx_count(db), await entry_count(db))
+    for _ in range(2):
+        again = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "5", headers)
+        assert again.status == 400 and again.headers.get("Idempotent-Replayed") == "true"
+        assert await again.read() == first_body  # the first answer, request id included
+    assert await wallets_snapshot(db) == snapshot
+    assert (await tx_count(db), await entry_count(db)) == counts
+    other = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "6", headers)
+    assert other.status == 422, await other.text()  # the key is taken, by its refusal
+    fresh = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "5", key())
+    assert fresh.status == 200, await fresh.text()
     assert await balance(client, bob, 1) == (Decimal(5), 0)
+
+
+async def test_a_refusal_before_the_ledger_is_not_remembered(client, db):
+    """A request refused before it became a command (here: malformed parameters) never reached
+    the ledger, so its key stays free."""
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    service = await register_service(client)
+    await fund(client, alice, service, 1, "10")
+    headers = key()
+    bad = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "not-a-number", headers)
+    assert bad.status == 400 and (await bad.json())["code"] == "invalid_amount"
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = $1", headers["Idempotency-Key"]) == 0
+    ok = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "5", headers)
+    assert ok.status == 200 and ok.headers.get("Idempotent-Replayed") is None, await ok.text()
 
 
 async def test_a_bad_key_is_refused(client):

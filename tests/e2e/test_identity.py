@@ -13,6 +13,7 @@ import jwt
 import pytest
 
 from tests.conftest import JWT_SECRET, OPERATOR_KEY, PASSWORD, register, register_service, unique
+from walletd.config import ConfigError, Settings
 
 LEAKS = ("SELECT", "INSERT", "UPDATE ", "violates", "duplicate key", "constraint", "asyncpg", "Key (",
          "users_", "Traceback", "$argon2")
@@ -338,12 +339,21 @@ async def test_service_registration_open_in_development_mode(make_client):
     assert claims((await resp.json())["access_token"])["role"] == "service"
 
 
-async def test_a_configured_key_wins_over_the_development_switch(make_client):
+async def test_the_development_switch_opens_registration_beside_a_generated_key(make_client):
+    # Only a generated key can sit beside the switch: Settings.from_env refuses an explicit one.
     client = await make_client(open_service_registration=True)
-    await error_body(await client.post("/auth/register_service", json=new_identity("both")), 403)
-    resp = await client.post("/auth/register_service", headers={"X-Operator-Key": OPERATOR_KEY},
-                             json=new_identity("both"))
-    assert resp.status == 200, await resp.text()
+    for headers in ({}, {"X-Operator-Key": "wrong"}, {"X-Operator-Key": OPERATOR_KEY}):
+        resp = await client.post("/auth/register_service", headers=headers, json=new_identity("both"))
+        assert resp.status == 200, await resp.text()
+        assert claims((await resp.json())["access_token"])["role"] == "service"
+
+
+@pytest.mark.parametrize("switch", ["1", "true", "on"])
+def test_an_explicit_key_and_the_switch_are_refused_together(switch):
+    env = {"WALLETD_OPEN_SERVICE_REGISTRATION": switch, "WALLETD_OPERATOR_KEY": "k" * 32}
+    with pytest.raises(ConfigError, match="WALLETD_OPEN_SERVICE_REGISTRATION=1 and WALLETD_OPERATOR_KEY"):
+        Settings.from_env(env)
+    assert Settings.from_env({**env, "WALLETD_OPEN_SERVICE_REGISTRATION": "0"}).operator_key == "k" * 32
 
 
 async def test_service_login_query_and_body(client):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 
 from tests.conftest import OPERATOR_KEY, register, unique
@@ -40,15 +41,27 @@ async def test_one_request_line_per_request_with_the_response_request_id(client,
     assert lines[1]["route"] == "/user/wallets"
 
 
-async def test_request_id_from_the_client_is_kept_and_bad_ones_replaced(client, log_tap):
+async def test_walletd_answers_its_own_request_id_and_logs_a_clients_beside_it(client, log_tap):
     mine = "trace-" + uuid.uuid4().hex
     resp = await client.get("/health", headers={"X-Request-ID": mine})
-    assert resp.headers["X-Request-ID"] == mine
-    too_long = "x" * 65
-    resp2 = await client.get("/health", headers={"X-Request-ID": too_long})
-    assert resp2.headers["X-Request-ID"] != too_long and len(resp2.headers["X-Request-ID"]) <= 64
-    ids = [line["request_id"] for line in named(log_tap, "http.request")]
-    assert ids == [mine, resp2.headers["X-Request-ID"]]
+    ours = resp.headers["X-Request-ID"]
+    assert ours != mine and re.fullmatch(r"[0-9a-f]{24}", ours)
+    for unusable in ("x" * 65, "tab\there", ""):  # too long, not printable, empty: not kept at all
+        await client.get("/health", headers={"X-Request-ID": unusable})
+    lines = named(log_tap, "http.request")
+    assert [(line["request_id"], line.get("client_request_id")) for line in lines[:1]] == [(ours, mine)]
+    assert [line.get("client_request_id") for line in lines[1:]] == [None, None, None]
+    assert "x" * 65 not in "".join(log_tap.lines)
+
+
+async def test_request_ids_are_random_not_a_count_of_anyones_requests(client):
+    ids = [(await client.get("/health")).headers["X-Request-ID"] for _ in range(40)]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[0-9a-f]{24}", i) for i in ids)
+    numbers = [int(i, 16) for i in ids]
+    # A counter (or a clock) would make neighbours close; 96 random bits make them far apart.
+    assert min(abs(a - b) for a, b in zip(numbers, numbers[1:], strict=False)) > 2**40
+    # and no shared prefix (a per-process prefix tells processes apart, and then counts them)
+    assert len({i[:4] for i in ids}) > 20
 
 
 async def test_audit_events_for_registration_and_login(client, log_tap):
@@ -140,3 +153,28 @@ async def test_log_redaction_guards_against_careless_fields(log_tap):
     assert line["password"] == line["token"] == line["authorization"] == line["operator_key"] == "[redacted]"
     assert token not in json.dumps(line) and "hunter2!" not in json.dumps(line)
     assert line["note"] == "sent [jwt] to the client"
+
+
+async def test_traceback_and_library_text_is_redacted(log_tap):
+    """A traceback quotes what the failing code held (a query string, a header, a dict); those
+    credentials are cut from its text as from the line's own fields, for walletd's lines and for
+    a library's (stdlib logging) alike."""
+    import logging
+
+    from walletd.logs import get_logger
+
+    jwt_like = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
+    held = (f"GET /auth/login?username=bob&password=hunter2-pw HTTP/1.1 | Authorization: Basic dXNlcjpodW50ZXIy "
+            f"| token: {jwt_like} | {{'secret': 'whsec_abcdef123456', 'X-Operator-Key': 'op-key-987'}}")
+    try:
+        raise ValueError(held)
+    except ValueError:
+        get_logger("walletd.test").exception("test.failed")
+        logging.getLogger("aiohttp.server").exception("Error handling request: %s", held)
+    text = "\n".join(log_tap.lines)
+    lines = [json.loads(line) for line in log_tap.lines]
+    assert [line["event"] for line in lines][0] == "test.failed" and "Traceback" in lines[0]["exception"]
+    assert "ValueError" in lines[1]["exception"]
+    for secret in ("hunter2-pw", "dXNlcjpodW50ZXIy", jwt_like, "whsec_abcdef123456", "op-key-987"):
+        assert secret not in text, secret
+    assert "password=[redacted]" in text and "Basic [redacted]" in text and "username=bob" in text

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
+from decimal import ROUND_DOWN, Decimal
 
 import aiohttp
 import pytest
 
-from tests.conftest import OPERATOR_KEY, PASSWORD, register, register_service, unique
+from tests.conftest import OPERATOR_KEY, PASSWORD, SECRETS_KEY, register, register_service, unique
 from tests.polling import until
-from walletd.auth.throttle import username_key
 from walletd.handlers.identity import passwords_key
+from walletd.keys import ServerKeys, new_secrets_key
 
 WINDOW = 600
 
@@ -135,16 +137,23 @@ async def test_a_window_that_ended_starts_afresh(make_client, db):
     assert (await login(client, user["username"], PASSWORD)).status == 200
 
 
-async def test_login_failed_logs_a_hash_or_the_user_id_never_the_typed_name(client, log_tap):
+async def test_login_failed_logs_a_keyed_pseudonym_or_the_user_id_never_the_typed_name(client, log_tap, db):
     user = await register(client)
     typed = "my-Secret-passw0rd-typed-as-name"
     await login(client, typed, "x")
     await login(client, user["username"], "wrong")
     failures = [json.loads(line) for line in log_tap.lines if '"auth.login_failed"' in line]
     assert len(failures) == 2
-    assert failures[0]["username_sha256"] == username_key(typed) and "username" not in failures[0]
-    assert failures[1]["user_id"] == user["id"] and "username" not in failures[1]
+    pseudonym = failures[0]["username_hmac"]
+    assert "username" not in failures[0] and failures[1]["user_id"] == user["id"] and "username" not in failures[1]
     assert not any(typed in line for line in log_tap.lines)
+    # Keyed: the server's key gives this pseudonym, another key another one, and no unkeyed hash of the
+    # name (what a dictionary attack computes) matches what is logged or stored.
+    assert pseudonym == ServerKeys(SECRETS_KEY).pseudonym(typed) != ServerKeys(new_secrets_key()).pseudonym(typed)
+    unkeyed = {hashlib.new(name, typed.encode()).hexdigest() for name in ("sha256", "sha1", "md5", "sha512")}
+    assert not any(pseudonym in digest or digest[:16] in pseudonym for digest in unkeyed)
+    stored = await db.fetchval("SELECT key FROM login_failures WHERE scope = 'username' AND key = $1", pseudonym)
+    assert stored == pseudonym
 
 
 async def test_the_hash_pool_refuses_beyond_its_bound_instead_of_queueing(make_client):
@@ -212,3 +221,27 @@ async def test_wrong_operator_keys_count_against_the_address_not_the_operator(ma
         async with operator.post(client.make_url("/auth/register_service"), json=body,
                                  headers={"X-Operator-Key": OPERATOR_KEY}) as resp:
             assert resp.status == 200, await resp.text()
+
+
+async def test_wrong_keys_on_operator_routes_lock_out_their_address_never_the_operator(make_client, db):
+    client = await make_client(login_max_failures_per_address=3, login_window_seconds=WINDOW)
+    rate = await db.fetchval("SELECT rate FROM exchange_rates WHERE from_currency_id = 1 AND to_currency_id = 3")
+    lowered = (rate * 99 / 100).quantize(Decimal("1E-10"), ROUND_DOWN)
+    lower = {"from_currency": 1, "to_currency": 3, "rate": str(lowered)}  # lower: always allowed
+    guess = {"X-Operator-Key": "a-guess-that-is-long-enough-to-pass"}
+    for path, method in (("/service/exchange-rates/set", "POST"), ("/service/transactions/stale", "GET"),
+                         ("/service/exchange-rates/set", "POST")):
+        resp = await client.request(method, path, headers=guess, params=lower if method == "POST" else None)
+        assert resp.status == 403 and (await resp.json())["code"] == "operator_key_required"
+    # Past the limit this address is refused on every operator route, even with the right key...
+    await assert_throttled(await client.post("/service/exchange-rates/set", headers={"X-Operator-Key": OPERATOR_KEY},
+                                             params=lower))
+    await assert_throttled(await client.get("/service/transactions/stale", headers={"X-Operator-Key": OPERATOR_KEY}))
+    assert await db.fetchval("SELECT count(*) FROM login_failures WHERE scope = 'username'") == 0
+    # ...while the operator, on another address, is not locked out.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as operator:
+        async with operator.post(client.make_url("/service/exchange-rates/set"), params=lower,
+                                 headers={"X-Operator-Key": OPERATOR_KEY}) as resp:
+            assert resp.status == 200, await resp.text()
+    assert await db.fetchval("SELECT rate FROM exchange_rates WHERE from_currency_id = 1 AND to_currency_id = 3") \
+        == lowered

@@ -5,10 +5,12 @@ gauges (actors, mailbox depth, pool waiters) read the running state."""
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import fund, register, register_service
+from tests.conftest import api_transfer, fund, register, register_service
+from walletd.handlers.errors import catalogue
 
 
 async def scrape(client) -> dict[tuple[str, tuple], float]:
@@ -83,3 +85,40 @@ async def test_live_gauges_read_the_running_state(client):
     assert value(samples, "walletd_actors") >= 1
     assert value(samples, "walletd_mailbox_depth") == 0  # everything accepted has been committed
     assert value(samples, "walletd_pool_waiters") == 0
+
+
+async def test_error_answers_are_counted_by_their_code(client):
+    user = await register(client, "metrics")
+    before = await scrape(client)
+    answers = [
+        await client.get(f"/no/such/{uuid.uuid4().hex}"),
+        await client.get("/user/wallets"),  # no token
+        await client.post("/auth/login", data=b"{not json", headers={"Content-Type": "application/json"}),
+        await api_transfer(client, user, 1, user["wallets"][2]["id"], "5"),  # the balance is 0
+    ]
+    codes = Counter()
+    for resp in answers:
+        assert resp.status >= 400
+        codes[(await resp.json())["code"]] += 1
+    assert len(codes) == 4, codes
+    after = await scrape(client)
+    for code, count in codes.items():
+        assert (value(after, "walletd_http_errors_total", code=code)
+                - value(before, "walletd_http_errors_total", code=code)) == count, code
+    # Every code walletd can answer has its series from the start (0 until answered), so an alert
+    # on outcome_unknown has data to evaluate before the first one happens.
+    for code, _, _ in catalogue():
+        assert ("walletd_http_errors_total", (("code", code),)) in after, code
+    assert value(after, "walletd_http_errors_total", code="outcome_unknown") == value(
+        before, "walletd_http_errors_total", code="outcome_unknown")
+
+
+async def test_database_up_follows_the_database(make_client, database_url, proxy):
+    client = await make_client(database_url=proxy.url(database_url))
+    assert value(await scrape(client), "walletd_database_up") == 1
+    proxy.refuse()
+    assert value(await scrape(client), "walletd_database_up") == 0  # the scrape itself still answers
+    assert (await client.get("/ready")).status == 503
+    proxy.accept()
+    assert (await client.get("/ready")).status == 200
+    assert value(await scrape(client), "walletd_database_up") == 1

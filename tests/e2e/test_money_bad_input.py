@@ -10,6 +10,8 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import (
+    OPERATOR,
+    SECRETS_KEY,
     api_external_wallet,
     balance,
     fund,
@@ -51,7 +53,8 @@ async def aiohttp_client_module(database_url):
     from walletd.app import create_app
     from walletd.config import Settings
 
-    settings = Settings(database_url=database_url, jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY, pool_size=4)
+    settings = Settings(database_url=database_url, jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY, pool_size=4,
+                        secrets_key=SECRETS_KEY)
     client = TestClient(TestServer(create_app(settings, database_url, JWT_SECRET)))
     await client.start_server()
     yield client
@@ -73,7 +76,7 @@ def money_requests(w: dict, amount) -> list[tuple[str, str, dict, dict]]:
         ("POST", "/wallet/exchange", alice["headers"], {"from_currency": 1, "to_currency": 2, "amount": amount}),
         ("POST", "/service/exchange-rates/get-conversion", service["headers"],
          {"from_currency": "USD", "to_currency": "EUR", "amount": amount}),
-        ("POST", "/service/exchange-rates/set", service["headers"],
+        ("POST", "/service/exchange-rates/set", OPERATOR,
          {"from_currency": 1, "to_currency": 2, "rate": amount}),
     ]
 
@@ -190,9 +193,9 @@ async def test_unknown_currencies_change_nothing(world, db):
     await expect_error(await client.post("/service/exchange-rates/get-conversion", headers=service["headers"],
                                          params={"from_currency": "XXX", "to_currency": "EUR", "amount": "1"}),
                        400, "currency_not_found")
-    await expect_error(await client.post("/service/exchange-rates/set", headers=service["headers"], params={
+    await expect_error(await client.post("/service/exchange-rates/set", headers=OPERATOR, params={
         "from_currency": 1, "to_currency": 99, "rate": "2"}), 400, "currency_not_found")
-    await expect_error(await client.post("/service/exchange-rates/set", headers=service["headers"], params={
+    await expect_error(await client.post("/service/exchange-rates/set", headers=OPERATOR, params={
         "from_currency": 2, "to_currency": 2, "rate": "2"}), 400)
     await expect_error(await client.post("/service/commission-rates", headers=service["headers"], params={
         "currency_id": 99, "deposit_rate": "0.01", "withdraw_rate": "0.02"}), 400, "currency_not_found")

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from tests.conftest import register, register_service
+from tests.conftest import OPERATOR, register, register_service
 from walletd.app import ROUTE_TABLES
 
 METHODS = ("get", "post", "put", "delete", "patch")
@@ -109,7 +109,8 @@ def plausible(param: dict) -> str:
 
 @pytest.fixture
 async def callers(client):
-    return {"user": await register(client, "probe"), "service": await register_service(client)}
+    return {"user": await register(client, "probe"), "service": await register_service(client),
+            "operator": {"headers": OPERATOR}}
 
 
 async def test_every_4xx_an_operation_answers_is_documented_with_its_code(client, callers):
@@ -122,7 +123,7 @@ async def test_every_4xx_an_operation_answers_is_documented_with_its_code(client
                 path = path.replace("{" + param["name"] + "}", plausible(param))
         query = [p for p in op.get("parameters", []) if p["in"] == "query"]
         good = callers[role]["headers"] if role else {}
-        other = callers["service" if role == "user" else "user"]["headers"] if role else {}
+        other = callers["user" if role in ("service", "operator") else "service"]["headers"] if role else {}
         attempts = [
             ({}, {}, None),
             ({"Authorization": "Bearer garbage"}, {}, None),
@@ -146,10 +147,12 @@ async def test_every_4xx_an_operation_answers_is_documented_with_its_code(client
             assert answer["code"] in enum, (method, path, resp.status, answer, enum)
             seen.add((method, path, resp.status))
     statuses = {status for _, _, status in seen}
-    assert {400, 401, 413, 415, 422} <= statuses, statuses  # the probes reached every kind of refusal
+    assert {400, 401, 403, 413, 415, 422} <= statuses, statuses  # the probes reached every kind of refusal
 
 
 def _role(path: str, op: dict) -> str | None:
     if not op.get("security") or op["security"] == [{"basic": []}]:
         return None
+    if op["security"] == [{"operatorKey": []}]:
+        return "operator"
     return "service" if path.startswith("/service/") else "user"

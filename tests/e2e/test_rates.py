@@ -1,5 +1,8 @@
 """Exchange rates from a provider (a fake exchangeratesapi.io served on 127.0.0.1 by the test),
-conversion, stale-rate refusal, the quote/transfer identity, and the sign-up bonus."""
+conversion, stale-rate refusal, the quote/transfer identity, and the sign-up bonus. Rates are
+written by the operator (X-Operator-Key); the tests of this module share one database and run in
+any order, so a pull that does not test the change rule sends force=true (the round-trip rule
+holds whatever force says). The authority rules themselves are in test_rate_rules.py."""
 
 from __future__ import annotations
 
@@ -7,10 +10,8 @@ import time
 from datetime import datetime, timezone
 from decimal import Decimal
 
-import pytest
-from aiohttp import web
-
 from tests.conftest import (
+    OPERATOR,
     api_transfer,
     assert_ledger_consistent,
     balance,
@@ -22,34 +23,7 @@ from tests.conftest import (
 )
 from tests.oracles import converted, cross_rate
 
-
-@pytest.fixture
-async def provider(aiohttp_server):
-    """The provider's documents live in `state`; tests change them between calls."""
-    state = {
-        "latest": {"base": "EUR", "timestamp": int(time.time()),
-                   "rates": {"EUR": 1, "USD": "1.0850000000", "RUB": "98.7654321", "GBP": "0.8555"}},
-        "symbols": {"symbols": {"EUR": "Euro", "USD": "United States Dollar", "RUB": "Russian Ruble",
-                                "GBP": "British Pound Sterling"}},
-        "status": 200, "calls": [],
-    }
-
-    async def latest(request):
-        state["calls"].append(request.path)
-        if state["status"] != 200:
-            return web.Response(status=state["status"], text="down")
-        return web.json_response(state["latest"])
-
-    async def symbols(request):
-        state["calls"].append(request.path)
-        return web.json_response(state["symbols"])
-
-    app = web.Application()
-    app.router.add_get("/latest", latest)
-    app.router.add_get("/symbols", symbols)
-    server = await aiohttp_server(app)
-    state["url"] = f"http://127.0.0.1:{server.port}"
-    return state
+FORCE = {"force": "true"}
 
 
 async def stored(db, a: int, b: int) -> Decimal:
@@ -61,7 +35,7 @@ async def test_update_pulls_latest_and_derives_cross_rates_through_the_base(make
     client = await make_client(rates_url=provider["url"])
     service = await register_service(client)
     provider["latest"]["timestamp"] = stamp = int(time.time()) - 5
-    resp = await client.post("/service/exchange-rates/update", headers=service["headers"])
+    resp = await client.post("/service/exchange-rates/update", headers=OPERATOR, params=FORCE)
     assert resp.status == 200, await resp.text()
     body = await resp.json()
     rates = provider["latest"]["rates"]
@@ -75,7 +49,9 @@ async def test_update_pulls_latest_and_derives_cross_rates_through_the_base(make
         for b, code_b in codes.items():
             if a != b:
                 assert await stored(db, a, b) == cross_rate(rates[code_a], rates[code_b]), (code_a, code_b)
-    assert await stored(db, 1, 3) == Decimal("91.0280480184")  # 98.7654321 / 1.085, rounded half-even
+    assert await stored(db, 1, 3) == Decimal("91.0280480184")  # 98.7654321 / 1.085 = 91.02804801843…, cut
+    assert await stored(db, 2, 1) == Decimal("1.0850000000")
+    assert await stored(db, 1, 2) == Decimal("0.9216589861")  # 1 / 1.085 = 0.92165898617…: half-even gave …862
     last = await (await client.get("/service/exchange-rates/last-update", headers=service["headers"])).json()
     assert datetime.fromisoformat(last["iso"]) == datetime.fromtimestamp(stamp, timezone.utc)
 
@@ -94,7 +70,7 @@ async def test_quote_uses_exactly_the_transfer_arithmetic(make_client, provider,
     client = await make_client(rates_url=provider["url"])
     alice, bob = await register(client, "alice"), await register(client, "bob")
     service = await register_service(client)
-    assert (await client.post("/service/exchange-rates/update", headers=service["headers"])).status == 200
+    assert (await client.post("/service/exchange-rates/update", headers=OPERATOR, params=FORCE)).status == 200
     await fund(client, alice, service, 1, "1000")
     await fund(client, alice, service, 3, "1000")
     for src, dst, amount in [(1, 2, "7.7777777777"), (1, 3, "0.0000000003"), (3, 1, "123.4567890123"),
@@ -130,20 +106,23 @@ async def test_set_rate_changes_one_pair_only(make_client, db):
     alice, bob = await register(client, "alice"), await register(client, "bob")
     service = await register_service(client)
     reverse = await stored(db, 3, 1)
-    resp = await client.post("/service/exchange-rates/set", headers=service["headers"],
-                             params={"from_currency": 1, "to_currency": 3, "rate": "95.123456789012"})
+    # Lower than any rate this module stores for USD→RUB (92.5 seeded, 91.03 pulled): a lower rate
+    # never lets a round trip gain, and it is within WALLETD_RATE_MAX_CHANGE of either.
+    resp = await client.post("/service/exchange-rates/set", headers=OPERATOR,
+                             params={"from_currency": 1, "to_currency": 3, "rate": "85.123456789012"})
     assert resp.status == 200, await resp.text()
     body = await resp.json()
-    assert body["rate"] == "95.1234567890" and body["from_currency"] == 1 and body["to_currency"] == 3
-    assert await stored(db, 1, 3) == Decimal("95.1234567890") and await stored(db, 3, 1) == reverse
+    assert body["rate"] == "85.1234567890" and body["from_currency"] == 1 and body["to_currency"] == 3
+    assert await stored(db, 1, 3) == Decimal("85.1234567890") and await stored(db, 3, 1) == reverse
     await fund(client, alice, service, 1, "10")
     tx = await (await api_transfer(client, alice, 1, bob["wallets"][3]["id"], "2")).json()
-    assert tx["rate"] == "95.1234567890" and tx["converted_amount"] == "190.2469135780"
-    # A user token cannot set rates.
-    resp = await client.post("/service/exchange-rates/set", headers=alice["headers"],
-                             params={"from_currency": 1, "to_currency": 3, "rate": "1"})
-    assert resp.status == 401
-    assert await stored(db, 1, 3) == Decimal("95.1234567890")
+    assert tx["rate"] == "85.1234567890" and tx["converted_amount"] == "170.2469135780"
+    # Neither a user token nor a service token sets rates: that is the operator's.
+    for headers in (alice["headers"], service["headers"]):
+        resp = await client.post("/service/exchange-rates/set", headers=headers,
+                                 params={"from_currency": 1, "to_currency": 3, "rate": "84"})
+        assert resp.status == 403 and (await resp.json())["code"] == "operator_key_required"
+    assert await stored(db, 1, 3) == Decimal("85.1234567890")
 
 
 async def test_stale_rates_are_refused(make_client, provider, db):
@@ -152,7 +131,7 @@ async def test_stale_rates_are_refused(make_client, provider, db):
     service = await register_service(client)
     await fund(client, alice, service, 1, "100")
     provider["latest"]["timestamp"] = int(time.time()) - 3600
-    assert (await client.post("/service/exchange-rates/update", headers=service["headers"])).status == 200
+    assert (await client.post("/service/exchange-rates/update", headers=OPERATOR, params=FORCE)).status == 200
     before = await wallets_snapshot(db)
     resp = await api_transfer(client, alice, 1, bob["wallets"][2]["id"], "1")
     assert resp.status == 409 and (await resp.json())["message"] == "exchange_rate_stale"
@@ -165,14 +144,14 @@ async def test_stale_rates_are_refused(make_client, provider, db):
     assert await wallets_snapshot(db) == before
     # Same-currency transfers need no rate; a fresh rate for one pair makes that pair usable again.
     assert (await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "1")).status == 200
-    assert (await client.post("/service/exchange-rates/set", headers=service["headers"],
-                              params={"from_currency": 1, "to_currency": 2, "rate": "0.5"})).status == 200
+    assert (await client.post("/service/exchange-rates/set", headers=OPERATOR,
+                              params={"from_currency": 1, "to_currency": 2, "rate": "0.5", **FORCE})).status == 200
     resp = await api_transfer(client, alice, 1, bob["wallets"][2]["id"], "1")
     assert resp.status == 200 and (await resp.json())["converted_amount"] == "0.5000000000"
     assert (await api_transfer(client, alice, 1, bob["wallets"][3]["id"], "1")).status == 409
     # A fresh pull makes every pair usable again.
     provider["latest"]["timestamp"] = int(time.time())
-    assert (await client.post("/service/exchange-rates/update", headers=service["headers"])).status == 200
+    assert (await client.post("/service/exchange-rates/update", headers=OPERATOR, params=FORCE)).status == 200
     assert (await api_transfer(client, alice, 1, bob["wallets"][3]["id"], "1")).status == 200
 
 
@@ -181,6 +160,8 @@ async def test_currencies_update_adds_wallets_and_rates_follow(make_client, prov
     alice, bob = await register(client, "alice"), await register(client, "bob")
     service = await register_service(client)
     resp = await client.post("/service/currencies/update", headers=service["headers"])
+    assert resp.status == 403 and provider["calls"] == [], "adding currencies is the operator's"
+    resp = await client.post("/service/currencies/update", headers=OPERATOR)
     assert resp.status == 200, await resp.text()
     assert provider["calls"] == ["/symbols"]
     gbp = await db.fetchval("SELECT id FROM currencies WHERE code = 'GBP'")
@@ -193,13 +174,13 @@ async def test_currencies_update_adds_wallets_and_rates_follow(make_client, prov
                              gbp, service["id"]) == 2  # service and gateway
     assert await db.fetchval("SELECT count(*) FROM wallets WHERE currency_id = $1 AND kind = 'operator'", gbp) == 1
     # A second pull adds nothing.
-    again = await (await client.post("/service/currencies/update", headers=service["headers"])).json()
+    again = await (await client.post("/service/currencies/update", headers=OPERATOR)).json()
     assert again["status"] == "success" and again["message"].startswith("0 ")
     # Without a rate the new currency cannot be reached; after the rates pull it can.
     await fund(client, alice, service, 2, "100")
     resp = await api_transfer(client, alice, 2, gbp_wallet["id"], "10")
     assert resp.status == 400 and (await resp.json())["message"] == "exchange_rate_not_found"
-    assert (await client.post("/service/exchange-rates/update", headers=service["headers"])).status == 200
+    assert (await client.post("/service/exchange-rates/update", headers=OPERATOR, params=FORCE)).status == 200
     resp = await api_transfer(client, alice, 2, gbp_wallet["id"], "10")
     assert resp.status == 200, await resp.text()
     latest = provider["latest"]["rates"]
@@ -215,40 +196,51 @@ async def test_currencies_update_adds_wallets_and_rates_follow(make_client, prov
 
 async def test_provider_failures_are_502_and_change_nothing(make_client, provider, db):
     client = await make_client(rates_url=provider["url"])
-    service = await register_service(client)
     rates = await db.fetch("SELECT * FROM exchange_rates ORDER BY 1, 2")
     provider["status"] = 500
-    resp = await client.post("/service/exchange-rates/update", headers=service["headers"])
+    resp = await client.post("/service/exchange-rates/update", headers=OPERATOR)
     assert resp.status == 502
     provider["status"] = 200
     provider["latest"] = {"unexpected": True}
-    resp = await client.post("/service/exchange-rates/update", headers=service["headers"])
+    resp = await client.post("/service/exchange-rates/update", headers=OPERATOR)
     assert resp.status == 502
     nowhere = await make_client(rates_url="http://127.0.0.1:9")
-    resp = await nowhere.post("/service/exchange-rates/update", headers=service["headers"])
+    resp = await nowhere.post("/service/exchange-rates/update", headers=OPERATOR)
     assert resp.status == 502
     unconfigured = await make_client()
-    resp = await unconfigured.post("/service/exchange-rates/update", headers=service["headers"])
+    resp = await unconfigured.post("/service/exchange-rates/update", headers=OPERATOR)
     assert resp.status == 502
     assert await db.fetch("SELECT * FROM exchange_rates ORDER BY 1, 2") == rates
 
 
 async def test_unrepresentable_provider_data_is_skipped_not_a_500(make_client, provider, db):
     client = await make_client(rates_url=provider["url"])
-    service = await register_service(client)
-    before = {(r[0], r[1]): r[2] for r in await db.fetch("SELECT * FROM exchange_rates")}
-    # USD→EUR is 10^12 (storable); EUR→USD rounds to zero at 10 places; RUB is not a number.
+    quoted = dict(provider["latest"]["rates"])
+    assert (await client.post("/service/exchange-rates/update", headers=OPERATOR, params=FORCE)).status == 200
+    before = {(r[0], r[1]): r[2] for r in await db.fetch("SELECT from_currency_id, to_currency_id, rate "
+                                                           "FROM exchange_rates")}
+    # RUB is not a number and GBP is zero: their pairs keep their previous rates, the rest is stored.
     provider["latest"] = {"base": "EUR", "timestamp": int(time.time()),
-                          "rates": {"EUR": 1, "USD": "0.000000000001", "RUB": "NaN"}}
-    resp = await client.post("/service/exchange-rates/update", headers=service["headers"])
+                          "rates": {"EUR": 1, "USD": quoted["USD"], "RUB": "NaN", "GBP": "0"}}
+    resp = await client.post("/service/exchange-rates/update", headers=OPERATOR)
     assert resp.status == 200, await resp.text()
-    after = {(r[0], r[1]): r[2] for r in await db.fetch("SELECT * FROM exchange_rates")}
-    assert after.pop((1, 2)) == Decimal(10) ** 12
-    before.pop((1, 2))
-    assert after == before, "the pairs that cannot be stored keep their previous rate"
+    assert (await resp.json())["message"] == "2 exchange rates updated"
+    after = {(r[0], r[1]): r[2] for r in await db.fetch("SELECT from_currency_id, to_currency_id, rate "
+                                                          "FROM exchange_rates")}
+    assert after == before
+    # USD→EUR would be 10^12 (storable), EUR→USD is zero at 10 places (skipped, so the old one
+    # stays): together a round trip would return 10^12 times what it started with. Refused, force
+    # or not, and nothing changes.
+    provider["latest"]["rates"] = {"EUR": 1, "USD": "0.000000000001", "RUB": "NaN"}
+    for params in ({}, FORCE):
+        resp = await client.post("/service/exchange-rates/update", headers=OPERATOR, params=params)
+        assert resp.status == 409, await resp.text()
+        assert (await resp.json())["code"] == "rate_arbitrage"
+    assert {(r[0], r[1]): r[2] for r in await db.fetch("SELECT from_currency_id, to_currency_id, rate "
+                                                         "FROM exchange_rates")} == before
     # Currency codes the schema cannot hold are skipped; the others are added.
     provider["symbols"] = {"symbols": {"ÉUR": "accented", "Z1": "Zed\u0000 coin", "x": "too short"}}
-    resp = await client.post("/service/currencies/update", headers=service["headers"])
+    resp = await client.post("/service/currencies/update", headers=OPERATOR)
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["message"].startswith("1 ")
     assert await db.fetchval("SELECT name FROM currencies WHERE code = 'Z1'") == "Zed coin"

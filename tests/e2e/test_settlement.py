@@ -225,12 +225,12 @@ async def test_configured_commission_rates_are_used(client, db):
     service = await register_service(client)
     svc_wallet, gateway = await service_wallets(db, service, 3)
     resp = await client.post("/service/commission-rates", headers=service["headers"],
-                             params={"currency_id": 3, "deposit_rate": "0.05", "withdraw_rate": "0.125"})
+                             params={"currency_id": 3, "deposit_rate": "0.05", "withdraw_rate": "0.075"})
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["deposit_rate"] == "0.0500000000"
     listed = await (await client.get("/service/commission-rates", headers=service["headers"])).json()
     by_currency = {r["currency_id"]: r for r in listed["commission_rates"]}
-    assert by_currency[3]["withdraw_rate"] == "0.1250000000" and by_currency[1]["deposit_rate"] == "0.0100000000"
+    assert by_currency[3]["withdraw_rate"] == "0.0750000000" and by_currency[1]["deposit_rate"] == "0.0100000000"
 
     tx = await request_deposit(client, alice, service, 3, "200")
     assert (await api_settle(client, service, "deposit", tx["id"], "paid")).status == 200
@@ -239,8 +239,8 @@ async def test_configured_commission_rates_are_used(client, db):
     await api_external_wallet(client, alice, 3)
     tx = await (await api_withdraw(client, alice, service, 3, "80")).json()
     assert (await api_settle(client, service, "withdraw", tx["id"], "paid")).status == 200
-    assert await db.fetchval("SELECT balance FROM wallets WHERE id = $1", svc_wallet) == 20
-    assert await db.fetchval("SELECT balance FROM wallets WHERE id = $1", gateway) == -200 + 70
+    assert await db.fetchval("SELECT balance FROM wallets WHERE id = $1", svc_wallet) == 16
+    assert await db.fetchval("SELECT balance FROM wallets WHERE id = $1", gateway) == -200 + 74
     assert await balance(client, alice, 3) == (Decimal(110), 0)
     # Another currency keeps the defaults.
     tx = await request_deposit(client, alice, service, 1, "100")

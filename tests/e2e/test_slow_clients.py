@@ -158,9 +158,10 @@ async def test_walletd_serve_refuses_connections_past_the_cap_with_503(serve):
     ("WALLETD_HASH_QUEUE", "0"), ("WALLETD_LOGIN_MAX_FAILURES", "0"),
 ])
 async def test_a_nonsense_protection_setting_stops_serve_naming_the_variable(database_url, variable, value):
-    from tests.conftest import JWT_SECRET
+    from tests.conftest import JWT_SECRET, SECRETS_KEY
 
-    env = {**os.environ, "DATABASE_URL": database_url, "WALLETD_JWT_SECRET": JWT_SECRET, variable: value}
+    env = {**os.environ, "DATABASE_URL": database_url, "WALLETD_JWT_SECRET": JWT_SECRET,
+           "WALLETD_SECRETS_KEY": SECRETS_KEY, variable: value}
     proc = await asyncio.create_subprocess_exec(*walletd_command("serve", "--host", "127.0.0.1", "--port", "1"),
                                                 cwd=REPO_ROOT, env=env, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)

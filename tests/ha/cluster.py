@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SCOPE = "walletd-ha"
+HA_SECRETS_KEY = "aGEtdGVzdC1zZWNyZXRzLWtleS1vZi0zMi1ieXRlcy0="  # a Fernet key (32 bytes, URL-safe base64)
 DEPLOY_NODE_FILES = [Path(__file__).resolve().parents[2] / "deploy" / "patroni" / f"pg{n}.yml" for n in (1, 2, 3)]
 
 
@@ -278,7 +279,7 @@ class Cluster:
         # after the old one died: walletd must wait longer than that before giving up on it.
         # As in deploy/docker-compose.yml; set WALLETD_IN_DOUBT_SECONDS to try another value.
         env = {"WALLETD_IN_DOUBT_SECONDS": "30", **os.environ, "DATABASE_URL": database_url,
-               "WALLETD_JWT_SECRET": jwt_secret,
+               "WALLETD_JWT_SECRET": jwt_secret, "WALLETD_SECRETS_KEY": HA_SECRETS_KEY,
                "WALLETD_OPERATOR_KEY": operator_key, "WALLETD_LOG_LEVEL": "info", "PYTHONMALLOC": "malloc",
                **(extra_env or {})}
         proc = self.spawn([str(walletd_bin), "serve", "--host", "127.0.0.1", "--port", str(port)], "walletd.log",

@@ -9,6 +9,7 @@ walletd is ready again and more transfers have gone through. Then, on the new le
 - every acknowledged (200) transfer is there, exactly once, under its key;
 - no transfer was applied twice: committed transfers = stored keys (one per committed transfer);
 - no 5xx other than 503, and every 503 carried Retry-After;
+- no key answered 503 was later replayed as done (a 503 says nothing moved);
 - `walletd audit` is clean;
 - walletd is ready again (/ready 200) in the same process, never restarted.
 
@@ -167,6 +168,9 @@ async def verify(cluster: Cluster, new_leader, db_password: str, result: dict) -
     if wrong_key:
         problems.append(f"{len(wrong_key)} acknowledged keys are not stored with their transaction, "
                         f"e.g. {wrong_key[:3]}")
+    if stats.lying_503s:
+        problems.append(f"{len(stats.lying_503s)} keys were answered 503 (nothing moved) and later replayed as done, "
+                        f"e.g. {stats.lying_503s[:3]}")
     if committed != len(stored):
         problems.append(f"{committed} transfers committed but {len(stored)} keys stored: a transfer applied twice "
                         "or without its key")
@@ -230,7 +234,8 @@ def report(result: dict, formed_s: float, started: float) -> None:
     print("answers by status: " + ", ".join(f"{k}: {v}" for k, v in sorted(stats.statuses.items())))
     print("history pages (read pool, prefer-standby) by status: "
           + ", ".join(f"{k}: {v}" for k, v in sorted(stats.history.items())))
-    print(f"503 without Retry-After: {stats.without_retry_after}")
+    print(f"503 without Retry-After: {stats.without_retry_after}; keys answered 503 and later replayed as done: "
+          f"{len(stats.lying_503s)}")
     replays = sum(1 for a in stats.acks if a.replayed)
     print(f"acknowledged before the kill: {result['acks_at_kill']}, in all: {len(stats.acks)} "
           f"({replays} of them replays of a key whose first attempt's answer was lost)")

@@ -2,7 +2,9 @@
 
 A client gives every transfer its own Idempotency-Key and retries it, with the same key, on 503
 and on connection errors (and, so the harness can report them, on any other 5xx) until it gets an
-answer that settles it: 200 (acknowledged) or a 4xx (refused).
+answer that settles it: 200 (acknowledged) or a 4xx (refused). A key whose every earlier attempt
+was answered 503 ("certainly nothing moved") and whose 200 then comes as a replay had moved money
+under one of those 503s: it is recorded in `LoadStats.lying_503s`, and the scripts fail on it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class LoadStats:
     unresolved: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     history: Counter = field(default_factory=Counter)  # answers to history pages, by status
+    lying_503s: list[str] = field(default_factory=list)  # keys answered 503, later replayed as done
 
 
 async def _call(session: aiohttp.ClientSession, method: str, url: str, **kwargs) -> dict:
@@ -92,6 +95,7 @@ async def transfer_once(session: aiohttp.ClientSession, base: str, source: User,
     key = f"ha-{uuid.uuid4()}"
     body = {"source_wallet_id": source.wallets[1], "target_wallet_id": target_wallet, "amount": TRANSFER_AMOUNT}
     headers = {**source.auth, "Idempotency-Key": key}
+    answered_503 = outcome_unknown = False  # what earlier attempts of this key were told
     while True:
         if time.monotonic() > give_up_at:
             stats.unresolved.append(key)
@@ -106,14 +110,18 @@ async def transfer_once(session: aiohttp.ClientSession, base: str, source: User,
                 request_id = response.headers.get("X-Request-ID", "")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             stats.statuses[f"connection error ({type(exc).__name__})"] += 1
+            outcome_unknown = True  # the attempt may have committed before its answer was lost
             await asyncio.sleep(0.2)
             continue
         stats.statuses[str(status)] += 1
         if status == 200:
             stats.latencies.append(time.monotonic() - started)
             stats.acks.append(Ack(key, json.loads(text)["id"], time.monotonic(), replayed))
+            if replayed and answered_503 and not outcome_unknown:
+                stats.lying_503s.append(key)  # only attempts told 503 came before: one of them moved
             return
         if status == 503:
+            answered_503 = True
             if retry_after is None:
                 stats.without_retry_after += 1
             try:
@@ -123,6 +131,7 @@ async def transfer_once(session: aiohttp.ClientSession, base: str, source: User,
             await asyncio.sleep(pause)
         elif status >= 500:
             stats.server_errors.append((status, request_id, text[:300]))
+            outcome_unknown = True  # 500 outcome_unknown says exactly that
             await asyncio.sleep(0.2)
         else:
             stats.refused.append((status, text[:300]))

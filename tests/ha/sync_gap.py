@@ -12,7 +12,8 @@ the standby, and walletd then looks the commit up on the same leader, it finds i
 3. after walletd answered (or a few seconds), the leader node is SIGKILLed and Patroni promotes
    the synchronous standby, which never received that commit;
 4. the client retries its key until it gets 200. Every transfer acknowledged at any point must
-   be on the new leader.
+   be on the new leader, and a key answered 503 must never come back as a replay (the 503 said
+   nothing moved).
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ async def scenario(cluster: Cluster, base: str, leader, standby, db_password: st
     lost = [a for a in stats.acks if a.transaction_id not in found]
     print(f"acknowledged {len(stats.acks)} ({len(acked_before_kill)} before the kill), found on the new leader "
           f"{len(found)}; answers {dict(stats.statuses)}")
-    return [f"acknowledged transfer {a.transaction_id} (key {a.key}) is not on the new leader" for a in lost]
+    problems = [f"acknowledged transfer {a.transaction_id} (key {a.key}) is not on the new leader" for a in lost]
+    problems += [f"key {key} was answered 503 (nothing moved) and later replayed as done" for key in stats.lying_503s]
+    return problems
 
 
 async def main_async(args) -> int:

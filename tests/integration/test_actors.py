@@ -205,3 +205,38 @@ async def test_a_client_that_goes_away_does_not_cancel_an_accepted_command(make_
     assert await balance(client, alice, 2) == (start - Decimal("2.5") * 40, 0)
     assert await balance(client, bob, 2) == (Decimal("2.5") * 40, 0)
     await assert_ledger_consistent(db)
+
+
+async def test_an_actor_cancelled_while_the_committer_holds_its_batch_never_says_nothing_moved(make_client, db):
+    """The actor of a wallet is cancelled (a shutdown past its timeout does that) while its batch
+    waits at the committer for a row lock: the batch then commits, and its caller must hear so,
+    not "internal error; nothing moved"."""
+    client = await make_client()
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    service = await register_service(client)
+    await fund(client, alice, service, 1, "100")
+    start, _ = await balance(client, alice, 1)
+    registry = registry_of(client)
+    lock = db.transaction()
+    await lock.start()
+    await db.execute("SELECT 1 FROM wallets WHERE id = $1 FOR UPDATE", uuid.UUID(bob["wallets"][1]["id"]))
+    try:
+        transfer = asyncio.create_task(api_transfer(client, alice, 1, bob["wallets"][1]["id"], "4",
+                                                    {"Idempotency-Key": f"cancel-{uuid.uuid4()}"}))
+
+        async def commit_waits_for_the_lock() -> bool:
+            return await db.fetchval("SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = 'walletd' "
+                                     "AND wait_event_type = 'Lock'")
+        await until(commit_waits_for_the_lock, what="the batch's write waiting for the payee's row lock")
+        actor = registry.actors[uuid.UUID(alice["wallets"][1]["id"])]
+        assert actor.busy
+        actor.task.cancel()
+        await until(lambda: actor.task.done(), what="the actor cancelled")
+    finally:
+        await lock.rollback()
+    resp = await asyncio.wait_for(transfer, 30)
+    assert resp.status == 200, await resp.text()
+    assert start - (await balance(client, alice, 1))[0] == Decimal(4)
+    # The wallet's next command gets a fresh actor.
+    assert (await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "1")).status == 200
+    await assert_ledger_consistent(db)

@@ -39,13 +39,15 @@ class EmbeddedServe:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> "EmbeddedServe":
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("DATABASE_URL", "WALLETD_JWT_SECRET", "WALLETD_OPERATOR_KEY", "XDG_RUNTIME_DIR")}
-        env.update(WALLETD_DATA_DIR=str(self.data_dir), WALLETD_LOG_LEVEL="info")
+    async def start(self, *args: str, **env: str) -> "EmbeddedServe":
+        environment = {k: v for k, v in os.environ.items()
+                       if k not in ("DATABASE_URL", "WALLETD_JWT_SECRET", "WALLETD_OPERATOR_KEY", "XDG_RUNTIME_DIR",
+                                    "WALLETD_OPEN_SERVICE_REGISTRATION")}
+        environment.update(WALLETD_DATA_DIR=str(self.data_dir), WALLETD_LOG_LEVEL="info", **env)
         with self.out.open("wb") as out, self.err.open("wb") as err:
             self.proc = await asyncio.create_subprocess_exec(
-                *walletd_command("serve", "--port", str(self.port)), cwd=REPO_ROOT, env=env, stdout=out, stderr=err)
+                *walletd_command("serve", "--port", str(self.port), *args), cwd=REPO_ROOT, env=environment,
+                stdout=out, stderr=err)
         return self
 
     async def wait_ready(self, timeout: float = 90) -> None:
@@ -145,3 +147,51 @@ async def test_start_up_banner_operator_key_and_busy_port(data_dir):
     events = [json.loads(line)["event"] for line in lines]  # stdout is JSON lines only
     assert "walletd.starting" in events and events[-1] == "walletd.stopped"  # migrations log before it
     assert "http.request" in events
+
+
+def _service_identity() -> dict:
+    name = unique("svc")
+    return {"username": name, "email": f"{name}@example.com", "password": PASSWORD}
+
+
+async def test_open_registration_beats_the_generated_key_in_every_worker(data_dir):
+    serve = await EmbeddedServe(data_dir, free_port()).start(
+        "--workers", "2", WALLETD_OPEN_SERVICE_REGISTRATION="1")
+    try:
+        await serve.wait_ready()
+        assert (data_dir / "operator-key").is_file()  # a key was generated, as without the switch
+        banner = serve.err.read_text()
+        assert "service registration: OPEN to anyone (WALLETD_OPEN_SERVICE_REGISTRATION=1, development only)" in banner
+
+        async def both_processes_serve() -> bool:  # the worker started too (it inherits the switch)
+            async with aiohttp.ClientSession() as session, session.get(serve.url + "/metrics") as resp:
+                return "walletd_workers 2.0" in (await resp.text()).splitlines()
+        await until(both_processes_serve, 30, what="walletd_workers 2")
+        # A connection each: the kernel spreads them over both processes, and every one must be open.
+        for headers in [{}] * 6 + [{"X-Operator-Key": "not-the-key"}]:
+            identity = _service_identity()
+            async with aiohttp.ClientSession() as session:
+                async with session.post(serve.url + "/auth/register_service", headers=headers,
+                                        json=identity) as resp:
+                    assert resp.status == 200, await resp.text()
+                    registered = await resp.json()
+                async with session.get(serve.url + "/service/auth/login",
+                                       params={"username": identity["username"], "password": PASSWORD}) as resp:
+                    assert resp.status == 200, await resp.text()  # a service login: the user has the service role
+                    assert (await resp.json())["user_id"] == registered["user_id"]
+        serve.proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(serve.proc.wait(), 60) == 0
+    finally:
+        serve.kill()
+
+
+async def test_an_explicit_key_with_the_open_switch_refuses_to_start(data_dir):
+    serve = await EmbeddedServe(data_dir, free_port()).start(
+        WALLETD_OPEN_SERVICE_REGISTRATION="1", WALLETD_OPERATOR_KEY="an-explicit-operator-key-of-32-chars")
+    try:
+        assert await asyncio.wait_for(serve.proc.wait(), 60) == 2
+    finally:
+        serve.kill()
+    error = serve.err.read_text()
+    assert "WALLETD_OPEN_SERVICE_REGISTRATION" in error and "WALLETD_OPERATOR_KEY" in error, error
+    assert not (data_dir / "pg").exists()  # refused before starting anything

@@ -201,10 +201,11 @@ async def test_a_first_release_database_is_adopted_with_its_data(fresh):
     balances = await conn.fetch("SELECT id, balance FROM wallets ORDER BY id")
 
     applied = await migrate(conn)
-    assert [m.version for m in applied] == list(range(1, latest_version() + 1))
+    assert [m.version for m in applied] == [m.version for m in load_migrations()]
     assert await schema_ready(conn)
     after = await snapshot(conn)
-    assert after["triggers"] == before["triggers"]  # 0001 again created nothing twice
+    # 0001 again created nothing twice; later migrations add their own
+    assert after["triggers"] == sorted(before["triggers"] + ["journal_seals_append_only"])
     assert await conn.fetch("SELECT id, balance FROM wallets ORDER BY id") == balances
     await assert_postings_apply_once(conn)  # the trigger still applies each posting once
 
@@ -214,7 +215,7 @@ async def test_a_changed_released_migration_is_refused_and_nothing_applied(fresh
     await migrate(conn)
     shipped = load_migrations()
     edited = [Migration(shipped[0].version, shipped[0].name, shipped[0].sql + "\n-- edited\n"), *shipped[1:],
-              Migration(len(shipped) + 1, "never_applied", "CREATE TABLE never_applied (id int)")]
+              Migration(shipped[-1].version + 1, "never_applied", "CREATE TABLE never_applied (id int)")]
     with pytest.raises(MigrationError, match=r"0001.*must never change"):
         await migrate(conn, migrations=edited)
     assert await conn.fetchval("SELECT to_regclass('public.never_applied')") is None
@@ -242,11 +243,11 @@ async def test_walletd_migrate_refuses_a_tampered_record_loudly(admin_url):
     assert "migration refused" in out and "0001" in out and "must never change" in out
 
 
-def test_migration_files_must_be_numbered_without_gaps_or_duplicates(tmp_path):
+def test_migration_files_are_ordered_by_number_and_never_share_one(tmp_path):
     (tmp_path / "0001_a.sql").write_text("SELECT 1")
     (tmp_path / "0003_c.sql").write_text("SELECT 1")
-    with pytest.raises(MigrationError, match="gaps"):
-        load_migrations(tmp_path)
+    # a number reserved for a change not merged yet may be missing
+    assert [m.label for m in load_migrations(tmp_path)] == ["0001_a", "0003_c"]
     (tmp_path / "0002_b.sql").write_text("SELECT 1")
     assert [m.label for m in load_migrations(tmp_path)] == ["0001_a", "0002_b", "0003_c"]
     (tmp_path / "0002_b_again.sql").write_text("SELECT 1")

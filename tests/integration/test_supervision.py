@@ -10,11 +10,14 @@ import asyncio
 import uuid
 from decimal import Decimal
 
+import pytest
+
 from tests.conftest import api_transfer, assert_ledger_consistent, balance, fund, register, register_service
 from walletd.actors.committer import Envelope, GroupCommitter
 from walletd.appkeys import registry_key
 from walletd.domain import errors
 from walletd.domain.ledger import Transfer
+from walletd.persistence.outcomes import Decided
 
 
 async def setup(client):
@@ -35,6 +38,9 @@ class BreaksOnce:
             raise RuntimeError("injected bug")
         return await self.ledger.apply(commands)
 
+    def learn(self, decided) -> None:
+        self.ledger.learn(decided)
+
 
 async def test_a_ledger_bug_answers_its_batch_and_the_committer_goes_on(client, log_tap, db):
     alice, bob = await setup(client)
@@ -47,6 +53,44 @@ async def test_a_ledger_bug_answers_its_batch_and_the_committer_goes_on(client, 
     assert second.status == 200, await second.text()
     assert start - (await balance(client, alice, 1))[0] == Decimal(1)
     assert any('"ledger.batch_failed"' in line for line in log_tap.lines)
+    await assert_ledger_consistent(db)
+
+
+class Broken:
+    """A stand-in for a metric or counter that raises when touched."""
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"injected failure in {name}")
+
+
+def _raise(*args, **kwargs):
+    raise RuntimeError("injected failure after the commit")
+
+
+AFTER_COMMIT = {  # what runs once a batch has committed, broken one at a time
+    "the committer's metrics": lambda mp: mp.setattr("walletd.metrics.committed", _raise),
+    "the ledger's path counter": lambda mp: mp.setattr("walletd.metrics.FAST_PATH", Broken()),
+    "the predictions learning the batch": lambda mp: mp.setattr(
+        "walletd.persistence.predictions.WalletPredictions.learn", _raise),
+}
+
+
+@pytest.mark.parametrize("broken", list(AFTER_COMMIT))
+async def test_a_failure_after_the_commit_never_changes_the_answer(client, db, log_tap, monkeypatch, broken):
+    """Whatever fails after a batch committed (a metric, a counter, the prediction cache), the
+    callers are told it committed: a committed transfer is never answered "nothing moved"."""
+    alice, bob = await setup(client)
+    start, _ = await balance(client, alice, 1)
+    headers = {"Idempotency-Key": f"after-{uuid.uuid4()}"}
+    AFTER_COMMIT[broken](monkeypatch)
+    resp = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "3", headers)
+    monkeypatch.undo()
+    assert resp.status == 200, await resp.text()
+    assert start - (await balance(client, alice, 1))[0] == Decimal(3)
+    again = await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "3", headers)
+    assert again.status == 200 and again.headers.get("Idempotent-Replayed") == "true"
+    assert await again.json() == await resp.json()
+    assert any('"money.transferred"' in line for line in log_tap.lines), "the audit line of the commit"
     await assert_ledger_consistent(db)
 
 
@@ -91,7 +135,10 @@ class Stuck:
 
     async def apply(self, commands):
         await self.release.wait()
-        return [errors.Overloaded() for _ in commands], []
+        return Decided([errors.Overloaded() for _ in commands], [])
+
+    def learn(self, decided) -> None:
+        pass
 
 
 async def test_close_has_a_timeout_and_refuses_what_was_still_queued():

@@ -155,6 +155,17 @@ async def test_a_first_release_database_upgrades_with_users_balances_and_pending
             assert (await wallet(session, bob, 1))[0] == Decimal(11)
             resp = await session.get("/ready")
             assert resp.status == 200
+            # The old release's movements are in the books too: dated and tied to their records
+            # by the upgrade, the hold to its withdrawal.
+            resp = await session.get("/user/wallet/statement", headers=alice["headers"],
+                                     params={"wallet_id": alice["wallets"][1]["id"]})
+            statement = await resp.json()
+            assert resp.status == 200, statement
+            lines = [(line["type"], Decimal(line["amount"])) for line in statement["entries"]]
+            assert lines == [("deposit", credited), ("transfer", Decimal(-10)), ("transfer", Decimal(-5)),
+                             ("withdraw", Decimal(-7)), ("transfer", Decimal(-1))], lines
+            assert statement["entries"][3]["transaction_id"] == pending_withdraw
+            assert Decimal(statement["closing_balance"]) == alice_before[0] - 1
     finally:
         assert await new.stop() == 0
     code, out = await run_cli(url, "audit")

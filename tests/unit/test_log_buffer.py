@@ -1,4 +1,7 @@
+import asyncio
 import io
+import threading
+import time
 
 from tests.polling import until
 from walletd.logs import LineBuffer
@@ -8,34 +11,63 @@ class CountingStream(io.StringIO):
     def __init__(self) -> None:
         super().__init__()
         self.writes = 0
+        self.lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        self.writes += 1
-        return super().write(text)
+        with self.lock:
+            self.writes += 1
+            return super().write(text)
+
+    def text(self) -> str:
+        with self.lock:
+            return self.getvalue()
 
 
-async def test_lines_written_together_after_the_interval_in_order():
+async def test_lines_logged_together_are_written_together_in_order():
     stream = CountingStream()
     buffer = LineBuffer(stream, interval=0.05)
     for i in range(100):
         buffer.info(f'{{"n": {i}}}')
-    assert stream.getvalue() == ""
-    await until(lambda: stream.writes, what="the buffer written after its interval")
+    await until(lambda: stream.text().count("\n") == 100, what="the lines written after the interval")
     assert stream.writes == 1
-    assert stream.getvalue().splitlines() == [f'{{"n": {i}}}' for i in range(100)]
+    assert stream.text().splitlines() == [f'{{"n": {i}}}' for i in range(100)]
 
 
-async def test_a_full_buffer_is_written_at_once():
+def test_a_line_is_written_while_the_event_loop_is_blocked():
+    """The writer is a thread: a loop busy with one long step (or no loop at all) holds nothing back."""
     stream = CountingStream()
-    buffer = LineBuffer(stream, interval=60, limit=1000)
-    for _ in range(30):
-        buffer.info("x" * 99)
-    assert stream.writes >= 2 and len(stream.getvalue()) >= 1000
+    buffer = LineBuffer(stream, interval=0.02)
+
+    async def blocked_loop():
+        buffer.info('{"event": "before a long step"}')
+        deadline = time.monotonic() + 5
+        while "before a long step" not in stream.text():  # never yields to the loop
+            assert time.monotonic() < deadline, "the line waited for the event loop"
+
+    asyncio.run(blocked_loop())
+
+
+def test_a_line_logged_as_an_event_loop_ends_is_written():
+    """walletd serve migrates in an event loop that ends before the server's starts."""
+    stream = CountingStream()
+    buffer = LineBuffer(stream, interval=0.02)
+
+    async def last_words():
+        buffer.info('{"event": "migrate.applied"}')
+
+    asyncio.run(last_words())
+    buffer.info('{"event": "walletd.starting"}')
+    deadline = time.monotonic() + 5
+    while stream.text().count("\n") < 2:
+        assert time.monotonic() < deadline, stream.text()
+        time.sleep(0.01)
+
+
+def test_flush_writes_what_is_pending_at_once():
+    stream = CountingStream()
+    buffer = LineBuffer(stream, interval=60)
+    buffer.info('{"event": "walletd.stopped"}')
+    buffer.flush()  # what exit does (atexit)
+    assert stream.text() == '{"event": "walletd.stopped"}\n'
     buffer.flush()
-    assert stream.getvalue().count("\n") == 30
-
-
-def test_without_an_event_loop_a_line_is_written_immediately():
-    stream = CountingStream()
-    LineBuffer(stream).info('{"event": "walletd.starting"}')
-    assert stream.getvalue() == '{"event": "walletd.starting"}\n'
+    assert stream.writes == 1  # nothing left: no empty write

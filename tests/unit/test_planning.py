@@ -27,10 +27,11 @@ from walletd.domain.ledger import (
     Transfer,
     WalletState,
     plan_deposit_request,
-    plan_settlement,
     plan_transfer,
     plan_withdraw_request,
 )
+from walletd.domain.money import fmt
+from walletd.domain.settlement import plan_settlement
 
 # ---- ledger planning: every movement balances ---------------------------------------------------
 
@@ -80,43 +81,47 @@ def apply_step(world: World, step: tuple, effects: Effects):
         return plan_transfer(Transfer(world.users[user], source, target, amount), world.wallets, world.desks,
                              world.rates, effects)
     if kind == "deposit":
-        _, user, currency, amount = step
+        _, user, currency, amount, rate = step
         wallet = world.user_wallets[(world.users[user], currency)]
         row = plan_deposit_request(RequestDeposit(world.users[user], wallet, world.gateway[currency],
-                                                  world.service_user, amount), world.wallets, effects)
+                                                  world.service_user, amount, commission_rate=rate),
+                                   world.wallets, effects)
         world.pending[uuid.UUID(row["id"])] = pending_of(row, effects, None)
         return row
     if kind == "withdraw":
-        _, user, currency, amount = step
+        _, user, currency, amount, rate = step
         wallet = world.user_wallets[(world.users[user], currency)]
         row = plan_withdraw_request(RequestWithdraw(world.users[user], wallet, world.gateway[currency],
-                                                    world.service_user, world.external[world.users[user]], amount),
+                                                    world.service_user, world.external[world.users[user]], amount,
+                                                    commission_rate=rate),
                                     world.wallets, effects)
         world.pending[uuid.UUID(row["id"])] = pending_of(row, effects, world.external[world.users[user]])
         return row
-    _, pick, status, rate = step  # settle
+    # settle; the service's rate at settlement time is not the one charged: the record fixed its own
+    _, pick, status, rate_now = step
     if not world.pending:
         return None
     pending = list(world.pending.values())[pick % len(world.pending)]
     user_wallet = pending.to_wallet_id if pending.type == "deposit" else pending.from_wallet_id
     currency = world.wallets[user_wallet].currency_id
     return plan_settlement(Settle(world.service_user, pending.id, pending.type, status, user_wallet,
-                                  world.service[currency], world.gateway[currency], rate),
+                                  world.service[currency], world.gateway[currency], rate_now),
                            pending, world.wallets, effects)
 
 
 def pending_of(row: dict, effects: Effects, external: uuid.UUID | None) -> PendingState:
     raw = effects.new_transactions[-1]
     return PendingState(raw["id"], raw["type"], raw["status"], raw["amount"], raw["from_wallet_id"],
-                        raw["to_wallet_id"], raw["user_id"], raw["service_user_id"], external, row)
+                        raw["to_wallet_id"], raw["user_id"], raw["service_user_id"], external, row,
+                        raw["commission"])
 
 
 step_amounts = st.integers(min_value=1, max_value=5 * 10**12).map(lambda n: Decimal(n) * UNIT)
 steps = st.one_of(
     st.tuples(st.just("transfer"), st.integers(0, 1), st.sampled_from(CURRENCIES), st.integers(0, 1),
               st.sampled_from(CURRENCIES), step_amounts),
-    st.tuples(st.just("deposit"), st.integers(0, 1), st.sampled_from(CURRENCIES), step_amounts),
-    st.tuples(st.just("withdraw"), st.integers(0, 1), st.sampled_from(CURRENCIES), step_amounts),
+    st.tuples(st.just("deposit"), st.integers(0, 1), st.sampled_from(CURRENCIES), step_amounts, commission_rates),
+    st.tuples(st.just("withdraw"), st.integers(0, 1), st.sampled_from(CURRENCIES), step_amounts, commission_rates),
     st.tuples(st.just("settle"), st.integers(0, 50), st.sampled_from(["paid", "rejected", "reject"]),
               commission_rates),
 )
@@ -164,13 +169,14 @@ def test_every_planned_movement_balances_per_currency(program):
 
 
 @settings(max_examples=200, deadline=None)
-@given(amounts.filter(lambda a: a <= 10**9), commission_rates)
-def test_deposit_paid_postings(amount, rate):
+@given(amounts.filter(lambda a: a <= 10**9), commission_rates, commission_rates)
+def test_deposit_paid_postings(amount, rate, rate_at_settlement):
     world = World()
     effects = Effects(NOW)
-    row = apply_step(world, ("deposit", 0, 2, amount), effects)
+    row = apply_step(world, ("deposit", 0, 2, amount, rate), effects)
     assert effects.postings == [], "a deposit request moves nothing"
-    settled = apply_step(world, ("settle", 0, "paid", rate), effects)
+    assert (row["commission_rate"], row["commission"]) == (fmt(rate), fmt(commission_fee(amount, rate)))
+    settled = apply_step(world, ("settle", 0, "paid", rate_at_settlement), effects)
     assert settled["status"] == "paid" and settled["id"] == row["id"]
     fee = commission_fee(amount, rate)
     legs = {(p[1], p[3]): p[4] for p in effects.postings}
@@ -187,17 +193,18 @@ def test_deposit_paid_postings(amount, rate):
 
 
 @settings(max_examples=200, deadline=None)
-@given(amounts.filter(lambda a: a <= 10**9), commission_rates, st.sampled_from(["paid", "rejected", "reject"]))
-def test_withdraw_hold_and_settlement_postings(amount, rate, outcome):
+@given(amounts.filter(lambda a: a <= 10**9), commission_rates, commission_rates,
+       st.sampled_from(["paid", "rejected", "reject"]))
+def test_withdraw_hold_and_settlement_postings(amount, rate, rate_at_settlement, outcome):
     world = World()
     effects = Effects(NOW)
     user = world.wallets[world.user_wallets[(world.users[1], 1)]]
     user.balance = amount  # as if funded earlier (outside this batch)
-    apply_step(world, ("withdraw", 1, 1, amount), effects)
+    apply_step(world, ("withdraw", 1, 1, amount, rate), effects)
     assert (user.balance, user.reserved) == (0, amount), "the whole balance may be withdrawn"
     hold = list(effects.postings)
     assert sorted((p[3], p[4]) for p in hold) == sorted([("B", -amount), ("R", amount)])
-    apply_step(world, ("settle", 0, outcome, rate), effects)
+    apply_step(world, ("settle", 0, outcome, rate_at_settlement), effects)
     legs = {(p[1], p[3]): p[4] for p in effects.postings[len(hold):]}
     if outcome == "paid":
         fee = commission_fee(amount, rate)
@@ -214,7 +221,7 @@ def test_withdraw_hold_and_settlement_postings(amount, rate, outcome):
 def test_settlement_by_another_service_user_or_wrong_type_is_refused():
     world = World()
     effects = Effects(NOW)
-    apply_step(world, ("deposit", 0, 1, Decimal("5")), effects)
+    apply_step(world, ("deposit", 0, 1, Decimal("5"), Decimal("0.01")), effects)
     pending = next(iter(world.pending.values()))
     wallet = pending.to_wallet_id
     with pytest.raises(errors.TransactionNotFound):

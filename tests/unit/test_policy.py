@@ -15,6 +15,7 @@ from walletd.domain.policy import (
     OPERATOR_USER_ID,
     CommissionRates,
     check_settler,
+    fixed_commission_rate,
     plan_signup_bonus,
     settle_command,
 )
@@ -46,21 +47,35 @@ def test_defaults_and_operator_identity_are_fixed():
 
 @pytest.mark.parametrize("kind, user_wallet, rate", [("deposit", "to", Decimal("0.03")),
                                                      ("withdraw", "from", Decimal("0.04"))])
-def test_settle_command_charges_the_type_s_rate_to_the_customer_s_wallet(kind, user_wallet, rate):
+def test_settle_command_names_the_customer_s_wallet_and_the_record_s_service(kind, user_wallet, rate):
     service_user, source, target = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     pending = {"id": uuid.uuid4(), "type": kind, "service_user_id": service_user,
                "from_wallet_id": source, "to_wallet_id": target, "currency_id": 1}
     checked = check_settler(pending, service_user, kind)
-    command = settle_command(checked, service_user_id=service_user, new_status="paid", service_wallet_id=uuid.uuid4(),
-                             gateway_wallet_id=uuid.uuid4(), rates=CommissionRates(Decimal("0.03"), Decimal("0.04")))
-    assert command.commission_rate == rate
+    fallback = fixed_commission_rate(CommissionRates(Decimal("0.03"), Decimal("0.04")), kind, Decimal("0.10"))
+    command = settle_command(checked, new_status="paid", service_wallet_id=uuid.uuid4(),
+                             gateway_wallet_id=uuid.uuid4(), fallback_rate=fallback)
+    assert command.commission_rate == rate and command.settled_by == "service"
     assert command.user_wallet_id == (target if user_wallet == "to" else source)
-    assert (command.transaction_id, command.type) == (pending["id"], kind)
+    assert (command.transaction_id, command.type, command.service_user_id) == (pending["id"], kind, service_user)
+    # The operator reaches every service's record; the command still names the record's service.
+    by_operator = settle_command(check_settler(pending, None, kind), new_status="rejected",
+                                 service_wallet_id=uuid.uuid4(), gateway_wallet_id=uuid.uuid4(),
+                                 fallback_rate=fallback, settled_by="operator")
+    assert (by_operator.service_user_id, by_operator.settled_by) == (service_user, "operator")
+
+
+def test_a_request_fixes_the_service_s_rate_within_the_ceiling():
+    rates = CommissionRates(Decimal("0.03"), Decimal("0.9999999999"))
+    assert fixed_commission_rate(rates, "deposit", Decimal("0.10")) == Decimal("0.03")
+    assert fixed_commission_rate(rates, "withdraw", Decimal("0.10")) == Decimal("0.10")
+    assert fixed_commission_rate(rates, "deposit", Decimal("0.02")) == Decimal("0.02")
 
 
 def test_only_the_named_service_user_settles_and_only_the_right_type():
     service_user = uuid.uuid4()
     pending = {"type": "deposit", "service_user_id": service_user}
+    assert check_settler(pending, None, "deposit") is pending  # the operator: any service's record
     with pytest.raises(errors.TransactionNotFound):
         check_settler(None, service_user, "deposit")
     with pytest.raises(errors.TransactionNotFound):
@@ -92,9 +107,12 @@ def test_no_bonus_plans_nothing():
     assert fx.entries == [] and fx.postings == []
 
 
-def test_cross_rates_go_through_the_base_rounded_to_ten_places():
+def test_cross_rates_go_through_the_base_cut_toward_the_desk():
     pairs = cross_rates("EUR", {"USD": Decimal("1.1"), "JPY": Decimal("130")})
     assert pairs[("EUR", "USD")] == Decimal("1.1000000000")
-    assert pairs[("USD", "EUR")] == Decimal("0.9090909091")
+    # 1 / 1.1 = 0.90909090909…: half-even gave 0.9090909091, and 1.1 × 0.9090909091 > 1.
+    assert pairs[("USD", "EUR")] == Decimal("0.9090909090")
+    assert pairs[("EUR", "USD")] * pairs[("USD", "EUR")] <= 1
     assert pairs[("USD", "JPY")] == Decimal("118.1818181818")
+    assert pairs[("JPY", "USD")] == Decimal("0.0084615384")  # 0.00846153846…, cut
     assert len(pairs) == 6

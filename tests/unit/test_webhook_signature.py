@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import time
 from pathlib import Path
@@ -40,6 +42,11 @@ def test_the_readme_receiver_accepts_walletd_signatures_and_refuses_others():
     assert not verified(BODY.replace(b"e1", b"e2"), header)
     assert not verified(BODY, sign("whsec_other", BODY, int(time.time())))
     assert not verified(BODY, "") and not verified(BODY, "t=x,v1=y")
+    # during a rotation's overlap: two signatures, the receiver's secret behind either of them
+    now = int(time.time())
+    assert verified(BODY, sign("whsec_new", BODY, now, "whsec_readme"))
+    assert verified(BODY, sign("whsec_readme", BODY, now, "whsec_old"))
+    assert not verified(BODY, sign("whsec_new", BODY, now, "whsec_old"))
 
 
 def test_backoff_doubles_with_jitter_and_the_first_retry_comes_within_the_base():
@@ -48,3 +55,21 @@ def test_backoff_doubles_with_jitter_and_the_first_retry_comes_within_the_base()
         for _ in range(50):
             assert full / 2 <= backoff(attempt, base) <= full
     assert max(backoff(1, 2.0) for _ in range(50)) <= 2.0
+
+
+def test_the_signature_matches_a_known_answer_computed_without_walletd():
+    """Fixed secret, timestamp and body; the expected hex was computed with OpenSSL, not with
+    walletd's code: printf '%s' '1700000000.{"id":"evt_1","type":"deposit.requested"}' |
+    openssl dgst -sha256 -hmac 'whsec_known_answer_test' (and likewise for the second secret)."""
+    body = b'{"id":"evt_1","type":"deposit.requested"}'
+    expected = "t=1700000000,v1=" + KNOWN_ANSWER
+    assert sign("whsec_known_answer_test", body, 1700000000) == expected
+    assert sign("whsec_known_answer_test", body, 1700000000, "whsec_previous_secret") == \
+        expected + ",v1=" + KNOWN_ANSWER_PREVIOUS
+    # and the standard library agrees (a second, independent computation)
+    assert hmac.new(b"whsec_known_answer_test", b"1700000000." + body, hashlib.sha256).hexdigest() == KNOWN_ANSWER
+    assert re.fullmatch(r"[0-9a-f]{64}", KNOWN_ANSWER) and time.time() > 1700000000
+
+
+KNOWN_ANSWER = "f27e88eb5e392349de568e8f4f7ea741ec415ef2295bfedbf7c7b302ad0e3559"
+KNOWN_ANSWER_PREVIOUS = "f819dabe28e8b6f73136afd586876bbec0a81159b0e6294f9c14fd6490281040"

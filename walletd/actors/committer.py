@@ -7,7 +7,9 @@ A few workers run at once so one batch is being planned while another waits for 
 Every envelope handed to the committer gets an outcome, whatever fails: a worker that crashes
 is logged and its loop goes on; a batch's commit runs in its own task, shielded, so cancelling
 a worker (shutdown past its timeout) never cuts a write in half; on close, commands not yet
-taken are refused (503, nothing moved).
+taken are refused (503, nothing moved). Once the ledger has decided a batch, its callers are
+answered before anything else runs (the audit lines, the ledger learning from the batch,
+metrics): what follows a commit can fail, never change an answer.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ import contextvars
 import functools
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from walletd import metrics
 from walletd.domain.errors import DomainError, InternalFailure, OutcomeUnknown, Overloaded, Unavailable
 from walletd.domain.ledger import Command
 from walletd.logs import get_logger
+
+if TYPE_CHECKING:
+    from walletd.actors.registry import Joint
 
 log = get_logger("walletd.ledger")
 
@@ -30,6 +36,7 @@ log = get_logger("walletd.ledger")
 class Envelope:
     command: Command
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    joint: Joint | None = None  # set when the command sits in several wallets' mailboxes
 
 
 class GroupCommitter:
@@ -99,7 +106,7 @@ class GroupCommitter:
             except Exception as exc:  # noqa: BLE001 - a bug here must not stop the loop
                 self.crashes += 1
                 log.exception("committer.crashed", size=len(batch))
-                _fail(batch, InternalFailure())
+                _fail(batch, InternalFailure())  # a no-op for the answered: a commit's answers stand
                 del exc
             finally:
                 for _, done in groups:
@@ -116,9 +123,9 @@ class GroupCommitter:
         return groups
 
     async def _commit(self, batch: list[Envelope]) -> None:
-        started = time.perf_counter()  # metrics (api branch)
+        started = time.perf_counter()
         try:
-            results, events = await self.ledger.apply([e.command for e in batch])
+            decided = await self.ledger.apply([e.command for e in batch])
         except DomainError as exc:  # the whole batch has one outcome (Unavailable, OutcomeUnknown)
             _fail(batch, exc)
             return
@@ -126,22 +133,18 @@ class GroupCommitter:
             log.exception("ledger.batch_failed", size=len(batch))
             _fail(batch, OutcomeUnknown())  # it may have failed after writing: do not claim otherwise
             raise
+        # Acknowledged only now that COMMIT returned (a 200 means durable), and before anything
+        # else runs: from here on every answer is fixed.
+        _answer(batch, decided.results)
         self.batches += 1
         self.commands += len(batch)
-        metrics.committed(len(batch), time.perf_counter() - started)  # metrics (api branch)
-        # Acknowledge only after COMMIT returned: a 200 means the movement is durable.
-        for envelope, result in zip(batch, results, strict=True):
-            if envelope.future.done():
-                continue  # the caller went away; the Idempotency-Key lets it learn the outcome
-            if isinstance(result, BaseException):
-                envelope.future.set_exception(result)
-            else:
-                envelope.future.set_result(result)
-        for event, fields in events:
+        for event, fields in decided.events:
             try:
                 log.info(event, **fields)
-            except Exception:  # noqa: BLE001 - the movement committed; a log failure must not undo the answer
+            except Exception:  # noqa: BLE001 - one broken audit line must not cost the others
                 log.exception("audit.log_failed", audit_event=event)
+        self.ledger.learn(decided)
+        metrics.committed(len(batch), time.perf_counter() - started)
 
     def shed(self) -> None:
         """The database has been unreachable for a while: refuse what waits here (never sent, so
@@ -177,6 +180,20 @@ class GroupCommitter:
             await asyncio.wait(pending, timeout=1)
         if self._commits:
             await asyncio.wait(list(self._commits), timeout=max(1.0, timeout / 3))
+
+
+def _answer(batch: list[Envelope], results: list[object]) -> None:
+    if len(results) != len(batch):  # a ledger bug: which command committed is not known
+        log.error("committer.results_mismatch", commands=len(batch), results=len(results))
+        _fail(batch, OutcomeUnknown())
+        return
+    for envelope, result in zip(batch, results, strict=True):
+        if envelope.future.done():
+            continue  # the caller went away; the Idempotency-Key lets it learn the outcome
+        if isinstance(result, BaseException):
+            envelope.future.set_exception(result)
+        else:
+            envelope.future.set_result(result)
 
 
 def _fail(batch: list[Envelope], exc: BaseException) -> None:

@@ -1,10 +1,18 @@
 """One actor per wallet: a task with a bounded mailbox, handling commands in arrival order.
 
-A command enters exactly one mailbox, the one of the wallet it debits or holds (credits cannot
-fail, so they need no actor), so no cycle of waits between actors can form. An actor hands
-everything queued in its mailbox to the group committer at once and waits for the commit
-before taking more: one wallet never has two batches in flight in this process, and a busy
-wallet's commands share a commit. Idle actors retire, so memory tracks active wallets.
+A command enters the mailbox of each wallet it debits or holds (credits cannot fail, so they
+need no actor): one mailbox for every command but a multi-leg transfer from several of the
+caller's wallets. An actor hands everything queued in its mailbox to the group committer at once
+and waits for the commit before taking more: one wallet never has two batches in flight in this
+process, and a busy wallet's commands share a commit. Idle actors retire, so memory tracks
+active wallets.
+
+A command in several mailboxes (a Joint) is put into all of them in one synchronous step, with
+no await between the puts, so every mailbox holds such commands in the same relative order. An
+actor that reaches one first commits everything queued before it, then arrives; the last to
+arrive runs it, the others wait until it has run. No cycle of waits can form: the oldest joint
+command not yet run has, in each of its mailboxes, only single-mailbox commands (which finish on
+their own) and older joint commands (already run) ahead of it, so all its actors arrive.
 """
 
 from __future__ import annotations
@@ -19,10 +27,30 @@ from typing import Any
 from walletd import metrics
 from walletd.actors.committer import Envelope, GroupCommitter
 from walletd.domain.errors import InternalFailure, Overloaded, Unavailable
-from walletd.domain.ledger import Command, routing_wallet
+from walletd.domain.ledger import Command, routing_wallets
 from walletd.logs import get_logger
 
 log = get_logger("walletd.actors")
+
+
+class Joint:
+    """A command queued in several actors' mailboxes: the last actor to arrive runs it; `ran`
+    resolves once it has run (or can no longer run), and releases the actors waiting for it."""
+
+    __slots__ = ("waiting", "ran")
+
+    def __init__(self, actors: int) -> None:
+        self.waiting = actors
+        self.ran: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def arrive(self) -> bool:
+        """True for the actor that must run it: the last to arrive, if it was not abandoned."""
+        self.waiting -= 1
+        return self.waiting == 0 and not self.ran.done()
+
+    def release(self) -> None:
+        if not self.ran.done():
+            self.ran.set_result(None)
 
 
 class WalletActor:
@@ -59,6 +87,8 @@ class WalletActor:
         while self.mailbox:
             envelope = self.mailbox.popleft()
             metrics.MAILBOX_DEPTH.dec()  # metrics (api branch)
+            if envelope.joint is not None:
+                envelope.joint.release()  # this actor will never arrive: it can never run
             if not envelope.future.done():
                 envelope.future.set_exception(
                     Overloaded("shutting down") if self.registry.closing else InternalFailure())
@@ -83,24 +113,61 @@ class WalletActor:
                     idle_timer.cancel()
                     self._wakeup = None
                 continue
-            batch = [mailbox.popleft() for _ in range(min(len(mailbox), registry.max_batch))]
+            batch: list[Envelope] = []
+            while mailbox and len(batch) < registry.max_batch:
+                batch.append(mailbox.popleft())
+                if batch[-1].joint is not None:
+                    break  # a joint command ends the batch: what follows waits until it has run
             metrics.MAILBOX_DEPTH.dec(len(batch))  # metrics (api branch)
             self.busy = True
-            # Wait for this batch's outcome (never for the callers' reactions to it), so the
-            # wallet's next commands are planned against committed state.
-            try:
-                await registry.committer.submit(batch)
-            except BaseException:
-                # The batch in hand must not be lost with the actor: whatever it had not
-                # answered yet never reached the committer's hands, so nothing of it moved.
-                for envelope in batch:
-                    if not envelope.future.done():
-                        envelope.future.set_exception(InternalFailure())
-                raise
+            if batch[-1].joint is None:
+                await self._commit(batch)
+            else:
+                await self._arrive(batch)
             self.busy = False
             if registry.closing and not mailbox:
                 registry._retire(self)
                 return
+
+    async def _arrive(self, batch: list[Envelope]) -> None:
+        """Commit what came before the joint command that ends the batch, then arrive at it: run
+        it if this actor arrives last, else wait until it has run."""
+        joint = batch[-1].joint
+        assert joint is not None
+        try:
+            await self._commit(batch[:-1])
+        except BaseException:
+            # This actor will never arrive: the joint command cannot run (nothing of it moved;
+            # what came before it is the committer's to answer).
+            joint.release()
+            if not batch[-1].future.done():
+                batch[-1].future.set_exception(InternalFailure())
+            raise
+        if joint.arrive():
+            try:
+                await self._commit(batch[-1:])
+            finally:
+                joint.release()
+        else:
+            await joint.ran
+
+    async def _commit(self, batch: list[Envelope]) -> None:
+        if not batch:
+            return
+        try:
+            handed = self.registry.committer.submit(batch)
+        except BaseException:
+            # The hand-off itself failed: the batch never reached the committer, so nothing
+            # of it moved, and it must not be lost with the actor.
+            for envelope in batch:
+                if not envelope.future.done():
+                    envelope.future.set_exception(InternalFailure())
+            raise
+        # From here the committer answers every command of the batch, whatever becomes of
+        # this actor (a cancelled actor must not say "nothing moved" of a batch the
+        # committer may still commit). Wait for the batch's outcome (never for the callers'
+        # reactions to it), so the wallet's next commands are planned against committed state.
+        await handed
 
     def _retire_if_idle(self) -> None:
         # Runs as a loop callback: nothing else runs between this check and the removal, so no
@@ -136,13 +203,21 @@ class ActorRegistry:
             raise Overloaded("shutting down")
         if not self.admit():
             raise Unavailable()
-        wallet_id = routing_wallet(command)
+        actors = [self._actor(wallet_id) for wallet_id in routing_wallets(command)]
+        envelope = Envelope(command)
+        if len(actors) > 1:
+            if any(len(actor.mailbox) >= self.mailbox_size for actor in actors):
+                raise Overloaded()  # before any put: a joint command is in every mailbox or none
+            envelope.joint = Joint(len(actors))
+        for actor in actors:  # no await in between: see the module docstring
+            actor.post(envelope)
+        return envelope.future
+
+    def _actor(self, wallet_id: uuid.UUID) -> WalletActor:
         actor = self.actors.get(wallet_id)
         if actor is None:
             actor = self.actors[wallet_id] = WalletActor(wallet_id, self)
-        envelope = Envelope(command)
-        actor.post(envelope)
-        return envelope.future
+        return actor
 
     async def execute(self, command: Command) -> Any:
         # If the caller is cancelled (client gone), only its reply future is cancelled: the actor

@@ -15,17 +15,34 @@ from walletd.domain import errors
 from walletd.persistence import accounts
 
 
+def _token_of(value: str) -> str:
+    return value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
+
+
 def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    token = request.headers.get("token")
-    if token:
-        return token[7:].strip() if token[:7].lower() == "bearer " else token.strip()
-    return None
+    """The token of `Authorization: Bearer …` and/or the `token` header. Two credentials that
+    disagree, or an Authorization header of another scheme, are refused (TokenInvalid) rather
+    than one of them picked: a proxy or log reading the other must not see a different caller."""
+    headers = request.headers
+    authorization, token_header = headers.get("Authorization"), headers.get("token")
+    found = []
+    if authorization is not None:
+        if authorization[:7].lower() != "bearer " or not authorization[7:].strip():
+            raise errors.TokenInvalid("Invalid token: the Authorization header is not `Bearer <token>`")
+        found.append(authorization[7:].strip())
+    if token_header is not None:
+        if not _token_of(token_header):
+            raise errors.TokenInvalid("Invalid token: the token header is empty")
+        found.append(_token_of(token_header))
+    if len(headers.getall("Authorization", ())) > 1 or len(headers.getall("token", ())) > 1 or len(set(found)) > 1:
+        raise errors.TokenInvalid("Invalid token: the token and Authorization headers disagree")
+    return found[0] if found else None
 
 
-async def authenticate(request: web.Request, role: str) -> Principal:
+async def authenticate(request: web.Request, roles: str | tuple[str, ...]) -> Principal:
+    """The token's principal, if its role is one of `roles` (both, on the routes a user and a
+    payment service each use for their own wallets)."""
+    roles = (roles,) if isinstance(roles, str) else roles
     token = bearer_token(request)
     if not token:
         raise errors.TokenMissing()
@@ -35,8 +52,8 @@ async def authenticate(request: web.Request, role: str) -> Principal:
         raise errors.TokenExpired() from None
     except TokenError:
         raise errors.TokenInvalid() from None
-    if principal.role != role:
-        raise errors.WrongRole(role)
+    if principal.role not in roles:
+        raise errors.WrongRole(" or ".join(roles))
     request[principal_key] = principal.subject
     return principal
 

@@ -14,9 +14,9 @@ still finish, so a burst can exceed the limit by at most the hash pool's queue (
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -34,17 +34,13 @@ class TooManyAttempts(web.HTTPTooManyRequests):
                          headers={"Retry-After": str(seconds)})
 
 
-def username_key(username: str) -> str:
-    """What is stored and logged instead of a typed username (people type passwords there)."""
-    return hashlib.sha256(username.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
-def _key(username: str | None) -> str | None:
-    return None if username is None else username_key(username)
-
-
 class LoginThrottle:
-    def __init__(self, max_failures: int, max_failures_per_address: int, window_seconds: int) -> None:
+    """`pseudonym` turns a typed username into what is stored (walletd.keys.ServerKeys.pseudonym:
+    an HMAC under a server key, since people type passwords into the name field)."""
+
+    def __init__(self, max_failures: int, max_failures_per_address: int, window_seconds: int,
+                 pseudonym: Callable[[str], str]) -> None:
+        self.pseudonym = pseudonym
         for name, value in (("WALLETD_LOGIN_MAX_FAILURES", max_failures),
                             ("WALLETD_LOGIN_MAX_FAILURES_PER_ADDRESS", max_failures_per_address),
                             ("WALLETD_LOGIN_WINDOW_SECONDS", window_seconds)):
@@ -58,17 +54,23 @@ class LoginThrottle:
         """Raises TooManyAttempts if either counter is at its limit; True if the username has failures
         on record (so a success has something to reset). username None: a credential with no user
         (the operator key), counted per address only, so nobody can lock the operator out."""
-        counts = await login_failures.current(pool, _key(username), address, self.window_seconds)
+        counts = await login_failures.current(pool, self._key(username), address, self.window_seconds)
         blocked = [remaining for scope, (failures, remaining) in counts.items() if failures >= self.limits[scope]]
         if blocked:
             raise TooManyAttempts(max(blocked))
         return "username" in counts
 
     async def failed(self, pool: FairPool, username: str | None, address: str) -> None:
-        await login_failures.record_failure(pool, _key(username), address, self.window_seconds)
+        await login_failures.record_failure(pool, self._key(username), address, self.window_seconds)
         if time.monotonic() >= self._next_prune:  # expired rows go once per window per process
             self._next_prune = time.monotonic() + self.window_seconds
             await login_failures.prune(pool, self.window_seconds)
 
     async def succeeded(self, pool: FairPool, username: str) -> None:
-        await login_failures.reset_username(pool, username_key(username))
+        await login_failures.reset_username(pool, self.pseudonym(username))
+
+    def _key(self, username: str | None) -> str | None:
+        return None if username is None else self.pseudonym(username)
+
+
+throttle_key = web.AppKey("login_throttle", LoginThrottle)

@@ -1,4 +1,9 @@
-"""HS256 JWTs carrying the principal's id (`sub`), role, `iat` and `exp`."""
+"""HS256 JWTs carrying the principal's id (`sub`), role, `iat` and `exp`.
+
+Tokens are signed with the current secret. During a rotation the previous secret
+(WALLETD_JWT_SECRET_PREVIOUS) still verifies the tokens it signed, until they expire: no client
+is logged out at the switch, and after one token lifetime the previous secret can go.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ class TokenExpiredError(TokenError):
 class TokenIssuer:
     secret: str
     ttl_seconds: int
+    previous_secret: str | None = None
     # Verified tokens, so a client's every request does not pay for HMAC and JSON parsing again;
     # each hit still checks expiry. Bounded: cleared whole when full. An entry is (principal,
     # expiry, whether its user was found to exist by verify_live).
@@ -77,13 +83,19 @@ class TokenIssuer:
     def forget(self) -> None:
         self._verified.clear()
 
+    def _claims(self, token: str) -> dict:
+        # algorithms pinned to HS256: "alg: none" and algorithm-confusion tokens fail here.
+        options: jwt.types.Options = {"require": ["sub", "role", "iat", "exp"]}
+        try:
+            return jwt.decode(token, self.secret, algorithms=["HS256"], options=options)
+        except jwt.InvalidSignatureError:
+            if self.previous_secret is None:
+                raise
+            return jwt.decode(token, self.previous_secret, algorithms=["HS256"], options=options)
+
     def _decode(self, token: str) -> tuple[Principal, float]:
         try:
-            # algorithms pinned to HS256: "alg: none" and algorithm-confusion tokens fail here.
-            claims = jwt.decode(
-                token, self.secret, algorithms=["HS256"],
-                options={"require": ["sub", "role", "iat", "exp"]},
-            )
+            claims = self._claims(token)
             role = claims["role"]
             if role not in ROLES:
                 raise TokenError("unknown role")

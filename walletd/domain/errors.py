@@ -40,6 +40,27 @@ class InsufficientFunds(DomainError):
     message = "insufficient_funds"
 
 
+class LegsRefused(DomainError):
+    """A multi-leg transfer was refused whole: `errors` names each refused leg (index, code, message); nothing moved."""
+
+    code = "legs_refused"
+    message = "one or more legs were refused; nothing moved"
+
+
+class LegsLackFunds(LegsRefused, InsufficientFunds):
+    """A LegsRefused in which some leg lacks funds. Being an InsufficientFunds too, the ledger
+    checks it again under row locks before answering, as it does a single transfer's (the
+    balances it planned against may have been predictions)."""
+
+    code = "legs_refused"
+
+
+def legs_refused(items: list[dict]) -> LegsRefused:
+    """The refusal of a multi-leg transfer whose legs `items` ({index, code, message}) were refused."""
+    lacking = any(item["code"] == InsufficientFunds.code for item in items)
+    return (LegsLackFunds if lacking else LegsRefused)(errors=items)
+
+
 class WalletNotFound(DomainError):
     """No such wallet among the caller's (someone else's wallet looks the same)."""
 
@@ -88,6 +109,29 @@ class RateStale(DomainError):
     message = "exchange_rate_stale"
 
 
+class RateArbitrage(DomainError):
+    """The rate would let a round trip through the exchange desk return more than it started with;
+    `detail` names the reverse rate (or the cycle) and the highest rate allowed. `force` does not lift this."""
+
+    code = "rate_arbitrage"
+    message = "rate_arbitrage"
+
+
+class RateChangeTooLarge(DomainError):
+    """The rate is further from the stored one than WALLETD_RATE_MAX_CHANGE allows; if it is right,
+    send it again with force=true."""
+
+    code = "rate_change_too_large"
+    message = "rate_change_too_large"
+
+
+class CommissionRateTooHigh(DomainError):
+    """A commission rate above WALLETD_MAX_COMMISSION_RATE, the operator's ceiling."""
+
+    code = "commission_rate_too_high"
+    message = "commission_rate_too_high"
+
+
 class ServiceWalletNotFound(DomainError):
     """The named payment service has no wallet in this currency (or is not a service user)."""
 
@@ -110,10 +154,30 @@ class ExternalWalletExists(DomainError):
 
 
 class TransactionNotFound(DomainError):
-    """No such transaction for this service user."""
+    """No such transaction (a service user sees only its own)."""
 
     code = "transaction_not_found"
     message = "transaction_not_found"
+
+
+class AlreadyReversed(DomainError):
+    """The transaction was reversed already (a reversal is never reversed twice)."""
+
+    code = "already_reversed"
+    message = "transaction already reversed"
+
+
+class NotReversible(DomainError):
+    """Only a completed transfer or a paid deposit can be reversed; `message` says what this one is."""
+
+    code = "transaction_not_reversible"
+    message = "only a completed transfer or a paid deposit can be reversed"
+
+
+class ReversalNotCovered(InsufficientFunds):
+    """A wallet the reversal takes money back from no longer holds it; nothing moved."""
+
+    message = "insufficient_funds: the wallet credited by the original no longer holds the amount"
 
 
 class InvalidStatusUpdate(DomainError):
@@ -124,21 +188,25 @@ class InvalidStatusUpdate(DomainError):
 
 
 class SettlementConflict(DomainError):
-    """The transaction was already settled with the other outcome."""
+    """The transaction was already settled with the other outcome; `detail.settled_by` says who decided
+    (service, operator, or expiry for a record the previous release expired)."""
 
     code = "transaction_already_settled"
     message = "transaction_already_settled"
 
 
-class TransactionExpired(DomainError):
-    """Settling a deposit or withdrawal that stayed pending past WALLETD_PENDING_TTL and expired."""
+class TransactionNotStale(DomainError):
+    """The operator ends only a stale pending transaction (older than WALLETD_PENDING_TTL); until then
+    the payment service settles it."""
 
-    message = "transaction_expired"
-    code = "transaction_expired"
+    code = "transaction_not_stale"
+    message = "transaction_not_stale"
 
 
 class InvalidWebhookUrl(DomainError):
-    """A webhook URL must be http(s), name a host, and carry no credentials or fragment; `message` says which."""
+    """A webhook URL must be http(s) to a public address (no loopback, private, link-local, CGNAT, multicast,
+    reserved or unspecified one unless allowed), parse strictly and carry no credentials or fragment; `message`
+    says why."""
 
     code = "invalid_webhook_url"
     message = "url is not a valid URL"
@@ -217,6 +285,14 @@ class WrongRole(TokenInvalid):
         super().__init__(self.message.format(role=needed))
 
 
+class OperatorKeyRequired(DomainError):
+    """The action belongs to the operator: send header X-Operator-Key (WALLETD_OPERATOR_KEY); a
+    service token is not enough."""
+
+    code = "operator_key_required"
+    message = "operator credential required (X-Operator-Key)"
+
+
 class IdempotencyKeyReused(DomainError):
     """The Idempotency-Key was already used with different parameters."""
 
@@ -246,7 +322,8 @@ class Unavailable(DomainError):
 
 
 class OutcomeUnknown(DomainError):
-    """A commit was cut off and its outcome could not be found out in time; retry with the same Idempotency-Key."""
+    """A commit was cut off and its outcome could not be found out in time; retry with the same
+    Idempotency-Key (a registration: log in to learn whether the account exists)."""
 
     code = "outcome_unknown"
     message = "outcome unknown: retry with the same Idempotency-Key to learn it"

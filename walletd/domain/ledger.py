@@ -1,4 +1,5 @@
-"""The money rules as pure code: commands, the postings of each movement, the pending state machine.
+"""The money rules as pure code: commands, the postings of each movement (settlements, the
+pending state machine, in domain/settlement.py).
 
 Planning works on an in-memory snapshot of the wallets a batch touches (read under row locks by
 persistence). A command either raises a DomainError and leaves the snapshot untouched, or updates
@@ -16,11 +17,12 @@ from typing import Any
 
 from walletd.domain import errors
 from walletd.domain.ids import new_id
-from walletd.domain.money import commission, fmt
+from walletd.domain.money import commission
 from walletd.domain.rates import ONE, RateBook
+from walletd.domain.records import tx_json
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType, WalletKind
 
-__all__ = ["RateBook"]  # re-exported: planning prices transfers through it
+__all__ = ["RateBook", "tx_json"]  # re-exported: planning prices transfers through it; records as shown
 
 
 @dataclass(slots=True)
@@ -57,6 +59,9 @@ class PendingState:
     service_user_id: uuid.UUID | None
     external_wallet_id: uuid.UUID | None
     record: dict  # the row as the API shows it, to answer repeats of a settlement
+    commission: Decimal | None = None  # fixed when the customer asked (None: a record from before that rule)
+    stale: bool = False  # pending past WALLETD_PENDING_TTL: the operator may end it too
+    settled_by: str | None = None  # who decided a settled record: SERVICE, OPERATOR, or EXPIRY (previous release)
 
 
 @dataclass(frozen=True)
@@ -79,8 +84,17 @@ class Transfer:
     idempotency: Idempotency | None = None
 
 
+# Who decided a settlement (transactions.settled_by).
+SERVICE = "service"
+OPERATOR = "operator"
+EXPIRY = "expiry"  # the previous release's expiry, which returned holds; nothing decides this way now
+
+
 @dataclass(frozen=True)
 class RequestDeposit:
+    """commission_rate: the payment service's rate at this moment, within the operator's ceiling;
+    the pending record keeps it, and its settlement charges exactly the commission it fixes."""
+
     user_id: uuid.UUID
     wallet_id: uuid.UUID
     gateway_wallet_id: uuid.UUID
@@ -88,10 +102,13 @@ class RequestDeposit:
     amount: Decimal
     request_id: str | None = None
     idempotency: Idempotency | None = None
+    commission_rate: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
 class RequestWithdraw:
+    """commission_rate: as RequestDeposit's."""
+
     user_id: uuid.UUID
     wallet_id: uuid.UUID
     gateway_wallet_id: uuid.UUID
@@ -100,12 +117,15 @@ class RequestWithdraw:
     amount: Decimal
     request_id: str | None = None
     idempotency: Idempotency | None = None
+    commission_rate: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
 class Settle:
-    """Settle a pending deposit or withdrawal: new_status is 'paid' or 'rejected' (the payment
-    service), or 'expired' (walletd's expiry sweeper, walletd/events/expiry.py, past the TTL)."""
+    """Settle a pending deposit or withdrawal 'paid' or 'rejected'. settled_by: SERVICE (the
+    payment service the record names) or OPERATOR (only once the record is stale, or to reconcile
+    one the previous release expired). commission_rate is charged only to a record that has no
+    commission fixed (written before fees were fixed at request time)."""
 
     service_user_id: uuid.UUID
     transaction_id: uuid.UUID
@@ -117,26 +137,73 @@ class Settle:
     commission_rate: Decimal
     request_id: str | None = None
     idempotency: Idempotency | None = None
+    settled_by: str = SERVICE
 
 
-Command = Transfer | RequestDeposit | RequestWithdraw | Settle
+@dataclass(frozen=True)
+class TransferLeg:
+    source_wallet_id: uuid.UUID
+    target_wallet_id: uuid.UUID
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class MultiTransfer:
+    """Several transfers from the caller's wallets, all or none, in one journal entry
+    (planned by walletd.domain.multi_transfer)."""
+
+    user_id: uuid.UUID
+    legs: tuple[TransferLeg, ...]
+    request_id: str | None = None
+    idempotency: Idempotency | None = None
+
+
+@dataclass(frozen=True)
+class Reverse:
+    """Undo a completed transfer or a paid deposit with one compensating entry (the operator's;
+    planned by domain/reversal.py). The wallets are those the original's entry posted to."""
+
+    transaction_id: uuid.UUID
+    debited_wallet_id: uuid.UUID  # the wallet the original credited
+    wallet_ids: frozenset[uuid.UUID]
+    request_id: str | None = None
+    idempotency: Idempotency | None = None
+
+
+Command = Transfer | RequestDeposit | RequestWithdraw | Settle | MultiTransfer | Reverse
 
 
 def routing_wallet(command: Command) -> uuid.UUID:
-    """The wallet whose actor runs the command: the one it debits or holds, never more than one."""
+    """The wallet whose actor runs a command that debits or holds one wallet."""
     if isinstance(command, Transfer):
         return command.source_wallet_id
     if isinstance(command, Settle):
         return command.user_wallet_id
+    if isinstance(command, MultiTransfer):
+        return min(routing_wallets(command))
+    if isinstance(command, Reverse):
+        return command.debited_wallet_id
     return command.wallet_id
+
+
+def routing_wallets(command: Command) -> tuple[uuid.UUID, ...]:
+    """Every wallet the command debits or holds, in id order: a multi-leg transfer may debit
+    several of the caller's wallets, and each one's actor takes part (actors/registry.py)."""
+    if isinstance(command, MultiTransfer):
+        return tuple(sorted({leg.source_wallet_id for leg in command.legs}))
+    return (routing_wallet(command),)
 
 
 def wallets_touched(command: Command) -> set[uuid.UUID]:
     """The wallets a command may change, except the exchange desk (added once currencies are known)."""
     if isinstance(command, Transfer):
         return {command.source_wallet_id, command.target_wallet_id}
+    if isinstance(command, MultiTransfer):
+        return {w for leg in command.legs for w in (leg.source_wallet_id, leg.target_wallet_id)}
     if isinstance(command, Settle):
         return {command.user_wallet_id, command.service_wallet_id, command.gateway_wallet_id}
+    if isinstance(command, Reverse):
+        return set(command.wallet_ids)
     return {command.wallet_id, command.gateway_wallet_id}
 
 
@@ -150,11 +217,14 @@ class Effects:
     now: datetime
     entries: list[tuple[uuid.UUID, str, str | None]] = field(default_factory=list)
     postings: list[tuple[uuid.UUID, uuid.UUID, int, str, Decimal]] = field(default_factory=list)
+    # Aligned with postings: the transaction record each posting realizes (what a statement names).
+    posting_records: list[uuid.UUID | None] = field(default_factory=list)
     new_transactions: list[dict] = field(default_factory=list)
-    status_updates: list[tuple[uuid.UUID, str, uuid.UUID | None]] = field(default_factory=list)
+    # (transaction id, new status, entry id, the status it must still have, who decided)
+    status_updates: list[tuple[uuid.UUID, str, uuid.UUID | None, str, str]] = field(default_factory=list)
     external_credits: list[tuple[uuid.UUID, Decimal]] = field(default_factory=list)
     events: list[tuple[str, dict]] = field(default_factory=list)
-    # Events for the payment service (issue 11), written in the same statement as the change:
+    # Events for the payment service, written in the same statement as the change:
     # (service_user_id, event) with event = {"id", "type", "created_at", "data": tx_json record}.
     outbox: list[tuple[uuid.UUID, dict]] = field(default_factory=list)
 
@@ -163,34 +233,44 @@ class Effects:
                 len(self.external_credits), len(self.events), len(self.outbox))
 
     def rollback(self, mark: tuple[int, ...], wallets: dict[uuid.UUID, WalletState]) -> None:
-        """Undo a command that failed half-way through planning (a bug, not a refusal: refusals
-        raise before they change anything): drop what it appended, take its postings back off
-        the snapshot, so the rest of the batch is planned as if it had never come."""
+        """Undo a command that failed half-way through planning (a bug, or a multi-leg transfer
+        with a refused leg; other refusals raise before they change anything): drop what it
+        appended, take its postings back off the snapshot, so the rest of the batch is planned as
+        if it had never come."""
         for _, wallet_id, _, bucket, amount in self.postings[mark[1]:]:
             wallet = wallets.get(wallet_id)
             if wallet is not None:
                 wallet.post(bucket, -amount)
+        del self.posting_records[mark[1]:]
         parts: tuple[list[Any], ...] = (self.entries, self.postings, self.new_transactions, self.status_updates,
                                         self.external_credits, self.events, self.outbox)
         for items, length in zip(parts, mark, strict=True):
             del items[length:]
 
-    def entry(self, kind: str, request_id: str | None,
-              legs: Sequence[tuple[WalletState, str, Decimal]]) -> uuid.UUID:
+    def entry(self, kind: str, request_id: str | None, legs: Sequence[tuple[WalletState, str, Decimal]],
+              record_id: uuid.UUID | None = None) -> uuid.UUID:
         entry_id = new_id()
         self.entries.append((entry_id, kind, request_id))
+        self.post(entry_id, legs, record_id)
+        return entry_id
+
+    def post(self, entry_id: uuid.UUID, legs: Sequence[tuple[WalletState, str, Decimal]],
+             record_id: uuid.UUID | None) -> None:
+        """Postings of an entry, each realizing the transaction record record_id."""
         for wallet, bucket, amount in legs:
             if amount:
                 self.postings.append((entry_id, wallet.id, wallet.currency_id, bucket, amount))
+                self.posting_records.append(record_id)
                 wallet.post(bucket, amount)
-        return entry_id
 
     def record(self, *, type: str, status: str, source: WalletState | None, target: WalletState | None,
                amount: Decimal, converted: Decimal, rate: Decimal, user_id: uuid.UUID,
                entry_id: uuid.UUID | None, service_user_id: uuid.UUID | None = None,
-               external_wallet_id: uuid.UUID | None = None, parent_id: uuid.UUID | None = None) -> dict:
+               external_wallet_id: uuid.UUID | None = None, parent_id: uuid.UUID | None = None,
+               commission_rate: Decimal | None = None, commission: Decimal | None = None,
+               id: uuid.UUID | None = None) -> dict:
         row = {
-            "id": new_id(), "type": type, "status": status,
+            "id": id or new_id(), "type": type, "status": status,
             "from_wallet_id": source.id if source else None,
             "from_currency_id": source.currency_id if source else None,
             "from_user_id": source.user_id if source else None,
@@ -201,6 +281,7 @@ class Effects:
             "rate": rate, "converted_amount": converted, "user_id": user_id,
             "service_user_id": service_user_id, "external_wallet_id": external_wallet_id,
             "parent_id": parent_id, "entry_id": entry_id, "created_at": self.now,
+            "commission_rate": commission_rate, "commission": commission,
         }
         self.new_transactions.append(row)
         return row
@@ -222,32 +303,47 @@ def _available(wallet: WalletState, amount: Decimal) -> None:
 
 def plan_transfer(cmd: Transfer, wallets: dict[uuid.UUID, WalletState], desks: dict[int, WalletState],
                   rates: RateBook, effects: Effects) -> dict:
-    source = wallets.get(cmd.source_wallet_id)
-    if source is None or source.user_id != cmd.user_id or source.kind != WalletKind.USER:
+    record, moved = book_transfer(cmd.user_id, TransferLeg(cmd.source_wallet_id, cmd.target_wallet_id, cmd.amount),
+                                  cmd.request_id, wallets, desks, rates, effects)
+    effects.events.append(("money.transferred", {
+        "entry_id": record["entry_id"], **moved, "principal": cmd.user_id, "request_id": cmd.request_id}))
+    return tx_json(record)
+
+
+def book_transfer(user_id: uuid.UUID, leg: TransferLeg, request_id: str | None, wallets: dict[uuid.UUID, WalletState],
+                  desks: dict[int, WalletState], rates: RateBook, effects: Effects,
+                  entry_id: uuid.UUID | None = None) -> tuple[dict, dict]:
+    """One transfer: its checks, postings and record; returns the record and what moved (for the
+    audit line). Into a new journal entry, or into entry_id (the one entry of a multi-leg transfer)."""
+    source = wallets.get(leg.source_wallet_id)
+    if source is None or source.user_id != user_id or source.kind != WalletKind.USER:
         raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
-    target = wallets.get(cmd.target_wallet_id)
+    target = wallets.get(leg.target_wallet_id)
     if target is None or target.kind != WalletKind.USER:
         raise errors.TargetWalletNotFound()
     if target.id == source.id:
         raise errors.SameWallet()
-    rate, converted = rates.quote(source.currency_id, target.currency_id, cmd.amount)
-    _available(source, cmd.amount)
+    amount = leg.amount
+    rate, converted = rates.quote(source.currency_id, target.currency_id, amount)
+    _available(source, amount)
     if source.currency_id == target.currency_id:
-        legs = [(source, Bucket.BALANCE, -cmd.amount), (target, Bucket.BALANCE, converted)]
+        legs = [(source, Bucket.BALANCE, -amount), (target, Bucket.BALANCE, converted)]
     else:
         # Across currencies the operator's exchange desk buys the source currency and sells
         # the target one, so every entry still sums to zero per currency.
         desk_in, desk_out = desks[source.currency_id], desks[target.currency_id]
-        legs = [(source, Bucket.BALANCE, -cmd.amount), (desk_in, Bucket.BALANCE, cmd.amount),
+        legs = [(source, Bucket.BALANCE, -amount), (desk_in, Bucket.BALANCE, amount),
                 (desk_out, Bucket.BALANCE, -converted), (target, Bucket.BALANCE, converted)]
-    entry_id = effects.entry(EntryKind.TRANSFER, cmd.request_id, legs)
-    row = effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=source, target=target, amount=cmd.amount,
-                         converted=converted, rate=rate, user_id=cmd.user_id, entry_id=entry_id)
-    effects.events.append(("money.transferred", {
-        "entry_id": entry_id, "transaction_id": row["id"], "from_wallet_id": source.id, "to_wallet_id": target.id,
-        "amount": cmd.amount, "currency_id": source.currency_id, "converted_amount": converted,
-        "to_currency_id": target.currency_id, "rate": rate, "principal": cmd.user_id, "request_id": cmd.request_id}))
-    return tx_json(row)
+    record_id = new_id()
+    if entry_id is None:
+        entry_id = effects.entry(EntryKind.TRANSFER, request_id, legs, record_id)
+    else:
+        effects.post(entry_id, legs, record_id)
+    row = effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=source, target=target, amount=amount,
+                         converted=converted, rate=rate, user_id=user_id, entry_id=entry_id, id=record_id)
+    return row, {"transaction_id": row["id"], "from_wallet_id": source.id, "to_wallet_id": target.id,
+                 "amount": amount, "currency_id": source.currency_id, "converted_amount": converted,
+                 "to_currency_id": target.currency_id, "rate": rate}
 
 
 def _own(wallets: dict[uuid.UUID, WalletState], wallet_id: uuid.UUID, user_id: uuid.UUID) -> WalletState:
@@ -262,7 +358,8 @@ def plan_deposit_request(cmd: RequestDeposit, wallets: dict[uuid.UUID, WalletSta
     gateway = wallets[cmd.gateway_wallet_id]
     row = effects.record(type=TxType.DEPOSIT, status=TxStatus.PENDING, source=gateway, target=wallet, amount=cmd.amount,
                          converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=None,
-                         service_user_id=cmd.service_user_id)
+                         service_user_id=cmd.service_user_id, commission_rate=cmd.commission_rate,
+                         commission=commission(cmd.amount, cmd.commission_rate))
     effects.events.append(("deposit.requested", {
         "transaction_id": row["id"], "wallet_id": wallet.id, "amount": cmd.amount, "currency_id": wallet.currency_id,
         "service_user_id": cmd.service_user_id, "principal": cmd.user_id, "request_id": cmd.request_id}))
@@ -275,11 +372,14 @@ def plan_withdraw_request(cmd: RequestWithdraw, wallets: dict[uuid.UUID, WalletS
     wallet = _own(wallets, cmd.wallet_id, cmd.user_id)
     gateway = wallets[cmd.gateway_wallet_id]
     _available(wallet, cmd.amount)
+    record_id = new_id()
     entry_id = effects.entry(EntryKind.WITHDRAW_HOLD, cmd.request_id,
-                             [(wallet, Bucket.BALANCE, -cmd.amount), (wallet, Bucket.RESERVED, cmd.amount)])
+                             [(wallet, Bucket.BALANCE, -cmd.amount), (wallet, Bucket.RESERVED, cmd.amount)], record_id)
     row = effects.record(type=TxType.WITHDRAW, status=TxStatus.PENDING, source=wallet, target=gateway,
                          amount=cmd.amount, converted=cmd.amount, rate=ONE, user_id=cmd.user_id, entry_id=entry_id,
-                         service_user_id=cmd.service_user_id, external_wallet_id=cmd.external_wallet_id)
+                         service_user_id=cmd.service_user_id, external_wallet_id=cmd.external_wallet_id,
+                         commission_rate=cmd.commission_rate, commission=commission(cmd.amount, cmd.commission_rate),
+                         id=record_id)
     effects.events.append(("withdraw.requested", {
         "entry_id": entry_id, "transaction_id": row["id"], "wallet_id": wallet.id, "amount": cmd.amount,
         "currency_id": wallet.currency_id, "service_user_id": cmd.service_user_id, "principal": cmd.user_id,
@@ -287,94 +387,3 @@ def plan_withdraw_request(cmd: RequestWithdraw, wallets: dict[uuid.UUID, WalletS
     record = tx_json(row)
     effects.publish("withdraw.requested", cmd.service_user_id, record)
     return record
-
-
-def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uuid.UUID, WalletState],
-                    effects: Effects) -> dict:
-    """Exactly once: only a pending transaction moves; a repeat of the same outcome answers the
-    stored record, a conflicting one is SettlementConflict."""
-    if pending is None or pending.service_user_id != cmd.service_user_id:
-        raise errors.TransactionNotFound()
-    if pending.type != cmd.type:
-        raise errors.InvalidTransactionType()
-    new_status = TxStatus.REJECTED if cmd.new_status in (TxStatus.REJECTED, "reject") else cmd.new_status
-    if pending.status != TxStatus.PENDING:
-        if pending.status == TxStatus.EXPIRED and new_status != TxStatus.EXPIRED:
-            raise errors.TransactionExpired()
-        if pending.status == new_status:
-            return pending.record
-        raise errors.SettlementConflict(detail=f"transaction is already {pending.status}")
-    user = wallets[cmd.user_wallet_id]
-    service = wallets[cmd.service_wallet_id]
-    gateway = wallets[cmd.gateway_wallet_id]
-    amount = pending.amount
-    entry_id = None
-    if pending.type == TxType.DEPOSIT and new_status == TxStatus.PAID:
-        fee = commission(amount, cmd.commission_rate)
-        entry_id = effects.entry(EntryKind.DEPOSIT, cmd.request_id,
-                                 [(gateway, Bucket.BALANCE, -amount), (user, Bucket.BALANCE, amount - fee),
-                                  (service, Bucket.BALANCE, fee)])
-        effects.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=service, target=user, amount=amount,
-                       converted=amount, rate=ONE, user_id=pending.user_id, entry_id=entry_id,
-                       service_user_id=cmd.service_user_id, parent_id=pending.id)
-        if fee:
-            effects.record(type=TxType.COMMISSION, status=TxStatus.CLOSE, source=user, target=service, amount=fee,
-                           converted=fee, rate=ONE, user_id=pending.user_id, entry_id=entry_id,
-                           service_user_id=cmd.service_user_id, parent_id=pending.id)
-        moved = {"amount": amount, "commission": fee, "credited": amount - fee}
-    elif pending.type == TxType.WITHDRAW and new_status == TxStatus.PAID:
-        fee = commission(amount, cmd.commission_rate)
-        net = amount - fee
-        if user.reserved < amount:  # cannot happen while holds only move through this code
-            raise errors.InsufficientFunds()
-        entry_id = effects.entry(EntryKind.WITHDRAW, cmd.request_id,
-                                 [(user, Bucket.RESERVED, -amount), (service, Bucket.BALANCE, fee),
-                                  (gateway, Bucket.BALANCE, net)])
-        if fee:
-            effects.record(type=TxType.COMMISSION, status=TxStatus.CLOSE, source=user, target=service, amount=fee,
-                           converted=fee, rate=ONE, user_id=pending.user_id, entry_id=entry_id,
-                           service_user_id=cmd.service_user_id, parent_id=pending.id)
-        if pending.external_wallet_id is not None:
-            effects.external_credits.append((pending.external_wallet_id, net))
-        moved = {"amount": amount, "commission": fee, "paid_out": net}
-    elif pending.type == TxType.WITHDRAW:
-        # rejected or expired: the hold returns to the balance, in one entry
-        kind = EntryKind.WITHDRAW_EXPIRED if new_status == TxStatus.EXPIRED else EntryKind.WITHDRAW_RELEASE
-        entry_id = effects.entry(kind, cmd.request_id,
-                                 [(user, Bucket.RESERVED, -amount), (user, Bucket.BALANCE, amount)])
-        moved = {"amount": amount, "released": amount}
-    else:
-        moved = {"amount": amount}
-    effects.status_updates.append((pending.id, new_status, entry_id))
-    pending.status = new_status
-    pending.record = {**pending.record, "status": new_status}
-    outcome = "settled" if new_status == TxStatus.PAID else str(new_status)  # settled, rejected, expired
-    effects.publish(f"{pending.type}.{outcome}", cmd.service_user_id, pending.record)
-    effects.events.append((f"{pending.type}.{'expired' if new_status == TxStatus.EXPIRED else 'settled'}", {
-        "entry_id": entry_id, "transaction_id": pending.id, "status": new_status, "wallet_id": user.id,
-        "service_wallet_id": service.id, "gateway_wallet_id": gateway.id, "currency_id": user.currency_id,
-        "principal": cmd.service_user_id, "request_id": cmd.request_id,
-        **{k: v for k, v in moved.items()}}))
-    return pending.record
-
-
-def tx_json(row) -> dict:
-    """A transactions row (record or dict) exactly as the API shows it (handlers.schemas.TxOut):
-    JSON-ready, so it can be stored as an idempotent response. The stored copy comes back from jsonb
-    with its keys reordered; handlers.endpoint.render writes both in TxOut's field order."""
-    def text(value):
-        return None if value is None else str(value)
-
-    def money(value):  # history queries already select NUMERIC(…, 10) as its fixed-point text
-        return value if isinstance(value, str) else fmt(value)
-
-    return {
-        "id": str(row["id"]), "type": row["type"], "status": row["status"],
-        "from_wallet_id": text(row["from_wallet_id"]), "from_currency_id": row["from_currency_id"],
-        "amount": money(row["amount"]), "to_wallet_id": text(row["to_wallet_id"]),
-        "to_currency_id": row["to_currency_id"], "rate": money(row["rate"]),
-        "converted_amount": money(row["converted_amount"]),
-        "timestamp": row["created_at"].isoformat(timespec="microseconds"),
-        "user_id": str(row["user_id"]), "service_user_id": text(row["service_user_id"]),
-        "parent_id": text(row["parent_id"]),
-    }

@@ -8,8 +8,8 @@ from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Context, Decimal, DivisionByZer
 from walletd.domain.errors import InvalidAmount
 
 SCALE = Decimal("1E-10")
-# The largest accepted amount in one request: 10^15 units. Balances are NUMERIC(38,10), so
-# even sums of many maximal amounts converted at any stored rate (< 10^20) cannot overflow.
+# The largest accepted amount in one request, and the largest a conversion may produce: 10^15
+# units. Balances are NUMERIC(38,10) (below 10^28), so only 10^13 maximal movements could fill one.
 MAX_AMOUNT = Decimal("1000000000000000")
 # 60 digits hold every product walletd forms exactly (an amount of at most 26 digits, 10^15 with
 # 10 places, times a rate of at most 30), so money is rounded only where the code says so
@@ -75,8 +75,10 @@ def commission(amount: Decimal, rate: Decimal) -> Decimal:
     return _CTX.multiply(amount, rate).quantize(SCALE, rounding=ROUND_HALF_EVEN, context=_CTX)
 
 
-def quantize_rate(rate: Decimal) -> Decimal:
-    return rate.quantize(SCALE, rounding=ROUND_HALF_EVEN, context=_CTX)
+def rate_toward_desk(rate: Decimal) -> Decimal:
+    """A derived rate cut (never rounded up) to 10 places: the exchange desk, which pays out the
+    converted amount, never gives more than the exact quotient."""
+    return rate.quantize(SCALE, rounding=ROUND_DOWN, context=_CTX)
 
 
 def fmt(value: Decimal) -> str:

@@ -26,6 +26,7 @@ class TxType(StrEnum):
     WITHDRAW = "withdraw"
     COMMISSION = "commission"
     BONUS = "bonus"
+    REVERSAL = "reversal"  # undoes a completed transfer or a paid deposit (parent_id: the original)
 
 
 class TxStatus(StrEnum):
@@ -44,5 +45,9 @@ class EntryKind(StrEnum):
     WITHDRAW_HOLD = "withdraw_hold"  # balance → hold, when a withdrawal is requested
     WITHDRAW = "withdraw"  # a withdrawal paid: hold → gateway and service wallet
     WITHDRAW_RELEASE = "withdraw_release"  # rejected: hold → balance
-    WITHDRAW_EXPIRED = "withdraw_expired"  # expired: hold → balance
+    WITHDRAW_EXPIRED = "withdraw_expired"  # expired by the previous release: hold → balance
+    # a withdrawal the previous release expired, paid after all (the operator reconciling it):
+    # balance → gateway and service wallet, since its hold had gone back to the balance
+    WITHDRAW_AFTER_EXPIRY = "withdraw_after_expiry"
     BONUS = "bonus"  # sign-up bonus: operator → user
+    REVERSAL = "reversal"  # the original entry's postings, negated

@@ -16,8 +16,13 @@
   × 2 + 5 s) ends. Duplicates are possible (the receiver got it, walletd died before recording
   it) and carry the same `Walletd-Event-Id`: receivers deduplicate on it.
 - Headers: `Walletd-Event-Id`, `Walletd-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
-  "<t>.<raw body>")>` (signed afresh per attempt), `Content-Type: application/json`. The body is
-  the stored event text, byte for byte the same on every attempt and in the feed.
+  "<t>.<raw body>")>` (signed afresh per attempt; during a secret rotation's overlap one more
+  `v1=` under the previous secret), `Content-Type: application/json`. The body is the stored
+  event text, byte for byte the same on every attempt and in the feed.
+- Where: every attempt checks its target again (walletd/events/targets.py). The client resolves
+  names only through the VettingResolver, so it connects to exactly the addresses just checked,
+  never follows a redirect, and ignores proxy settings in the environment. A refused target is a
+  failed attempt (`webhook.refused`), retried like any other: DNS may change back.
 """
 
 from __future__ import annotations
@@ -32,8 +37,12 @@ from datetime import datetime, timezone
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from walletd import metrics
+from walletd.events.secrets import seal_stored_secrets, signing_secrets
+from walletd.events.targets import TargetPolicy, TargetRefused, UnsafeUrl, VettingResolver
+from walletd.keys import SecretUnreadable, ServerKeys
 from walletd.logs import get_logger
 from walletd.persistence import outbox
 from walletd.persistence.db import FairPool
@@ -44,22 +53,28 @@ POLL = 0.1  # seconds between claims while nothing is due (an index probe on an 
 MAX_DELAY = 3600.0
 
 
-def sign(secret: str, body: bytes, timestamp: int) -> str:
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
+def _digest(secret: str, body: bytes, timestamp: int) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, body: bytes, timestamp: int, *previous: str) -> str:
+    """`t=<timestamp>,v1=<hex>`, and one more `v1=` per previous secret (a rotation's overlap)."""
+    return ",".join([f"t={timestamp}", *(f"v1={_digest(s, body, timestamp)}" for s in (secret, *previous))])
 
 
 def verify(secret: str, body: bytes, header: str, tolerance: float = 300, now: float | None = None) -> bool:
-    """What a receiver does (the README's snippet is this function)."""
+    """What a receiver does (the README's snippet is this function): any `v1=` made with its
+    secret over this body, at a recent timestamp."""
     try:
-        parts = dict(item.split("=", 1) for item in header.split(","))
-        timestamp = int(parts["t"])
-    except (ValueError, KeyError):
+        items = [item.split("=", 1) for item in header.split(",")]
+        timestamp = int(next(value for key, value in items if key == "t"))
+        signatures = [value for key, value in items if key == "v1"]
+    except (ValueError, StopIteration):
         return False
     if abs((time.time() if now is None else now) - timestamp) > tolerance:
         return False
-    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, parts.get("v1", ""))
+    expected = _digest(secret, body, timestamp)
+    return any(hmac.compare_digest(expected, signature) for signature in signatures)
 
 
 def backoff(attempt: int, base: float) -> float:
@@ -78,9 +93,11 @@ class Outcome:
 
 
 class WebhookDispatcher:
-    def __init__(self, pool: FairPool, *, concurrency: int = 16, timeout: float = 10.0, backoff_base: float = 2.0,
-                 horizon: float = 259200.0) -> None:
+    def __init__(self, pool: FairPool, keys: ServerKeys, policy: TargetPolicy, *, concurrency: int = 16,
+                 timeout: float = 10.0, backoff_base: float = 2.0, horizon: float = 259200.0) -> None:
         self.pool = pool
+        self.keys = keys
+        self.policy = policy
         self.concurrency = concurrency
         self.timeout = timeout
         self.backoff_base = backoff_base
@@ -91,10 +108,14 @@ class WebhookDispatcher:
         self._outcomes: list[Outcome] = []  # at most `concurrency` between two _record() calls
 
     async def run(self) -> None:
-        """Claims, sends and records forever (run it under walletd.supervisor)."""
-        connector = aiohttp.TCPConnector(limit=self.concurrency)
+        """Claims, sends and records forever (run it under walletd.supervisor); first seals the
+        secrets still stored in plaintext or under an older key (walletd/events/secrets.py)."""
+        await seal_stored_secrets(self.pool, self.keys)
+        # No DNS cache: each new connection resolves, and so is checked, again.
+        connector = aiohttp.TCPConnector(limit=self.concurrency, resolver=VettingResolver(self.policy),
+                                         use_dns_cache=False)
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as session:
             try:
                 while True:
                     await self._record()
@@ -142,16 +163,7 @@ class WebhookDispatcher:
         self._slot_freed.set()
 
     async def _attempt(self, session: aiohttp.ClientSession, d: Delivery) -> None:
-        body = d.body.encode()
-        headers = {"Content-Type": "application/json", "Walletd-Event-Id": str(d.event_id),
-                   "Walletd-Signature": sign(d.secret, body, int(time.time())), "User-Agent": "walletd-webhooks"}
-        error = None
-        try:
-            async with session.post(d.url, data=body, headers=headers, allow_redirects=False) as response:
-                if not 200 <= response.status < 300:
-                    error = f"HTTP {response.status}"
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:300]
+        error = await self._send(session, d)
         now = datetime.now(timezone.utc)
         if error is None:
             self._outcomes.append(Outcome(d, "delivered", 0.0, None, (now - d.created_at).total_seconds()))
@@ -159,6 +171,38 @@ class WebhookDispatcher:
         delay = backoff(d.attempt, self.backoff_base)
         age = (now - d.created_at).total_seconds()
         self._outcomes.append(Outcome(d, "failed" if age + delay > self.horizon else "pending", delay, error, age))
+
+    async def _send(self, session: aiohttp.ClientSession, d: Delivery) -> str | None:
+        """One POST; None if delivered, else why not."""
+        body = d.body.encode()
+        try:
+            current, *previous = signing_secrets(d, self.keys)
+        except (SecretUnreadable, ValueError):  # ValueError: no secret at all, which the schema forbids
+            log.error("webhook.secret_unreadable", webhook_id=str(d.endpoint_id))
+            return "secret unreadable: no key of WALLETD_SECRETS_KEY opens it"
+        url = URL(d.url)
+        try:
+            self.policy.check_literal(url.raw_host or "")  # an address in the URL never meets the resolver
+        except UnsafeUrl as exc:
+            return self._refused(d, str(exc))
+        headers = {"Content-Type": "application/json", "Walletd-Event-Id": str(d.event_id),
+                   "Walletd-Signature": sign(current, body, int(time.time()), *previous),
+                   "User-Agent": "walletd-webhooks"}
+        try:
+            async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+                if not 200 <= response.status < 300:
+                    return f"HTTP {response.status}"
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, TargetRefused):
+                return self._refused(d, str(exc.os_error))
+            return f"{type(exc).__name__}: {exc}"[:300]
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"[:300]
+        return None
+
+    def _refused(self, d: Delivery, reason: str) -> str:
+        log.warning("webhook.refused", event_id=str(d.event_id), endpoint_id=str(d.endpoint_id), reason=reason)
+        return f"refused: {reason}"[:300]
 
     async def _record(self) -> None:
         """Every outcome gathered since the last call, in one statement (fenced by the attempt

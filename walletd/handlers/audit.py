@@ -1,7 +1,9 @@
-"""Audit events of the money-moving routes, written at the HTTP edge where the outcome becomes a
-response: `money.refused` (reason = the error's code) and `money.replayed` (a stored first
-response answered again for an Idempotency-Key). The ledger logs what moved; these say what was
-asked for and did not move, with the wallet, the principal and the request id."""
+"""Audit events written at the HTTP edge, where the outcome becomes a response: on the
+money-moving routes `money.refused` (reason = the error's code) and `money.replayed` (a stored
+first answer, a movement or a refusal, given again for an Idempotency-Key; `status` says which);
+on every route the operator calls, `operator.action` (principal "operator", the route and its
+outcome). The ledger logs what moved; these say what was asked for, by whom, and how it ended,
+with the request id."""
 
 from __future__ import annotations
 
@@ -41,7 +43,12 @@ def refused(request: web.Request, exc: DomainError, principal: Principal | None,
              request_id=request.get(request_id_key), **_subject(params))
 
 
-def replayed(request: web.Request, principal: Principal | None, params: BaseModel | None) -> None:
-    log.info("money.replayed", path=request.path, principal=principal and principal.subject,
+def operator_action(request: web.Request, route: str, outcome: str, params: BaseModel | None) -> None:
+    log.info("operator.action", principal="operator", method=request.method, route=route, outcome=outcome,
+             request_id=request.get(request_id_key), **_subject(params))
+
+
+def replayed(request: web.Request, principal: Principal | None, params: BaseModel | None, status: int) -> None:
+    log.info("money.replayed", path=request.path, status=status, principal=principal and principal.subject,
              idempotency_key=request.headers.get("Idempotency-Key"), request_id=request.get(request_id_key),
              **_subject(params))

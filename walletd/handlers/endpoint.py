@@ -10,14 +10,22 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
+from walletd.appkeys import settings_key
+from walletd.auth import operator
 from walletd.auth.http import authenticate, basic_credentials
+from walletd.config import Settings
 from walletd.domain import errors
 from walletd.handlers import audit
-from walletd.handlers.errors import BASIC_CHALLENGE, challenge_key
+from walletd.handlers.errors import BASIC_CHALLENGE, challenge_key, render_error
 from walletd.handlers.params import gather_params, validate
-from walletd.persistence.ledger import Replay
+from walletd.persistence.outcomes import Replay
 
 Handler = Callable[..., Awaitable[Any]]
+
+# Who may call a route. "basic" is a user proving a password with HTTP Basic; "anonymous" is
+# anyone. A route may name several (a settlement: the payment service, or the operator).
+PRINCIPALS = ("anonymous", "user", "service", "operator")
+AUTH_KINDS = (*PRINCIPALS, "basic")
 
 
 @dataclass(frozen=True)
@@ -27,24 +35,57 @@ class Endpoint:
     summary: str
     params: type[BaseModel] | None
     response: type[BaseModel] | None
-    auth: str | None  # None, "user", "service", "basic"
+    auth: tuple[str, ...]  # kinds from AUTH_KINDS
     errors: tuple[tuple[int, str], ...]
     tags: tuple[str, ...]
     idempotent: bool
     description: str = ""
     extra_headers: tuple[dict, ...] = field(default=())
+    # A Settings flag that opens an operator route to anyone while no operator key is configured
+    # (service registration in development).
+    open_when: str | None = None
+    # What each principal may reach through the route, where it is less than everything
+    # ({"service": "its own"}): the authority table in docs/authority.md shows it.
+    scope: tuple[tuple[str, str], ...] = ()
+    # The largest body this route reads, when it needs more than WALLETD_MAX_BODY_BYTES (a
+    # multi-leg transfer): a function of the settings, applied by handlers.middleware.
+    max_body_bytes: Callable[[Settings], int] | None = None
+    # Other media types the 200 answer may take besides JSON (a statement as CSV): type -> OpenAPI
+    # media type object.
+    other_content: tuple[tuple[str, dict], ...] = ()
+
+    @property
+    def principals(self) -> tuple[str, ...]:
+        return tuple("user" if kind == "basic" else kind for kind in self.auth)
+
+    @property
+    def token_role(self) -> str | None:
+        """The role a token must carry here, if a token is one way in (the first, where both are)."""
+        return next((kind for kind in self.auth if kind in ("user", "service")), None)
+
+    @property
+    def token_roles(self) -> tuple[str, ...]:
+        """Every role a token may carry here: both on the books routes, where a user and a payment
+        service each read their own wallets."""
+        return tuple(kind for kind in self.auth if kind in ("user", "service"))
 
 
 class Routes:
-    """A route table whose entries carry their Endpoint description for the OpenAPI document."""
+    """A route table whose entries carry their Endpoint description for the OpenAPI document.
+    Every route names who may call it (auth): there is no default."""
 
     def __init__(self) -> None:
         self.entries: list[tuple[Endpoint, Handler]] = []
 
-    def __call__(self, method: str, path: str, *, summary: str, params=None, response=None,
-                 auth=None, errors=(), tags=(), idempotent=False, description="", extra_headers=()):
-        spec = Endpoint(method, path, summary, params, response, auth, tuple(errors), tuple(tags),
-                        idempotent, description, tuple(extra_headers))
+    def __call__(self, method: str, path: str, *, summary: str, auth: str | tuple[str, ...], params=None,
+                 response=None, errors=(), tags=(), idempotent=False, description="", extra_headers=(),
+                 open_when=None, scope=None, max_body_bytes=None, other_content=()):
+        kinds = (auth,) if isinstance(auth, str) else tuple(auth)
+        if not kinds or any(kind not in AUTH_KINDS for kind in kinds):
+            raise ValueError(f"{method} {path}: auth must name principals from {AUTH_KINDS}, got {auth!r}")
+        spec = Endpoint(method, path, summary, params, response, kinds, tuple(errors), tuple(tags),
+                        idempotent, description, tuple(extra_headers), open_when, tuple((scope or {}).items()),
+                        max_body_bytes, tuple(other_content))
 
         def register(func: Handler) -> Handler:
             self.entries.append((spec, func))
@@ -59,11 +100,11 @@ def wrap(spec: Endpoint, func: Handler) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         kwargs: dict[str, Any] = {}
         principal = params = None
-        if spec.auth in ("user", "service"):
-            principal = kwargs["principal"] = await authenticate(request, spec.auth)
-        elif spec.auth == "basic":
+        if spec.auth == ("basic",):
             request[challenge_key] = BASIC_CHALLENGE
             kwargs["credentials"] = basic_credentials(request)
+        elif spec.auth != ("anonymous",):
+            principal = kwargs["principal"] = await _principal(request, spec)
         try:
             if spec.params is not None:
                 raw = await gather_params(request)
@@ -74,11 +115,17 @@ def wrap(spec: Endpoint, func: Handler) -> Handler:
         except errors.DomainError as exc:
             if spec.idempotent:
                 audit.refused(request, exc, principal, params)
+            if principal is operator.OPERATOR:
+                audit.operator_action(request, spec.path, exc.code, params)
             raise
+        if principal is operator.OPERATOR:
+            audit.operator_action(request, spec.path, "ok", params)
         if isinstance(result, web.StreamResponse):
             return result
         if isinstance(result, Replay):
-            audit.replayed(request, principal, params)
+            audit.replayed(request, principal, params, result.status)
+            if result.status >= 400:  # a refusal the ledger decided, remembered under the key
+                return render_error(result.status, result.body, _REPLAYED)
             return web.Response(body=render(spec, result.body), status=result.status, content_type="application/json",
                                 headers=_REPLAYED)
         # A first response is tx_json's dict, already in the response model's field order.
@@ -87,10 +134,26 @@ def wrap(spec: Endpoint, func: Handler) -> Handler:
 
     handler.__name__ = func.__name__
     handler.__doc__ = func.__doc__
+    handler.max_body_bytes = spec.max_body_bytes  # type: ignore[attr-defined]
     return handler
 
 
 _REPLAYED = {"Idempotent-Replayed": "true"}
+
+
+async def _principal(request: web.Request, spec: Endpoint):
+    """The caller as one of the route's principals. The operator key decides when it is sent (or
+    when the operator is the only way in); otherwise the token, of the route's token role."""
+    if "operator" in spec.auth:
+        settings = request.app[settings_key]
+        if spec.open_when and getattr(settings, spec.open_when):
+            # Open to anyone, development only (Endpoint.open_when). Only a generated key can stand
+            # beside the switch (config refuses an explicit one), and the switch wins over it.
+            return None
+        if spec.token_role is None or operator.HEADER in request.headers:
+            return await operator.authenticate(request)
+    assert spec.token_role is not None
+    return await authenticate(request, spec.token_roles)
 
 
 def render(spec: Endpoint, result: dict | BaseModel) -> bytes:

@@ -12,6 +12,7 @@ import json
 
 from aiohttp import web
 
+from walletd import metrics
 from walletd.domain import errors as e
 
 
@@ -57,11 +58,7 @@ class InvalidIdempotencyKey(RequestError):
     message = "Idempotency-Key must be 1-128 characters"
 
 
-class OperatorKeyRequired(e.DomainError):
-    """Registering a service user needs header X-Operator-Key equal to WALLETD_OPERATOR_KEY."""
-
-    code = "operator_key_required"
-    message = "operator credential required (X-Operator-Key)"
+OperatorKeyRequired = e.OperatorKeyRequired  # an authentication error, kept importable from here
 
 
 # The single place where an error gets its status. Looked up along the class's MRO, so a
@@ -69,6 +66,7 @@ class OperatorKeyRequired(e.DomainError):
 STATUS: dict[type[e.DomainError], int] = {
     e.InvalidAmount: 400,
     e.InsufficientFunds: 400,
+    e.LegsRefused: 400,
     e.WalletNotFound: 404,
     e.NotYourWallet: 400,
     e.TargetWalletNotFound: 400,
@@ -76,13 +74,19 @@ STATUS: dict[type[e.DomainError], int] = {
     e.CurrencyNotFound: 400,
     e.RateNotFound: 400,
     e.RateStale: 409,
+    e.RateArbitrage: 409,
+    e.RateChangeTooLarge: 409,
+    e.CommissionRateTooHigh: 400,
     e.ServiceWalletNotFound: 400,
     e.ExternalWalletNotFound: 400,
     e.ExternalWalletExists: 409,
     e.TransactionNotFound: 404,
+    e.AlreadyReversed: 409,
+    e.NotReversible: 409,
+    e.ReversalNotCovered: 409,
     e.InvalidStatusUpdate: 400,
     e.SettlementConflict: 409,
-    e.TransactionExpired: 409,
+    e.TransactionNotStale: 409,
     e.InvalidTransactionType: 400,
     e.InvalidWebhookUrl: 400,
     e.TooManyWebhooks: 409,
@@ -112,13 +116,15 @@ STATUS: dict[type[e.DomainError], int] = {
 # Errors raised as aiohttp HTTP exceptions (routing, body size, handlers outside the domain):
 # status -> (code, meaning).
 HTTP_CODES: dict[int, tuple[str, str]] = {
-    400: ("bad_request", "The request could not be read."),
+    400: ("bad_request", "The request could not be read (including anything the HTTP parser refuses)."),
     401: ("token_invalid", "The token is not valid (for example its account no longer exists)."),
     404: ("not_found", "No such path."),
     405: ("method_not_allowed", "The path exists, not with this method (`Allow` lists the methods)."),
     408: ("request_timeout", "The request was not received in time."),
     413: ("payload_too_large", "The body exceeds WALLETD_MAX_BODY_BYTES."),
+    414: ("uri_too_long", "The request line is longer than 8190 bytes (answered before any route is looked up)."),
     415: ("unsupported_media_type", "A non-empty body that is not JSON."),
+    431: ("header_too_large", "A header line is longer than 8192 bytes, or there are more than 128 of them."),
     429: ("too_many_attempts", "Too many failed logins for this account or address (or failed operator keys from "
                                "this address); retry after `Retry-After` seconds."),
     500: ("internal_error", "A bug; the log has the request id."),
@@ -157,29 +163,57 @@ def catalogue() -> list[tuple[str, int, str]]:
 
 
 _dumps = functools.partial(json.dumps, default=str)
+# The body's fields in the order every error answer writes them (nested objects: keys sorted),
+# so a refusal stored under an Idempotency-Key, which comes back from jsonb reordered, replays
+# with the bytes of its first answer.
+_ERROR_FIELDS = ("status", "code", "message", "request_id", "errors", "detail")
+
+
+def _sorted(value):
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(item) for item in value]
+    return value
+
+
+def render_error(status: int, body: dict, headers: dict | None = None) -> web.Response:
+    """An error answer from its JSON body: the one serializer of first answers and replays."""
+    metrics.answered_error(body["code"])
+    ordered = {key: _sorted(body[key]) for key in _ERROR_FIELDS if key in body}
+    ordered.update((key, _sorted(body[key])) for key in sorted(body) if key not in ordered)
+    headers = dict(headers or {})
+    if status == 503:
+        headers.setdefault("Retry-After", "1")
+    return web.Response(text=_dumps(ordered), status=status, content_type="application/json",
+                        headers=headers or None)
 
 
 def error_response(status: int, code: str, message: str, request_id: str | None = None,
                    headers: dict | None = None, **extra) -> web.Response:
-    body = {"status": status, "code": code, "message": message, "request_id": request_id, **extra}
-    headers = dict(headers or {})
-    if status == 503:
-        headers.setdefault("Retry-After", "1")
-    return web.json_response(body, status=status, headers=headers or None, dumps=_dumps)
+    return render_error(status, {"status": status, "code": code, "message": message, "request_id": request_id,
+                                 **extra}, headers)
+
+
+def error_body(exc: e.DomainError, request_id: str | None) -> tuple[int, dict]:
+    """A domain error's status and JSON body (JSON-ready: exactly what a stored copy reads back):
+    what its answer carries, and what an Idempotency-Key remembers of a refusal."""
+    status = status_of(type(exc))
+    body: dict = {"status": status, "code": exc.code, "message": exc.message, "request_id": request_id}
+    if exc.errors:
+        body["errors"] = exc.errors
+    if exc.detail:
+        body["detail"] = exc.detail
+    return status, json.loads(_dumps(body))
 
 
 def domain_error_response(exc: e.DomainError, request_id: str | None, challenge: str | None = None) -> web.Response:
-    status = status_of(type(exc))
-    extra: dict = {}
-    if exc.errors:
-        extra["errors"] = exc.errors
-    if exc.detail:
-        extra["detail"] = exc.detail
+    status, body = error_body(exc, request_id)
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = challenge or next(
             (value for cls, value in _CHALLENGE.items() if isinstance(exc, cls)), _BEARER)
-    return error_response(status, exc.code, exc.message, request_id, headers, **extra)
+    return render_error(status, body, headers)
 
 
 def http_code(cls: type[web.HTTPException]) -> str:

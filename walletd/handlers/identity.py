@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import hmac
 from decimal import Decimal
 
 from aiohttp import web
 
-from walletd.appkeys import pool_key, principal_key, request_id_key, settings_key, tokens_key
+from walletd.appkeys import keys_key, pool_key, principal_key, request_id_key, settings_key, tokens_key
+from walletd.auth.operator import OperatorPrincipal
 from walletd.auth.passwords import PasswordPool
-from walletd.auth.throttle import LoginThrottle, TooManyAttempts, username_key
+from walletd.auth.throttle import LoginThrottle, TooManyAttempts, throttle_key
 from walletd.auth.tokens import Principal
 from walletd.config import Settings
-from walletd.domain.errors import DuplicateAccount, InvalidCredentials, Overloaded
+from walletd.domain.errors import DuplicateAccount, InvalidCredentials, OutcomeUnknown, Overloaded
 from walletd.handlers.endpoint import Routes
-from walletd.handlers.errors import OperatorKeyRequired
 from walletd.handlers.schemas import LoginParams, RegisterParams, ServiceTokenOut, TokenOut, UserOut
 from walletd.logs import get_logger
 from walletd.persistence import accounts
@@ -22,10 +21,8 @@ from walletd.persistence import accounts
 routes = Routes()
 log = get_logger("walletd.auth")
 passwords_key = web.AppKey("passwords", PasswordPool)
-throttle_key = web.AppKey("login_throttle", LoginThrottle)
 _HASH_BUSY = (Overloaded, "too many logins in progress, retry later")  # the password-hash pool is full
-_OPERATOR_HEADER = {"name": "X-Operator-Key", "in": "header", "required": True, "schema": {"type": "string"},
-                    "description": "The operator credential (env WALLETD_OPERATOR_KEY)."}
+_REGISTRATION_UNKNOWN = (OutcomeUnknown, accounts.REGISTRATION_UNKNOWN)  # its COMMIT was cut off
 
 
 async def _register(request: web.Request, params: RegisterParams, role: str):
@@ -35,49 +32,36 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
         user_id, bonus_entry = await accounts.create_user(
             request.app[pool_key], username=params.username, email=params.email, password_hash=password_hash,
             role=role, signup_bonus=settings.signup_bonus if role == "user" else Decimal(0),
-            request_id=request.get(request_id_key))
+            request_id=request.get(request_id_key), in_doubt_seconds=settings.in_doubt_seconds)
     except Exception as exc:
         log.info("auth.register_failed", username=params.username, role=role, reason=type(exc).__name__)
         raise
-    log.info("auth.registered", user_id=str(user_id), username=params.username, role=role)
+    log.info("auth.registered", user_id=str(user_id), username=params.username, role=role,
+             principal=request.get(principal_key))  # "operator" for a service user it registered
     if bonus_entry is not None:
         log.info("money.signup_bonus", entry_id=str(bonus_entry), user_id=str(user_id),
                  amount=f"{settings.signup_bonus:f}", request_id=request.get(request_id_key))
-    request[principal_key] = str(user_id)
+    if principal_key not in request:  # registered by the operator: the request's principal stays "operator"
+        request[principal_key] = str(user_id)
     return user_id, request.app[tokens_key].issue(user_id, role)
 
 
 @routes("POST", "/auth/register", summary="Register a user; a wallet in every currency is created",
-        params=RegisterParams, response=TokenOut, tags=["auth"],
-        errors=[DuplicateAccount, _HASH_BUSY])
+        params=RegisterParams, response=TokenOut, tags=["auth"], auth="anonymous",
+        errors=[DuplicateAccount, _HASH_BUSY, _REGISTRATION_UNKNOWN])
 async def register(request: web.Request, params: RegisterParams):
     _, token = await _register(request, params, "user")
     return TokenOut(access_token=token)
 
 
 @routes("POST", "/auth/register_service", summary="Register a service user (payment service); operator only",
-        params=RegisterParams, response=ServiceTokenOut, tags=["service"], extra_headers=[_OPERATOR_HEADER],
-        description="Requires header X-Operator-Key equal to WALLETD_OPERATOR_KEY. With no key configured "
-                    "registration is refused unless WALLETD_OPEN_SERVICE_REGISTRATION=1 (development only).",
-        errors=[OperatorKeyRequired, DuplicateAccount, TooManyAttempts, _HASH_BUSY])
-async def register_service(request: web.Request, params: RegisterParams):
-    settings = request.app[settings_key]
-    given = request.headers.get("X-Operator-Key", "")
-    if settings.operator_key:
-        # The operator key is a password too: its failures count against the client's address.
-        pool, throttle, address = request.app[pool_key], request.app[throttle_key], request.remote or "unknown"
-        await throttle.check(pool, None, address)
-        allowed = hmac.compare_digest(given.encode(), settings.operator_key.encode())
-        if not allowed:
-            await throttle.failed(pool, None, address)
-    else:
-        allowed = settings.open_service_registration
-    if not allowed:
-        log.warning("auth.register_service_refused", username=params.username,
-                    configured=bool(settings.operator_key))
-        message = ("operator credential required (X-Operator-Key)" if settings.operator_key else
-                   "service registration is closed: set WALLETD_OPERATOR_KEY and send it as X-Operator-Key")
-        raise OperatorKeyRequired(message)
+        params=RegisterParams, response=ServiceTokenOut, tags=["service"], auth="operator",
+        open_when="open_service_registration",
+        description="Requires header X-Operator-Key equal to WALLETD_OPERATOR_KEY. With "
+                    "WALLETD_OPEN_SERVICE_REGISTRATION=1 (development only) anyone may register; with neither "
+                    "registration is refused.",
+        errors=[DuplicateAccount, _HASH_BUSY, _REGISTRATION_UNKNOWN])
+async def register_service(request: web.Request, principal: OperatorPrincipal | None, params: RegisterParams):
     user_id, token = await _register(request, params, "service")
     return ServiceTokenOut(access_token=token, user_id=user_id)
 
@@ -86,7 +70,7 @@ def setup(app: web.Application, settings: Settings) -> None:
     """The password-hash pool and the login throttle, one each per app."""
     app[passwords_key] = PasswordPool(settings.hash_threads, settings.hash_queue, settings.hash_queue_per_address)
     app[throttle_key] = LoginThrottle(settings.login_max_failures, settings.login_max_failures_per_address,
-                                      settings.login_window_seconds)
+                                      settings.login_window_seconds, app[keys_key].pseudonym)
 
     async def close_pool(app: web.Application) -> None:
         app[passwords_key].close()
@@ -101,15 +85,15 @@ async def _login(request: web.Request, username: str, password: str, role: str):
     try:
         had_failures = await throttle.check(pool, username, address)
     except web.HTTPTooManyRequests:
-        log.info("auth.login_throttled", username_sha256=username_key(username), role=role)
+        log.info("auth.login_throttled", username_hmac=throttle.pseudonym(username), role=role, client=address)
         raise
     user = await accounts.find_user(pool, username)
     ok = await request.app[passwords_key].verify(user["password_hash"] if user else None, password, address)
     if not ok or user is None or user["role"] != role:
         await throttle.failed(pool, username, address)
-        # Never the typed name (people type passwords into it): the user id, or a hash of the name.
-        who = {"user_id": str(user["id"])} if user else {"username_sha256": username_key(username)}
-        log.info("auth.login_failed", role=role, **who)
+        # Never the typed name (people type passwords into it): the user id, or its keyed pseudonym.
+        who = {"user_id": str(user["id"])} if user else {"username_hmac": throttle.pseudonym(username)}
+        log.info("auth.login_failed", role=role, client=address, **who)
         raise InvalidCredentials()
     if had_failures:
         await throttle.succeeded(pool, username)
@@ -119,7 +103,7 @@ async def _login(request: web.Request, username: str, password: str, role: str):
 
 
 @routes("POST", "/auth/login", summary="Log in; returns a JWT", params=LoginParams, response=TokenOut,
-        tags=["auth"], errors=[InvalidCredentials, TooManyAttempts, _HASH_BUSY])
+        tags=["auth"], auth="anonymous", errors=[InvalidCredentials, TooManyAttempts, _HASH_BUSY])
 async def login(request: web.Request, params: LoginParams):
     _, token = await _login(request, params.username, params.password, "user")
     return TokenOut(access_token=token)
@@ -132,7 +116,7 @@ async def token_for_basic(request: web.Request, credentials: tuple[str, str]):
     return TokenOut(access_token=token)
 
 
-@routes("GET", "/service/auth/login", summary="Log a service user in", params=LoginParams,
+@routes("GET", "/service/auth/login", summary="Log a service user in", params=LoginParams, auth="anonymous",
         response=ServiceTokenOut, tags=["service"], errors=[InvalidCredentials, TooManyAttempts, _HASH_BUSY])
 async def service_login(request: web.Request, params: LoginParams):
     user_id, token = await _login(request, params.username, params.password, "service")

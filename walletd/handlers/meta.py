@@ -13,7 +13,7 @@ from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES
 from walletd import metrics
 from walletd.appkeys import pool_key, registry_key
 from walletd.events.delivery import dispatcher_key
-from walletd.persistence import outbox
+from walletd.persistence import outbox, stale
 from walletd.persistence.failures import outage
 from walletd.persistence.migrate import schema_ready
 
@@ -21,6 +21,18 @@ READY_TIMEOUT = 2.0
 _RETRY = {"Retry-After": "1"}
 
 openapi_key = web.AppKey("openapi", bytes)
+# The operational routes: open to anyone (anonymous), and hold no money or personal data. Listed
+# here for the authority table (docs/authority.md) beside the declared API routes.
+PUBLIC_ROUTES = (
+    ("GET", "/health", "Liveness"),
+    ("GET", "/ready", "Readiness: database reachable and writable, every migration applied"),
+    ("GET", "/metrics", "Prometheus metrics"),
+    ("GET", "/openapi.json", "The OpenAPI document"),
+    ("GET", "/docs", "Swagger UI"),
+    ("GET", "/redoc", "ReDoc"),
+    ("GET", "/static/…", "The documentation pages' scripts and styles"),
+)
+STALE_TYPES = ("deposit", "withdraw")
 
 _REDOC_PAGE = """<!DOCTYPE html>
 <html><head><title>walletd API</title><meta charset="utf-8"/></head>
@@ -71,30 +83,37 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Answers within READY_TIMEOUT whatever the load: the deadline covers the pool's gate, the
+    problem = await database_problem(request.app)
+    if problem is not None:
+        return web.json_response({"status": "unavailable", "message": problem}, status=503, headers=_RETRY)
+    return web.json_response({"status": "ready"})
+
+
+async def database_problem(app: web.Application) -> str | None:
+    """Why walletd cannot serve from its database now, or None; sets walletd_database_up.
+    Answers within READY_TIMEOUT whatever the load: the deadline covers the pool's gate, the
     connect and the query (a writable primary is required: a standby is not ready)."""
     try:
         async with asyncio.timeout(READY_TIMEOUT):
-            async with request.app[pool_key].acquire(timeout=READY_TIMEOUT) as conn:
+            async with app[pool_key].acquire(timeout=READY_TIMEOUT) as conn:
                 applied = await schema_ready(conn)
                 writable = not await conn.fetchval("SELECT pg_is_in_recovery()")
     except Exception as exc:  # any failure to reach the database means not ready
-        return web.json_response({"status": "unavailable", "message": f"database unreachable: {type(exc).__name__}"},
-                                 status=503, headers=_RETRY)
-    if not applied:
-        return web.json_response({"status": "unavailable", "message": "schema not applied"}, status=503, headers=_RETRY)
-    if not writable:
-        return web.json_response({"status": "unavailable", "message": "database is a read-only standby"},
-                                 status=503, headers=_RETRY)
-    outage.succeeded()
-    return web.json_response({"status": "ready"})
+        problem: str | None = f"database unreachable: {type(exc).__name__}"
+    else:
+        problem = None if applied and writable else (
+            "schema not applied" if not applied else "database is a read-only standby")
+    metrics.DATABASE_UP.set(0 if problem else 1)
+    if problem is None:
+        outage.succeeded()
+    return problem
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """Prometheus text format (walletd/metrics.py): this process's live gauges are refreshed
     first; under --workers the answer aggregates every process."""
     metrics.sample(request.app[registry_key], request.app[pool_key])
-    await _webhooks_pending(request.app)
+    await asyncio.gather(database_problem(request.app), _webhooks_pending(request.app), _pending_stale(request.app))
     return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
@@ -119,7 +138,7 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 async def _webhooks_pending(app: web.Application) -> None:
-    """Issue 11 (walletd/events/delivery.py): the deliveries still pending in the database (all
+    """Webhooks (walletd/events/delivery.py): the deliveries still pending in the database (all
     processes). NaN (unknown) if the database cannot answer within READY_TIMEOUT, so /metrics
     never hangs on it."""
     if app.get(dispatcher_key) is None:
@@ -129,6 +148,19 @@ async def _webhooks_pending(app: web.Application) -> None:
             metrics.WEBHOOKS_PENDING.set(await outbox.pending_count(app[pool_key]))
     except Exception:  # noqa: BLE001 - a scrape must answer even while the database does not
         metrics.WEBHOOKS_PENDING.set(float("nan"))
+
+
+async def _pending_stale(app: web.Application) -> None:
+    """Stale pending records per type (all processes, from the database); NaN when the database
+    does not answer within READY_TIMEOUT."""
+    counts: dict[str, float]
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            counts = dict(await stale.stale_counts(app[pool_key]))
+    except Exception:  # noqa: BLE001 - a scrape must answer even while the database does not
+        counts = {kind: float("nan") for kind in STALE_TYPES}
+    for kind in STALE_TYPES:
+        metrics.PENDING_STALE.labels(kind).set(counts.get(kind, 0))
 
 
 async def redoc(request: web.Request) -> web.Response:

@@ -3,7 +3,6 @@ failure rendered as the JSON error shape (nothing a client sends yields a 500)."
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 
@@ -11,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from walletd import metrics, server
-from walletd.appkeys import principal_key, request_id_key
+from walletd.appkeys import principal_key, request_id_key, settings_key
 from walletd.domain.errors import DomainError, Unavailable
 from walletd.handlers.errors import (
     challenge_key,
@@ -25,40 +24,78 @@ from walletd.persistence.failures import is_unavailable, outage
 log = get_logger("walletd.http")
 
 
-# Request ids: unique per process start (random prefix) and per request (counter). No system
-# call per request, unlike uuid4.
-_REQUEST_PREFIX = os.urandom(4).hex() + "-"
-_request_counter = itertools.count(1)
+class _RequestIds:
+    """96 random bits per request id, so an id says nothing about how many requests anyone made;
+    drawn from a buffer refilled once per few hundred ids (os.urandom is a system call each time)."""
+
+    _IDS_PER_FILL = 340
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._offset = 0
+
+    def __call__(self) -> str:
+        if self._offset >= len(self._buffer):
+            self._buffer, self._offset = os.urandom(12 * self._IDS_PER_FILL), 0
+        chunk = self._buffer[self._offset:self._offset + 12]
+        self._offset += 12
+        return chunk.hex()
+
+
+new_request_id = _RequestIds()
+
+
+def client_request_id(request: web.Request) -> str | None:
+    """The client's own X-Request-ID, kept beside walletd's when it is 1-64 printable ASCII characters."""
+    incoming = request.headers.get("X-Request-ID")
+    if incoming and len(incoming) <= 64 and incoming.isascii() and incoming.isprintable():
+        return incoming
+    return None
 
 
 @web.middleware
 async def request_context(request: web.Request, handler):
-    """One canonical log line per request, with a request id (echoed as X-Request-ID), and every
-    failure rendered as {"status", "message", ...}: nothing a client sends yields a 500.
+    """One canonical log line per request, with walletd's own request id (answered as X-Request-ID;
+    a client's X-Request-ID goes beside it in the logs, never instead of it), and every failure
+    rendered as {"status", "message", ...}: nothing a client sends yields a 500.
 
     Only the path is logged, never the query string: the original's clients send passwords in it.
     """
-    incoming = request.headers.get("X-Request-ID", "")
-    if 0 < len(incoming) <= 64 and incoming.isprintable():
-        request_id = incoming
-    else:
-        request_id = f"{_REQUEST_PREFIX}{next(_request_counter):x}"
+    request_id = new_request_id()
     request[request_id_key] = request_id
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    theirs = client_request_id(request)
+    if theirs is None:
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+    else:
+        structlog.contextvars.bind_contextvars(request_id=request_id, client_request_id=theirs)
     started = time.perf_counter()
     try:
         response = await handler(request)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
         response = error_for(exc, request)
     response.headers["X-Request-ID"] = request_id
+    response.headers["Server"] = "walletd"  # no versions: they only help an attacker pick an exploit
     route = request.match_info.route.resource
     template = route.canonical if route is not None else None
     elapsed = time.perf_counter() - started
     metrics.observe_request(request.method, template, response.status, elapsed)
     log.info("http.request", method=request.method, path=request.path, route=template, status=response.status,
-             duration_ms=round(elapsed * 1000, 2), principal=request.get(principal_key))
+             duration_ms=round(elapsed * 1000, 2), principal=request.get(principal_key), client=request.remote)
     return response
+
+
+@web.middleware
+async def route_body_limit(request: web.Request, handler):
+    """A route that declares a larger body (a multi-leg transfer: endpoint.Endpoint.max_body_bytes)
+    may read up to that; every other route keeps WALLETD_MAX_BODY_BYTES. Runs before the body is
+    read (server.read_body_within)."""
+    limit_of = getattr(request.match_info.handler, "max_body_bytes", None)
+    if limit_of is not None:
+        # aiohttp's only public way is request.clone(client_max_size=…), and a clone would keep
+        # what later handlers store on it (the principal) from this chain's canonical log line.
+        request._client_max_size = limit_of(request.app[settings_key])
+    return await handler(request)
 
 
 def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:

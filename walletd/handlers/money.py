@@ -8,10 +8,13 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from walletd.appkeys import pool_key, registry_key, request_id_key, settings_key
+from walletd.appkeys import ledger_key, pool_key, registry_key, request_id_key, settings_key
+from walletd.auth.operator import OperatorPrincipal
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
 from walletd.domain.ledger import Idempotency, RequestDeposit, RequestWithdraw, Transfer
+from walletd.domain.policy import CommissionRates, fixed_commission_rate
+from walletd.domain.vocabulary import TxType
 from walletd.events.delivery import wake_delivery
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.errors import InvalidIdempotencyKey
@@ -24,7 +27,7 @@ from walletd.handlers.schemas import (
     WithdrawParams,
 )
 from walletd.persistence import accounts, rates
-from walletd.persistence.ledger import Replay
+from walletd.persistence.outcomes import Replay
 
 routes = Routes()
 
@@ -33,7 +36,7 @@ MOVE_ERRORS = [errors.IdempotencyKeyReused, InvalidIdempotencyKey, errors.Overlo
                errors.InternalFailure]
 
 
-def idempotency(request: web.Request, principal: Principal, raw_params: dict) -> Idempotency | None:
+def idempotency(request: web.Request, principal: Principal | OperatorPrincipal, raw_params: dict) -> Idempotency | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
@@ -62,12 +65,17 @@ async def run(request: web.Request, command) -> dict | Replay:
 async def transfer(request: web.Request, principal: Principal, params: TransferParams, raw_params: dict):
     if params.source_wallet_id == params.target_wallet_id:
         raise errors.SameWallet()
+    # Before the command may enter the wallet's queue: someone naming another's wallet must neither
+    # fill its queue nor make an actor for a wallet that is not theirs (or does not exist).
+    if not await request.app[ledger_key].owns(principal.user_id, params.source_wallet_id, params.target_wallet_id):
+        raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
     return await run(request, Transfer(principal.user_id, params.source_wallet_id, params.target_wallet_id,
                                        params.amount, request.get(request_id_key),
                                        idempotency(request, principal, raw_params)))
 
 
 @routes("POST", "/wallet/deposit", summary="Request a deposit through a payment service (pending; moves nothing)",
+        description="The record fixes the commission (commission_rate, commission) its settlement will charge.",
         auth="user", params=DepositParams, response=TxOut, tags=["money"], idempotent=True,
         errors=_WALLET_ERRORS + MOVE_ERRORS + [errors.ServiceWalletNotFound])
 async def deposit(request: web.Request, principal: Principal, params: DepositParams, raw_params: dict):
@@ -76,13 +84,15 @@ async def deposit(request: web.Request, principal: Principal, params: DepositPar
     service = await accounts.service_wallets(pool, params.service_user_id, wallet["currency_id"])
     result = await run(request, RequestDeposit(principal.user_id, wallet["id"], service["gateway_wallet_id"],
                                                params.service_user_id, params.amount, request.get(request_id_key),
-                                               idempotency(request, principal, raw_params)))
+                                               idempotency(request, principal, raw_params),
+                                               commission_rate=_fixed_rate(request, service, TxType.DEPOSIT)))
     wake_delivery(request.app)  # its event is committed: send it now rather than at the next poll
     return result
 
 
 @routes("POST", "/wallet/withdraw", summary="Request a withdrawal: the amount is held until the service settles",
-        description="balance −amount, reserved_balance +amount. Needs an external wallet in the currency.",
+        description="balance −amount, reserved_balance +amount. Needs an external wallet in the currency. The record "
+                    "fixes the commission (commission_rate, commission) its settlement will charge.",
         auth="user", params=WithdrawParams, response=TxOut, tags=["money"], idempotent=True,
         errors=_WALLET_ERRORS + MOVE_ERRORS + [errors.InsufficientFunds, errors.ServiceWalletNotFound,
                                                errors.ExternalWalletNotFound])
@@ -96,7 +106,8 @@ async def withdraw(request: web.Request, principal: Principal, params: WithdrawP
     result = await run(request, RequestWithdraw(principal.user_id, wallet["id"], service["gateway_wallet_id"],
                                                 params.service_user_id, external["id"], params.amount,
                                                 request.get(request_id_key),
-                                                idempotency(request, principal, raw_params)))
+                                                idempotency(request, principal, raw_params),
+                                                commission_rate=_fixed_rate(request, service, TxType.WITHDRAW)))
     wake_delivery(request.app)
     return result
 
@@ -112,6 +123,13 @@ async def exchange(request: web.Request, principal: Principal, params: ExchangeP
     rate, converted = book.quote(params.from_currency, params.to_currency, params.amount)
     return QuoteOut(from_currency=params.from_currency, amount_int=params.amount, to_currency=params.to_currency,
                     rate=rate, amount_ext=converted)
+
+
+def _fixed_rate(request: web.Request, service, kind: str):
+    """The service's rate now, within the operator's ceiling: the record keeps it, and its
+    settlement charges exactly the commission it fixes, whatever the service sets meanwhile."""
+    rates = CommissionRates(service["deposit_rate"], service["withdraw_rate"])
+    return fixed_commission_rate(rates, kind, request.app[settings_key].max_commission_rate)
 
 
 async def _own_wallet(pool, principal: Principal, wallet_id):

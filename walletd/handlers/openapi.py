@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from walletd import __version__
+from walletd.auth.throttle import TooManyAttempts
 from walletd.domain import errors as e
 from walletd.handlers import errors as he
 from walletd.handlers.endpoint import Endpoint
@@ -36,6 +37,9 @@ _IDEMPOTENCY_DOC = ("A retry with the same key and the same parameters returns t
                     "request.")
 _CHALLENGE_HEADER = {"WWW-Authenticate": {"description": "How to authenticate (RFC 7235; RFC 6750 error codes)",
                                           "schema": {"type": "string"}}}
+_OPERATOR_HEADER = {"name": "X-Operator-Key", "in": "header", "schema": {"type": "string"},
+                    "description": "The operator credential (env WALLETD_OPERATOR_KEY): operator actions need it; on a "
+                                   "route a payment service may call too, it replaces the token."}
 _RETRY_HEADER = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}}
 
 DESCRIPTION = """Multi-currency e-wallet with a double-entry ledger.
@@ -46,7 +50,8 @@ DESCRIPTION = """Multi-currency e-wallet with a double-entry ledger.
   in a JSON object body. Both may be used at once; a parameter given in both places with different
   values is refused (400 `parameter_conflict`). On POST and PUT, each parameter the body schema
   marks required must appear in the query string or in the body.
-* Auth: `Authorization: Bearer <jwt>` or header `token: <jwt>`; `GET /user/get/token` takes HTTP Basic.
+* Auth: `Authorization: Bearer <jwt>` or header `token: <jwt>`; `GET /user/get/token` takes HTTP Basic;
+  operator actions take header `X-Operator-Key` (who may do what: docs/authority.md).
 * Errors: `{status, code, message, request_id}`, plus `errors` (one item per field) for
   validation failures and `detail` where useful. Match on `code`; `message` is for people.
 
@@ -67,9 +72,12 @@ def model_schema(model: type[BaseModel], components: dict,
 def documented_errors(spec: Endpoint) -> dict[int, list[tuple[str, str]]]:
     """status -> [(code, message)] for every error the operation can answer."""
     declared: list = list(spec.errors)
-    if spec.auth in ("user", "service"):
-        declared += _TOKEN_ERRORS
-    elif spec.auth == "basic":
+    if spec.token_role is not None:
+        # A route that takes either token role cannot meet a token of the wrong one.
+        declared += [err for err in _TOKEN_ERRORS if err is not e.WrongRole or len(spec.token_roles) == 1]
+    if "operator" in spec.auth:
+        declared += [e.OperatorKeyRequired, TooManyAttempts]
+    if spec.auth == ("basic",):
         declared += [e.TokenMissing, e.InvalidCredentials]
     if spec.params is not None:
         declared += _PARAM_ERRORS
@@ -85,7 +93,7 @@ def documented_errors(spec: Endpoint) -> dict[int, list[tuple[str, str]]]:
         else:
             status, code = he.status_of(cls), cls.code
         if cls is e.WrongRole:
-            message = message.format(role=spec.auth)
+            message = message.format(role=spec.token_role)
         entry = (code, message)
         bucket = by_status.setdefault(status, [])
         if entry not in bucket:
@@ -103,6 +111,8 @@ def operation(spec: Endpoint, operation_id: str, components: dict) -> dict:
     if spec.description:
         op["description"] = spec.description
     parameters = list(spec.extra_headers)
+    if "operator" in spec.auth:
+        parameters.append({**_OPERATOR_HEADER, "required": spec.token_role is None and spec.open_when is None})
     body_allowed = spec.method in ("POST", "PUT")
     if spec.params is not None:
         schema = spec.params.model_json_schema(ref_template=_REF)
@@ -129,6 +139,8 @@ def operation(spec: Endpoint, operation_id: str, components: dict) -> dict:
     ok: dict[str, Any] = {"description": "OK"}
     if spec.response is not None:
         ok["content"] = {"application/json": {"schema": model_schema(spec.response, components, mode="serialization")}}
+    if spec.other_content:
+        ok.setdefault("content", {}).update(dict(spec.other_content))
     if spec.idempotent:
         ok["headers"] = {"Idempotent-Replayed": {"description": "`true` when this is the stored first response",
                                                  "schema": {"type": "string", "enum": ["true"]}}}
@@ -147,10 +159,15 @@ def operation(spec: Endpoint, operation_id: str, components: dict) -> dict:
             response["headers"] = _RETRY_HEADER
         responses[str(status)] = response
     op["responses"] = responses
-    if spec.auth in ("user", "service"):
-        op["security"] = [{"bearer": []}, {"tokenHeader": []}]
-    elif spec.auth == "basic":
-        op["security"] = [{"basic": []}]
+    security: list[dict] = []
+    if spec.token_role is not None:
+        security += [{"bearer": []}, {"tokenHeader": []}]
+    if "operator" in spec.auth:
+        security.append({"operatorKey": []})
+    if spec.auth == ("basic",):
+        security.append({"basic": []})
+    if security:
+        op["security"] = security
     return op
 
 
@@ -172,6 +189,8 @@ def document(entries: list[tuple[Endpoint, str]]) -> dict:
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 "tokenHeader": {"type": "apiKey", "in": "header", "name": "token"},
                 "basic": {"type": "http", "scheme": "basic"},
+                "operatorKey": {"type": "apiKey", "in": "header", "name": "X-Operator-Key",
+                                "description": "The operator credential (WALLETD_OPERATOR_KEY)"},
             },
         },
     }

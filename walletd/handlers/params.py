@@ -41,7 +41,9 @@ async def gather_params(request: web.Request) -> dict[str, Any]:
                 raise UnsupportedMediaType()
             try:
                 # parse_float=Decimal keeps JSON numbers exact; amounts never pass through float.
-                body = json.loads(text, parse_float=Decimal)
+                body = json.loads(text, parse_float=Decimal, object_pairs_hook=_unique_keys)
+            except _RepeatedKey as exc:
+                raise ParameterConflict(f"parameter {exc.args[0]} given more than once in the body") from None
             except (ValueError, RecursionError):  # JSONDecodeError, or an integer past Python's digit limit
                 raise MalformedBody() from None
             if not isinstance(body, dict):
@@ -56,6 +58,23 @@ async def gather_params(request: web.Request) -> dict[str, Any]:
             raise ValidationFailed(f"invalid parameters: {key}", errors=[
                 {"loc": key, "msg": "contains a NUL or an unpaired surrogate character", "type": "string_unstorable"}])
     return merged
+
+
+class _RepeatedKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object with a key given twice is refused: parsers disagree on which value wins (a
+    proxy or fraud check reading the first could approve what walletd, reading the last, moves)."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return found
 
 
 def _storable(text: str) -> bool:
@@ -78,6 +97,9 @@ def validate(model: type[BaseModel], raw: dict[str, Any]) -> BaseModel:
             for err in found
         ]
         # Told apart by the error type schemas.Amount raises, never by message text.
+        legs = next((err for err in found if err["type"] == errors.LegsRefused.code), None)
+        if legs is not None:  # book_schemas: malformed legs of a multi-leg transfer, each by index
+            raise errors.legs_refused(legs["ctx"]["legs"]) from None
         amount = next((err for err in found if err["type"] == errors.InvalidAmount.code), None)
         if amount is not None:
             raise errors.InvalidAmount(amount["ctx"]["reason"], errors=problems) from None

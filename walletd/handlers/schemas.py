@@ -163,16 +163,35 @@ class SettleParams(Params):
     new_status: Literal["paid", "rejected", "reject"]
 
 
+class ReverseParams(Params):
+    transaction_id: Annotated[uuid.UUID, Field(description="The completed transfer's or paid deposit's id",
+                                               examples=["0193a6f0-5b1e-7c2d-9e3f-4a5b6c7d8e10"])]
+
+
 class ConversionParams(Params):
     from_currency: Annotated[str, Field(min_length=2, max_length=10, description="Currency code", examples=["USD"])]
     to_currency: Annotated[str, Field(min_length=2, max_length=10, description="Currency code", examples=["EUR"])]
     amount: Amount
 
 
+_FORCE = Field(False, description="The operator confirms a rate further than WALLETD_RATE_MAX_CHANGE from the "
+                                  "stored one (it never lifts the round-trip rule)")
+
+
 class SetRateParams(Params):
     from_currency: CurrencyId
     to_currency: TargetCurrencyId
     rate: Amount
+    force: bool = _FORCE
+
+
+class UpdateRatesParams(Params):
+    force: bool = _FORCE
+
+
+class StaleParams(Params):
+    after: uuid.UUID | None = Field(None, description="A transaction id (the last one seen): the page starts after it")
+    limit: Annotated[int, Field(ge=1, le=500)] = 100
 
 
 class CommissionParams(Params):
@@ -232,7 +251,7 @@ class TxOut(Model):
     # Field order = domain.ledger.tx_json's key order: the order of every record on the wire,
     # first response and idempotent replay alike (endpoint.render).
     id: uuid.UUID
-    type: Literal["deposit", "withdraw", "transfer", "commission", "bonus"]
+    type: Literal["deposit", "withdraw", "transfer", "commission", "bonus", "reversal"]
     status: Literal["pending", "paid", "rejected", "close", "expired"]
     from_wallet_id: uuid.UUID | None
     from_currency_id: int | None
@@ -245,6 +264,10 @@ class TxOut(Model):
     user_id: uuid.UUID
     service_user_id: uuid.UUID | None = None
     parent_id: uuid.UUID | None = None
+    commission_rate: Money | None = Field(default=None, description="Deposits and withdrawals: the payment "
+                                          "service's rate, fixed when the customer asked")
+    commission: Money | None = Field(default=None, description="Deposits and withdrawals: the commission their "
+                                     "settlement charges (amount × commission_rate, rounded half to even)")
 
 
 class HistoryOut(Model):

@@ -1,4 +1,6 @@
-"""Endpoints of the payment service (role `service`): settlement, rates, currencies, commissions."""
+"""Rates, currencies and commissions: the operator sets rates and adds currencies; the payment
+service (role `service`) reads rates and converts, and sets its own commissions within the
+operator's ceiling. Settlement is in handlers/settlement.py."""
 
 from __future__ import annotations
 
@@ -9,14 +11,12 @@ from decimal import Decimal
 import aiohttp
 from aiohttp import web
 
-from walletd.appkeys import http_key, pool_key, request_id_key, settings_key
+from walletd.appkeys import http_key, pool_key, settings_key
+from walletd.auth.operator import OperatorPrincipal
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
-from walletd.domain.policy import DEFAULT_COMMISSION, CommissionRates, check_settler, settle_command
-from walletd.domain.vocabulary import TxType
-from walletd.events.delivery import wake_delivery
+from walletd.domain.policy import DEFAULT_COMMISSION
 from walletd.handlers.endpoint import Routes
-from walletd.handlers.money import MOVE_ERRORS, idempotency, run
 from walletd.handlers.schemas import (
     CommissionOut,
     CommissionParams,
@@ -25,54 +25,14 @@ from walletd.handlers.schemas import (
     LastUpdateOut,
     RateOut,
     SetRateParams,
-    SettleParams,
     StatusOut,
-    TxOut,
+    UpdateRatesParams,
 )
 from walletd.logs import get_logger
-from walletd.persistence import accounts, rates, transactions
+from walletd.persistence import rates
 
 routes = Routes()
 log = get_logger("walletd.service")
-
-_SETTLE_DOC = ("Exactly once: only a pending transaction moves money. Repeating the same outcome answers 200 with "
-               "the same record; the other outcome afterwards is 409. Only the service user named on the "
-               "transaction may settle it (others: 404). `reject` is a synonym of `rejected`.")
-
-
-async def _settle(request: web.Request, principal: Principal, params: SettleParams, raw_params: dict, kind: str):
-    pool = request.app[pool_key]
-    pending = check_settler(await transactions.find_transaction(pool, params.transaction_id), principal.user_id, kind)
-    service = await accounts.service_wallets(pool, principal.user_id, pending["currency_id"])
-    command = settle_command(
-        pending, service_user_id=principal.user_id, new_status=params.new_status,
-        service_wallet_id=service["service_wallet_id"], gateway_wallet_id=service["gateway_wallet_id"],
-        rates=CommissionRates(service["deposit_rate"], service["withdraw_rate"]),
-        request_id=request.get(request_id_key), idempotency=idempotency(request, principal, raw_params))
-    result = await run(request, command)
-    wake_delivery(request.app)  # its event is committed: send it now rather than at the next poll
-    return result
-
-
-_SETTLE_ERRORS = [errors.TransactionNotFound, errors.InvalidTransactionType, errors.SettlementConflict,
-                  errors.TransactionExpired,
-                  errors.ServiceWalletNotFound, *MOVE_ERRORS]
-
-
-@routes("PUT", "/service/transaction/deposit", summary="Settle a pending deposit: paid or rejected",
-        description=_SETTLE_DOC + " paid: gateway −A, user +(A−C), service wallet +C with C = A × deposit rate.",
-        auth="service", params=SettleParams, response=TxOut, tags=["service"], idempotent=True, errors=_SETTLE_ERRORS)
-async def settle_deposit(request: web.Request, principal: Principal, params: SettleParams, raw_params: dict):
-    return await _settle(request, principal, params, raw_params, TxType.DEPOSIT)
-
-
-@routes("PUT", "/service/transaction/withdraw", summary="Settle a pending withdrawal: paid or rejected",
-        description=_SETTLE_DOC + " paid: hold −A, service wallet +C, gateway +(A−C) paid out to the user's external "
-                                  "wallet. rejected: the hold returns to the balance.",
-        auth="service", params=SettleParams, response=TxOut, tags=["service"], idempotent=True, errors=_SETTLE_ERRORS)
-async def settle_withdraw(request: web.Request, principal: Principal, params: SettleParams, raw_params: dict):
-    return await _settle(request, principal, params, raw_params, TxType.WITHDRAW)
-
 
 async def _provider(request: web.Request, path: str) -> dict:
     settings = request.app[settings_key]
@@ -88,11 +48,18 @@ async def _provider(request: web.Request, path: str) -> dict:
         raise errors.RateProviderError(f"rate provider unavailable: {type(exc).__name__}") from None
 
 
+_RATE_WRITE_ERRORS = [errors.RateArbitrage, errors.RateChangeTooLarge]
+
+
 @routes("POST", "/service/exchange-rates/update", summary="Pull rates from the provider (WALLETD_RATES_URL/latest)",
-        description="Provider JSON in the exchangeratesapi.io `latest` shape (base, timestamp, rates); cross rates "
-                    "are derived through the base: rate(a→b) = rates[b] / rates[a], rounded to 10 places.",
-        auth="service", response=StatusOut, tags=["rates"], errors=[errors.RateProviderError])
-async def update_rates(request: web.Request, principal: Principal):
+        description="Operator only. Provider JSON in the exchangeratesapi.io `latest` shape (base, timestamp, "
+                    "rates); cross rates are derived through the base: rate(a→b) = rates[b] / rates[a], cut to 10 "
+                    "places toward the exchange desk. A pair moving further than WALLETD_RATE_MAX_CHANGE from its "
+                    "stored rate needs force=true; a table in which a round trip would return more than it started "
+                    "with is refused (rate_arbitrage), force or not.",
+        auth="operator", params=UpdateRatesParams, response=StatusOut, tags=["rates"],
+        errors=[errors.RateProviderError, *_RATE_WRITE_ERRORS])
+async def update_rates(request: web.Request, principal: OperatorPrincipal, params: UpdateRatesParams):
     data = await _provider(request, "/latest")
     try:
         base = str(data["base"])
@@ -101,8 +68,10 @@ async def update_rates(request: web.Request, principal: Principal):
         at = datetime.fromtimestamp(int(stamp), timezone.utc) if stamp is not None else datetime.now(timezone.utc)
     except (KeyError, TypeError, ValueError, ArithmeticError):
         raise errors.RateProviderError("rate provider sent an unexpected document") from None
-    count = await rates.store_provider_rates(request.app[pool_key], base, quoted, at)
-    log.info("rates.updated", pairs=count, base=base, principal=str(principal.user_id))
+    settings = request.app[settings_key]
+    count = await rates.store_provider_rates(request.app[pool_key], base, quoted, at, force=params.force,
+                                             max_change=settings.rate_max_change)
+    log.info("rates.updated", pairs=count, base=base, forced=params.force, principal=principal.subject)
     return StatusOut(status="success", message=f"{count} exchange rates updated")
 
 
@@ -135,24 +104,28 @@ async def get_conversion(request: web.Request, principal: Principal, params: Con
 
 
 @routes("POST", "/service/exchange-rates/set", summary="Set one rate directly (operator correction)",
-        description="Stores rate(from→to) as given, stamped now. It does not touch the reverse pair.",
-        auth="service", params=SetRateParams, response=RateOut, tags=["rates"],
-        errors=[errors.InvalidAmount, errors.CurrencyNotFound])
-async def set_rate(request: web.Request, principal: Principal, params: SetRateParams):
+        description="Operator only. Stores rate(from→to) as given, stamped now; it does not touch the reverse pair. "
+                    "Refused with 409 rate_arbitrage when rate(from→to) × rate(to→from) (or any round trip through "
+                    "the stored rates) would exceed 1, force or not; with 409 rate_change_too_large when it is "
+                    "further than WALLETD_RATE_MAX_CHANGE from the stored rate, unless force=true.",
+        auth="operator", params=SetRateParams, response=RateOut, tags=["rates"],
+        errors=[errors.InvalidAmount, errors.CurrencyNotFound, *_RATE_WRITE_ERRORS])
+async def set_rate(request: web.Request, principal: OperatorPrincipal, params: SetRateParams):
     if params.from_currency == params.to_currency:
         raise errors.CurrencyNotFound("from_currency and to_currency must differ")
-    row = await rates.set_rate(request.app[pool_key], params.from_currency, params.to_currency, params.rate)
+    row = await rates.set_rate(request.app[pool_key], params.from_currency, params.to_currency, params.rate,
+                               force=params.force, max_change=request.app[settings_key].rate_max_change)
     log.info("rates.set", from_currency=params.from_currency, to_currency=params.to_currency,
-             rate=f"{params.rate:f}", principal=str(principal.user_id))
+             rate=f"{params.rate:f}", forced=params.force, principal=principal.subject)
     return RateOut(from_currency=row[0], to_currency=row[1], rate=row[2], updated_at=row[3])
 
 
 @routes("POST", "/service/currencies/update",
         summary="Add currencies known to the provider (WALLETD_RATES_URL/symbols)",
-        description="Provider JSON in the exchangeratesapi.io `symbols` shape. Every existing account gets a "
-                    "wallet in each new currency.",
-        auth="service", response=StatusOut, tags=["rates"], errors=[errors.RateProviderError])
-async def update_currencies(request: web.Request, principal: Principal):
+        description="Operator only. Provider JSON in the exchangeratesapi.io `symbols` shape. Every existing "
+                    "account gets a wallet in each new currency.",
+        auth="operator", response=StatusOut, tags=["rates"], errors=[errors.RateProviderError])
+async def update_currencies(request: web.Request, principal: OperatorPrincipal):
     data = await _provider(request, "/symbols")
     try:
         symbols = {str(code).upper(): str(name) for code, name in dict(data["symbols"]).items()
@@ -160,7 +133,7 @@ async def update_currencies(request: web.Request, principal: Principal):
     except (KeyError, TypeError, ValueError):
         raise errors.RateProviderError("rate provider sent an unexpected document") from None
     added = await rates.add_currencies(request.app[pool_key], symbols)
-    log.info("currencies.updated", added=added, principal=str(principal.user_id))
+    log.info("currencies.updated", added=added, principal=principal.subject)
     return StatusOut(status="success", message=f"{added} currencies added")
 
 
@@ -173,9 +146,16 @@ async def get_commissions(request: web.Request, principal: Principal):
 
 
 @routes("POST", "/service/commission-rates", summary="Set the caller's commission rates for one currency",
+        description="Each rate at most WALLETD_MAX_COMMISSION_RATE (the operator's ceiling, default 0.10). A "
+                    "request fixes the rate in force when the customer asks; a change applies to later requests.",
         auth="service", params=CommissionParams, response=CommissionOut, tags=["service"],
-        errors=[errors.CurrencyNotFound])
+        errors=[errors.CurrencyNotFound, errors.CommissionRateTooHigh])
 async def set_commission(request: web.Request, principal: Principal, params: CommissionParams):
+    ceiling = request.app[settings_key].max_commission_rate
+    for name in ("deposit_rate", "withdraw_rate"):
+        if getattr(params, name) > ceiling:
+            raise errors.CommissionRateTooHigh(f"{name} must be at most {ceiling} (WALLETD_MAX_COMMISSION_RATE)",
+                                               max_commission_rate=str(ceiling))
     row = await rates.set_commission(request.app[pool_key], principal.user_id, params.currency_id,
                                      params.deposit_rate, params.withdraw_rate)
     log.info("commission.set", currency_id=params.currency_id, deposit_rate=f"{params.deposit_rate:f}",

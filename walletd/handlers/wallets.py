@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from walletd.appkeys import history_pool_key, pool_key
+from walletd.appkeys import history_pool_key, keys_key, pool_key
 from walletd.auth.tokens import Principal
 from walletd.domain.errors import CurrencyNotFound, ExternalWalletExists, WalletNotFound
 from walletd.handlers.endpoint import Routes
@@ -53,27 +53,33 @@ async def create_external_wallet(request: web.Request, principal: Principal, par
     return ExternalWalletOut(**dict(row))
 
 
-def _cursor(raw: str | None) -> int | None:
+# Cursors are sealed positions (walletd/keys.py), bound to the list they page: a bare sequence
+# number would tell every client how many transactions the whole system wrote between two pages.
+def _open_cursor(request: web.Request, scope: bytes, raw: str | None) -> int | None:
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 19:
+    position = request.app[keys_key].open_cursor(scope, raw)
+    if position is None:
         raise ValidationFailed("invalid parameters: cursor", errors=[
-            {"loc": "cursor", "msg": "not a cursor walletd issued", "type": "cursor_invalid"}])
-    return int(raw)
+            {"loc": "cursor", "msg": "not a cursor walletd issued for this list", "type": "cursor_invalid"}])
+    return position
 
 
-def _history(docs: list[str], next_cursor: str | None, pending: list[str]) -> web.Response:
+def _history(request: web.Request, scope: bytes, docs: list[str], next_position: int | None,
+             pending: list[str]) -> web.Response:
     """HistoryOut, assembled from the records' JSON texts (rendered by PostgreSQL)."""
+    cursor = None if next_position is None else request.app[keys_key].seal_cursor(scope, next_position)
     body = "".join(('{"transactions":[', ",".join(docs), '],"pending_transactions":[', ",".join(pending),
-                    '],"next_cursor":', orjson.dumps(next_cursor).decode(), "}"))
+                    '],"next_cursor":', orjson.dumps(cursor).decode(), "}"))
     return web.Response(text=body, content_type="application/json")
 
 
 @routes("GET", "/user/transactions", summary="The caller's history, newest first (keyset pagination)",
         auth="user", params=HistoryParams, response=HistoryOut, tags=["history"])
 async def user_transactions(request: web.Request, principal: Principal, params: HistoryParams):
-    return _history(*await history.user_page(request.app[history_pool_key], principal.user_id,
-                                              _cursor(params.cursor), params.limit))
+    scope = b"user:" + principal.user_id.bytes
+    return _history(request, scope, *await history.user_page(
+        request.app[history_pool_key], principal.user_id, _open_cursor(request, scope, params.cursor), params.limit))
 
 
 @routes("GET", "/wallet/transactions", summary="One wallet's history, newest first (keyset pagination)",
@@ -83,5 +89,7 @@ async def wallet_transactions(request: web.Request, principal: Principal, params
     # Who owns a wallet decides what the caller may see: asked of the primary, even when the page
     # itself comes from a standby.
     await accounts.owned_wallet(request.app[pool_key], principal.user_id, params.wallet_id)
-    return _history(*await history.wallet_page(request.app[history_pool_key], principal.user_id, params.wallet_id,
-                                               _cursor(params.cursor), params.limit))
+    scope = b"wallet:" + params.wallet_id.bytes
+    return _history(request, scope, *await history.wallet_page(
+        request.app[history_pool_key], params.wallet_id, _open_cursor(request, scope, params.cursor), params.limit,
+        principal.user_id))

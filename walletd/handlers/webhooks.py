@@ -1,4 +1,4 @@
-"""The payment service's subscriptions and event feed (issue 11; delivery is walletd/events/)."""
+"""The payment service's subscriptions and event feed (delivery is walletd/events/)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from aiohttp import web
 from pydantic import Field
 from yarl import URL
 
-from walletd.appkeys import pool_key
+from walletd.appkeys import keys_key, pool_key, settings_key, targets_key
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
 from walletd.domain.ids import new_id
+from walletd.events.targets import UnsafeUrl
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.schemas import Model, Params, StatusOut, TxOut
 from walletd.logs import get_logger
@@ -24,13 +25,18 @@ from walletd.persistence import outbox
 routes = Routes()
 log = get_logger("walletd.webhooks")
 
-EVENT_TYPES = ("deposit.requested", "deposit.settled", "deposit.rejected", "deposit.expired",
-               "withdraw.requested", "withdraw.settled", "withdraw.rejected", "withdraw.expired")
+# *.expired: written by the previous release (time no longer ends a pending record); still in the feed.
+EVENT_TYPES = ("deposit.requested", "deposit.settled", "deposit.rejected", "deposit.stale",
+               "withdraw.requested", "withdraw.settled", "withdraw.rejected", "withdraw.stale",
+               "settlement.conflict", "deposit.expired", "withdraw.expired")
 
 
 class WebhookParams(Params):
     url: Annotated[str, Field(min_length=1, max_length=2048,
-                              description="http or https, no credentials in it; private and loopback hosts allowed",
+                              description="http or https to a public address: no credentials, fragment, whitespace, "
+                                          "control characters or percent-encoded host; a host that is, or resolves "
+                                          "to, a loopback, private, link-local, CGNAT, multicast, reserved or "
+                                          "unspecified address is refused unless WALLETD_WEBHOOK_ALLOW_HOSTS names it",
                               examples=["https://pay.example.com/walletd-events"])]
 
 
@@ -49,8 +55,21 @@ class WebhookCreatedOut(WebhookOut):
     secret: str = Field(description="Signs every delivery (Walletd-Signature). Shown only in this answer.")
 
 
+class WebhookRotatedOut(WebhookCreatedOut):
+    previous_secret_expires_at: datetime | None = Field(
+        description="Until then every delivery is signed with the new secret and the one it replaced (two `v1=` in "
+                    "Walletd-Signature); null when WALLETD_WEBHOOK_ROTATION_OVERLAP is 0")
+
+
 class WebhookListOut(Model):
     webhooks: list[WebhookOut]
+
+
+class ConflictOut(Model):
+    refused_status: Literal["paid", "rejected"] = Field(description="What the payment service asked for")
+    status: str = Field(description="The record's status, decided before")
+    settled_by: Literal["operator", "expiry"] = Field(description="Who decided: the operator, or the previous "
+                                                                  "release's expiry")
 
 
 class EventOut(Model):
@@ -58,6 +77,8 @@ class EventOut(Model):
     type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
     created_at: datetime
     data: TxOut = Field(description="The transaction record as the API returns it, at the time of the event")
+    conflict: ConflictOut | None = Field(None, description="settlement.conflict only: the payment service's "
+                                                           "settlement refused, for a person to reconcile")
 
 
 class EventsOut(Model):
@@ -66,19 +87,11 @@ class EventsOut(Model):
                                                 "`after` given when nothing newer is listed yet (null: no events)")
 
 
-def checked_url(raw: str) -> str:
+async def checked_url(request: web.Request, raw: str) -> str:
     try:
-        url = URL(raw.strip())
-    except (ValueError, TypeError):
-        raise errors.InvalidWebhookUrl() from None
-    if url.scheme not in ("http", "https"):
-        raise errors.InvalidWebhookUrl("url must be http or https")
-    if not url.host:
-        raise errors.InvalidWebhookUrl("url must name a host")
-    if url.user is not None or url.password is not None:
-        raise errors.InvalidWebhookUrl("url must not carry credentials")
-    if url.fragment:
-        raise errors.InvalidWebhookUrl("url must not have a fragment")
+        url = await request.app[targets_key].vet(raw)
+    except UnsafeUrl as exc:
+        raise errors.InvalidWebhookUrl(str(exc)) from None
     return str(url)
 
 
@@ -88,14 +101,16 @@ def _loggable(url: str) -> str:
 
 
 @routes("POST", "/service/webhooks", summary="Register a webhook endpoint",
-        description="Every event of the caller (deposit.requested|settled|rejected|expired, withdraw.…) is POSTed "
+        description="Every event of the caller (deposit.requested|settled|rejected|stale, withdraw.…, "
+                    "settlement.conflict) is POSTed "
                     "to the endpoint, signed with the secret returned here (shown once). At most 16 endpoints.",
         auth="service", params=WebhookParams, response=WebhookCreatedOut, tags=["events"],
         errors=[errors.InvalidWebhookUrl, errors.TooManyWebhooks])
 async def create_webhook(request: web.Request, principal: Principal, params: WebhookParams):
-    url = checked_url(params.url)
-    secret = "whsec_" + secrets.token_urlsafe(32)
-    row = await outbox.create_endpoint(request.app[pool_key], new_id(), principal.user_id, url, secret)
+    url = await checked_url(request, params.url)
+    secret = new_secret()
+    row = await outbox.create_endpoint(request.app[pool_key], new_id(), principal.user_id, url,
+                                       request.app[keys_key].encrypt(secret))
     if row is None:
         raise errors.TooManyWebhooks(f"too many webhook endpoints (at most {outbox.MAX_ENDPOINTS})")
     log.info("webhook.created", webhook_id=str(row["id"]), url=_loggable(url), principal=str(principal.user_id))
@@ -113,15 +128,43 @@ _ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "s
              "description": "The webhook endpoint's id"}
 
 
+def new_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+def _webhook_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise errors.WebhookNotFound() from None
+
+
+@routes("POST", "/service/webhooks/{id}/rotate", summary="Replace a webhook endpoint's secret",
+        description="Returns the new secret (shown once). For WALLETD_WEBHOOK_ROTATION_OVERLAP seconds (default 24 h) "
+                    "every delivery carries two signatures, `v1=` under the new secret and `v1=` under the old one, "
+                    "so the receiver can switch to the new secret without refusing a delivery.",
+        auth="service", response=WebhookRotatedOut, tags=["events"], extra_headers=[_ID_PARAM],
+        errors=[errors.WebhookNotFound])
+async def rotate_webhook_secret(request: web.Request, principal: Principal):
+    webhook_id = _webhook_id(request)
+    secret = new_secret()
+    overlap = request.app[settings_key].webhook_rotation_overlap_seconds
+    row = await outbox.rotate_secret(request.app[pool_key], webhook_id, principal.user_id,
+                                     request.app[keys_key].encrypt(secret), overlap)
+    if row is None:
+        raise errors.WebhookNotFound()
+    log.info("webhook.rotated", webhook_id=str(webhook_id), principal=str(principal.user_id),
+             previous_valid_until=row["previous_secret_until"])
+    return WebhookRotatedOut(id=row["id"], url=row["url"], created_at=row["created_at"], secret=secret,
+                             previous_secret_expires_at=row["previous_secret_until"])
+
+
 @routes("DELETE", "/service/webhooks/{id}", summary="Remove a webhook endpoint",
         description="Its undelivered deliveries are dropped; the events stay in the feed.",
         auth="service", response=StatusOut, tags=["events"], extra_headers=[_ID_PARAM],
         errors=[errors.WebhookNotFound])
 async def delete_webhook(request: web.Request, principal: Principal):
-    try:
-        webhook_id = uuid.UUID(request.match_info["id"])
-    except ValueError:
-        raise errors.WebhookNotFound() from None
+    webhook_id = _webhook_id(request)
     url = await outbox.delete_endpoint(request.app[pool_key], webhook_id, principal.user_id)
     if url is None:
         raise errors.WebhookNotFound()

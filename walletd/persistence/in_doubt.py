@@ -1,57 +1,137 @@
 """In-doubt writes: a write was sent and its answer never came, so it may or may not have committed.
 
-walletd generates every id it writes (UUIDv7), so one row the batch wrote (its marker) tells the
-whole batch's outcome: the batch is one transaction. Before looking the marker up, the old
-backend is stopped if it still runs (the client side of a connection can die first), so the
-lookup sees the final outcome; a marker found is then waited on until a synchronous standby
-has it too. PgLedger._resolve drives these with a deadline.
+The step that commits (an autocommit statement, or COMMIT) is awaited through `decisive`: a
+refusal from the server means nothing was written; any other failure raises InDoubt, carrying
+the connection's server process (db.Backend, which the connection got when it opened and keeps
+until it is gone). `find_out` then stops that process if it still runs (the client side of a
+connection can die first, and the backend may still be waiting on a row lock or on the standby),
+so the lookup that follows sees the final outcome, and looks up one row the write made: its
+`Marker`. walletd generates every id it writes, so nothing else can have it, and the write was
+one transaction, so one row tells for all. A marker found is waited on until a synchronous
+standby has it too. Without a backend to stop, a marker not found proves nothing: the outcome
+stays unknown, never "not committed".
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from datetime import datetime
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+import asyncpg
+import orjson
 
 from walletd.domain.ledger import Effects
-from walletd.persistence.db import FairPool
+from walletd.persistence.db import Backend, FairPool, discard
+from walletd.persistence.failures import UNAVAILABLE, outage, server_refused
 
 
 class InDoubt(Exception):
     """A write was sent and its answer never came: it may or may not have committed."""
 
-    def __init__(self, backend: tuple[int, datetime | None], cause: BaseException) -> None:
+    def __init__(self, backend: Backend | None, cause: BaseException) -> None:
         super().__init__(repr(cause))
         self.backend = backend
         self.cause = cause
-        self.outcome: tuple[list[object], Effects] | None = None  # what the batch answers if committed
+        self.outcome: object = None  # what the writer answers if it committed (the ledger's batch)
 
 
-def backend_of(pool: FairPool, conn) -> tuple[int, datetime | None]:
-    """The connection's server process: its pid and start time (a pid alone can be reused)."""
-    pid = conn.get_server_pid()
-    return pid, pool.backends.get(pid)
+@dataclass(frozen=True)
+class Marker:
+    """One row a write made, and the query that tells whether it exists."""
+
+    label: str  # for log lines: the row's id
+    query: str
+    args: tuple
 
 
-def marker(fx: Effects) -> tuple:
-    """One row the batch wrote: its presence is the whole batch's outcome. Every id is walletd's
-    own, so nothing else can have it."""
+def backend_of(conn) -> Backend | None:
+    return getattr(conn, "backend", None)
+
+
+async def decisive(conn, step: Awaitable[object]) -> None:
+    """Await the step that commits. A refusal from the server means nothing was written (raised
+    as is); any other failure, cancellation included, leaves the write in doubt (InDoubt)."""
+    backend = backend_of(conn)  # before the step: a connection that is lost no longer tells
+    try:
+        await step
+    except BaseException as exc:
+        if server_refused(exc):
+            raise
+        discard(conn)
+        raise InDoubt(backend, exc) from exc
+
+
+@contextlib.asynccontextmanager
+async def transaction(conn):
+    """A transaction whose COMMIT is decisive: whatever fails inside rolls it back (nothing is
+    written before COMMIT); a COMMIT whose answer is lost raises InDoubt."""
+    started = conn.transaction()
+    await started.start()
+    try:
+        yield
+    except BaseException:
+        if not conn.is_closed():
+            with contextlib.suppress(Exception):  # a broken connection; the pool terminates it
+                await started.rollback()
+        raise
+    await decisive(conn, started.commit())
+
+
+def batch_marker(fx: Effects, idempotency_rows: list) -> Marker:
+    """The marker of a ledger batch: a journal entry, else a transaction record, else a
+    settlement's new status at the batch's instant, else (a batch that only remembered answers:
+    a repeated settlement or a refusal under a fresh key) an Idempotency-Key row with exactly its
+    request and response."""
     if fx.entries:
-        return ("entry", fx.entries[0][0])
+        entry_id = fx.entries[0][0]
+        return Marker(str(entry_id), "SELECT EXISTS (SELECT 1 FROM journal_entries WHERE id = $1)", (entry_id,))
     if fx.new_transactions:
-        return ("transaction", fx.new_transactions[0]["id"])
-    # Only status changes (e.g. deposits rejected): the row with this status at this batch's instant.
-    transaction_id, status, _ = fx.status_updates[0]
-    return ("settled", transaction_id, status, fx.now)
+        transaction_id = fx.new_transactions[0]["id"]
+        return Marker(str(transaction_id), "SELECT EXISTS (SELECT 1 FROM transactions WHERE id = $1)",
+                      (transaction_id,))
+    if fx.status_updates:
+        transaction_id, status = fx.status_updates[0][:2]
+        return Marker(str(transaction_id), "SELECT EXISTS (SELECT 1 FROM transactions "
+                      "WHERE id = $1 AND status = $2 AND updated_at = $3)", (transaction_id, status, fx.now))
+    principal_id, key, request_hash, status_code, response = idempotency_rows[0]
+    return Marker(f"idempotency key {key!r}", "SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE principal_id = $1 "
+                  "AND key = $2 AND request_hash = $3 AND status_code = $4 AND response = $5::jsonb)",
+                  (principal_id, key, request_hash, status_code, orjson.dumps(response, default=str).decode()))
 
 
-async def was_written(conn, found: tuple) -> bool:
-    if found[0] == "entry":
-        return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM journal_entries WHERE id = $1)", found[1])
-    if found[0] == "transaction":
-        return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM transactions WHERE id = $1)", found[1])
-    return await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM transactions WHERE id = $1 AND status = $2 AND updated_at = $3)", *found[1:])
+def user_marker(user_id: uuid.UUID) -> Marker:
+    return Marker(str(user_id), "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", (user_id,))
+
+
+async def find_out(pool: FairPool, doubt: InDoubt, marker: Marker, seconds: float) -> bool | None:
+    """Whether the in-doubt write committed: True (and a synchronous standby has it), False
+    (certainly not: its backend is gone and its marker is not there), or None when that could not
+    be established within `seconds` or its backend could not be stopped."""
+    deadline = time.monotonic() + seconds
+    delay = 0.05
+    while True:
+        try:
+            async with pool.acquire(timeout=max(0.1, deadline - time.monotonic())) as conn:
+                if doubt.backend is not None:
+                    await stop_backend(conn, doubt.backend, deadline)
+                committed = await conn.fetchval(marker.query, *marker.args)
+                if committed:
+                    await wait_for_standby(conn, deadline)
+            break
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            outage.failed(exc)
+            if time.monotonic() + delay >= deadline:
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    outage.succeeded()
+    if not committed and doubt.backend is None:
+        return None  # the old backend may still be running the write: not finding it proves nothing
+    return bool(committed)
 
 
 async def wait_for_standby(conn, deadline: float) -> None:
@@ -66,16 +146,13 @@ async def wait_for_standby(conn, deadline: float) -> None:
                        timeout=max(0.1, deadline - time.monotonic()))
 
 
-async def stop_backend(conn, backend: tuple[int, datetime | None], deadline: float) -> None:
+async def stop_backend(conn, backend: Backend, deadline: float) -> None:
     """The old connection's server process may still be running the write: terminate it and wait
     until it is gone, so the lookup that follows sees the final outcome. After a failover it is
     not on this server at all."""
-    pid, started = backend
-    if started is None:
-        return
     while await conn.fetchval(
             "SELECT pg_terminate_backend(pid, 1000) IS NOT NULL FROM pg_stat_activity "
-            "WHERE pid = $1 AND backend_start = $2", pid, started):
+            "WHERE pid = $1 AND backend_start = $2", backend.pid, backend.started):
         if time.monotonic() >= deadline:
             raise TimeoutError("the in-doubt backend did not stop")
         await asyncio.sleep(0.05)

@@ -17,22 +17,30 @@ the batch is planned against balances read under those locks, and written in tha
 A batch that still fails there is retried one command per transaction, so one bad command fails
 only its caller, whatever it raises.
 
+Idempotency-Keys: a command's first answer is stored under its key in the batch's own write, the
+movement (200) or the refusal the ledger decided (insufficient funds, a missing or foreign wallet,
+a missing or stale rate, a settlement conflict: its status and error body, rendered by the
+injected `refusal_response`), so a retry answers exactly the first answer. A bug (InternalFailure)
+decided nothing and is not stored.
+
 Failures (persistence/failures.py): an unreachable database is `Unavailable` (503, nothing
 moved). A write whose answer never came back (connection lost or cancelled while the fast path's
 write or the locked path's COMMIT was in flight) is in doubt (persistence/in_doubt.py): `_resolve`
-stops the old backend if it still runs, then looks one of the batch's ids up once the database
+stops the old backend if it still runs, then looks one of the batch's rows up once the database
 answers, and reports what really happened: the results (committed) or `Unavailable` (not
-committed). Past `in_doubt_seconds` it is `OutcomeUnknown` (500): the client retries with its
-Idempotency-Key and learns the outcome. Only DomainErrors leave `apply`.
+committed). Past `in_doubt_seconds`, or with no backend it could stop, it is `OutcomeUnknown`
+(500): the client retries with its Idempotency-Key and learns the outcome. Only DomainErrors
+leave `apply`.
+
+Once the decisive step has returned, the batch's outcome is a value (`Decided`) and nothing but
+returning it runs in this module: the committer answers the callers from it first, then calls
+`learn` (predictions, counters, metrics), which can fail without changing any answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import time
-import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -44,41 +52,43 @@ from walletd.domain import errors
 from walletd.domain.ledger import (
     Command,
     Effects,
+    MultiTransfer,
     RateBook,
     RequestDeposit,
     RequestWithdraw,
+    Reverse,
     Settle,
     Transfer,
     plan_deposit_request,
-    plan_settlement,
     plan_transfer,
     plan_withdraw_request,
 )
+from walletd.domain.multi_transfer import plan_multi_transfer
+from walletd.domain.reversal import plan_reversal
+from walletd.domain.settlement import plan_settlement
+from walletd.domain.vocabulary import WalletKind
 from walletd.logs import get_logger
-from walletd.persistence.batch_write import Owners, write_batch, writes_anything
-from walletd.persistence.db import FairPool, discard
-from walletd.persistence.failures import UNAVAILABLE, outage, server_refused
-from walletd.persistence.in_doubt import InDoubt, backend_of, marker, stop_backend, wait_for_standby, was_written
+from walletd.persistence.batch_write import write_batch, writes_anything
+from walletd.persistence.db import FairPool
+from walletd.persistence.failures import UNAVAILABLE, outage
+from walletd.persistence.in_doubt import InDoubt, batch_marker, decisive, find_out, transaction
+from walletd.persistence.outcomes import Decided, RefusalResponse, Replay
 from walletd.persistence.predictions import WalletPredictions
 from walletd.persistence.rates import rate_book
-from walletd.persistence.transactions import pending_states
+from walletd.persistence.transactions import pending_states, reversal_states
 
 log = get_logger("walletd.ledger")
 
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.UniqueViolationError)
 
-_STORED = """SELECT principal_id, key, request_hash, status_code, response FROM idempotency_keys
-             WHERE (principal_id, key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))"""
-# On Citus the callers' ids also name their shards, which then alone are asked.
-_STORED_OWNED = _STORED + " AND principal_id = ANY($1::uuid[])"
 
+@dataclass
+class _Sent:
+    """What an in-doubt batch answers if it committed, and the rows it wrote."""
 
-@dataclass(frozen=True)
-class Replay:
-    """A stored first response returned for a retried Idempotency-Key."""
-
-    status: int
-    body: dict
+    results: list[object]
+    effects: Effects
+    idempotency_rows: list
 
 
 class _NeedsLocks(Exception):
@@ -87,37 +97,51 @@ class _NeedsLocks(Exception):
 
 class PgLedger:
     def __init__(self, pool: FairPool, rates_max_age: timedelta | None = None, *,
-                 in_doubt_seconds: float = 30.0) -> None:
+                 refusal_response: RefusalResponse, in_doubt_seconds: float = 30.0) -> None:
         self.pool = pool
         self.rates_max_age = rates_max_age
         self.in_doubt_seconds = in_doubt_seconds
+        self.refusal_response = refusal_response
         self.predictions = WalletPredictions(pool)
         self.fast_batches = 0
         self.locked_batches = 0
         self.in_doubt = {"committed": 0, "not_committed": 0, "unknown": 0}
 
-    async def apply(self, commands: list[Command]) -> tuple[list[object], list[tuple[str, dict]]]:
-        """Results aligned with commands (a tx dict, a Replay, or a DomainError), plus audit events.
-        Raises only DomainErrors, and then for the whole batch: Unavailable, OutcomeUnknown."""
-        outcome = await self._apply(commands)
-        if not any(isinstance(result, errors.Unavailable) for result in outcome[0]):
-            outage.succeeded()  # the database answered this batch: any outage is over
-        return outcome
+    async def apply(self, commands: list[Command]) -> Decided:
+        """The batch's outcome. Raises only DomainErrors, and then for the whole batch:
+        Unavailable (nothing moved), OutcomeUnknown, InternalFailure (a bug before any write)."""
+        try:
+            return await self._decide(commands)
+        except InDoubt as doubt:
+            return await self._resolve(doubt)
 
-    async def _apply(self, commands: list[Command]) -> tuple[list[object], list[tuple[str, dict]]]:
+    def learn(self, decided: Decided) -> None:
+        """What this process learns from a batch whose callers have been answered: nothing here can
+        change an answer, and a failure here costs at most a stale prediction (a locked-path retry)."""
+        if not any(isinstance(result, errors.Unavailable) for result in decided.results):
+            outage.succeeded()  # the database answered this batch: any outage is over
+        for effects in decided.learned:
+            self.predictions.learn(effects)
+        self.predictions.forget(decided.forget)
+        if decided.path == "fast":
+            self.fast_batches += 1
+            metrics.FAST_PATH.inc()
+        elif decided.path == "locked":
+            self.locked_batches += 1
+            metrics.LOCKED_PATH.inc()
+        for marker in decided.found:
+            self.in_doubt["committed"] += 1
+            log.warning("ledger.in_doubt_resolved", committed=True, marker=marker)
+
+    async def _decide(self, commands: list[Command]) -> Decided:
         try:
             try:
-                outcome = await self._apply_fast(commands)
-                self.fast_batches += 1
-                metrics.FAST_PATH.inc()  # metrics (api branch)
-                return outcome
+                return await self._apply_fast(commands)
             except _NeedsLocks:
                 pass
             except asyncpg.PostgresError as exc:
                 if isinstance(exc, UNAVAILABLE):
                     raise
-            self.locked_batches += 1
-            metrics.LOCKED_PATH.inc()  # metrics (api branch)
             try:
                 return await self._apply_with_retry(commands)
             except (asyncpg.PostgresError, errors.DomainError) as exc:
@@ -126,8 +150,8 @@ class PgLedger:
                 if len(commands) == 1 and isinstance(exc, errors.DomainError):
                     raise
             return await self._apply_one_by_one(commands)
-        except InDoubt as doubt:
-            return await self._resolve(doubt)
+        except InDoubt:
+            raise
         except UNAVAILABLE as exc:
             outage.failed(exc)
             raise errors.Unavailable() from None
@@ -138,32 +162,29 @@ class PgLedger:
             log.exception("ledger.batch_failed", size=len(commands))
             raise errors.InternalFailure() from None
 
-    async def _apply_one_by_one(self, commands: list[Command]):
+    async def _apply_one_by_one(self, commands: list[Command]) -> Decided:
         """The batch failed as a whole: each command in its own transaction, so a poisoned one
         (whatever it raises) fails only its own caller."""
-        results: list[object] = []
-        events: list[tuple[str, dict]] = []
+        decided = Decided([], [], path="locked")
         for command in commands:
-            more: list[tuple[str, dict]] = []
             try:
                 try:
-                    (result,), more = await self._apply_with_retry([command])
+                    one = await self._apply_with_retry([command])
                 except InDoubt as doubt:
-                    (result,), more = await self._resolve(doubt)
+                    one = await self._resolve(doubt)
             except errors.DomainError as exc:
-                result = exc
+                one = Decided([exc], [], path="locked")
             except UNAVAILABLE as exc:
                 outage.failed(exc)
-                result = errors.Unavailable()
+                one = Decided([errors.Unavailable()], [], path="locked")
             except Exception:
                 log.exception("ledger.command_failed", command=type(command).__name__,
                               request_id=command.request_id)
-                result = errors.InternalFailure()
-            results.append(result)
-            events.extend(more)
-        return results, events
+                one = Decided([errors.InternalFailure()], [], path="locked")
+            decided.add(one)
+        return decided
 
-    async def _apply_with_retry(self, commands: list[Command]):
+    async def _apply_with_retry(self, commands: list[Command]) -> Decided:
         for attempt in range(3):
             try:
                 return await self._apply_locked(commands)
@@ -179,55 +200,51 @@ class PgLedger:
 
     # ---- in doubt ----------------------------------------------------------------------------
 
-    async def _resolve(self, doubt: InDoubt):
-        """Find out whether an in-doubt write committed (see the module docstring)."""
-        assert doubt.outcome is not None
-        results, effects = doubt.outcome
-        written = marker(effects)
-        log.warning("ledger.in_doubt", error=repr(doubt.cause)[:300], commands=len(results), marker=str(written[1]))
-        deadline = time.monotonic() + self.in_doubt_seconds
-        delay = 0.05
-        while True:
-            try:
-                async with self.pool.acquire(timeout=max(0.1, deadline - time.monotonic())) as conn:
-                    await stop_backend(conn, doubt.backend, deadline)
-                    committed = await was_written(conn, written)
-                    if committed:
-                        await wait_for_standby(conn, deadline)
-                break
-            except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
-                outage.failed(exc)
-                if time.monotonic() + delay >= deadline:
-                    self.in_doubt["unknown"] += 1
-                    log.error("ledger.outcome_unknown", marker=str(written[1]), commands=len(results),
-                              transactions=[str(t["id"]) for t in effects.new_transactions],
-                              request_ids=sorted({r for _, _, r in effects.entries if r}))
-                    raise errors.OutcomeUnknown() from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        outage.succeeded()
-        # Re-read: cheaper than reasoning about half-known state.
-        self.predictions.forget([wallet_id for _, wallet_id, _, _, _ in effects.postings])
-        log.warning("ledger.in_doubt_resolved", committed=committed, marker=str(written[1]))
-        if committed:
-            self.in_doubt["committed"] += 1
-            return results, effects.events
-        self.in_doubt["not_committed"] += 1
-        raise errors.Unavailable()
+    async def _resolve(self, doubt: InDoubt) -> Decided:
+        """Find out whether an in-doubt write committed (see the module docstring). Raises only
+        DomainErrors: a bug while finding out leaves the outcome unknown, never "nothing moved"."""
+        try:
+            return await self._find_out(doubt)
+        except errors.DomainError:
+            raise
+        except Exception:
+            log.exception("ledger.in_doubt_failed")
+            raise errors.OutcomeUnknown() from None
+
+    async def _find_out(self, doubt: InDoubt) -> Decided:
+        sent = doubt.outcome
+        assert isinstance(sent, _Sent)
+        effects = sent.effects
+        marker = batch_marker(effects, sent.idempotency_rows)
+        log.warning("ledger.in_doubt", error=repr(doubt.cause)[:300], commands=len(sent.results), marker=marker.label,
+                    backend=doubt.backend and doubt.backend.pid)
+        committed = await find_out(self.pool, doubt, marker, self.in_doubt_seconds)
+        touched = {wallet_id for _, wallet_id, _, _, _ in effects.postings}
+        if committed is None:
+            self.in_doubt["unknown"] += 1
+            self.predictions.forget(touched)
+            log.error("ledger.outcome_unknown", marker=marker.label, commands=len(sent.results),
+                      transactions=[str(t["id"]) for t in effects.new_transactions],
+                      request_ids=sorted({r for _, _, r in effects.entries if r}))
+            raise errors.OutcomeUnknown()
+        if not committed:
+            self.in_doubt["not_committed"] += 1
+            log.warning("ledger.in_doubt_resolved", committed=False, marker=marker.label)
+            raise errors.Unavailable()
+        # Committed: the predictions are re-read (cheaper than reasoning about half-known state).
+        return Decided(sent.results, effects.events, path="in_doubt", forget=touched, found=[marker.label])
 
     # ---- fast path ---------------------------------------------------------------------------
 
-    async def _apply_fast(self, commands: list[Command]):
+    async def _apply_fast(self, commands: list[Command]) -> Decided:
         predicted, converted = await self.predictions.wallets_for(commands)
         # Plan on copies: a refused statement must leave the predictions as they were.
         wallets = {i: dataclasses.replace(state) for i, state in predicted.items()}
         now = datetime.now(timezone.utc)
-        settle_ids = [c.transaction_id for c in commands if isinstance(c, Settle)]
-        pending = await pending_states(self.pool, settle_ids, lock=False,
-                                       owners=self._customers(commands, predicted)) if settle_ids else {}
+        pending = await self._pending(self.pool, commands, predicted, lock=False)
         rates = await rate_book(self.pool, now, self.rates_max_age) if converted else RateBook({}, now)
         keys = [c.idempotency for c in commands if c.idempotency is not None]
-        stored = await self._stored_responses(self.pool, keys, self.pool.distributed) if keys else {}
+        stored = await self._stored_responses(self.pool, keys) if keys else {}
         effects = Effects(now)
         results, idempotency_rows = self._plan_all(commands, wallets, rates, pending, stored, effects)
         if any(isinstance(r, errors.InsufficientFunds) for r in results):
@@ -235,106 +252,88 @@ class PgLedger:
         if writes_anything(effects, idempotency_rows):
             async with self.pool.acquire() as conn:
                 # In autocommit the write is its own transaction: a lost answer leaves it in doubt.
-                await self._decisive(conn, write_batch(conn, effects, idempotency_rows, self._owners(wallets, pending)),
-                                     results, effects)
-        self.predictions.learn(effects)
-        return results, effects.events
+                await self._decisive(conn, self._write(conn, effects, idempotency_rows, wallets, pending),
+                                     _Sent(results, effects, idempotency_rows))
+        return Decided(results, effects.events, path="fast", learned=[effects])
 
     def forget(self) -> None:
         """Drop every prediction (they are re-read on next use)."""
         self.predictions.forget()
 
+    async def owns(self, user_id, wallet_id, *read_along) -> bool:
+        """Whether wallet_id is one of the user's own (user-kind) wallets: asked before a command may
+        enter the wallet's queue, from memory for a warm wallet (see persistence/predictions.py)."""
+        owner = await self.predictions.owner(wallet_id, *read_along)
+        return owner is not None and owner[0] == user_id and owner[1] == WalletKind.USER
+
     # ---- locked path -------------------------------------------------------------------------
 
-    async def _apply_locked(self, commands: list[Command]):
+    async def _apply_locked(self, commands: list[Command]) -> Decided:
         predicted, converted = await self.predictions.wallets_for(commands)
-        settle_ids = sorted({c.transaction_id for c in commands if isinstance(c, Settle)})
         keys = [c.idempotency for c in commands if c.idempotency is not None]
         async with self.pool.acquire() as conn:
-            transaction = conn.transaction()
-            await transaction.start()
             try:
-                rows = await conn.fetch(self._lock_wallets, sorted(predicted))
-                wallets = {r[0]: dataclasses.replace(predicted[r[0]], balance=r[1], reserved=r[2]) for r in rows}
-                pending = await pending_states(conn, settle_ids, lock=True,
-                                               owners=self._customers(commands, predicted)) if settle_ids else {}
-                now = datetime.now(timezone.utc)
-                rates = await rate_book(conn, now, self.rates_max_age) if converted else RateBook({}, now)
-                stored = await self._stored_responses(conn, keys, self.pool.distributed) if keys else {}
-                effects = Effects(now)
-                results, idempotency_rows = self._plan_all(commands, wallets, rates, pending, stored, effects)
-                if writes_anything(effects, idempotency_rows):
-                    # Inside a transaction only the COMMIT can leave the batch in doubt.
-                    await write_batch(conn, effects, idempotency_rows, self._owners(wallets, pending))
-            except BaseException:
-                # Before COMMIT: whatever happened, nothing of this transaction is written.
-                if not conn.is_closed():
-                    try:
-                        await transaction.rollback()
-                    except Exception:  # noqa: BLE001 - a broken connection; the pool terminates it
-                        pass
+                async with transaction(conn):
+                    rows = await self._locked_balances(conn, predicted)
+                    wallets = {r[0]: dataclasses.replace(predicted[r[0]], balance=r[1], reserved=r[2]) for r in rows}
+                    pending = await self._pending(conn, commands, predicted, lock=True)
+                    now = datetime.now(timezone.utc)
+                    rates = await rate_book(conn, now, self.rates_max_age) if converted else RateBook({}, now)
+                    stored = await self._stored_responses(conn, keys) if keys else {}
+                    effects = Effects(now)
+                    results, idempotency_rows = self._plan_all(commands, wallets, rates, pending, stored, effects)
+                    if writes_anything(effects, idempotency_rows):
+                        # Inside a transaction only the COMMIT can leave the batch in doubt.
+                        await self._write(conn, effects, idempotency_rows, wallets, pending)
+            except InDoubt as doubt:
+                if not writes_anything(effects, idempotency_rows):
+                    # Nothing was written: the refusals and replays stand whatever the COMMIT did.
+                    return Decided(results, [], path="locked", forget=set(wallets))
+                doubt.outcome = _Sent(results, effects, idempotency_rows)
                 raise
-            await self._decisive(conn, transaction.commit(), results, effects)
         # Balances were read under lock: drop the predictions, the next fast path re-reads them.
-        self.predictions.forget(wallets)
-        return results, effects.events
+        return Decided(results, effects.events, path="locked", forget=set(wallets))
 
     # ---- shared ------------------------------------------------------------------------------
 
-    @property
-    def _lock_wallets(self) -> str:
-        """The locked path's read. Citus runs FOR UPDATE only on one shard, and a batch spans
-        several; there the batch write itself decides (it applies deltas under the CHECK
-        constraints, and settles by compare-and-set), so a balance read without the lock can
-        cost a retry, never a wrong balance."""
-        lock = "" if self.pool.distributed else " FOR UPDATE"
-        return f"SELECT id, balance, reserved_balance FROM wallets WHERE id = ANY($1::uuid[]) ORDER BY id{lock}"
-
-    def _customers(self, commands, wallets) -> list[uuid.UUID] | None:
-        """On Citus, the owners of the records a batch settles: the users of their wallets."""
-        if not self.pool.distributed:
-            return None
-        return list({wallets[c.user_wallet_id].user_id for c in commands
-                     if isinstance(c, Settle) and c.user_wallet_id in wallets})
-
-    def _owners(self, wallets, pending) -> Owners | None:
-        """On Citus, the owner of every row the batch writes (its shard)."""
-        return Owners(wallets, pending) if self.pool.distributed else None
-
-    async def _decisive(self, conn, step: Awaitable[object], results: list[object], effects: Effects) -> None:
-        """Await the step that commits (the autocommit write, or COMMIT). A refusal from the server
-        means nothing was written; any other failure leaves the batch in doubt (see _resolve)."""
-        backend = backend_of(self.pool, conn)
+    @staticmethod
+    async def _decisive(conn, step: Awaitable[object], sent: _Sent) -> None:
+        """Await the step that commits (see in_doubt.decisive); an in-doubt batch carries what it
+        answers if it committed."""
         try:
-            await step
-        except BaseException as exc:
-            if server_refused(exc):
-                raise
-            discard(conn)
-            doubt = InDoubt(backend, exc)
-            doubt.outcome = (results, effects)
-            raise doubt from exc
+            await decisive(conn, step)
+        except InDoubt as doubt:
+            doubt.outcome = sent
+            raise
 
     def _plan_all(self, commands, wallets, rates, pending, stored, effects):
+        """Each command's result, and the Idempotency-Key rows that remember them: a movement's
+        record, or a refusal the ledger decided (never a bug, which decided nothing)."""
         desks = {cur: wallets[w] for cur, w in self.predictions.desks.items() if w in wallets}
         idempotency_rows = []
         results: list[object] = []
         for command in commands:
+            key = command.idempotency
+            first = stored.get((key.principal_id, key.key)) if key is not None else None
+            if first is not None:
+                request_hash, status, body = first
+                results.append(Replay(status, body) if request_hash == key.request_hash
+                               else errors.IdempotencyKeyReused())
+                continue
             try:
-                key = command.idempotency
-                if key is not None and (key.principal_id, key.key) in stored:
-                    request_hash, status, body = stored[(key.principal_id, key.key)]
-                    if request_hash != key.request_hash:
-                        raise errors.IdempotencyKeyReused()
-                    results.append(Replay(status, body))
-                    continue
-                body = self._plan_contained(command, wallets, desks, rates, pending, effects)
-                if key is not None:
-                    stored[(key.principal_id, key.key)] = (key.request_hash, 200, body)
-                    idempotency_rows.append((key.principal_id, key.key, key.request_hash, 200, body))
-                results.append(body)
-            except errors.DomainError as exc:
+                result = self._plan_contained(command, wallets, desks, rates, pending, effects)
+                status, body = 200, result
+            except errors.InternalFailure as exc:
                 results.append(exc)
+                continue
+            except errors.DomainError as exc:
+                result = exc
+                if key is not None:
+                    status, body = self.refusal_response(exc, command.request_id)
+            if key is not None:
+                stored[(key.principal_id, key.key)] = (key.request_hash, status, body)
+                idempotency_rows.append((key.principal_id, key.key, key.request_hash, status, body))
+            results.append(result)
         return results, idempotency_rows
 
     def _plan_contained(self, command, wallets, desks, rates, pending, effects):
@@ -342,7 +341,7 @@ class PgLedger:
         planned so the rest of the batch goes on without it."""
         mark = effects.mark()
         state = pending.get(command.transaction_id) if isinstance(command, Settle) else None
-        saved = (state.status, state.record) if state is not None else None
+        saved = (state.status, state.record, state.settled_by) if state is not None else None
         try:
             return self._plan(command, wallets, desks, rates, pending, effects)
         except errors.DomainError:
@@ -350,12 +349,34 @@ class PgLedger:
         except Exception:
             effects.rollback(mark, wallets)
             if state is not None and saved is not None:
-                state.status, state.record = saved
+                state.status, state.record, state.settled_by = saved
             log.exception("ledger.plan_failed", command=type(command).__name__, request_id=command.request_id)
             raise errors.InternalFailure() from None
 
+    # ---- what the Citus edition (persistence/citus/ledger.py) does its own way ----------------
+
+    @staticmethod
+    async def _locked_balances(conn, predicted: dict) -> list:
+        return await conn.fetch("SELECT id, balance, reserved_balance FROM wallets WHERE id = ANY($1::uuid[]) "
+                                "ORDER BY id FOR UPDATE", sorted(predicted))
+
+    @staticmethod
+    async def _pending(conn, commands: list[Command], wallets: dict, *, lock: bool) -> dict:
+        """The records the batch settles, and what its reversals undo (keyed apart)."""
+        settle_ids = sorted({c.transaction_id for c in commands if isinstance(c, Settle)})
+        pending: dict = await pending_states(conn, settle_ids, lock=lock) if settle_ids else {}
+        ids = sorted({c.transaction_id for c in commands if isinstance(c, Reverse)})
+        states = await reversal_states(conn, ids, lock=lock) if ids else {}
+        return pending | {(Reverse, i): state for i, state in states.items()}
+
+    @staticmethod
+    def _write(conn, effects: Effects, idempotency_rows: list, wallets: dict, pending: dict) -> Awaitable[None]:
+        return write_batch(conn, effects, idempotency_rows)
+
     @staticmethod
     def _plan(command, wallets, desks, rates, pending, effects):
+        if isinstance(command, Reverse):
+            return plan_reversal(command, pending.get((Reverse, command.transaction_id)), wallets, effects)
         if isinstance(command, Transfer):
             return plan_transfer(command, wallets, desks, rates, effects)
         if isinstance(command, Settle):
@@ -364,10 +385,14 @@ class PgLedger:
             return plan_deposit_request(command, wallets, effects)
         if isinstance(command, RequestWithdraw):
             return plan_withdraw_request(command, wallets, effects)
+        if isinstance(command, MultiTransfer):
+            return plan_multi_transfer(command, wallets, desks, rates, effects)
         raise TypeError(f"unknown command {command!r}")
 
     @staticmethod
-    async def _stored_responses(conn, keys, distributed: bool) -> dict:
-        rows = await conn.fetch(_STORED_OWNED if distributed else _STORED,
-                                [k.principal_id for k in keys], [k.key for k in keys])
+    async def _stored_responses(conn, keys) -> dict:
+        rows = await conn.fetch(
+            """SELECT principal_id, key, request_hash, status_code, response FROM idempotency_keys
+               WHERE (principal_id, key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))""",
+            [k.principal_id for k in keys], [k.key for k in keys])
         return {(r[0], r[1]): (r[2], r[3], json.loads(r[4])) for r in rows}

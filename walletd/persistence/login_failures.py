@@ -1,8 +1,8 @@
 """Failed-login counters in PostgreSQL, so every `--workers` process (and host) shares them.
 
-One row per (scope, key): scope `username` (key: a hash of the typed name) or `address` (the
-client's address). A fixed window starts at the first failure; a failure after the window ends
-starts a new one.
+One row per (scope, key): scope `username` (key: an HMAC pseudonym of the typed name under a
+server key, walletd/keys.py) or `address` (the client's address). A fixed window starts at the
+first failure; a failure after the window ends starts a new one.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ statement, counts the attempt and moves next_attempt_at past the attempt's timeo
 processes therefore never send one delivery at once, and a process that dies mid-attempt leaves
 a row that becomes due again when the lease ends (at least once). The attempt number is the
 fencing token: an outcome is recorded only if nobody claimed the row again meanwhile.
+
+Secrets are stored sealed (walletd/keys.py); this module stores and returns the sealed text and
+never sees a key. A delivery carries the current secret and, during a rotation's overlap, the
+previous one.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+
+import orjson
 
 from walletd.persistence.db import FairPool
 
@@ -28,21 +34,58 @@ class Delivery:
     endpoint_id: uuid.UUID
     attempt: int
     url: str
-    secret: str
+    sealed_secrets: tuple[str, ...]  # current first, then the previous one during a rotation's overlap
     body: str
     created_at: datetime  # when the event was written: latency and the give-up horizon count from it
+    # A row a previous release wrote after this one sealed the others at start (a rolling
+    # upgrade): sealed at this release's next start, used as it is meanwhile.
+    plaintext_secret: str | None = None
 
 
 async def create_endpoint(pool: FairPool, endpoint_id: uuid.UUID, service_user_id: uuid.UUID, url: str,
-                          secret: str) -> dict | None:
+                          sealed_secret: str) -> dict | None:
     """None when the service user already has MAX_ENDPOINTS (checked in the insert itself)."""
-    # The count as a CTE: Citus plans an INSERT whose SELECT reads the same table only this way.
     row = await pool.fetchrow(
-        """WITH existing AS (SELECT count(*) AS n FROM webhook_endpoints WHERE service_user_id = $2)
-           INSERT INTO webhook_endpoints (id, service_user_id, url, secret)
-           SELECT $1, $2, $3, $4 FROM existing WHERE n < $5
-           RETURNING id, url, created_at""", endpoint_id, service_user_id, url, secret, MAX_ENDPOINTS)
+        """INSERT INTO webhook_endpoints (id, service_user_id, url, secret_sealed)
+           SELECT $1, $2, $3, $4 WHERE (SELECT count(*) FROM webhook_endpoints WHERE service_user_id = $2) < $5
+           RETURNING id, url, created_at""", endpoint_id, service_user_id, url, sealed_secret, MAX_ENDPOINTS)
     return dict(row) if row else None
+
+
+async def rotate_secret(pool: FairPool, endpoint_id: uuid.UUID, service_user_id: uuid.UUID, sealed_secret: str,
+                        overlap_seconds: float) -> dict | None:
+    """The new secret becomes current; the one it replaces still signs for overlap_seconds (a
+    previous one still in its overlap is dropped: two at most). None if not the caller's endpoint."""
+    row = await pool.fetchrow(
+        """UPDATE webhook_endpoints SET
+               previous_secret_sealed = CASE WHEN $4::float8 > 0 THEN secret_sealed END,
+               previous_secret_until = CASE WHEN $4::float8 > 0 THEN now() + make_interval(secs => $4::float8) END,
+               secret_sealed = $3, secret = NULL
+            WHERE id = $1 AND service_user_id = $2
+        RETURNING id, url, created_at, previous_secret_until""",
+        endpoint_id, service_user_id, sealed_secret, float(overlap_seconds))
+    return dict(row) if row else None
+
+
+async def unsealed_or_stale(pool: FairPool) -> list[tuple]:
+    """(id, plaintext secret or None, sealed secret, previous sealed) of every endpoint: walletd
+    checks at start which ones need sealing or re-sealing under its current key."""
+    rows = await pool.fetch("SELECT id, secret, secret_sealed, previous_secret_sealed FROM webhook_endpoints")
+    return [tuple(r) for r in rows]
+
+
+async def store_sealed(pool: FairPool, updates: list[tuple[uuid.UUID, str | None, str | None, str | None]]) -> int:
+    """(id, what the row held before: plaintext or sealed, new sealed, new previous sealed): a
+    compare-and-set, so a rotation that ran meanwhile (another process) is never overwritten."""
+    done = 0
+    for endpoint_id, before, sealed, previous in updates:
+        status = await pool.execute(
+            """UPDATE webhook_endpoints SET secret_sealed = $3, secret = NULL,
+                      previous_secret_sealed = coalesce($4, previous_secret_sealed)
+                WHERE id = $1 AND (secret = $2 OR secret_sealed = $2)""",
+            endpoint_id, before, sealed, previous)
+        done += status == "UPDATE 1"
+    return done
 
 
 async def list_endpoints(pool: FairPool, service_user_id: uuid.UUID) -> list[dict]:
@@ -97,14 +140,17 @@ WITH due AS (
       FROM due WHERE d.event_id = due.event_id AND d.endpoint_id = due.endpoint_id
     RETURNING d.event_id, d.endpoint_id, d.attempts
 )
-SELECT c.event_id, c.endpoint_id, c.attempts, w.url, w.secret, e.body::text, e.created_at
+SELECT c.event_id, c.endpoint_id, c.attempts, w.url, w.secret_sealed,
+       CASE WHEN w.previous_secret_until > now() THEN w.previous_secret_sealed END, e.body::text, e.created_at,
+       w.secret
   FROM claimed c JOIN webhook_endpoints w ON w.id = c.endpoint_id JOIN events e ON e.id = c.event_id
 """
 
 
 async def claim_due(pool: FairPool, limit: int, lease_seconds: float) -> list[Delivery]:
     rows = await pool.fetch(_CLAIM, limit, lease_seconds)
-    return [Delivery(*r) for r in rows]
+    return [Delivery(r[0], r[1], r[2], r[3], tuple(x for x in (r[4], r[5]) if x is not None), r[6], r[7], r[8])
+            for r in rows]
 
 
 _RECORD = """
@@ -130,33 +176,33 @@ async def record_outcomes(pool: FairPool, outcomes: list[tuple]) -> set[tuple[uu
     return {(r[0], r[1]) for r in rows}
 
 
+# Events written outside a ledger batch (a record gone stale, a refused settlement). An event id
+# already written is skipped, with its deliveries: publishing the same event twice sends it once.
+_PUBLISH = """
+WITH outbox AS (
+    INSERT INTO events (id, service_user_id, type, transaction_id, body, created_at)
+    SELECT e.id, e.service_user_id, e.type, e.transaction_id, e.body::json, e.created_at
+      FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::timestamptz[])
+        AS e(id, service_user_id, type, transaction_id, body, created_at)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, service_user_id, created_at
+)
+INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at, created_at)
+SELECT o.id, w.id, o.created_at, o.created_at
+  FROM outbox o JOIN webhook_endpoints w ON w.service_user_id = o.service_user_id
+"""
+
+
+async def publish(conn, events: list[tuple[uuid.UUID, dict]]) -> None:
+    """(service_user_id, event) pairs, event = {"id", "type", "created_at", "data": record, …}: the
+    stored body is the event's JSON exactly as it will be delivered and listed."""
+    if not events:
+        return
+    await conn.execute(_PUBLISH, [uuid.UUID(e["id"]) for _, e in events], [s for s, _ in events],
+                       [e["type"] for _, e in events], [uuid.UUID(e["data"]["id"]) for _, e in events],
+                       [orjson.dumps(e).decode() for _, e in events],
+                       [datetime.fromisoformat(e["created_at"]) for _, e in events])
+
+
 async def pending_count(pool: FairPool) -> int:
     return await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
-
-
-# The due records, then their service wallets: on Citus they live on different shards, and the
-# second query names the owners, so only their shards are asked (and only when something is due).
-# A deposit's or withdrawal's currency is the same on both sides.
-_DUE_PENDING = """
-SELECT id, type, service_user_id, coalesce(from_currency_id, to_currency_id) AS currency_id,
-       CASE WHEN type = 'deposit' THEN to_wallet_id ELSE from_wallet_id END AS user_wallet_id,
-       CASE WHEN type = 'deposit' THEN from_wallet_id ELSE to_wallet_id END AS gateway_wallet_id
-  FROM transactions
- WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1::double precision)
- ORDER BY created_at LIMIT $2
-"""
-_SERVICE_WALLETS = "SELECT user_id, currency_id, id FROM wallets WHERE user_id = ANY($1::uuid[]) AND kind = 'service'"
-
-
-async def due_for_expiry(pool: FairPool, ttl_seconds: float, limit: int) -> list[dict]:
-    """Pending deposits and withdrawals older than the TTL (by the database clock), oldest first,
-    with the wallets a settlement names. Nothing is locked: the expiry's compare-and-set decides."""
-    due = await pool.fetch(_DUE_PENDING, float(ttl_seconds), limit)
-    if not due:
-        return []
-    services = await pool.fetch(_SERVICE_WALLETS, list({r["service_user_id"] for r in due}))
-    wallet_of = {(r[0], r[1]): r[2] for r in services}
-    return [{"id": r["id"], "type": r["type"], "service_user_id": r["service_user_id"],
-             "user_wallet_id": r["user_wallet_id"], "gateway_wallet_id": r["gateway_wallet_id"],
-             "service_wallet_id": wallet_of[(r["service_user_id"], r["currency_id"])]}
-            for r in due if (r["service_user_id"], r["currency_id"]) in wallet_of]

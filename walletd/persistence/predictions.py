@@ -5,28 +5,16 @@ process last read or committed). A wrong prediction costs only a locked-path ret
 decides (see persistence/ledger.py). Bounded so memory follows the active wallets: cleared whole
 when full, then refilled on use.
 
-On Citus (persistence/citus/) a wallet is read from its owner's shard when the owner is known:
-remembered from an earlier read (owners never change, so they outlive a dropped prediction), or
-claimed by the command (a transfer's source is the caller's, a payment service's wallets are its
-own). A wrong claim finds no wallet there, the answer a single node gives for a wallet that is
-not the caller's. Only a wallet never seen before and claimed by nobody (a transfer's target) is
-looked for on every shard.
+Owners are also kept apart from the balances: a balance prediction is dropped after every locked
+batch, an owner is a fact, so asking whose a warm wallet is (before a command may enter its
+queue) never costs a round trip.
 """
 
 from __future__ import annotations
 
 import uuid
 
-from walletd.domain.ledger import (
-    Command,
-    Effects,
-    RequestDeposit,
-    RequestWithdraw,
-    Settle,
-    Transfer,
-    WalletState,
-    wallets_touched,
-)
+from walletd.domain.ledger import Command, Effects, MultiTransfer, Transfer, WalletState, wallets_touched
 from walletd.domain.policy import OPERATOR_USER_ID
 from walletd.domain.vocabulary import WalletKind
 from walletd.persistence.db import FairPool
@@ -34,7 +22,6 @@ from walletd.persistence.db import FairPool
 CACHE_LIMIT = 20_000
 _WALLET_STATES = ("SELECT id, user_id, currency_id, kind, balance, reserved_balance FROM wallets "
                   "WHERE id = ANY($1::uuid[])")
-_WALLET_STATES_OWNED = _WALLET_STATES + " AND user_id = ANY($2::uuid[])"
 _EXCHANGE_DESKS = "SELECT id, currency_id FROM wallets WHERE user_id = $1 AND kind = $2"
 
 
@@ -42,16 +29,18 @@ class WalletPredictions:
     def __init__(self, pool: FairPool) -> None:
         self.pool = pool
         self.predicted: dict[uuid.UUID, WalletState] = {}
+        self.owners: dict[uuid.UUID, tuple[uuid.UUID, str]] = {}  # wallet id -> (user id, kind)
         self.desks: dict[int, uuid.UUID] = {}  # currency id -> the operator's exchange desk wallet
-        self.owners: dict[uuid.UUID, uuid.UUID] = {}  # wallet id -> owner (kept on a distributed database)
+        self.reads = 0  # round trips reading wallet states (the tests count them)
 
     def __len__(self) -> int:
         return len(self.predicted)
 
     def forget(self, wallet_ids=None) -> None:
-        """Drop these predictions (all of them by default); they are re-read on next use."""
+        """Drop these predictions (all of them, and the owners, by default); they are re-read on next use."""
         if wallet_ids is None:
             self.predicted = {}
+            self.owners = {}  # all idle: memory goes back to what the active wallets need
             return
         for wallet_id in wallet_ids:
             self.predicted.pop(wallet_id, None)
@@ -65,53 +54,53 @@ class WalletPredictions:
 
     async def states(self, ids: set[uuid.UUID], claims: dict[uuid.UUID, set[uuid.UUID]] | None = None,
                      ) -> dict[uuid.UUID, WalletState]:
-        """These wallets as predicted, reading the ones not predicted yet (one round trip; on Citus
-        two when some owner is unknown). claims: wallet id -> the owners commands say it has (one
-        command's wrong claim must not hide the wallet from another's right one)."""
+        """These wallets as predicted, reading the ones not predicted yet (one round trip). claims:
+        wallet id -> the owners commands say it has (only the Citus edition reads by them)."""
         # Built from what this call saw and fetched, never re-read from the cache after an await:
         # a concurrent locked batch may drop entries meanwhile.
         found = {i: self.predicted[i] for i in ids if i in self.predicted}
         missing = [i for i in ids if i not in found]
         if missing:
+            self.reads += 1
             rows = await self._read(missing, claims or {})
             if len(self.predicted) + len(rows) > CACHE_LIMIT:
                 self.predicted.clear()
-            if len(self.owners) + len(rows) > 4 * CACHE_LIMIT:
+            if len(self.owners) + len(rows) > CACHE_LIMIT:
                 self.owners.clear()
             for r in rows:
                 found[r[0]] = self.predicted[r[0]] = WalletState(r[0], r[1], r[2], r[3], r[4], r[5])
-                if self.pool.distributed:
-                    self.owners[r[0]] = r[1]
+                self.owners[r[0]] = (r[1], r[3])
         return found
 
     async def _read(self, ids: list[uuid.UUID], claims: dict[uuid.UUID, set[uuid.UUID]]) -> list:
-        if not self.pool.distributed:
-            return await self.pool.fetch(_WALLET_STATES, ids)
-        owned = {i: {self.owners[i]} if i in self.owners else claims.get(i, set()) for i in ids}
-        known = [i for i in ids if owned[i]]
-        unknown = [i for i in ids if not owned[i]]
-        owners = {owner for i in known for owner in owned[i]}
-        rows = list(await self.pool.fetch(_WALLET_STATES_OWNED, known, list(owners))) if known else []
-        if unknown:
-            rows += await self.pool.fetch(_WALLET_STATES, unknown)
-        return rows
+        return await self.pool.fetch(_WALLET_STATES, ids)
+
+    async def owner(self, wallet_id: uuid.UUID, *read_along: uuid.UUID) -> tuple[uuid.UUID, str] | None:
+        """(user id, kind) of the wallet, None if it does not exist. From memory when known; else
+        one read, which also predicts `read_along` (the batch then needs no read of its own)."""
+        known = self.owners.get(wallet_id)
+        if known is None and (state := self.predicted.get(wallet_id)) is not None:
+            known = self.owners[wallet_id] = (state.user_id, state.kind)
+        if known is not None:
+            return known
+        state = (await self.states({wallet_id, *read_along})).get(wallet_id)
+        return None if state is None else (state.user_id, state.kind)
 
     async def wallets_for(self, commands: list[Command]) -> tuple[dict[uuid.UUID, WalletState], set[int]]:
         """Every wallet the batch may touch, with the exchange desks its cross-currency transfers
         need, and the currencies those transfers convert between."""
         ids: set[uuid.UUID] = set()
-        claims: dict[uuid.UUID, set[uuid.UUID]] = {}
         for command in commands:
             ids |= wallets_touched(command)
-            if self.pool.distributed:
-                for wallet_id, owner in _claimed_owners(command).items():
-                    claims.setdefault(wallet_id, set()).add(owner)
-        wallets = await self.states(ids, claims)
+        wallets = await self.states(ids, self._claims(commands))
         currencies = _converted_currencies(commands, wallets)
         if currencies:
             desks = await self._desk_ids(currencies)
             wallets |= await self.states(desks, {desk: {OPERATOR_USER_ID} for desk in desks})
         return wallets, currencies
+
+    def _claims(self, commands: list[Command]) -> dict[uuid.UUID, set[uuid.UUID]]:
+        return {}
 
     async def _desk_ids(self, currencies: set[int]) -> set[uuid.UUID]:
         if not currencies <= self.desks.keys():
@@ -123,20 +112,12 @@ class WalletPredictions:
 def _converted_currencies(commands: list[Command], wallets: dict[uuid.UUID, WalletState]) -> set[int]:
     """Currencies on either side of a cross-currency transfer in the batch."""
     currencies: set[int] = set()
-    for c in commands:
-        if isinstance(c, Transfer) and c.source_wallet_id in wallets and c.target_wallet_id in wallets:
-            src, dst = wallets[c.source_wallet_id].currency_id, wallets[c.target_wallet_id].currency_id
+    pairs = [(c.source_wallet_id, c.target_wallet_id) for c in commands if isinstance(c, Transfer)]
+    pairs += [(leg.source_wallet_id, leg.target_wallet_id)
+              for c in commands if isinstance(c, MultiTransfer) for leg in c.legs]
+    for source, target in pairs:
+        if source in wallets and target in wallets:
+            src, dst = wallets[source].currency_id, wallets[target].currency_id
             if src != dst:
                 currencies |= {src, dst}
     return currencies
-
-
-def _claimed_owners(command: Command) -> dict[uuid.UUID, uuid.UUID]:
-    """The owner a command says each of its wallets has (on Citus: where to read it)."""
-    if isinstance(command, Transfer):
-        return {command.source_wallet_id: command.user_id}
-    if isinstance(command, (RequestDeposit, RequestWithdraw)):
-        return {command.wallet_id: command.user_id, command.gateway_wallet_id: command.service_user_id}
-    if isinstance(command, Settle):
-        return {command.service_wallet_id: command.service_user_id, command.gateway_wallet_id: command.service_user_id}
-    return {}

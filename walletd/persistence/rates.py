@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from datetime import datetime, timedelta
@@ -9,9 +10,9 @@ from decimal import Decimal
 
 import asyncpg
 
-from walletd.domain import errors
+from walletd.domain import arbitrage, errors
 from walletd.domain.policy import DEFAULT_COMMISSION
-from walletd.domain.rates import RateBook, cross_rates
+from walletd.domain.rates import RateBook, check_change, cross_rates
 from walletd.persistence import accounts
 from walletd.persistence.db import FairPool
 
@@ -35,36 +36,61 @@ async def require_currencies(pool: FairPool, *ids: int) -> None:
         raise errors.CurrencyNotFound()
 
 
-async def store_provider_rates(pool: FairPool, base: str, rates: dict[str, Decimal], at: datetime) -> int:
-    ids = await currency_ids(pool)
-    # NaN, infinite, zero or negative quotes price nothing (and NaN would not even compare).
-    known = {code: rate for code, rate in rates.items() if code in ids and rate.is_finite() and rate > 0}
-    if base not in ids and base not in known:
-        raise errors.RateProviderError("provider base currency is unknown to walletd")
-    pairs = cross_rates(base, known)
-    # A cross rate that rounds to zero at 10 places, or does not fit NUMERIC(30, 10), cannot be
-    # stored (CHECK rate > 0 / numeric overflow): skip that pair rather than fail the whole pull.
-    rows = [(ids[a], ids[b], rate, at) for (a, b), rate in pairs.items()
-            if a in ids and b in ids and 0 < rate < _RATE_LIMIT]
-    await pool.executemany(
-        """INSERT INTO exchange_rates (from_currency_id, to_currency_id, rate, updated_at) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (from_currency_id, to_currency_id)
-           DO UPDATE SET rate = EXCLUDED.rate, updated_at = EXCLUDED.updated_at""",
-        rows)
-    return len(rows)
+# Rate writes are rare (the operator): each takes this lock, so two writes cannot each pass the
+# round-trip check against the other's old rate. Readers (the ledger's plain SELECT) are not blocked.
+_LOCK = "LOCK TABLE exchange_rates IN SHARE ROW EXCLUSIVE MODE"
+_UPSERT = """INSERT INTO exchange_rates (from_currency_id, to_currency_id, rate, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (from_currency_id, to_currency_id)
+             DO UPDATE SET rate = EXCLUDED.rate, updated_at = EXCLUDED.updated_at"""
 
 
-async def set_rate(pool: FairPool, from_id: int, to_id: int, rate: Decimal) -> asyncpg.Record:
-    try:
-        return await pool.fetchrow(
-            """INSERT INTO exchange_rates (from_currency_id, to_currency_id, rate, updated_at)
-               VALUES ($1, $2, $3, now())
-               ON CONFLICT (from_currency_id, to_currency_id)
-               DO UPDATE SET rate = EXCLUDED.rate, updated_at = EXCLUDED.updated_at
-               RETURNING from_currency_id, to_currency_id, rate, updated_at""",
-            from_id, to_id, rate)
-    except (asyncpg.ForeignKeyViolationError, asyncpg.CheckViolationError):
-        raise errors.CurrencyNotFound() from None
+async def _stored(conn) -> dict[tuple[int, int], Decimal]:
+    return {(r[0], r[1]): r[2] for r in await conn.fetch("SELECT from_currency_id, to_currency_id, rate "
+                                                         "FROM exchange_rates")}
+
+
+async def store_provider_rates(pool: FairPool, base: str, rates: dict[str, Decimal], at: datetime, *,
+                               force: bool, max_change: Decimal) -> int:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_LOCK)
+        ids = dict(await conn.fetch("SELECT code, id FROM currencies"))
+        # NaN, infinite, zero or negative quotes price nothing (and NaN would not even compare).
+        known = {code: rate for code, rate in rates.items() if code in ids and rate.is_finite() and rate > 0}
+        if base not in ids and base not in known:
+            raise errors.RateProviderError("provider base currency is unknown to walletd")
+        pairs = cross_rates(base, known)
+        # A cross rate that is zero at 10 places, or does not fit NUMERIC(30, 10), cannot be stored
+        # (CHECK rate > 0 / numeric overflow): skip that pair rather than fail the whole pull.
+        new = {(ids[a], ids[b]): rate for (a, b), rate in pairs.items()
+               if a in ids and b in ids and 0 < rate < _RATE_LIMIT}
+        stored = await _stored(conn)
+        # Derived rates are cut toward the desk, so they keep every round trip at most 1 among
+        # themselves; pairs the provider no longer quotes may still break one, and force never lifts it.
+        await asyncio.to_thread(arbitrage.check_table, {**stored, **new})
+        if not force:
+            check_change({pair: (stored[pair], rate) for pair, rate in new.items() if pair in stored}, max_change)
+        await conn.executemany(_UPSERT, [(a, b, rate, at) for (a, b), rate in new.items()])
+        return len(new)
+
+
+async def set_rate(pool: FairPool, from_id: int, to_id: int, rate: Decimal, *, force: bool,
+                   max_change: Decimal) -> asyncpg.Record:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_LOCK)
+        stored = await _stored(conn)
+        await asyncio.to_thread(arbitrage.check_set, stored, from_id, to_id, rate)
+        if not force and (from_id, to_id) in stored:
+            check_change({(from_id, to_id): (stored[(from_id, to_id)], rate)}, max_change)
+        try:
+            return await conn.fetchrow(
+                """INSERT INTO exchange_rates (from_currency_id, to_currency_id, rate, updated_at)
+                   VALUES ($1, $2, $3, now())
+                   ON CONFLICT (from_currency_id, to_currency_id)
+                   DO UPDATE SET rate = EXCLUDED.rate, updated_at = EXCLUDED.updated_at
+                   RETURNING from_currency_id, to_currency_id, rate, updated_at""",
+                from_id, to_id, rate)
+        except (asyncpg.ForeignKeyViolationError, asyncpg.CheckViolationError):
+            raise errors.CurrencyNotFound() from None
 
 
 async def last_update(pool: FairPool) -> datetime | None:

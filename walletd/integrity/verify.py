@@ -1,0 +1,123 @@
+"""Checking the journal against its hash chain: a run of seals at a time (the self-audit's
+increments, and the whole chain for `walletd audit`).
+
+What it finds and how it names it (docs/journal-integrity.md):
+- altered: an entry, one of its postings or records differs from what its seal covers;
+- removed: a sealed entry is gone (or seals are missing from the sequence);
+- rewritten: a seal's hash no longer matches the next seal's prev_hash (altered and sealed again);
+- inserted: an entry inside the sealed part of the order that no seal names;
+- truncated: `--expect-head HASH` names a hash the chain no longer holds (its tail was cut off or
+  rewritten).
+Problems are listed in chain order, so the first one printed is the first place the journal differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from walletd.domain.chain import ChainProblem, Entry, Seal, check_seals
+from walletd.persistence import chain
+from walletd.persistence.audit import find_problems
+from walletd.persistence.db import FairPool
+
+
+@dataclass
+class Segment:
+    """Seals after `previous`, checked: their problems, the entries they name, the last seal read."""
+
+    problems: list[ChainProblem]
+    entries: list[Entry]
+    last: Seal | None
+    count: int
+
+
+async def check_after(conn, previous: Seal | None, limit: int = chain.READ_BATCH) -> Segment:
+    """The next `limit` seals after `previous`; inside a transaction opened by chain.reading (or set up
+    like it)."""
+    seals = await chain.seals_after(conn, previous.seq if previous else 0, limit)
+    if not seals:
+        return Segment([], [], previous, 0)
+    entries = await chain.read_entries(conn, [s.entry_id for s in seals])
+    problems = check_seals(previous, seals, entries)
+    return Segment(problems, [entries[s.entry_id] for s in seals if s.entry_id in entries], seals[-1], len(seals))
+
+
+@dataclass
+class ChainAudit:
+    problems: list[ChainProblem] = field(default_factory=list)
+    sealed: int = 0
+    head: Seal | None = None
+    unsealed: int = 0
+
+    def summary(self) -> str:
+        if self.head is None:
+            return f"journal chain: nothing sealed yet; {self.unsealed} entries not sealed yet"
+        return (f"journal chain: {self.sealed} entries checked, head seq {self.head.seq} hash {self.head.hash.hex()}; "
+                f"{self.unsealed} newer entries not sealed yet")
+
+
+async def audit_chain(source, expect_head: bytes | None = None, *, inserted_limit: int = 100) -> ChainAudit:
+    """The whole chain, from seal 1 to the head, then the entries inserted inside it and, given an
+    expected head, whether the chain still holds it. `source` is a connection, or a pool to take one
+    from per segment (a long walk then never holds a connection others wait for)."""
+    result = ChainAudit()
+    previous: Seal | None = None
+    while True:
+        async with _connection(source) as conn, chain.reading(conn):  # a short transaction per segment
+            segment = await check_after(conn, previous)
+        if segment.count == 0:
+            break
+        result.problems.extend(segment.problems)
+        result.sealed += segment.count
+        previous = segment.last
+    result.head = previous
+    async with _connection(source) as conn:
+        if previous is not None:
+            for entry_id, after_seq in await chain.inserted_entries(conn, previous, inserted_limit):
+                result.problems.append(inserted(entry_id, after_seq))
+        if expect_head is not None:
+            result.problems.extend(await expected_head_problems(conn, expect_head, previous))
+        result.unsealed = await chain.unsealed_count(conn, previous)
+    result.problems.sort(key=lambda p: (p.seq, p.kind != "removed"))
+    return result
+
+
+@contextlib.asynccontextmanager
+async def _connection(source):
+    if isinstance(source, FairPool):
+        async with source.acquire() as conn:
+            yield conn
+    else:
+        yield source
+
+
+def inserted(entry_id: uuid.UUID, after_seq: int) -> ChainProblem:
+    return ChainProblem(after_seq, "inserted", entry_id,
+                        f"entry {entry_id} was inserted after seal {after_seq}: it lies inside the sealed part "
+                        "of the chain, where no seal names it")
+
+
+async def expected_head_problems(conn, expect_head: bytes, last: Seal | None) -> list[ChainProblem]:
+    if await chain.seq_of_hash(conn, expect_head) is not None:
+        return []
+    ends = f"seq {last.seq}, hash {last.hash.hex()}" if last else "nothing sealed"
+    return [ChainProblem(last.seq + 1 if last else 1, "truncated", None,
+                         f"the expected head {expect_head.hex()} is not in the chain (it ends at {ends}): entries "
+                         "sealed after it were removed with their seals, or the chain was rewritten")]
+
+
+async def run_full_audit(url: str, expect_head: bytes | None = None) -> tuple[list[str], str]:
+    """`walletd audit`: every check of find_problems, then the chain. Returns the problems as lines
+    (the chain's in chain order, so its first line names the first place that differs) and a
+    one-line summary of the chain."""
+    conn = await asyncpg.connect(url)
+    try:
+        problems = await find_problems(conn)
+        result = await audit_chain(conn, expect_head)
+    finally:
+        await conn.close()
+    return problems + [str(p) for p in result.problems], result.summary()

@@ -1,0 +1,202 @@
+"""The books of one wallet: its balance at an instant, its statement, a payment service's wallets.
+
+Every posting carries its journal entry's time, and postings_wallet_time (migration 0009) holds a
+wallet's postings in time order. A balance at T is the wallet's balance now minus its postings
+after T, read in one statement (one snapshot), so it equals replaying the journal up to T. A
+statement line is the net of one wallet's balance postings for one (entry, transaction record)
+pair; lines are ordered by (time, entry, record), which is also the keyset of their pages.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import asyncpg
+
+from walletd.persistence.accounts import WALLET_COLUMNS
+from walletd.persistence.db import FairPool
+
+NIL = uuid.UUID(int=0)  # the record of a posting that names none (written by hand, or before 0009)
+
+
+def _sums_at(at: str, sums: str, needed: str = "true") -> str:
+    """A lateral subquery: `sums` (aggregates over the postings p) of wallet w's postings on one
+    side of the instant `at` (an SQL expression), and `forward`, which side it is. Forward (the
+    postings up to `at`, to add up from zero) when `at` is nearer the wallet's creation than now,
+    else backward (the postings after `at`, to take off the balance now): the same number either
+    way (a wallet's balances are the sums of its postings, which `walletd audit` checks), read
+    from whichever side holds fewer postings when the wallet's activity is even. `needed`: a
+    condition on the parameters; when false no posting is read."""
+    return f"""(SELECT f.forward, {sums}
+                  FROM (SELECT {at} - w.created_at < statement_timestamp() - {at} AS forward) f
+                  LEFT JOIN postings p ON {needed} AND p.wallet_id = w.id
+                        AND p.created_at > CASE WHEN f.forward THEN '-infinity' ELSE {at} END
+                        AND p.created_at <= CASE WHEN f.forward THEN {at} ELSE 'infinity' END
+                 GROUP BY f.forward)"""
+
+
+_BALANCE_AT = f"""
+SELECT w.currency_id,
+       CASE WHEN s.forward THEN 0 ELSE w.balance END + (CASE WHEN s.forward THEN 1 ELSE -1 END) * s.b AS balance,
+       CASE WHEN s.forward THEN 0 ELSE w.reserved_balance END + (CASE WHEN s.forward THEN 1 ELSE -1 END) * s.r
+           AS reserved
+  FROM wallets w CROSS JOIN LATERAL {_sums_at("$2::timestamptz",
+                                              "coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'B'), 0) AS b, "
+                                              "coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'R'), 0) AS r")} s
+ WHERE w.id = $1 AND w.user_id = $3 AND w.kind = ANY($4::text[])"""
+
+_WALLET = "SELECT currency_id, created_at FROM wallets WHERE id = $1 AND user_id = $2 AND kind = ANY($3::text[])"
+
+# $1 wallet, $2 from (NULL: the beginning), $3 to, then the line after which the page starts
+# (NULL: none, the period's start): $4 time, $5 entry, $6 record; $7 the number of lines. The
+# scan is a range of postings_wallet_time in its own order (time, entry, record: a line's key),
+# grouped as it comes and cut at the limit; only the page's lines look their record up (by its
+# primary key: LIMIT 1 keeps the planner from joining the whole transactions table instead).
+_LINES = f"""
+SELECT l.created_at, l.entry_id, l.transaction_id AS tx, l.amount, t.type, t.status FROM (
+    SELECT p.created_at, p.entry_id, p.transaction_id, sum(p.amount) AS amount
+      FROM postings p
+     WHERE p.wallet_id = $1 AND p.bucket = 'B'
+       AND p.created_at > coalesce($2::timestamptz, '-infinity') AND p.created_at <= $3
+       AND (p.created_at, p.entry_id, p.transaction_id)
+           > (coalesce($4::timestamptz, '-infinity'), coalesce($5::uuid, '{NIL}'), coalesce($6::uuid, '{NIL}'))
+     GROUP BY p.created_at, p.entry_id, p.transaction_id
+    HAVING sum(p.amount) <> 0
+     ORDER BY p.created_at, p.entry_id, p.transaction_id
+     LIMIT $7
+) l LEFT JOIN LATERAL (SELECT t.type, t.status FROM transactions t WHERE t.id = l.transaction_id LIMIT 1) t ON true
+ ORDER BY l.created_at, l.entry_id, l.transaction_id"""
+
+# The balances at both ends of the period, in the same statement (so the same snapshot) as the
+# first lines: opening + the sum of every line = closing.
+_B = "coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'B'), 0) AS b"
+_ENDS = f"""
+SELECT CASE WHEN $2::timestamptz IS NULL THEN 0
+            ELSE CASE WHEN o.forward THEN o.b ELSE w.balance - o.b END END AS opening,
+       CASE WHEN c.forward THEN c.b ELSE w.balance - c.b END AS closing
+  FROM wallets w CROSS JOIN LATERAL {_sums_at("$2::timestamptz", _B, "$2::timestamptz IS NOT NULL")} o
+                 CROSS JOIN LATERAL {_sums_at("$3::timestamptz", _B)} c
+ WHERE w.id = $1"""
+_FIRST_LINES = f"""
+WITH ends AS MATERIALIZED ({_ENDS})
+SELECT ends.opening, ends.closing, lines.* FROM ends LEFT JOIN ({_LINES}) lines ON true"""
+
+# The same lines as CSV text, rendered by PostgreSQL (what walletd would render, at a fraction
+# of the cost per line): $8 is the balance before the first line. One row: the text, the number
+# of lines, and the last line's key and balance, where the next chunk starts.
+_CSV_CHUNK = f"""
+WITH running AS MATERIALIZED (
+    SELECT l.*, round($8::numeric + sum(l.amount) OVER (
+               ORDER BY l.created_at, l.entry_id, l.tx ROWS UNBOUNDED PRECEDING), 10) AS balance_after
+      FROM ({_LINES}) l
+)
+SELECT (SELECT string_agg(concat_ws(',', CASE WHEN r.tx = '{NIL}' THEN '' ELSE r.tx::text END,
+                                    coalesce(r.type, ''), coalesce(r.status, ''), round(r.amount, 10)::text,
+                                    r.balance_after::text,
+                                    to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')),
+                          E'\\r\\n' ORDER BY r.created_at, r.entry_id, r.tx) FROM running r) AS text,
+       (SELECT count(*) FROM running) AS lines, last.created_at, last.entry_id, last.tx, last.balance_after
+  FROM (SELECT 1) one LEFT JOIN LATERAL (
+       SELECT * FROM running ORDER BY created_at DESC, entry_id DESC, tx DESC LIMIT 1) last ON true"""
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a statement page starts: after this line (time, entry, record)."""
+
+    at: datetime
+    entry_id: uuid.UUID
+    record_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class Line:
+    at: datetime
+    entry_id: uuid.UUID
+    record_id: uuid.UUID | None
+    amount: Decimal
+    type: str | None
+    status: str | None
+
+    @property
+    def position(self) -> Position:
+        return Position(self.at, self.entry_id, self.record_id or NIL)
+
+
+def _line(row) -> Line:
+    record = row["tx"]
+    return Line(row["created_at"], row["entry_id"], None if record == NIL else record, row["amount"],
+                row["type"], row["status"])
+
+
+async def balance_at(pool: FairPool, wallet_id: uuid.UUID, at: datetime, owner: uuid.UUID,
+                     kinds: Sequence[str]) -> asyncpg.Record | None:
+    """(currency_id, balance, reserved) at `at`, or None unless the wallet is owner's and of one
+    of these kinds (the sum is never computed for anyone else's wallet)."""
+    return await pool.fetchrow(_BALANCE_AT, wallet_id, at, owner, list(kinds))
+
+
+async def readable_wallet(pool: FairPool, wallet_id: uuid.UUID, owner: uuid.UUID,
+                          kinds: Sequence[str]) -> asyncpg.Record | None:
+    return await pool.fetchrow(_WALLET, wallet_id, owner, list(kinds))
+
+
+async def first_lines(pool: FairPool, wallet_id: uuid.UUID, start: datetime | None, end: datetime,
+                      limit: int) -> tuple[Decimal, Decimal, list[Line]]:
+    """(opening balance, closing balance, the first `limit` lines) of the period (start, end]."""
+    rows = await pool.fetch(_FIRST_LINES, wallet_id, start, end, *_after(None), limit)
+    if not rows:
+        raise LookupError(wallet_id)
+    return rows[0]["opening"], rows[0]["closing"], [_line(r) for r in rows if r["entry_id"] is not None]
+
+
+async def lines_after(pool: FairPool, wallet_id: uuid.UUID, start: datetime | None, end: datetime,
+                      position: Position, limit: int) -> list[Line]:
+    rows = await pool.fetch(_LINES, wallet_id, start, end, *_after(position), limit)
+    return [_line(r) for r in rows]
+
+
+def _after(position: Position | None) -> tuple:
+    if position is None:
+        return (None, None, None)
+    return (position.at, position.entry_id, position.record_id)
+
+
+async def period_ends(pool: FairPool, wallet_id: uuid.UUID, start: datetime | None,
+                      end: datetime) -> tuple[Decimal, Decimal]:
+    """The wallet's balance at both ends of the period (start, end]: (opening, closing)."""
+    row = await pool.fetchrow(_ENDS, wallet_id, start, end)
+    if row is None:
+        raise LookupError(wallet_id)
+    return row["opening"], row["closing"]
+
+
+@dataclass(frozen=True)
+class CsvChunk:
+    text: str  # the lines, each ending in CRLF ("" when there are none)
+    lines: int
+    last: Position | None
+    balance: Decimal  # after the last line
+
+
+async def csv_chunk(pool: FairPool, wallet_id: uuid.UUID, start: datetime | None, end: datetime,
+                    after: Position | None, balance: Decimal, limit: int) -> CsvChunk:
+    """Up to `limit` lines after `after` as CSV rows (transaction_id, type, status, amount,
+    balance_after, timestamp), balance_after running on from `balance`."""
+    row = await pool.fetchrow(_CSV_CHUNK, wallet_id, start, end, *_after(after), limit, balance)
+    if not row["lines"]:
+        return CsvChunk("", 0, None, balance)
+    return CsvChunk(row["text"] + "\r\n", row["lines"], Position(row["created_at"], row["entry_id"], row["tx"]),
+                    row["balance_after"])
+
+
+async def service_wallets(pool: FairPool, service_user_id: uuid.UUID) -> list[asyncpg.Record]:
+    """A payment service's own wallets (its service and gateway wallet in every currency)."""
+    return await pool.fetch(
+        f"""SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id
+            WHERE w.user_id = $1 AND w.kind IN ('service', 'gateway') ORDER BY w.currency_id, w.kind DESC""",
+        service_user_id)
