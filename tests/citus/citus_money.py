@@ -36,11 +36,12 @@ async def world(database_url, citus_cluster):
     """Two users on each worker and a payment service, on the module's distributed database."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from tests.conftest import JWT_SECRET, OPERATOR_KEY
+    from tests.conftest import JWT_SECRET, OPERATOR_KEY, SECRETS_KEY
     from walletd.app import create_app
     from walletd.config import Settings
 
-    settings = Settings(database_url=database_url, jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY, pool_size=4)
+    settings = Settings(database_url=database_url, jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY,
+                        secrets_key=SECRETS_KEY, pool_size=4)
     client = TestClient(TestServer(create_app(settings, database_url, JWT_SECRET)))
     await client.start_server()
     conn = await asyncpg.connect(database_url)

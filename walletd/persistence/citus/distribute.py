@@ -5,13 +5,16 @@ It places only what is not placed yet, so it runs on every migrate (cheaply: one
 and a database distributed long ago picks up a table a later migration added. Everything runs in
 one transaction under migrate's advisory lock: a failure leaves the database as it was.
 
-Before a table is distributed, Citus needs every primary key and unique constraint to include
-the distribution column: each one that lacks it is rebuilt with the column first, under its own
-name. An id that was unique on its own stays unique by construction (walletd generates UUIDs).
+Before a table is distributed, Citus needs every primary key, unique constraint and unique index
+to include the distribution column: each one that lacks it is rebuilt with the column first, under
+its own name. An id that was unique on its own stays unique by construction (walletd generates
+UUIDs). One reversal per original stays exact: every reversal of an original has the original's
+owner, so two of them meet on that owner's shard.
 """
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 import asyncpg
@@ -35,6 +38,17 @@ SELECT c.conname, c.contype::text AS contype, array_agg(a.attname::text ORDER BY
 """
 
 
+# Unique indexes that are not constraints (a partial one, such as one reversal per original).
+_UNIQUE_INDEXES = """
+SELECT i.indexrelid::regclass::text AS name, pg_get_indexdef(i.indexrelid) AS definition
+  FROM pg_index i
+ WHERE i.indrelid = $1::regclass AND i.indisunique
+   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
+   AND NOT EXISTS (SELECT 1 FROM pg_attribute a
+                    WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) AND a.attname = $2)
+"""
+
+
 async def citus_present(conn: asyncpg.Connection) -> bool:
     return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"))
 
@@ -51,8 +65,12 @@ async def placed_tables(conn: asyncpg.Connection) -> dict[str, str]:
     return {r[0]: r[1] for r in rows}
 
 
-def write_batch_sql() -> str:
-    return resources.files("walletd.persistence.citus").joinpath("write_batch.sql").read_text(encoding="utf-8")
+# The Citus editions of the schema's functions, (re)installed after every migrate.
+FUNCTION_FILES = ("write_batch.sql", "chain.sql")
+
+
+def function_sql(name: str) -> str:
+    return resources.files("walletd.persistence.citus").joinpath(name).read_text(encoding="utf-8")
 
 
 async def distribute(conn: asyncpg.Connection, layout: tuple[Placement, ...] = LAYOUT) -> list[str]:
@@ -86,8 +104,9 @@ async def distribute(conn: asyncpg.Connection, layout: tuple[Placement, ...] = L
                                    placement.table, placement.column, colocate)
                 done.append(placement.table)
         placed = await placed_tables(conn)
-        # Always: a later migration may have replaced the function with its single-node edition.
-        await conn.execute(write_batch_sql())
+        # Always: a later migration may have replaced a function with its single-node edition.
+        for name in FUNCTION_FILES:
+            await conn.execute(function_sql(name))
     known = {p.table for p in layout}
     for table in sorted(existing - known - set(placed)):
         log.warning("citus.table_not_in_layout", table=table,
@@ -129,6 +148,9 @@ async def _prepare(conn: asyncpg.Connection, table: ByUser) -> None:
         columns = ", ".join([table.column, *key["columns"]])
         await conn.execute(f"ALTER TABLE {name} DROP CONSTRAINT {key['conname']}")
         await conn.execute(f"ALTER TABLE {name} ADD CONSTRAINT {key['conname']} {kind} ({columns})")
+    for index in await conn.fetch(_UNIQUE_INDEXES, name, table.column):
+        await conn.execute(f"DROP INDEX {index['name']}")
+        await conn.execute(re.sub(r"USING (\w+) \(", rf"USING \1 ({table.column}, ", index["definition"], count=1))
     for statement in table.after_keys:
         await conn.execute(statement)
     if table.replica_identity_full:

@@ -74,16 +74,14 @@ UPDATE journal_entries SET user_id = '{OPERATOR_USER_ID}' WHERE user_id IS NULL
 """
 
 # A transfer between two users is recorded once per side (same id and seq), so each side's
-# history is read from its own shard.
-_RECEIVER_COPIES = """
-INSERT INTO transactions (owner_id, id, seq, type, status, from_wallet_id, from_currency_id, from_user_id, amount,
-                          to_wallet_id, to_currency_id, to_user_id, rate, converted_amount, user_id,
-                          service_user_id, external_wallet_id, parent_id, entry_id, created_at, updated_at)
-OVERRIDING SYSTEM VALUE
-SELECT to_user_id, id, seq, type, status, from_wallet_id, from_currency_id, from_user_id, amount,
-       to_wallet_id, to_currency_id, to_user_id, rate, converted_amount, user_id,
-       service_user_id, external_wallet_id, parent_id, entry_id, created_at, updated_at
-  FROM transactions WHERE type = 'transfer' AND to_user_id IS NOT NULL AND to_user_id <> user_id
+# history is read from its own shard; so is the reversal of one (its debited side is the original's
+# receiver). Every column is copied, whatever later migrations add.
+RECEIVER_COPIES = """
+INSERT INTO transactions OVERRIDING SYSTEM VALUE
+SELECT (jsonb_populate_record(t, jsonb_build_object('owner_id', o.owner_id))).*
+  FROM transactions t
+ CROSS JOIN LATERAL (SELECT CASE WHEN t.type = 'transfer' THEN t.to_user_id ELSE t.from_user_id END) o(owner_id)
+ WHERE t.type IN ('transfer', 'reversal') AND o.owner_id IS NOT NULL AND o.owner_id <> t.user_id
 ON CONFLICT DO NOTHING
 """
 
@@ -100,8 +98,15 @@ LAYOUT: tuple[Placement, ...] = (
            backfill=("UPDATE postings p SET user_id = w.user_id FROM wallets w WHERE w.id = p.wallet_id",),
            drop_triggers=("postings_apply",), replica_identity_full=True),
     ByUser("transactions", "owner_id", added="owner_id uuid",
-           backfill=("UPDATE transactions SET owner_id = user_id",), after_keys=(_RECEIVER_COPIES,),
+           backfill=("UPDATE transactions SET owner_id = user_id",), after_keys=(RECEIVER_COPIES,),
            indexes=("CREATE INDEX IF NOT EXISTS transactions_owner_seq ON transactions (owner_id, seq DESC)",)),
+    # The hash chain and the self-audit's bookkeeping: written by one background job at a time,
+    # read beside the journal (a seal is joined to its entry, a verified sum to its wallet), which
+    # a reference table allows on any column. Sealing is a write to every node.
+    Reference("journal_seals"),
+    Reference("audit_cursor"),
+    Reference("audit_balances"),
+    Reference("audit_problems"),
     OnCoordinator("webhook_endpoints"),
     OnCoordinator("events"),
     OnCoordinator("webhook_deliveries"),

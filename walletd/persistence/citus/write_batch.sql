@@ -1,8 +1,9 @@
 -- walletd_write_batch(doc jsonb), the Citus edition: installed by walletd/persistence/citus/distribute.py
--- over migration 0005's single-node function, after every migrate on a Citus coordinator. Same
--- document and same answer; the document also names the owner of each row (user_id), which is where
--- the row's shard is. It runs on the coordinator, in the caller's transaction; a batch touching
--- several workers commits with Citus's two-phase commit.
+-- over the single-node function (as migrations 0005, 0006 and 0009 left it), after every migrate on
+-- a Citus coordinator. Same document and same answer; the document also names the owner of each row
+-- (user_id), which is where the row's shard is (walletd's Citus ledger always names them; a row
+-- without one is looked up, on every shard). It runs on the coordinator, in the caller's
+-- transaction; a batch touching several workers commits with Citus's two-phase commit.
 --
 -- What the single-node schema does with a statement trigger on postings (REFERENCING NEW TABLE),
 -- this function does itself, because Citus runs no trigger that reads other shards, and a journal
@@ -13,9 +14,13 @@
 --     order (the lock order of every writer, so batches queue instead of deadlocking), and a
 --     posting whose wallet, owner or currency does not match a wallet row fails the batch;
 --   * the CHECK constraints on wallets (no overdraft) hold on every shard as they are.
--- Settlements stay a compare-and-set on 'pending' (counted; one short raises serialization_failure).
--- A transfer between two users is recorded once per side (owner_id), so each side's history pages
--- are read from its own shard.
+-- Settlements stay a compare-and-set on the status they were planned on (from_status, 'pending' when
+-- absent; counted: one short raises serialization_failure), recording who decided (settled_by).
+-- A transfer between two users is recorded once per side (owner_id), and so is its reversal, so each
+-- side's history pages are read from its own shard. Postings carry the batch's time and the record
+-- they realize (migration 0009).
+-- An entry carries the coordinator's transaction id (xid): the hash chain's order on Citus, where
+-- each worker's own xids order nothing across workers (see walletd/persistence/citus/chain.sql).
 -- Every batch commits with two-phase commit, also one that touches a single worker (Citus would
 -- commit that one in one phase, and a worker lost during that COMMIT leaves an error on the
 -- coordinator whatever the worker did: the outcome unknown). With 2PC an error means nothing
@@ -35,11 +40,17 @@ SELECT citus_add_local_table_to_metadata('walletd_two_phase')
 CREATE OR REPLACE FUNCTION walletd_write_batch(doc jsonb) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     at constant timestamptz := (doc->>'now')::timestamptz;
+    nil constant uuid := '00000000-0000-0000-0000-000000000000';
     bad uuid;
     rows_text text;
     settled_count bigint := 0;
     changed int;
     item record;
+    -- Owners the document left out, looked up by id: wallet id -> [user id, kind]; record id ->
+    -- customer; external wallet id -> user id.
+    wallet_owners jsonb := '{}';
+    record_owners jsonb := '{}';
+    payee_owners jsonb := '{}';
 BEGIN
     INSERT INTO walletd_two_phase VALUES (1) ON CONFLICT DO NOTHING;
     SELECT p.entry_id INTO bad FROM jsonb_to_recordset(doc->'postings') AS p(entry_id uuid, currency_id int2, amount numeric)
@@ -53,47 +64,82 @@ BEGIN
         RAISE EXCEPTION 'posting names unknown journal entry %', bad USING ERRCODE = 'foreign_key_violation';
     END IF;
 
-    SELECT string_agg(format('(%L::uuid, %L::uuid, %L, %L, %L::timestamptz)', e.user_id, e.id, e.kind, e.request_id, at), ',')
-      INTO rows_text FROM jsonb_to_recordset(doc->'entries') AS e(user_id uuid, id uuid, kind text, request_id text);
-    IF rows_text IS NOT NULL THEN
-        EXECUTE 'INSERT INTO journal_entries (user_id, id, kind, request_id, created_at) VALUES ' || rows_text;
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(doc->'postings') p WHERE p->>'user_id' IS NULL)
+       OR EXISTS (SELECT 1 FROM jsonb_array_elements(doc->'entries') e WHERE e->>'user_id' IS NULL) THEN
+        SELECT coalesce(jsonb_object_agg(w.id, jsonb_build_array(w.user_id, w.kind)), '{}') INTO wallet_owners
+          FROM wallets w WHERE w.id = ANY(ARRAY(SELECT (p->>'wallet_id')::uuid FROM jsonb_array_elements(doc->'postings') p));
     END IF;
-    SELECT string_agg(format('(%L::uuid, %L::uuid, %L::uuid, %s::int2, %L, %L::numeric)',
-                             p.user_id, p.entry_id, p.wallet_id, p.currency_id, p.bucket, p.amount), ',')
-      INTO rows_text FROM jsonb_to_recordset(doc->'postings')
-        AS p(user_id uuid, entry_id uuid, wallet_id uuid, currency_id int2, bucket text, amount numeric);
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(doc->'settled') u WHERE u->>'user_id' IS NULL) THEN
+        SELECT coalesce(jsonb_object_agg(t.id, t.owner_id), '{}') INTO record_owners
+          FROM transactions t WHERE t.owner_id = t.user_id
+           AND t.id = ANY(ARRAY(SELECT (u->>'id')::uuid FROM jsonb_array_elements(doc->'settled') u));
+    END IF;
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(doc->'paid_out') c WHERE c->>'user_id' IS NULL) THEN
+        SELECT coalesce(jsonb_object_agg(x.id, x.user_id), '{}') INTO payee_owners
+          FROM external_wallets x WHERE x.id = ANY(ARRAY(SELECT (c->>'id')::uuid FROM jsonb_array_elements(doc->'paid_out') c));
+    END IF;
+
+    -- An entry the document gave no owner lives with the first user-kind wallet it posts to, else
+    -- with its first wallet's owner (as walletd's Citus ledger decides).
+    SELECT string_agg(format('(%L::uuid, %L::uuid, %L, %L, %L::timestamptz, %L::xid8)',
+                             coalesce(e.user_id, o.user_id), e.id, e.kind, e.request_id, at, pg_current_xact_id()), ',')
+      INTO rows_text
+      FROM jsonb_to_recordset(doc->'entries') AS e(user_id uuid, id uuid, kind text, request_id text)
+      LEFT JOIN LATERAL (
+          SELECT (wallet_owners->(p->>'wallet_id')->>0)::uuid AS user_id
+            FROM jsonb_array_elements(doc->'postings') WITH ORDINALITY AS x(p, n)
+           WHERE (p->>'entry_id')::uuid = e.id
+           ORDER BY wallet_owners->(p->>'wallet_id')->>1 <> 'user', n LIMIT 1) o ON e.user_id IS NULL;
     IF rows_text IS NOT NULL THEN
-        EXECUTE 'INSERT INTO postings (user_id, entry_id, wallet_id, currency_id, bucket, amount) VALUES ' || rows_text;
+        EXECUTE 'INSERT INTO journal_entries (user_id, id, kind, request_id, created_at, xid) VALUES ' || rows_text;
+    END IF;
+    SELECT string_agg(format('(%L::uuid, %L::uuid, %L::uuid, %s::int2, %L, %L::numeric, %L::timestamptz, %L::uuid)',
+                             coalesce(p.user_id, (wallet_owners->p.wallet_id::text->>0)::uuid), p.entry_id,
+                             p.wallet_id, p.currency_id, p.bucket, p.amount, at, coalesce(p.transaction_id, nil)), ',')
+      INTO rows_text FROM jsonb_to_recordset(doc->'postings')
+        AS p(user_id uuid, entry_id uuid, wallet_id uuid, currency_id int2, bucket text, amount numeric, transaction_id uuid);
+    IF rows_text IS NOT NULL THEN
+        EXECUTE 'INSERT INTO postings (user_id, entry_id, wallet_id, currency_id, bucket, amount, created_at, transaction_id) '
+                'VALUES ' || rows_text;
     END IF;
     SELECT string_agg(format('(%L::uuid, %L::uuid, %L, %L, %L::uuid, %L::int2, %L::uuid, %L::numeric, %L::uuid, %L::int2, '
-                             '%L::uuid, %L::numeric, %L::numeric, %L::uuid, %L::uuid, %L::uuid, %L::uuid, %L::uuid, %L::timestamptz)',
+                             '%L::uuid, %L::numeric, %L::numeric, %L::uuid, %L::uuid, %L::uuid, %L::uuid, %L::uuid, '
+                             '%L::timestamptz, %L::numeric, %L::numeric)',
                              o.owner_id, t.id, t.type, t.status, t.from_wallet_id, t.from_currency_id, t.from_user_id, t.amount,
                              t.to_wallet_id, t.to_currency_id, t.to_user_id, t.rate, t.converted_amount, t.user_id,
-                             t.service_user_id, t.external_wallet_id, t.parent_id, t.entry_id, t.created_at), ',')
+                             t.service_user_id, t.external_wallet_id, t.parent_id, t.entry_id, t.created_at,
+                             t.commission_rate, t.commission), ',')
       INTO rows_text FROM jsonb_to_recordset(doc->'transactions')
         AS t(id uuid, type text, status text, from_wallet_id uuid, from_currency_id int2, from_user_id uuid,
              amount numeric, to_wallet_id uuid, to_currency_id int2, to_user_id uuid, rate numeric,
              converted_amount numeric, user_id uuid, service_user_id uuid, external_wallet_id uuid,
-             parent_id uuid, entry_id uuid, created_at timestamptz)
+             parent_id uuid, entry_id uuid, created_at timestamptz, commission_rate numeric, commission numeric)
+      -- The record's user, and the other user of a transfer (its receiver) or of a reversal (the
+      -- original's receiver, whom it debits).
       CROSS JOIN LATERAL (SELECT t.user_id UNION
-                          SELECT t.to_user_id WHERE t.type = 'transfer' AND t.to_user_id IS NOT NULL) o(owner_id);
+                          SELECT CASE t.type WHEN 'transfer' THEN t.to_user_id ELSE t.from_user_id END
+                           WHERE t.type IN ('transfer', 'reversal')
+                             AND CASE t.type WHEN 'transfer' THEN t.to_user_id ELSE t.from_user_id END IS NOT NULL) o(owner_id);
     IF rows_text IS NOT NULL THEN
         EXECUTE 'INSERT INTO transactions (owner_id, id, type, status, from_wallet_id, from_currency_id, from_user_id, '
                 'amount, to_wallet_id, to_currency_id, to_user_id, rate, converted_amount, user_id, service_user_id, '
-                'external_wallet_id, parent_id, entry_id, created_at) VALUES ' || rows_text;
+                'external_wallet_id, parent_id, entry_id, created_at, commission_rate, commission) VALUES ' || rows_text;
     END IF;
-    FOR item IN SELECT u.* FROM jsonb_to_recordset(doc->'settled') AS u(user_id uuid, id uuid, status text, entry_id uuid)
+    FOR item IN SELECT u.* FROM jsonb_to_recordset(doc->'settled')
+                    AS u(user_id uuid, id uuid, status text, entry_id uuid, from_status text, settled_by text)
                  ORDER BY u.id LOOP
-        EXECUTE format('UPDATE transactions t SET status = %L, entry_id = coalesce(%L::uuid, t.entry_id), updated_at = %L '
-                       'WHERE t.owner_id = %L AND t.id = %L AND t.status = ''pending''',
-                       item.status, item.entry_id, at, item.user_id, item.id);
+        EXECUTE format('UPDATE transactions t SET status = %L, entry_id = coalesce(%L::uuid, t.entry_id), updated_at = %L, '
+                       'settled_by = %L WHERE t.owner_id = %L AND t.id = %L AND t.status = %L',
+                       item.status, item.entry_id, at, coalesce(item.settled_by, 'service'),
+                       coalesce(item.user_id, (record_owners->>item.id::text)::uuid), item.id,
+                       coalesce(item.from_status, 'pending'));
         GET DIAGNOSTICS changed = ROW_COUNT;
         settled_count := settled_count + changed;
     END LOOP;
     PERFORM walletd_expect(settled_count, coalesce(jsonb_array_length(doc->'settled'), 0));
-    FOR item IN SELECT c.user_id, c.id, sum(c.amount) AS amount
+    FOR item IN SELECT coalesce(c.user_id, (payee_owners->>c.id::text)::uuid) AS user_id, c.id, sum(c.amount) AS amount
                   FROM jsonb_to_recordset(doc->'paid_out') AS c(user_id uuid, id uuid, amount numeric)
-                 GROUP BY c.user_id, c.id ORDER BY c.id LOOP
+                 GROUP BY 1, c.id ORDER BY c.id LOOP
         EXECUTE format('UPDATE external_wallets e SET amount_withdraw = e.amount_withdraw + %L::numeric '
                        'WHERE e.user_id = %L AND e.id = %L', item.amount, item.user_id, item.id);
     END LOOP;
@@ -105,11 +151,12 @@ BEGIN
         EXECUTE 'INSERT INTO idempotency_keys (principal_id, key, request_hash, status_code, response) VALUES ' || rows_text;
     END IF;
     -- Balances last, in wallet id order (as the single-node trigger, after the settlements).
-    FOR item IN SELECT p.user_id, p.wallet_id, p.currency_id,
+    FOR item IN SELECT coalesce(p.user_id, (wallet_owners->p.wallet_id::text->>0)::uuid) AS user_id, p.wallet_id,
+                       p.currency_id,
                        coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'B'), 0) AS balance_delta,
                        coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'R'), 0) AS reserved_delta
                   FROM jsonb_to_recordset(doc->'postings') AS p(user_id uuid, wallet_id uuid, currency_id int2, bucket text, amount numeric)
-                 GROUP BY p.user_id, p.wallet_id, p.currency_id ORDER BY p.wallet_id LOOP
+                 GROUP BY 1, p.wallet_id, p.currency_id ORDER BY p.wallet_id LOOP
         EXECUTE format('UPDATE wallets w SET balance = w.balance + %L::numeric, reserved_balance = w.reserved_balance + %L::numeric '
                        'WHERE w.user_id = %L AND w.id = %L AND w.currency_id = %s',
                        item.balance_delta, item.reserved_delta, item.user_id, item.wallet_id, item.currency_id);
