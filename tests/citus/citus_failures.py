@@ -2,7 +2,8 @@
 under random concurrent transfers across shards, then a worker node stopped under load and
 restarted. Afterwards every acknowledged transfer is present exactly once, no 503 moved money,
 balances are exactly what the acknowledged transfers say, money is conserved per currency, no
-worker holds a prepared transaction, and `walletd audit` is clean."""
+worker holds a prepared transaction, every entry is sealed into the hash chain, and `walletd
+audit` (books and chain) and the processes' self-audit are clean."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from tests.citus.conftest import recover_two_phase, worker_of
 from tests.conftest import OPERATOR_KEY, PASSWORD, ServeProcess, run_cli, unique
 from tests.oracles import net_of_commission
+from tests.polling import until
 
 FUNDING = "100"
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=60)
@@ -103,7 +105,9 @@ async def register_service_user(session, base: str) -> dict:
 
 
 async def verify(db, database_url: str, load: Load) -> None:
-    """Exactly once, exact balances, conservation, nothing half-applied, a clean audit."""
+    """Exactly once, exact balances, conservation, nothing half-applied, every entry sealed into the
+    hash chain (by the walletd processes' sealers), a clean audit of the books and the chain, and no
+    problem found by the processes' self-audit."""
     await recover_two_phase(database_url)
     assert not load.bad, load.bad[:5]
     assert set(load.acknowledged) == set(load.planned), "every planned transfer was acknowledged in the end"
@@ -127,8 +131,14 @@ async def verify(db, database_url: str, load: Load) -> None:
                           "WHERE user_id = ANY($1::uuid[]) AND currency_id = 1", users)
     assert {r[0]: (r[1], r[2]) for r in rows} == {u: (b, 0) for u, b in expected.items()}
     assert sum(expected.values()) == len(users) * net_of_commission(FUNDING)
-    code, out = await run_cli(database_url, "audit")
+    await until(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM journal_entries e WHERE NOT EXISTS "
+                                    "(SELECT 1 FROM journal_seals s WHERE s.entry_id = e.id))"),
+                timeout=60, what="every entry sealed")
+    head = await db.fetchrow("SELECT seq, encode(hash, 'hex') AS hash FROM journal_seals ORDER BY seq DESC LIMIT 1")
+    code, out = await run_cli(database_url, "audit", "--expect-head", head["hash"])
     assert code == 0 and "audit: clean" in out, out
+    assert f"head seq {head['seq']}" in out and "0 newer entries not sealed yet" in out, out
+    assert await db.fetch("SELECT key, problem FROM audit_problems") == []
 
 
 @pytest.fixture(scope="module")

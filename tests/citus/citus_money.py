@@ -5,6 +5,8 @@ statement trigger refuses, atomically across workers."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import uuid
 from decimal import Decimal
@@ -14,6 +16,7 @@ import pytest
 
 from tests.citus.conftest import users_on, worker_of
 from tests.conftest import (
+    OPERATOR,
     api_deposit,
     api_external_wallet,
     api_settle,
@@ -25,8 +28,12 @@ from tests.conftest import (
     register,
     register_service,
     run_cli,
+    wallets_snapshot,
 )
+from tests.e2e.test_reversal import balance_of, reverse
 from tests.oracles import WITHDRAW_RATE, commission_fee, converted
+from tests.polling import until
+from walletd.persistence import books
 from walletd.persistence.citus.layout import LAYOUT, ByUser, OnCoordinator, Reference
 from walletd.persistence.history import _USER_HISTORY_OWNED, _WALLET_HISTORY_OWNED
 
@@ -221,3 +228,182 @@ async def test_a_foreign_claim_on_a_wallet_does_not_hide_it_from_its_owner(world
     statuses = [(r.status, (await r.json()).get("code")) for r in responses]
     assert statuses[1::2] == [(200, None)] * 6, statuses  # alice's
     assert statuses[0::2] == [(400, "wallet_not_found")] * 6, statuses  # mallory's
+
+
+# ---- what main gained since: stale pendings, reversals, multi-leg transfers, the books ----------
+
+
+async def placed_pair(db, client, citus_cluster) -> tuple[dict, dict]:
+    """Two new users, one on each worker."""
+    ports = [w.port for w in citus_cluster.workers]
+    placed = await users_on(db, ports, 1, register, client)
+    return placed[ports[0]][0], placed[ports[1]][0]
+
+
+async def test_stale_pendings_are_settled_late_or_ended_by_the_operator(make_client, db, citus_cluster):
+    """A deposit and a withdrawal of users on different workers go stale (holds kept); the payment
+    service's late `paid` still credits the deposit, the operator ends the withdrawal, and the payment
+    service's contradicting `paid` afterwards is a conflict that moves nothing."""
+    client = await make_client(pending_ttl_seconds=1.0)
+    alice, carol = await placed_pair(db, client, citus_cluster)
+    service = await register_service(client)
+    await api_external_wallet(client, carol, 1)
+    credited = await fund(client, carol, service, 1, "50")
+    deposit = await (await api_deposit(client, alice, service, 1, "40")).json()
+    withdrawal = await (await api_withdraw(client, carol, service, 1, "30")).json()
+    ids = [deposit["id"], withdrawal["id"]]
+    await until(lambda: db.fetchval("SELECT count(*) = 2 FROM transactions WHERE id = ANY($1::uuid[]) "
+                                    "AND status = 'pending' AND stale_at IS NOT NULL", ids), what="both stale")
+    assert await balance(client, carol, 1) == (credited - 30, Decimal(30)), "a stale withdrawal keeps its hold"
+    stale = await (await client.get("/service/transactions/stale", headers=service["headers"])).json()
+    assert {t["id"] for t in stale["transactions"]} >= set(ids)
+
+    resp = await api_settle(client, service, "deposit", deposit["id"], "paid")
+    assert resp.status == 200 and (await resp.json())["status"] == "paid", await resp.text()
+    assert await balance(client, alice, 1) == (Decimal(40) - commission_fee("40"), 0)
+    resp = await api_settle(client, {"headers": OPERATOR}, "withdraw", withdrawal["id"], "rejected")
+    assert resp.status == 200 and (await resp.json())["status"] == "rejected", await resp.text()
+    assert await balance(client, carol, 1) == (credited, 0)
+    before = await wallets_snapshot(db)
+    resp = await api_settle(client, service, "withdraw", withdrawal["id"], "paid")
+    body = await resp.json()
+    assert resp.status == 409 and body["code"] == "transaction_already_settled", body
+    assert body["detail"]["settled_by"] == "operator"
+    assert await wallets_snapshot(db) == before
+    rows = await db.fetch("SELECT id::text, status, settled_by, count(*) OVER (PARTITION BY id) AS copies "
+                          "FROM transactions WHERE id = ANY($1::uuid[])", ids)
+    assert {r[0]: (r[1], r[2], r[3]) for r in rows} == {deposit["id"]: ("paid", "service", 1),
+                                                        withdrawal["id"]: ("rejected", "operator", 1)}
+    await assert_ledger_consistent(db)
+
+
+async def test_the_operator_reverses_a_transfer_across_shards_once(world, db, citus_cluster):
+    client = world["client"]
+    alice, carol = await placed_pair(db, client, citus_cluster)
+    await fund(client, alice, world["service"], 1, "20")
+    a, c = alice["wallets"][1]["id"], carol["wallets"][1]["id"]
+    original = await (await api_transfer(client, alice, 1, c, "7.25")).json()
+    before = {w: await balance_of(db, w) for w in (a, c)}
+    responses = await asyncio.gather(*(reverse(client, original["id"]) for _ in range(4)))
+    statuses = sorted([(r.status, (await r.json()).get("code")) for r in responses])
+    assert statuses == [(200, None)] + [(409, "already_reversed")] * 3, statuses
+    reversal = [await r.json() for r in responses if r.status == 200][0]
+    assert (reversal["type"], reversal["parent_id"], reversal["from_wallet_id"], reversal["to_wallet_id"]) == (
+        "reversal", original["id"], c, a)
+    assert await balance_of(db, a) == before[a] + Decimal("7.25")
+    assert await balance_of(db, c) == before[c] - Decimal("7.25")
+    # Both parties see it, each on its own shard; the original stays as it was.
+    for user in (alice, carol):
+        page = await (await client.get("/user/transactions", headers=user["headers"])).json()
+        assert [t["id"] for t in page["transactions"]].count(reversal["id"]) == 1, user["username"]
+    owners = await db.fetch("SELECT owner_id::text FROM transactions WHERE id = $1", uuid.UUID(reversal["id"]))
+    assert sorted(r[0] for r in owners) == sorted([alice["id"], carol["id"]])
+    # The database's own guard: a second reversal row of the same original, written by hand on the
+    # original's owner's shard, is refused by the unique index rebuilt with the owner.
+    with pytest.raises(asyncpg.UniqueViolationError, match="transactions_one_reversal"):
+        await db.execute(
+            "INSERT INTO transactions (owner_id, id, type, status, amount, rate, converted_amount, user_id, parent_id) "
+            "VALUES ($1, $2, 'reversal', 'close', 1, 1, 1, $1, $3)",
+            uuid.UUID(alice["id"]), uuid.uuid4(), uuid.UUID(original["id"]))
+    await assert_ledger_consistent(db)
+
+
+async def test_a_multi_leg_transfer_lands_on_both_workers_in_one_entry(world, db):
+    client, ports = world["client"], world["ports"]
+    placed = await users_on(db, ports, 2, register, client)
+    (alice, bob), (carol, dave) = placed[ports[0]], placed[ports[1]]
+    await fund(client, alice, world["service"], 1, "30")
+    legs = [{"source_wallet_id": alice["wallets"][1]["id"], "target_wallet_id": target["wallets"][1]["id"],
+             "amount": amount} for target, amount in ((bob, "1.5"), (carol, "2.25"), (dave, "3"))]
+    before = {u["id"]: await balance(client, u, 1) for u in (alice, bob, carol, dave)}
+    refused = legs + [{**legs[0], "amount": "1000"}]  # the last leg overdraws: nothing moves on either worker
+    resp = await client.post("/wallet/transfers", headers=alice["headers"], json={"transfers": refused})
+    body = await resp.json()
+    assert resp.status == 400 and body["code"] == "legs_refused", body
+    assert {u["id"]: await balance(client, u, 1) for u in (alice, bob, carol, dave)} == before
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    resp = await client.post("/wallet/transfers", headers={**alice["headers"], **key}, json={"transfers": legs})
+    body = await resp.json()
+    assert resp.status == 200, body
+    records = body["transfers"]
+    replay = await client.post("/wallet/transfers", headers={**alice["headers"], **key}, json={"transfers": legs})
+    assert replay.status == 200 and await replay.json() == body
+    entries = await db.fetch("SELECT DISTINCT entry_id FROM transactions WHERE id = ANY($1::uuid[])",
+                             [r["id"] for r in records])
+    assert len(entries) == 1, "one journal entry for every leg"
+    for user, amount in ((bob, "1.5"), (carol, "2.25"), (dave, "3")):
+        assert await balance(client, user, 1) == (before[user["id"]][0] + Decimal(amount), 0)
+        page = await (await client.get("/wallet/transactions", headers=user["headers"],
+                                       params={"wallet_id": user["wallets"][1]["id"]})).json()
+        assert [t["id"] for t in page["transactions"]] == [r["id"] for r in records if
+                                                            r["to_wallet_id"] == user["wallets"][1]["id"]]
+    assert await balance(client, alice, 1) == (before[alice["id"]][0] - Decimal("6.75"), 0)
+    await assert_ledger_consistent(db)
+
+
+async def test_statement_and_balance_at_an_instant_of_a_wallet_on_a_worker(world, db, citus_cluster):
+    """A user's wallet on one worker, moved by a deposit, a transfer from the other worker and one
+    to it, a withdrawal: balances at instants between the movements equal replaying its postings,
+    the statement's pages and CSV agree with each other and with the balances, and read from the
+    owner's shard alone; a payment service's wallet statement names its customers' records."""
+    client = world["client"]
+    service = await register_service(client)  # its own: its statement lists only this test's deposits
+    alice, carol = await placed_pair(db, client, citus_cluster)
+    await api_external_wallet(client, carol, 1)
+    await fund(client, alice, service, 1, "10")
+    wallet = carol["wallets"][1]["id"]
+    instants = [(await db.fetchval("SELECT now()"))]
+    await fund(client, carol, service, 1, "100")
+    instants.append(await db.fetchval("SELECT clock_timestamp()"))
+    assert (await api_transfer(client, alice, 1, wallet, "4")).status == 200
+    instants.append(await db.fetchval("SELECT clock_timestamp()"))
+    assert (await api_transfer(client, carol, 1, alice["wallets"][1]["id"], "2.5")).status == 200
+    held = await (await api_withdraw(client, carol, service, 1, "11")).json()
+    instants.append(await db.fetchval("SELECT clock_timestamp()"))
+    for at in instants:
+        resp = await client.get("/user/wallet/balance", headers=carol["headers"],
+                                params={"wallet_id": wallet, "at": at.isoformat()})
+        body = await resp.json()
+        assert resp.status == 200, body
+        expected = await db.fetchrow(
+            "SELECT coalesce(sum(amount) FILTER (WHERE bucket = 'B'), 0), "
+            "coalesce(sum(amount) FILTER (WHERE bucket = 'R'), 0) "
+            "FROM postings WHERE user_id = $1 AND wallet_id = $2 AND created_at <= $3",
+            uuid.UUID(carol["id"]), uuid.UUID(wallet), at)
+        assert (Decimal(body["balance"]), Decimal(body["reserved_balance"])) == tuple(expected), at
+    resp = await client.get("/user/wallet/balance", headers=alice["headers"], params={"wallet_id": wallet})
+    assert resp.status == 404 and (await resp.json())["code"] == "wallet_not_found"
+    plan = "\n".join(r[0] for r in await db.fetch("EXPLAIN " + books._BALANCE_AT_CITUS, uuid.UUID(wallet),
+                                                   instants[1], uuid.UUID(carol["id"]), ["user"]))
+    assert "Task Count: 1" in plan, plan  # the owner's shard only
+
+    pages, cursor = [], None
+    while True:
+        params = {"wallet_id": wallet, "limit": "2", **({"cursor": cursor} if cursor else {})}
+        page = await (await client.get("/user/wallet/statement", headers=carol["headers"], params=params)).json()
+        pages.append(page)
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    lines = [line for page in pages for line in page["entries"]]
+    assert [(line["type"], line["amount"]) for line in lines] == [
+        ("deposit", "99.0000000000"), ("transfer", "4.0000000000"), ("transfer", "-2.5000000000"),
+        ("withdraw", "-11.0000000000")]
+    assert lines[-1]["transaction_id"] == held["id"] and lines[-1]["status"] == "pending"
+    first = pages[0]
+    assert Decimal(first["opening_balance"]) + sum(Decimal(line["amount"]) for line in lines) == Decimal(
+        first["closing_balance"]) == Decimal("89.5")
+    resp = await client.get("/user/wallet/statement", headers=carol["headers"],
+                            params={"wallet_id": wallet, "format": "csv", "to": first["to"]})
+    rows = list(csv.reader(io.StringIO((await resp.read()).decode(), newline="")))
+    fields = ["transaction_id", "type", "status", "amount", "balance_after", "timestamp"]
+    assert rows[0] == fields and rows[1:] == [[line[f] or "" for f in fields] for line in lines]
+
+    # The payment service's wallet: its commissions name records on its customers' shards.
+    service_wallets = (await (await client.get("/service/wallets", headers=service["headers"])).json())["wallets"]
+    mine = next(w["id"] for w in service_wallets if w["kind"] == "service" and w["currency_id"] == 1)
+    page = await (await client.get("/user/wallet/statement", headers=service["headers"],
+                                   params={"wallet_id": mine})).json()
+    assert [line["type"] for line in page["entries"]] == ["deposit", "deposit"]
+    assert all(line["transaction_id"] and line["status"] == "paid" for line in page["entries"])
+    await assert_ledger_consistent(db)

@@ -25,6 +25,8 @@ from tests.conftest import (
     register_service,
     run_cli,
 )
+from tests.e2e.test_reversal import reverse
+from tests.polling import until
 
 
 async def snapshot(client, users: list[dict]) -> dict:
@@ -42,9 +44,20 @@ async def snapshot(client, users: list[dict]) -> dict:
     return seen
 
 
-async def audit_is_clean(url: str) -> None:
+async def audit_is_clean(url: str) -> str:
+    """`walletd audit` (books and chain) is clean; returns its line about the chain."""
     code, out = await run_cli(url, "audit")
     assert code == 0 and "audit: clean" in out, out
+    return next(line for line in out.splitlines() if line.startswith("journal chain:"))
+
+
+async def sealed_everything(url: str) -> bool:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SELECT count(*) > 0 AND bool_and(EXISTS (SELECT 1 FROM journal_seals s "
+                                   "WHERE s.entry_id = e.id)) FROM journal_entries e")
+    finally:
+        await conn.close()
 
 
 async def test_a_single_node_database_is_distributed_in_place(citus_cluster, make_client):
@@ -65,10 +78,15 @@ async def test_a_single_node_database_is_distributed_in_place(citus_cluster, mak
     await fund(client, bob, service, 2, "50")
     key = {"Idempotency-Key": uuid.uuid4().hex}
     first = await (await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "7", key)).json()
+    moves = []
     for source, currency, target, amount in ((alice, 1, bob["wallets"][2]["id"], "3"),
                                              (bob, 2, carol["wallets"][3]["id"], "4.5"),
                                              (alice, 1, alice["wallets"][3]["id"], "1")):
-        assert (await api_transfer(client, source, currency, target, amount)).status == 200
+        resp = await api_transfer(client, source, currency, target, amount)
+        assert resp.status == 200, await resp.text()
+        moves.append(await resp.json())
+    # The operator reverses bob's transfer to carol: a reversal both of them see.
+    assert (await reverse(client, moves[1]["id"])).status == 200
     await api_external_wallet(client, alice, 1)
     resp = await api_withdraw(client, alice, service, 1, "5")
     assert resp.status == 200, await resp.text()
@@ -77,13 +95,17 @@ async def test_a_single_node_database_is_distributed_in_place(citus_cluster, mak
     assert resp.status == 200, await resp.text()
     waiting = await resp.json()
     before = await snapshot(client, [alice, bob, carol])
+    await until(lambda: sealed_everything(url), what="the single node's sealer caught up")
     await client.close()  # walletd stops while the tables move
-    await audit_is_clean(url)
+    chain = await audit_is_clean(url)
+    assert "0 newer entries not sealed yet" in chain, chain
 
     await citus_cluster.enable_citus(name)
     code, out = await run_cli(url, "migrate")
     assert code == 0 and "citus.distributed" in out, out
-    await audit_is_clean(url)
+    # The chain sealed on the single node reads the same on the cluster (the copies added are the
+    # records it covers already).
+    assert await audit_is_clean(url) == chain
 
     client = await make_client(database_url=url)
     assert await snapshot(client, [alice, bob, carol]) == before
@@ -94,8 +116,13 @@ async def test_a_single_node_database_is_distributed_in_place(citus_cluster, mak
     assert (await api_transfer(client, carol, 1, alice["wallets"][1]["id"], "2")).status == 200
     bob_page = await (await client.get("/user/transactions", headers=bob["headers"])).json()
     assert first["id"] in [t["id"] for t in bob_page["transactions"]], "the receiver's copy was written"
+    again = await reverse(client, moves[1]["id"])
+    assert again.status == 409 and (await again.json())["code"] == "already_reversed"
+    assert (await reverse(client, moves[0]["id"])).status == 200
+    await until(lambda: sealed_everything(url), what="the cluster's sealer caught up")
     await client.close()
-    await audit_is_clean(url)
+    chain = await audit_is_clean(url)
+    assert "0 newer entries not sealed yet" in chain, chain
 
 
 async def test_a_new_worker_takes_shards_while_transfers_go_on(citus_cluster, make_client):

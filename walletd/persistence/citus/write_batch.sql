@@ -79,17 +79,23 @@ BEGIN
           FROM external_wallets x WHERE x.id = ANY(ARRAY(SELECT (c->>'id')::uuid FROM jsonb_array_elements(doc->'paid_out') c));
     END IF;
 
-    -- An entry the document gave no owner lives with the first user-kind wallet it posts to, else
-    -- with its first wallet's owner (as walletd's Citus ledger decides).
-    SELECT string_agg(format('(%L::uuid, %L::uuid, %L, %L, %L::timestamptz, %L::xid8)',
-                             coalesce(e.user_id, o.user_id), e.id, e.kind, e.request_id, at, pg_current_xact_id()), ',')
-      INTO rows_text
-      FROM jsonb_to_recordset(doc->'entries') AS e(user_id uuid, id uuid, kind text, request_id text)
-      LEFT JOIN LATERAL (
-          SELECT (wallet_owners->(p->>'wallet_id')->>0)::uuid AS user_id
-            FROM jsonb_array_elements(doc->'postings') WITH ORDINALITY AS x(p, n)
-           WHERE (p->>'entry_id')::uuid = e.id
-           ORDER BY wallet_owners->(p->>'wallet_id')->>1 <> 'user', n LIMIT 1) o ON e.user_id IS NULL;
+    IF wallet_owners = '{}' THEN
+        SELECT string_agg(format('(%L::uuid, %L::uuid, %L, %L, %L::timestamptz, %L::xid8)',
+                                 e.user_id, e.id, e.kind, e.request_id, at, pg_current_xact_id()), ',')
+          INTO rows_text FROM jsonb_to_recordset(doc->'entries') AS e(user_id uuid, id uuid, kind text, request_id text);
+    ELSE
+        -- An entry the document gave no owner lives with the first user-kind wallet it posts to,
+        -- else with its first wallet's owner (as walletd's Citus ledger decides).
+        SELECT string_agg(format('(%L::uuid, %L::uuid, %L, %L, %L::timestamptz, %L::xid8)',
+                                 coalesce(e.user_id, o.user_id), e.id, e.kind, e.request_id, at, pg_current_xact_id()), ',')
+          INTO rows_text
+          FROM jsonb_to_recordset(doc->'entries') AS e(user_id uuid, id uuid, kind text, request_id text)
+          LEFT JOIN LATERAL (
+              SELECT (wallet_owners->(p->>'wallet_id')->>0)::uuid AS user_id
+                FROM jsonb_array_elements(doc->'postings') WITH ORDINALITY AS x(p, n)
+               WHERE (p->>'entry_id')::uuid = e.id
+               ORDER BY wallet_owners->(p->>'wallet_id')->>1 <> 'user', n LIMIT 1) o ON e.user_id IS NULL;
+    END IF;
     IF rows_text IS NOT NULL THEN
         EXECUTE 'INSERT INTO journal_entries (user_id, id, kind, request_id, created_at, xid) VALUES ' || rows_text;
     END IF;
