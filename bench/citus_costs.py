@@ -3,8 +3,9 @@
 Not part of `make bench`. On a running cluster (`python -m walletd.citus_cluster start DIR
 --install "$(tests/citus/build.sh)"`), `python -m bench.citus_costs DIR` creates a database there,
 migrates it (so distributes it), gives 1,000 users a funded wallet each, and measures, per call,
-the PostgreSQL CPU summed over every node's process tree (/proc: what the call costs the cluster,
-whatever else the machine runs) and the wall-clock time, median of the rounds:
+the PostgreSQL CPU summed over every node's process tree (/proc: what the calls cost the cluster,
+whatever else the machine runs; measured over all the calls of a kind, /proc counts in 10 ms
+ticks) and the median wall-clock time of one call:
 
 - the Citus batch write of 1, 20 and 100 transfers between users picked at random (two-phase
   commit each, as the ledger's fast path sends them);
@@ -79,16 +80,20 @@ async def _funded(conn: asyncpg.Connection) -> dict:
     return wallets
 
 
-async def _measure(pids: tuple[int, ...], call) -> tuple[float, float]:
-    """(cluster CPU ms, wall ms) of one awaited call."""
-    cpu, started = procstat.tree_cpu_seconds(pids), time.perf_counter()
-    await call()
-    return (procstat.tree_cpu_seconds(pids) - cpu) * 1000, (time.perf_counter() - started) * 1000
+async def _measure(pids: tuple[int, ...], calls: list) -> tuple[float, float]:
+    """(cluster CPU ms per call, median wall ms of a call) of these awaited calls."""
+    walls = []
+    cpu = procstat.tree_cpu_seconds(pids)
+    for call in calls:
+        started = time.perf_counter()
+        await call()
+        walls.append((time.perf_counter() - started) * 1000)
+    return (procstat.tree_cpu_seconds(pids) - cpu) * 1000 / len(calls), statistics.median(walls)
 
 
-def _line(label: str, samples: list[tuple[float, float]], per: int = 1, unit: str = "call") -> None:
-    cpu, wall = statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
-    print(f"  {label:<34} {cpu:9.2f} ms CPU, {wall:9.2f} ms wall per {unit}"
+def _line(label: str, measured: tuple[float, float], per: int = 1, unit: str = "call") -> None:
+    cpu, wall = measured
+    print(f"  {label:<40} {cpu:9.2f} ms CPU, {wall:9.2f} ms wall per {unit}"
           + (f"   ({cpu / per:.3f} ms CPU per transfer)" if per > 1 else ""))
 
 
@@ -104,28 +109,17 @@ async def _main(run_dir: Path, rounds: int) -> None:
         rng = random.Random(11)
         print(f"Citus, {len(cluster.workers)} workers, {USERS} users; median of {rounds} calls each")
         for size in (1, 20, 100):
-            samples = []
-            for _ in range(rounds):
-                document = _document(wallets, [tuple(rng.sample(users, 2)) for _ in range(size)])
-                samples.append(await _measure(pids, lambda d=document: conn.fetchval(WRITE_BATCH, d)))
-            _line(f"batch write, {size} transfer(s)", samples, size)
+            documents = [_document(wallets, [tuple(rng.sample(users, 2)) for _ in range(size)]) for _ in range(rounds)]
+            _line(f"batch write, {size} transfer(s)",
+                  await _measure(pids, [lambda d=d: conn.fetchval(WRITE_BATCH, d) for d in documents]), size)
         await conn.fetchval("SELECT recover_prepared_transactions()")
-        samples = []
-        while True:
-            sealed: dict = {}
-
-            async def seal(out=sealed) -> None:
-                out["n"] = (await conn.fetchrow("SELECT * FROM walletd_seal_journal(1000)"))["sealed"]
-            sample = await _measure(pids, seal)
-            if sealed["n"] < 1000:
-                break
-            samples.append(sample)
-        if samples:
-            _line("sealing", samples, unit="1,000 entries")
+        full = (await conn.fetchval("SELECT count(*) FROM journal_entries")) // 1000
+        _line("sealing", await _measure(pids, [lambda: conn.fetchrow("SELECT * FROM walletd_seal_journal(1000)")]
+                                        * full), unit="1,000 entries")
         entries = await conn.fetchval("SELECT count(*) FROM journal_entries")
-        _line(f"walletd audit: the books ({entries} entries)", [await _measure(pids, lambda: find_problems(conn))],
+        _line(f"walletd audit: the books ({entries} entries)", await _measure(pids, [lambda: find_problems(conn)]),
               unit="run")
-        _line("walletd audit: the chain", [await _measure(pids, lambda: audit_chain(conn))], unit="run")
+        _line("walletd audit: the chain", await _measure(pids, [lambda: audit_chain(conn)]), unit="run")
     finally:
         await conn.close()
 
