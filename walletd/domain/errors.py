@@ -180,13 +180,6 @@ class ReversalNotCovered(InsufficientFunds):
     message = "insufficient_funds: the wallet credited by the original no longer holds the amount"
 
 
-class InvalidStatusUpdate(DomainError):
-    """The requested status is not a settlement outcome."""
-
-    code = "invalid_status_update"
-    message = "invalid_status_update"
-
-
 class SettlementConflict(DomainError):
     """The transaction was already settled with the other outcome; `detail.settled_by` says who decided
     (service, operator, or expiry for a record the previous release expired)."""

@@ -84,7 +84,6 @@ STATUS: dict[type[e.DomainError], int] = {
     e.AlreadyReversed: 409,
     e.NotReversible: 409,
     e.ReversalNotCovered: 409,
-    e.InvalidStatusUpdate: 400,
     e.SettlementConflict: 409,
     e.TransactionNotStale: 409,
     e.InvalidTransactionType: 400,
