@@ -1,6 +1,6 @@
 """Domain errors: each names the problem with a stable snake_case `code` (what clients match on)
 and a `message` for people (the original service's text where it had one). handlers/errors.py
-maps each class to its HTTP status; the class docstring is the code's meaning in the README and
+maps each class to its HTTP status; the class docstring is the code's meaning in docs/errors.md and
 the OpenAPI document.
 """
 

@@ -150,7 +150,7 @@ def status_of(cls: type[e.DomainError]) -> int:
 
 
 def catalogue() -> list[tuple[str, int, str]]:
-    """Every code with its status and meaning (README table, OpenAPI description), one row per
+    """Every code with its status and meaning (docs/errors.md, OpenAPI description), one row per
     (code, status)."""
     rows: dict[tuple[str, int], str] = {}
     for cls in STATUS:
