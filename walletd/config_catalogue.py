@@ -113,7 +113,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("WALLETD_MAX_CONNECTIONS", TUNE, "network", "open client connections per process; more get 503",
       "Open connections per process; more are answered 503 + `Retry-After` and closed (keep it under "
       "`ulimit -n`).", field="max_connections"),
-    S("WALLETD_HEADER_TIMEOUT_SECONDS", TUNE, "network", "a request head must arrive within this (also idle keep-alive)",
+    S("WALLETD_HEADER_TIMEOUT_SECONDS", TUNE, "network", "a request head must arrive within this (idle keep-alive too)",
       "A connection must deliver a complete request head this long after it opens or after the previous "
       "response, else it is closed (slow headers, idle keep-alive).", field="header_timeout_seconds"),
     S("WALLETD_BODY_TIMEOUT_SECONDS", TUNE, "network", "a request body must arrive whole within this, else 408",
@@ -230,7 +230,8 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{location}{slash}{path}{question}{query}"
 
 
-def effective(settings: Settings, env: dict[str, str], data_dir_files: dict[str, Path]) -> list[tuple[Setting, str, str]]:
+def effective(settings: Settings, env: dict[str, str],
+              data_dir_files: dict[str, Path]) -> list[tuple[Setting, str, str]]:
     """(setting, value as shown, where it came from) for every setting; secrets never shown.
     data_dir_files: the generated file of each credential an embedded installation would use."""
     rows = []
