@@ -36,6 +36,7 @@ from walletd.jobs.stale_sweep import StalePendingSweeper
 from walletd.jobs.supervision import start_supervised, stop_task
 from walletd.jobs.webhook_delivery import WebhookDispatcher
 from walletd.memory import release_memory
+from walletd.persistence.citus.ledger import CitusLedger
 from walletd.persistence.db import create_pool
 from walletd.persistence.failures import UNAVAILABLE
 from walletd.persistence.ledger import PgLedger
@@ -81,8 +82,9 @@ async def actors_ctx(app: web.Application):
     settings = app[settings_key]
     breaker = app[breaker_key]
     # A refusal remembered under an Idempotency-Key is stored as the answer the edge gives.
-    ledger = PgLedger(app[pool_key], breaker, settings.rates_max_age, refusal_response=error_body,
-                      in_doubt_seconds=settings.in_doubt_seconds)
+    edition = CitusLedger if app[pool_key].distributed else PgLedger
+    ledger = edition(app[pool_key], breaker, settings.rates_max_age, refusal_response=error_body,
+                     in_doubt_seconds=settings.in_doubt_seconds)
     app[ledger_key] = ledger
     committer = GroupCommitter(ledger, workers=settings.committers, max_batch=settings.max_batch)
     registry = ActorRegistry(committer, mailbox_size=settings.mailbox_size,

@@ -1,5 +1,5 @@
 """The HTTP runner: what `walletd serve` listens with, the connection cap, and the answer to what
-the HTTP parser refuses (README "Slow clients" describes every protection against slow and
+the HTTP parser refuses (docs/configuration.md describes every protection against slow and
 vanished clients, some of them request middlewares in handlers/middleware.py).
 
 What aiohttp offers and walletd uses:

@@ -41,7 +41,8 @@ async def transfer(request: web.Request, principal: Principal, params: TransferP
     # Before the command may enter the wallet's queue: someone naming another's wallet must neither
     # fill its queue nor make an actor for a wallet that is not theirs (or does not exist). The
     # target is the ledger's to check: its refusal is remembered under the Idempotency-Key.
-    owner = await request.app[ledger_key].owner(params.source_wallet_id, params.target_wallet_id)
+    owner = await request.app[ledger_key].owner(principal.user_id, params.source_wallet_id,
+                                                params.target_wallet_id)
     refuse(own_wallet_refusal(principal.user_id, owner))
     command = Transfer(principal.user_id, params.source_wallet_id, params.target_wallet_id, params.amount,
                        request.get(request_id_key), idempotency(request, principal, raw_params))
@@ -107,6 +108,6 @@ def _fixed_rate(request: web.Request, service, kind: str):
 
 
 async def _own_wallet(pool, principal: Principal, wallet_id):
-    row = await accounts.wallet(pool, wallet_id)
+    row = await accounts.claimed_wallet(pool, principal.user_id, wallet_id)
     refuse(own_wallet_refusal(principal.user_id, accounts.owner(row)))
     return row

@@ -57,7 +57,7 @@ async def create_external_wallet(request: web.Request, principal: Principal, par
 
 async def _own_wallet(request: web.Request, principal: Principal, wallet_id):
     """One of the caller's wallets; anyone else's looks exactly like one that does not exist (404)."""
-    row = await accounts.wallet(request.app[pool_key], wallet_id)
+    row = await accounts.claimed_wallet(request.app[pool_key], principal.user_id, wallet_id)
     if not is_own_user_wallet(principal.user_id, accounts.owner(row)):
         raise WalletNotFound()
     return row
@@ -103,4 +103,5 @@ async def wallet_transactions(request: web.Request, principal: Principal, params
     await _own_wallet(request, principal, params.wallet_id)
     scope = b"wallet:" + params.wallet_id.bytes
     return _history(request, scope, *await history.wallet_page(
-        request.app[history_pool_key], params.wallet_id, _open_cursor(request, scope, params.cursor), params.limit))
+        request.app[history_pool_key], params.wallet_id, _open_cursor(request, scope, params.cursor), params.limit,
+        principal.user_id))

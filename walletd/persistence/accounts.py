@@ -142,11 +142,6 @@ async def user_wallets(pool: FairPool, user_id: uuid.UUID) -> list[asyncpg.Recor
             WHERE w.user_id = $1 AND w.kind = $2 ORDER BY w.currency_id""", user_id, WalletKind.USER)
 
 
-async def wallet(pool: FairPool | asyncpg.Connection, wallet_id: uuid.UUID) -> asyncpg.Record | None:
-    return await pool.fetchrow(
-        f"SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id WHERE w.id = $1", wallet_id)
-
-
 def owner(row: asyncpg.Record | None) -> tuple[uuid.UUID, str] | None:
     """A wallet row's (owner's user id, kind): what domain/access.py decides on."""
     return None if row is None else (row["user_id"], row["kind"])
@@ -156,6 +151,13 @@ async def wallet_owners(pool: FairPool, wallet_ids: list[uuid.UUID]) -> dict[uui
     """(owner's user id, kind) of each of these wallets that exists."""
     rows = await pool.fetch("SELECT id, user_id, kind FROM wallets WHERE id = ANY($1::uuid[])", wallet_ids)
     return {r["id"]: (r["user_id"], r["kind"]) for r in rows}
+
+
+async def claimed_wallet(pool: FairPool, user_id: uuid.UUID, wallet_id: uuid.UUID) -> asyncpg.Record | None:
+    """The wallet if this user owns it, else None; whether the caller may use it is
+    domain/access.py's to decide. Asked by owner and id: on Citus that is the owner's shard only."""
+    return await pool.fetchrow(f"SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id "
+                               "WHERE w.user_id = $1 AND w.id = $2", user_id, wallet_id)
 
 
 async def service_wallets(pool: FairPool, service_user_id: uuid.UUID, currency_id: int) -> asyncpg.Record:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncpg
 
 from walletd.domain.vocabulary import MAY_GO_NEGATIVE, Bucket
+from walletd.persistence.citus.audit import citus_checks
 
 # The domain's rule, as an SQL list: which wallet kinds may hold a negative balance.
 _MAY_GO_NEGATIVE = ", ".join(f"'{kind}'" for kind in sorted(MAY_GO_NEGATIVE))
@@ -152,10 +153,12 @@ _CHECKS = {
 
 
 async def find_problems(conn: asyncpg.Connection) -> list[str]:
-    """Every check on one snapshot of the database; an empty list means the ledger is clean."""
+    """Every check on one snapshot of the database; an empty list means the ledger is clean. On a
+    Citus coordinator, in the forms Citus runs (persistence/citus/audit.py)."""
     problems = []
+    distributed = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        for title, sql in _CHECKS.items():
+        for title, sql in (citus_checks(_CHECKS) if distributed else _CHECKS).items():
             for row in await conn.fetch(sql):
                 problems.append(f"{title}: " + ", ".join(f"{k}={v}" for k, v in row.items()))
     return problems

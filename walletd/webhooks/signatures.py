@@ -1,6 +1,6 @@
 """Webhook signatures: `Walletd-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw
 body>")>`, one more `v1=` per previous secret during a rotation's overlap. `verify` is what a
-receiver does (the README's snippet is this function)."""
+receiver does (docs/payment-service.md's receiver is this function)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def sign(secret: str, body: bytes, timestamp: int, *previous: str) -> str:
 
 
 def verify(secret: str, body: bytes, header: str, tolerance: float = 300, now: float | None = None) -> bool:
-    """What a receiver does (the README's snippet is this function): any `v1=` made with its
+    """What a receiver does (docs/payment-service.md's receiver is this function): any `v1=` made with its
     secret over this body, at a recent timestamp."""
     try:
         items = [item.split("=", 1) for item in header.split(",")]
