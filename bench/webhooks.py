@@ -1,4 +1,4 @@
-"""Webhook delivery figures (issue 11), against a local receiver on 127.0.0.1; bounded in count
+"""Webhook delivery figures, against a local receiver on 127.0.0.1; bounded in count
 and time. Not part of `make bench`.
 
     .venv/bin/python -m bench.webhooks [--events 3000] [--load-seconds 8]

@@ -82,7 +82,7 @@ SELECT walletd_expect((SELECT count(*) FROM settled), (SELECT (d->>'settling')::
 """
 _WRITE_BATCH = _WRITE_BATCH_TEMPLATE.format(tx_columns=", ".join(c for c, _ in _TX_INSERT), tx_types=_TX_TYPES,
                                             outbox="")
-# ---- issue 11: the transactional outbox. The events ride in the batch's own statement (so in its
+# ---- the transactional outbox. The events ride in the batch's own statement (so in its
 # transaction, and the in-doubt lookup of one row covers them too), with one delivery row per
 # endpoint of the event's service user (walletd/jobs/webhook_delivery.py sends them).
 _OUTBOX_CTE = """, outbox AS (

@@ -1,4 +1,4 @@
-"""Faults injected under load: an answer about money is never wrong (issue: failure semantics).
+"""Faults injected under load: an answer about money is never wrong (the outcome contract).
 
 200 = committed, 4xx = refused, 503 + Retry-After = certainly nothing moved, 500 only as
 `outcome_unknown`. Each test checks that contract by replaying every key that did not get a 200:

@@ -55,7 +55,7 @@ class WalletActor:
         if len(self.mailbox) >= self.registry.mailbox_size:
             raise Overloaded()
         self.mailbox.append(envelope)
-        metrics.MAILBOX_DEPTH.inc()  # metrics (api branch)
+        metrics.MAILBOX_DEPTH.inc()
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
@@ -67,7 +67,7 @@ class WalletActor:
                       queued=len(self.mailbox))
         while self.mailbox:
             envelope = self.mailbox.popleft()
-            metrics.MAILBOX_DEPTH.dec()  # metrics (api branch)
+            metrics.MAILBOX_DEPTH.dec()
             if envelope.joint is not None:
                 envelope.joint.release()  # this actor will never arrive: it can never run
             if not envelope.future.done():
@@ -99,7 +99,7 @@ class WalletActor:
                 batch.append(mailbox.popleft())
                 if batch[-1].joint is not None:
                     break  # a joint command ends the batch: what follows waits until it has run
-            metrics.MAILBOX_DEPTH.dec(len(batch))  # metrics (api branch)
+            metrics.MAILBOX_DEPTH.dec(len(batch))
             self.busy = True
             if batch[-1].joint is None:
                 await self._commit(batch)

@@ -1,4 +1,5 @@
-"""Background tasks owned by the app: restarted after a crash, stopped within a bound.
+"""Supervision of the jobs (background tasks owned by the app): restarted after a crash,
+stopped within a bound.
 
 A background task that dies silently is worse than none (the work it did stops and nobody
 knows), so every crash is logged with its traceback and the task restarts after a backoff that
