@@ -15,12 +15,16 @@ PENDING_LIMIT = 500
 
 _RAW = ("seq, id, type, status, from_wallet_id, from_currency_id, amount, to_wallet_id, to_currency_id, rate, "
         "converted_amount, created_at, user_id, service_user_id, parent_id, commission_rate, commission")
-# What a page selects of the rows it keeps: a record's columns, its amounts as their fixed-point text
-# (NUMERIC(…, 10) prints all ten places, as domain.records.tx_json writes them, which then keeps
-# the text as it is instead of decoding and re-encoding each amount).
-_RECORD = ("seq, id, type, status, from_wallet_id, from_currency_id, amount::text AS amount, to_wallet_id, "
-           "to_currency_id, rate::text AS rate, converted_amount::text AS converted_amount, created_at, user_id, "
-           "service_user_id, parent_id, commission_rate::text AS commission_rate, commission::text AS commission")
+# What a page selects of the rows it keeps: a record's columns, its ids, amounts and instant as the
+# text domain.records.tx_json writes (uuid::text is the canonical form; NUMERIC(…, 10) prints all
+# ten places; the instant in UTC with microseconds), which tx_json then keeps as it is: a page costs
+# walletd no decoding and re-encoding of each value.
+_RECORD = ("seq, id::text AS id, type, status, from_wallet_id::text AS from_wallet_id, from_currency_id, "
+           "amount::text AS amount, to_wallet_id::text AS to_wallet_id, to_currency_id, rate::text AS rate, "
+           "converted_amount::text AS converted_amount, "
+           """to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') AS created_at, """
+           "user_id::text AS user_id, service_user_id::text AS service_user_id, parent_id::text AS parent_id, "
+           "commission_rate::text AS commission_rate, commission::text AS commission")
 
 
 def _page(side: str, key: str = "$1", extra: str = "") -> str:
