@@ -225,8 +225,8 @@ async def grant_signup_bonus(conn: asyncpg.Connection, users: list[User], amount
             plan_signup_bonus(user_wallets, desk_states, Decimal(amount), "bench-signup-bonus", effects)
         if await _distributed(conn):  # the distributed batch write places each row with its owner
             document = batch_fields(effects, [])
-            name_owners(document, effects,
-                        {w.id: w for ws in by_user.values() for w in ws} | {d.id: d for d in desk_states.values()}, {})
+            name_owners(document, effects, {w.id: w for ws in by_user.values() for w in ws}
+                        | {d.id: d for d in desk_states.values()}, {})
             await conn.fetchval(WRITE_BATCH, orjson.dumps(document, default=str).decode())
         else:
             await write_batch(conn, effects, [])
