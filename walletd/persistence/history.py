@@ -27,14 +27,22 @@ _RAW = ("seq, id, type, status, from_wallet_id, from_currency_id, amount, to_wal
         "converted_amount, created_at, user_id, service_user_id, parent_id, commission_rate, commission")
 
 
-def _page(side: str, key: str = "$1", extra: str = "") -> str:
+# The largest page a client may ask for (handlers.schemas.HistoryParams), and the row that says
+# whether another page follows.
+MAX_ROWS = 200 + 1
+
+
+def _page(side: str, key: str = "$1", extra: str = "", limit: str = "$3") -> str:
     return (f"(SELECT {_RAW} FROM transactions WHERE {side} = {key} AND seq < $2 "
-            f"AND status <> 'pending' {extra} ORDER BY seq DESC LIMIT $3)")
+            f"AND status <> 'pending' {extra} ORDER BY seq DESC LIMIT {limit})")
 
 
-# The branches pick rows from the per-wallet indexes; only the rows kept are rendered.
-_WALLET_PAGE = (f"SELECT seq, {TX_DOC} FROM ({_page('from_wallet_id')} UNION ALL {_page('to_wallet_id')}) t "
-                "ORDER BY seq DESC LIMIT $3")
+# The branches pick rows from the per-wallet indexes; only the rows kept are rendered. Their limit
+# is a constant so that PostgreSQL plans this statement once per connection: with `LIMIT $3` a
+# generic plan is costed for a tenth of the wallet's rows and never chosen, and planning anew on
+# every page cost as much as running it. The branches are read lazily, up to the page's limit.
+_WALLET_PAGE = (f"SELECT seq, {TX_DOC} FROM ({_page('from_wallet_id', limit=str(MAX_ROWS))} UNION ALL "
+                f"{_page('to_wallet_id', limit=str(MAX_ROWS))}) t ORDER BY seq DESC LIMIT $3")
 # Per wallet of the user, the newest rows from each wallet index; a transfer between two wallets
 # of one user appears once (the `to` branch skips rows the user sent).
 _USER_PAGE = f"""
@@ -65,6 +73,8 @@ _USER_HISTORY = f"SELECT 0, * FROM ({_USER_PAGE}) page UNION ALL ({_USER_PENDING
 async def wallet_page(pool: FairPool, wallet_id: uuid.UUID, before: int | None, limit: int):
     """(records as JSON texts, the next page's position or None, pending records as JSON texts).
     A position is a global sequence number: the handlers seal it before a client sees it."""
+    if limit + 1 > MAX_ROWS:
+        raise ValueError(f"a page holds at most {MAX_ROWS - 1} records")
     return _split(await pool.fetch(_WALLET_HISTORY, wallet_id, before or _NO_CURSOR, limit + 1), limit)
 
 
