@@ -2,7 +2,7 @@
 # `make test-docker` builds and runs this file (tests/docker/run.sh; docs/operations.md).
 FROM python:3.11-slim
 
-# PYTHONMALLOC=malloc lets memory freed after a burst of wallets return to the OS (see README).
+# PYTHONMALLOC=malloc lets memory freed after a burst of wallets return to the OS (see docs/configuration.md).
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONMALLOC=malloc PATH=/opt/walletd/bin:$PATH
 RUN useradd --create-home --uid 10001 walletd

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WALLETD_DATA_DIR ?= $(CURDIR)/.walletd
 
-.PHONY: install run demo lint test test-ha test-docker test-monitoring test-restore bench bench-smoke audit clean
+.PHONY: install run demo lint test test-ha test-citus test-docker test-monitoring test-restore bench bench-citus bench-smoke audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ test: install
 test-ha: install
 	tests/ha/run.sh failover sync_gap
 
+# The Citus suite: builds Citus from ../shared/vendor/citus-src.tar.gz once (cached in
+# ~/.cache/walletd), starts a coordinator and two workers on loopback, runs tests/citus/ on them.
+test-citus: install
+	tests/citus/run.sh
+
 # The Dockerfile built and run against a PostgreSQL, healthy, `walletd smoke`, stopped. Needs root
 # on Debian (installs docker.io and debootstrap; builds the base image from Debian packages and
 # caches it in ~/.cache/walletd). See docs/operations.md.
@@ -64,6 +69,10 @@ test-restore: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+# The same runs on a Citus coordinator and two workers on this machine (figures in bench/results/citus.json).
+bench-citus: install
+	$(BIN)/python -m bench.run --citus "$$(tests/citus/build.sh)" --out bench/results/citus.json
 
 bench-smoke: install
 	$(BIN)/python -m bench.run --smoke

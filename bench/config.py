@@ -32,6 +32,7 @@ class Config:
     out: Path
     workers: int = 1
     log_level: str = "info"
+    citus: Path | None = None  # a Citus install (tests/citus/build.sh): run on a cluster of it
     only: set[str] = field(default_factory=set)
 
     def wants(self, group: str) -> bool:
@@ -57,6 +58,9 @@ def parse_args(argv: list[str] | None, description: str) -> Config:
                    help="WALLETD_LOG_LEVEL of walletd (warning: no per-request lines; info: production's audit trail)")
     p.add_argument("--workers", type=int, default=1,
                    help="walletd serve --workers N (1: one process, like the single-process references)")
+    p.add_argument("--citus", type=Path, metavar="DIR",
+                   help="run on a Citus cluster (a coordinator and two workers on loopback) of the Citus that "
+                        "tests/citus/build.sh built into DIR, instead of the embedded PostgreSQL (make bench-citus)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(GROUPS)} (development aid)")
     p.add_argument("--out", type=Path,
                    help="where to write the JSON (bench/results/latest.json, ignored by git; smoke: "
@@ -82,4 +86,5 @@ def parse_args(argv: list[str] | None, description: str) -> Config:
         only=only,
         workers=a.workers,
         log_level=a.log_level,
+        citus=a.citus,
     )

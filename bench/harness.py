@@ -44,7 +44,7 @@ class Target:
 
     port: int
     app_pid: int | None  # the HTTP server process (None for pgbench)
-    pg_pid: int
+    pg_pid: int | tuple[int, ...]  # the postmaster, or every node's on Citus
     server: "Server | None" = None  # checked after every run: a server that died breaks the run
 
 

@@ -49,10 +49,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def tree_cpu_seconds(root_pid: int) -> float:
+def tree_cpu_seconds(root_pid: int | tuple[int, ...]) -> float:
     """CPU of a process tree such as PostgreSQL's: the postmaster itself, every exited backend it
     has reaped (cutime/cstime) and every live backend. Its delta over an interval is the CPU the
-    whole server used in that interval, including backends that came and went."""
+    whole server used in that interval, including backends that came and went. Several roots
+    (the nodes of a Citus cluster): the sum of their trees."""
+    if isinstance(root_pid, tuple):
+        return sum(tree_cpu_seconds(pid) for pid in root_pid)
     total = cpu_seconds(root_pid, include_reaped_children=True)
     for child in children(root_pid):
         try:

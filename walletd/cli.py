@@ -1,4 +1,4 @@
-"""`walletd serve | migrate | audit | smoke | demo`: the console script."""
+"""`walletd serve | migrate | audit | config | secrets-key | smoke | demo`: the console script."""
 
 from __future__ import annotations
 
@@ -269,22 +269,23 @@ def _operator_key_for_client(args, settings: Settings) -> tuple[str | None, str]
     return None, f"none found (no --operator-key, no WALLETD_OPERATOR_KEY, no {path})"
 
 
-_SERVE_ENVIRONMENT = """environment (read at start; see the README's Configuration table):
-  DATABASE_URL                 PostgreSQL to use; unset: the embedded one in WALLETD_DATA_DIR
-  WALLETD_DATA_DIR             embedded cluster, jwt-secret and operator-key (default ./.walletd)
-  WALLETD_JWT_SECRET           token signing key, at least 32 bytes (required with DATABASE_URL)
-  WALLETD_JWT_SECRET_PREVIOUS  the secret before a rotation: its tokens stay valid until they expire
-  WALLETD_SECRETS_KEY          encrypts webhook secrets (required with DATABASE_URL; `walletd secrets-key`)
-  WALLETD_OPERATOR_KEY         operator credential, at least 24 characters (embedded: generated into
-                               WALLETD_DATA_DIR/operator-key); WALLETD_OPERATOR_KEY_PREVIOUS during a rotation
-  WALLETD_TRUSTED_PROXIES      CIDRs of the proxies whose X-Forwarded-For names the client (default none)
-  WALLETD_WEBHOOK_ALLOW_HOSTS  internal names or CIDRs webhooks may reach (default none: public only)
-  WALLETD_OPEN_SERVICE_REGISTRATION, WALLETD_TOKEN_TTL, WALLETD_SIGNUP_BONUS, WALLETD_RATES_URL,
-  WALLETD_RATES_MAX_AGE, WALLETD_SEED_FILE, WALLETD_MAX_BODY_BYTES, WALLETD_MAILBOX_SIZE,
-  WALLETD_ACTOR_IDLE_SECONDS, WALLETD_MAX_BATCH, WALLETD_COMMITTERS, WALLETD_POOL_SIZE,
-  WALLETD_IN_DOUBT_SECONDS, WALLETD_DB_ACQUIRE_TIMEOUT, WALLETD_DB_CONNECT_TIMEOUT, WALLETD_LOG_LEVEL,
-  WALLETD_RATE_MAX_CHANGE, WALLETD_MAX_COMMISSION_RATE, WALLETD_PENDING_TTL
-"""
+def config_cmd(args, settings: Settings) -> int:
+    """The effective settings (environment, defaults, generated files), secrets masked; reaching
+    here means Settings.from_env accepted them, as `walletd serve` would."""
+    from walletd.config_catalogue import effective, render_effective
+    from walletd.persistence import embedded
+
+    generated = {}
+    if settings.database_url:  # refused here exactly as `walletd serve` would refuse them
+        resolve_database(settings)
+        with_secrets_key(settings, None)
+    else:  # what an embedded installation reads or makes at its first start
+        generated = {"WALLETD_JWT_SECRET": settings.data_dir / embedded.JWT_SECRET_FILE,
+                     "WALLETD_SECRETS_KEY": settings.data_dir / embedded.SECRETS_KEY_FILE,
+                     "WALLETD_OPERATOR_KEY": embedded.operator_key_path(settings.data_dir)}
+    print(f"walletd {__version__}: effective settings (secrets masked; meanings: `walletd serve --help`)\n")
+    print(render_effective(effective(settings, dict(os.environ), generated)), end="")
+    return 0
 
 
 def secrets_key_cmd(args, settings: Settings) -> int:
@@ -311,10 +312,12 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from walletd.config_catalogue import help_epilog
+
     parser = argparse.ArgumentParser(prog="walletd", description=__doc__)
     parser.add_argument("--version", action="version", version=f"walletd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_serve = sub.add_parser("serve", help="run the HTTP server", epilog=_SERVE_ENVIRONMENT,
+    p_serve = sub.add_parser("serve", help="run the HTTP server", epilog=help_epilog(),
                              formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=110))
     p_serve.add_argument("--host", default=os.environ.get("WALLETD_HOST", DEFAULT_HOST),
                          help=f"address to bind (env WALLETD_HOST; default {DEFAULT_HOST}, loopback only; "
@@ -334,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a chain head kept elsewhere (journal.head log lines): also report a chain that no "
                               "longer holds it (a truncated tail)")
     p_audit.set_defaults(run=audit_cmd)
+    sub.add_parser("config", help="print the effective settings, secrets masked (exit 2 naming a bad one)"
+                   ).set_defaults(run=config_cmd)
     sub.add_parser("secrets-key", help="print a new random WALLETD_SECRETS_KEY").set_defaults(run=secrets_key_cmd)
     p_smoke = sub.add_parser("smoke", help="end-to-end check against a live deployment (users named smoke_*)")
     _add_client_options(p_smoke)

@@ -22,7 +22,7 @@ def _flag(value: str | None) -> bool:
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
-    read_database_url: str | None = None  # history pages only; see README, High availability
+    read_database_url: str | None = None  # history pages only; see docs/ha.md
     data_dir: Path = Path(".walletd")
     jwt_secret: str | None = None
     jwt_secret_previous: str | None = None  # still verifies tokens during a rotation (docs/security.md)
@@ -61,7 +61,7 @@ class Settings:
     webhook_allow_hosts: tuple[str, ...] = ()  # names or CIDRs a webhook may reach although internal
     webhook_rotation_overlap_seconds: float = 86400.0
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
-    # Login throttling, the password-hash pool and slow clients (README "Login throttling", "Slow clients").
+    # Login throttling, the password-hash pool and slow clients (docs/configuration.md).
     login_max_failures: int = 10
     login_max_failures_per_address: int = 100
     login_window_seconds: int = 900

@@ -32,6 +32,7 @@ from walletd.handlers.errors import error_body
 from walletd.integrity.sealer import JournalSealer
 from walletd.integrity.self_audit import SelfAudit
 from walletd.memory import release_memory
+from walletd.persistence.citus.ledger import CitusLedger
 from walletd.persistence.db import create_pool
 from walletd.persistence.failures import UNAVAILABLE, outage
 from walletd.persistence.ledger import PgLedger
@@ -78,8 +79,9 @@ async def actors_ctx(app: web.Application):
     the pool (an earlier context) is still open."""
     settings = app[settings_key]
     # A refusal remembered under an Idempotency-Key is stored as the answer the edge gives.
-    ledger = PgLedger(app[pool_key], settings.rates_max_age, refusal_response=error_body,
-                      in_doubt_seconds=settings.in_doubt_seconds)
+    edition = CitusLedger if app[pool_key].distributed else PgLedger
+    ledger = edition(app[pool_key], settings.rates_max_age, refusal_response=error_body,
+                     in_doubt_seconds=settings.in_doubt_seconds)
     app[ledger_key] = ledger
     committer = GroupCommitter(ledger, workers=settings.committers, max_batch=settings.max_batch)
     registry = ActorRegistry(committer, mailbox_size=settings.mailbox_size,

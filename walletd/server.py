@@ -1,5 +1,5 @@
 """The HTTP runner: what `walletd serve` listens with, and its protections against slow and
-vanished clients (README "Slow clients").
+vanished clients (docs/configuration.md).
 
 What aiohttp offers and walletd uses:
 - `keepalive_timeout` is the header timeout. aiohttp arms it when a connection opens and again

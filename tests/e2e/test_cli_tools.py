@@ -1,5 +1,5 @@
-"""`walletd --version`, `serve --help`, `smoke` and `demo` as a user runs them: real processes
-against a live `walletd serve` on a real PostgreSQL database."""
+"""`walletd --version`, `serve --help`, `config`, `smoke` and `demo` as a user runs them: real
+processes against a live `walletd serve` on a real PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import OPERATOR_KEY, REPO_ROOT, ServeProcess, walletd_command
+from tests.conftest import OPERATOR_KEY, REPO_ROOT, SECRETS_KEY, ServeProcess, walletd_command
 from walletd import __version__
+from walletd.config_catalogue import SETTINGS
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,50 @@ async def test_version_and_serve_help():
     code, out = await walletd("serve", "--help")
     assert code == 0
     assert "env WALLETD_HOST; default 127.0.0.1" in out and "env WALLETD_PORT; default 8010" in out
-    assert "env WALLETD_WORKERS; default 1" in out and "WALLETD_OPERATOR_KEY" in out and "DATABASE_URL" in out
+    assert "env WALLETD_WORKERS; default 1" in out
+    missing = [s.name for s in SETTINGS if not re.search(rf"^\s+{s.name}\s", out, re.M)]
+    assert not missing, f"serve --help does not list {missing}"
+
+
+async def test_config_prints_every_setting_with_secrets_masked(empty_data_dir):
+    secrets = {"WALLETD_JWT_SECRET": "jwt-" + "s" * 44, "WALLETD_SECRETS_KEY": SECRETS_KEY,
+               "WALLETD_OPERATOR_KEY": OPERATOR_KEY, "WALLETD_JWT_SECRET_PREVIOUS": "old-" + "p" * 44}
+    env = {"DATABASE_URL": "postgresql://walletd:db-password-1@db.internal:5432/walletd?sslmode=verify-full",
+           "WALLETD_READ_DATABASE_URL": "postgresql://reader@replica/walletd?password=read-password-2",
+           "WALLETD_POOL_SIZE": "12", **secrets}
+    code, out = await walletd("config", env=env)
+    assert code == 0, out
+    for secret in [*secrets.values(), "db-password-1", "read-password-2"]:
+        assert secret not in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip() and not line.startswith("#")}
+    assert all(s.name in lines for s in SETTINGS), [s.name for s in SETTINGS if s.name not in lines]
+    assert "postgresql://walletd:***@db.internal:5432/walletd?sslmode=verify-full" in lines["DATABASE_URL"]
+    assert "password=***" in lines["WALLETD_READ_DATABASE_URL"]
+    assert re.search(r"WALLETD_POOL_SIZE\s+12\s+\(environment\)", lines["WALLETD_POOL_SIZE"])
+    assert re.search(r"WALLETD_MAX_BATCH_LEGS\s+1000\s+\(default\)", lines["WALLETD_MAX_BATCH_LEGS"])
+    assert "masked" in lines["WALLETD_JWT_SECRET"] and "(environment)" in lines["WALLETD_JWT_SECRET"]
+
+
+async def test_config_names_the_generated_credentials_of_an_embedded_installation(empty_data_dir):
+    """Without DATABASE_URL: where `make run` keeps (or will make) each credential."""
+    (empty_data_dir / "operator-key").write_text(OPERATOR_KEY)
+    code, out = await walletd("config", env={"WALLETD_DATA_DIR": str(empty_data_dir)})
+    assert code == 0, out
+    assert OPERATOR_KEY not in out
+    key_line = next(line for line in out.splitlines() if line.startswith("WALLETD_OPERATOR_KEY "))
+    assert str(empty_data_dir.resolve() / "operator-key") in key_line and "(generated)" in key_line
+    jwt_line = next(line for line in out.splitlines() if line.startswith("WALLETD_JWT_SECRET "))
+    assert "jwt-secret" in jwt_line and "generated at first start" in jwt_line
+    assert not (empty_data_dir / "jwt-secret").exists()  # config makes nothing
+
+
+async def test_config_refuses_what_serve_refuses():
+    code, out = await walletd("config", env={"WALLETD_POOL_SIZE": "lots"})
+    assert code == 2 and "WALLETD_POOL_SIZE" in out, out
+    code, out = await walletd("config", env={"DATABASE_URL": "postgresql://db.internal/walletd"})
+    assert code == 2 and "WALLETD_JWT_SECRET" in out, out
+    code, out = await walletd("config", env={"WALLETD_OPEN_SERVICE_REGISTRATION": "1", "WALLETD_OPERATOR_KEY": OPERATOR_KEY})
+    assert code == 2 and "WALLETD_OPEN_SERVICE_REGISTRATION" in out and "WALLETD_OPERATOR_KEY" in out, out
 
 
 async def test_smoke_without_an_operator_key_says_what_it_skipped(server, empty_data_dir, db):

@@ -1,5 +1,5 @@
 """Every error answers {status, code, message, request_id}: `code` is stable snake_case, 401s say
-how to authenticate, and the README and the OpenAPI document list every code."""
+how to authenticate, and docs/errors.md and the OpenAPI document list every code."""
 
 from __future__ import annotations
 
@@ -118,9 +118,9 @@ async def test_domain_and_request_errors_have_codes(client):
                 413, "payload_too_large")
 
 
-def test_readme_lists_every_code_with_its_status():
-    readme = (REPO_ROOT / "README.md").read_text()
-    rows = set(re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", readme, re.MULTILINE))
+def test_the_error_reference_lists_every_code_with_its_status():
+    reference = (REPO_ROOT / "docs" / "errors.md").read_text()
+    rows = set(re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", reference, re.MULTILINE))
     expected = {(code, str(status)) for code, status, _ in catalogue()}
     assert rows == expected, (expected - rows, rows - expected)
 

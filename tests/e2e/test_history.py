@@ -59,9 +59,11 @@ async def history_world(database_url):
 
 
 async def expected_ids(db, wallet_ids: list[str]) -> list[str]:
-    """Every settled record that touches one of these wallets, newest first (by commit sequence)."""
+    """Every settled record that touches one of these wallets, newest first (by commit sequence).
+    Grouped by id: on Citus a transfer between two users is stored once per side (tests/citus/)."""
     rows = await db.fetch("SELECT id::text FROM transactions WHERE (from_wallet_id = ANY($1::uuid[]) "
-                          "OR to_wallet_id = ANY($1::uuid[])) AND status <> 'pending' ORDER BY seq DESC", wallet_ids)
+                          "OR to_wallet_id = ANY($1::uuid[])) AND status <> 'pending' GROUP BY id ORDER BY min(seq) DESC",
+                          wallet_ids)
     return [r[0] for r in rows]
 
 

@@ -1,6 +1,7 @@
 """The README's worked example, run exactly as written against a live `walletd serve` (a real
 port, a real PostgreSQL database), the way a newcomer pastes it: into an interactive shell, from
-a directory holding `.walletd/operator-key`, twice in a row."""
+the clone holding `.walletd/operator-key` (twice in a row), from a terminal that exported another
+WALLETD_DATA_DIR, and from one that exported WALLETD_OPERATOR_KEY."""
 
 from __future__ import annotations
 
@@ -45,10 +46,12 @@ def paste_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-async def paste(shell: list[str], script: str, cwd: Path) -> tuple[int, str]:
+async def paste(shell: list[str], script: str, cwd: Path, **exported: str) -> tuple[int, str]:
     """Feed the block to an interactive shell on stdin, as a terminal paste does (history
-    expansion on, no rc files)."""
-    env = {**os.environ, "PS1": "", "PS2": "", "PROMPT": "", "PROMPT2": ""}
+    expansion on, no rc files). The terminal has only the variables the newcomer exported (make
+    test runs with WALLETD_DATA_DIR set, which a fresh terminal does not have)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WALLETD_DATA_DIR", "WALLETD_OPERATOR_KEY")}
+    env.update({"PS1": "", "PS2": "", "PROMPT": "", "PROMPT2": ""}, **exported)
     proc = await asyncio.create_subprocess_exec(*shell, cwd=cwd, env=env, stdin=asyncio.subprocess.PIPE,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate((script + "\nexit\n").encode()), 120)
@@ -94,5 +97,30 @@ async def test_the_readme_example_runs_clean_in_a_posix_shell(server, paste_dir)
     """`sh`-like shells (bash in POSIX mode) run the example too."""
     script = readme_example().replace(README_URL_LINE, f"B={server.url}")
     code, output = await paste(["bash", "--posix", "--norc", "-i"], script, paste_dir)
+    assert code == 0, output
+    assert_clean_run(output)
+
+
+async def test_the_readme_example_finds_the_key_of_another_data_directory(server, paste_dir):
+    """`make run` with WALLETD_DATA_DIR elsewhere; the second terminal exported the same."""
+    elsewhere = Path(tempfile.mkdtemp(prefix="walletd-data-"))
+    try:
+        (elsewhere / "operator-key").write_text(OPERATOR_KEY)
+        (paste_dir / ".walletd" / "operator-key").write_text("not-the-key-" + "x" * 24)
+        script = readme_example().replace(README_URL_LINE, f"B={server.url}")
+        code, output = await paste(["bash", "--norc", "--noprofile", "-i"], script, paste_dir,
+                                   WALLETD_DATA_DIR=str(elsewhere))
+        assert code == 0, output
+        assert_clean_run(output)
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+
+
+async def test_the_readme_example_uses_an_exported_operator_key(server, paste_dir):
+    """walletd started with WALLETD_OPERATOR_KEY (no key file); the second terminal exported it."""
+    (paste_dir / ".walletd" / "operator-key").unlink()
+    script = readme_example().replace(README_URL_LINE, f"B={server.url}")
+    code, output = await paste(["bash", "--norc", "--noprofile", "-i"], script, paste_dir,
+                               WALLETD_OPERATOR_KEY=OPERATOR_KEY)
     assert code == 0, output
     assert_clean_run(output)

@@ -1,4 +1,5 @@
-"""The webhook signature: walletd's sign(), its verify(), and the README's receiver snippet agree."""
+"""The webhook signature: walletd's sign(), its verify(), and the receiver snippet of
+docs/payment-service.md agree."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from walletd.events.delivery import backoff, sign, verify
 BODY = b'{"id":"e1","type":"deposit.requested","created_at":"2026-01-01T00:00:00.000000+00:00","data":{}}'
 
 
-def readme_verifier(secret: str):
-    """The `verified` function of the README's worked example, with its SECRET."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "def verified" in b)
+def guide_verifier(secret: str):
+    """The `verified` function of the payment-service guide's receiver, with its SECRET."""
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "payment-service.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", guide, re.S) if "def verified" in b)
     source = block[:block.index("async def hooks")].replace("from aiohttp import web\n", "")
     namespace: dict = {}
     exec(source, namespace)  # noqa: S102 - the documented snippet itself is under test
@@ -35,8 +36,8 @@ def test_a_signature_verifies_only_with_its_secret_body_and_a_recent_timestamp()
     assert not verify("whsec_abc", BODY, "garbage")
 
 
-def test_the_readme_receiver_accepts_walletd_signatures_and_refuses_others():
-    verified = readme_verifier("whsec_readme")
+def test_the_guide_receiver_accepts_walletd_signatures_and_refuses_others():
+    verified = guide_verifier("whsec_readme")
     header = sign("whsec_readme", BODY, int(time.time()))
     assert verified(BODY, header)
     assert not verified(BODY.replace(b"e1", b"e2"), header)

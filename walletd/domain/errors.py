@@ -1,6 +1,6 @@
 """Domain errors: each names the problem with a stable snake_case `code` (what clients match on)
 and a `message` for people (the original service's text where it had one). handlers/errors.py
-maps each class to its HTTP status; the class docstring is the code's meaning in the README and
+maps each class to its HTTP status; the class docstring is the code's meaning in docs/errors.md and
 the OpenAPI document.
 """
 
@@ -178,13 +178,6 @@ class ReversalNotCovered(InsufficientFunds):
     """A wallet the reversal takes money back from no longer holds it; nothing moved."""
 
     message = "insufficient_funds: the wallet credited by the original no longer holds the amount"
-
-
-class InvalidStatusUpdate(DomainError):
-    """The requested status is not a settlement outcome."""
-
-    code = "invalid_status_update"
-    message = "invalid_status_update"
 
 
 class SettlementConflict(DomainError):

@@ -63,7 +63,7 @@ def sign(secret: str, body: bytes, timestamp: int, *previous: str) -> str:
 
 
 def verify(secret: str, body: bytes, header: str, tolerance: float = 300, now: float | None = None) -> bool:
-    """What a receiver does (the README's snippet is this function): any `v1=` made with its
+    """What a receiver does (docs/payment-service.md's receiver is this function): any `v1=` made with its
     secret over this body, at a recent timestamp."""
     try:
         items = [item.split("=", 1) for item in header.split(",")]

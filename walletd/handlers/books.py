@@ -90,8 +90,8 @@ async def wallet_statement(request: web.Request, principal: Principal, params: S
         if params.cursor is not None:
             raise ValidationFailed("invalid parameters: cursor", errors=[
                 {"loc": "cursor", "msg": "a CSV statement is always whole: leave cursor out", "type": "cursor_csv"}])
-        return await _csv_statement(request, params, wallet["currency_id"])
-    return await _statement_page(request, params, wallet["currency_id"])
+        return await _csv_statement(request, params, wallet["currency_id"], principal.user_id)
+    return await _statement_page(request, params, wallet["currency_id"], principal.user_id)
 
 
 @routes("GET", "/service/wallets", summary="The caller's own wallets: a service and a gateway wallet per currency",
@@ -115,17 +115,18 @@ def _period(params: StatementParams) -> tuple[datetime | None, datetime]:
     return params.from_, end
 
 
-async def _statement_page(request: web.Request, params: StatementParams, currency_id: int) -> StatementOut:
+async def _statement_page(request: web.Request, params: StatementParams, currency_id: int,
+                          owner: uuid.UUID) -> StatementOut:
     pool = request.app[history_pool_key]
     if params.cursor is None:
         start, end = _period(params)
-        opening, closing, lines = await books.first_lines(pool, params.wallet_id, start, end, params.limit + 1)
+        opening, closing, lines = await books.first_lines(pool, params.wallet_id, start, end, params.limit + 1, owner)
         balance = opening
     else:
         # The cursor carries the period, both ends' balances and where (and at what running
         # balance) the page starts: given again, from and to must be the same.
         start, end, opening, closing, position, balance = _read_cursor(request, params)
-        lines = await books.lines_after(pool, params.wallet_id, start, end, position, params.limit + 1)
+        lines = await books.lines_after(pool, params.wallet_id, start, end, position, params.limit + 1, owner)
     more = len(lines) > params.limit
     out = []
     for line in lines[:params.limit]:
@@ -162,13 +163,14 @@ def _wants_csv(request: web.Request) -> bool:
     return "text/csv" in accepted
 
 
-async def _csv_statement(request: web.Request, params: StatementParams, currency_id: int) -> web.StreamResponse:
+async def _csv_statement(request: web.Request, params: StatementParams, currency_id: int,
+                         owner: uuid.UUID) -> web.StreamResponse:
     """Every line, CSV_CHUNK at a time, each chunk its own short query (rendered by PostgreSQL):
     memory stays flat however long the statement, and a slow reader holds no database connection
     between chunks. The period's balances travel in headers; the lines run on from the opening."""
     pool = request.app[history_pool_key]
     start, end = _period(params)
-    opening, closing = await books.period_ends(pool, params.wallet_id, start, end)
+    opening, closing = await books.period_ends(pool, params.wallet_id, start, end, owner)
     name = f"statement-{params.wallet_id}-{end.strftime('%Y%m%dT%H%M%SZ')}.csv"
     response = web.StreamResponse(headers={
         "Content-Type": "text/csv; charset=utf-8; header=present",
@@ -184,7 +186,7 @@ async def _csv_statement(request: web.Request, params: StatementParams, currency
         await response.write((",".join(CSV_COLUMNS) + "\r\n").encode())
         after, balance = None, opening
         while True:
-            chunk = await books.csv_chunk(pool, params.wallet_id, start, end, after, balance, CSV_CHUNK)
+            chunk = await books.csv_chunk(pool, params.wallet_id, start, end, after, balance, CSV_CHUNK, owner)
             if chunk.lines:
                 await response.write(chunk.text.encode())
             written += chunk.lines

@@ -84,7 +84,6 @@ STATUS: dict[type[e.DomainError], int] = {
     e.AlreadyReversed: 409,
     e.NotReversible: 409,
     e.ReversalNotCovered: 409,
-    e.InvalidStatusUpdate: 400,
     e.SettlementConflict: 409,
     e.TransactionNotStale: 409,
     e.InvalidTransactionType: 400,
@@ -151,7 +150,7 @@ def status_of(cls: type[e.DomainError]) -> int:
 
 
 def catalogue() -> list[tuple[str, int, str]]:
-    """Every code with its status and meaning (README table, OpenAPI description), one row per
+    """Every code with its status and meaning (docs/errors.md, OpenAPI description), one row per
     (code, status)."""
     rows: dict[tuple[str, int], str] = {}
     for cls in STATUS:

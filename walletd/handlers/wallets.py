@@ -92,4 +92,5 @@ async def wallet_transactions(request: web.Request, principal: Principal, params
         raise WalletNotFound()
     scope = b"wallet:" + params.wallet_id.bytes
     return _history(request, scope, *await history.wallet_page(
-        request.app[history_pool_key], params.wallet_id, _open_cursor(request, scope, params.cursor), params.limit))
+        request.app[history_pool_key], params.wallet_id, _open_cursor(request, scope, params.cursor), params.limit,
+        principal.user_id))

@@ -107,7 +107,7 @@ class SelfAudit:
         last_seq = segment.last.seq if segment.last else 0
         caught_up = last_seq >= head_seq
         if caught_up:
-            problems += await _balance_problems(conn, segment.last, sealed)
+            problems += await _balance_problems(conn, segment.last, sealed, self.pool.distributed)
         # Writes last: the transaction gets an xid only now, so it holds the sealing horizon back
         # for as short a time as possible.
         if sealed:
@@ -181,9 +181,13 @@ SELECT w.id, w.balance, w.reserved_balance, b.balance, b.reserved,
          WHERE t.user_id = w.user_id AND t.status = 'pending' AND t.type = 'withdraw' AND t.from_wallet_id = w.id)
   FROM wallets w LEFT JOIN audit_balances b ON b.wallet_id = w.id
  WHERE w.id = ANY($1::uuid[])"""
+# Citus (persistence/citus/): a withdrawal's record is its customer's, on the wallet's shard.
+_WALLETS_CITUS = _WALLETS.replace("WHERE t.user_id = w.user_id",
+                                  "WHERE t.owner_id = w.user_id AND t.user_id = w.user_id")
 
 
-async def _balance_problems(conn, last, sealed: dict[uuid.UUID, tuple[Decimal, Decimal]]) -> list[Problem]:
+async def _balance_problems(conn, last, sealed: dict[uuid.UUID, tuple[Decimal, Decimal]],
+                            distributed: bool) -> list[Problem]:
     """The wallets the newly checked entries and the entries not sealed yet touch, against the
     verified sums plus those entries' postings (see the module docstring)."""
     position = (str(last.entry_xid), last.entry_id) if last else ("0", uuid.UUID(int=0))
@@ -197,7 +201,7 @@ async def _balance_problems(conn, last, sealed: dict[uuid.UUID, tuple[Decimal, D
     problems: list[Problem] = []
     found = set()
     for wallet_id, balance, reserved, verified_balance, verified_reserved, held in await conn.fetch(
-            _WALLETS, list(touched)):
+            _WALLETS_CITUS if distributed else _WALLETS, list(touched)):
         found.add(wallet_id)
         expected = [Decimal(verified_balance or 0), Decimal(verified_reserved or 0)]
         for more in (sealed.get(wallet_id), unsealed.get(wallet_id)):

@@ -141,9 +141,11 @@ async def wallet_owners(pool: FairPool, wallet_ids: list[uuid.UUID]) -> dict[uui
 
 
 async def owned_wallet(pool: FairPool, user_id: uuid.UUID, wallet_id: uuid.UUID) -> asyncpg.Record:
-    """A wallet of this user; anyone else's looks exactly like one that does not exist."""
-    row = await wallet(pool, wallet_id)
-    if row is None or row["user_id"] != user_id or row["kind"] != WalletKind.USER:
+    """A wallet of this user; anyone else's looks exactly like one that does not exist. Asked by
+    owner and id: on Citus that is the owner's shard only."""
+    row = await pool.fetchrow(f"SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id "
+                              "WHERE w.user_id = $1 AND w.id = $2", user_id, wallet_id)
+    if row is None or row["kind"] != WalletKind.USER:
         raise errors.WalletNotFound()
     return row
 

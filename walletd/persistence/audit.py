@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from walletd.persistence.citus.audit import citus_checks
+
 # What each kind of transaction record says its journal entry did, as a condition on the record
 # `t`: its entry's kind, its parent's entry, the commissions charged on it (`fee`), and what its
 # entry posted on its own wallets (`src_*` on from_wallet_id, `dst_*` on to_wallet_id; `_b` the
@@ -146,10 +148,12 @@ _CHECKS = {
 
 
 async def find_problems(conn: asyncpg.Connection) -> list[str]:
-    """Every check on one snapshot of the database; an empty list means the ledger is clean."""
+    """Every check on one snapshot of the database; an empty list means the ledger is clean. On a
+    Citus coordinator, in the forms Citus runs (persistence/citus/audit.py)."""
     problems = []
+    distributed = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        for title, sql in _CHECKS.items():
+        for title, sql in (citus_checks(_CHECKS) if distributed else _CHECKS).items():
             for row in await conn.fetch(sql):
                 problems.append(f"{title}: " + ", ".join(f"{k}={v}" for k, v in row.items()))
     return problems

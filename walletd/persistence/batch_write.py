@@ -22,6 +22,10 @@ def writes_anything(fx: Effects, idempotency_rows: list) -> bool:
 
 
 def batch_document(fx: Effects, idempotency_rows: list) -> str:
+    return orjson.dumps(batch_fields(fx, idempotency_rows), default=str).decode()
+
+
+def batch_fields(fx: Effects, idempotency_rows: list) -> dict:
     document = {
         "now": fx.now,
         "entries": [{"id": e, "kind": k, "request_id": r} for e, k, r in fx.entries],
@@ -39,7 +43,7 @@ def batch_document(fx: Effects, idempotency_rows: list) -> str:
             {"id": event["id"], "service_user_id": service_user_id, "type": event["type"],
              "transaction_id": event["data"]["id"], "body": orjson.dumps(event).decode()}
             for service_user_id, event in fx.outbox]
-    return orjson.dumps(document, default=str).decode()
+    return document
 
 
 async def write_batch(conn, fx: Effects, idempotency_rows: list) -> None:

@@ -71,8 +71,10 @@ _POSTINGS = """
 SELECT p.entry_id, format('["%s","%s","%s","%s"]', p.wallet_id, p.currency_id, p.bucket, p.amount)
   FROM postings p JOIN unnest($1::uuid[]) AS wanted(id) ON wanted.id = p.entry_id
  WHERE p.entry_id BETWEEN $2 AND $3"""
+# DISTINCT: on Citus a record between two users is stored once per side; identical copies are one
+# record, a copy that differs reads as an altered entry (ids make every record's item distinct).
 _RECORDS = f"""
-SELECT t.entry_id,
+SELECT DISTINCT t.entry_id,
        format('["%s","%s","%s",%s,%s,%s,"%s",%s,%s,%s,"%s","%s","%s",%s,%s,%s,"%s",%s,%s,%s]',
               t.id, t.type, t.status, coalesce('"' || t.from_wallet_id || '"', 'null'),
               coalesce('"' || t.from_currency_id || '"', 'null'), coalesce('"' || t.from_user_id || '"', 'null'),

@@ -63,6 +63,8 @@ class FairPool:
         self.acquire_timeout = acquire_timeout
         self._gate = asyncio.Semaphore(size)
         self._pool: asyncpg.Pool | None = None
+        # The database is a Citus coordinator (persistence/citus/): a few statements differ.
+        self.distributed = False
 
     async def open(self, url: str, *, connect_timeout: float) -> None:
         self._pool = await asyncpg.create_pool(
@@ -76,6 +78,8 @@ class FairPool:
             # JIT compilation only slows walletd's short OLTP statements.
             server_settings={"jit": "off", "application_name": "walletd"},
         )
+        self.distributed = bool(await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"))
 
     async def _setup_connection(self, conn: asyncpg.Connection) -> None:
         # NUMERIC in text format: asyncpg's binary numeric codec costs about twice as much CPU

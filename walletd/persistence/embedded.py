@@ -120,7 +120,8 @@ def persistent_secrets_key(data_dir: Path) -> str:
 
 def persistent_operator_key(data_dir: Path) -> str:
     """The operator key of an embedded installation (file `operator-key`, mode 600), so a plain
-    `make run` can register the payment service: read it with `cat .walletd/operator-key`."""
+    `make run` can register the payment service: read it from WALLETD_DATA_DIR/operator-key (the
+    banner names the file)."""
     return _persistent_token(data_dir / OPERATOR_KEY_FILE, lambda: secrets.token_urlsafe(32))
 
 

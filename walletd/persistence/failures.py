@@ -42,9 +42,12 @@ def server_refused(exc: BaseException) -> bool:
     """The server answered the statement with an error and kept the session: the statement (and
     its implicit or explicit transaction) did not commit. FATAL and PANIC end the session, and a
     backend terminated while waiting for a synchronous standby has already committed locally,
-    so those stay in doubt."""
-    if not isinstance(exc, asyncpg.PostgresError) or isinstance(exc, asyncpg.PostgresConnectionError):
-        return False  # the latter are raised by the driver itself when the connection goes
+    so those stay in doubt. Connection errors (class 08) the driver raises when the connection
+    goes carry no severity; one the server sends at ERROR is a refusal like any other: a Citus
+    coordinator that cannot reach a worker (every walletd write there commits with two-phase
+    commit, so an error means nothing committed; see persistence/citus/write_batch.sql)."""
+    if not isinstance(exc, asyncpg.PostgresError):
+        return False
     severity = getattr(exc, "severity_en", None) or getattr(exc, "severity", None)
     return severity == "ERROR"
 

@@ -69,17 +69,42 @@ _USER_PENDING = f"""SELECT 1, seq, {TX_DOC} FROM (
 _WALLET_HISTORY = f"SELECT 0, * FROM ({_WALLET_PAGE}) page UNION ALL ({_WALLET_PENDING}) ORDER BY 1, 2 DESC"
 _USER_HISTORY = f"SELECT 0, * FROM ({_USER_PAGE}) page UNION ALL ({_USER_PENDING}) ORDER BY 1, 2 DESC"
 
+# The Citus editions (persistence/citus/): a record is stored once per user whose history it is
+# (owner_id, the distribution column), so a page names its owner ($4 for a wallet's, $1 for a
+# user's) and is a query on that user's shard alone. Pending records belong to their customer.
+_WALLET_PAGE_OWNED = (f"SELECT seq, {TX_DOC} FROM ({_page('owner_id = $4 AND from_wallet_id', limit=str(MAX_ROWS))} "
+                      f"UNION ALL {_page('owner_id = $4 AND to_wallet_id', limit=str(MAX_ROWS))}) t "
+                      "ORDER BY seq DESC LIMIT $3")
+_WALLET_PENDING_OWNED = f"""SELECT 1, seq, {TX_DOC} FROM (
+    SELECT * FROM transactions WHERE owner_id = $4 AND user_id = $4
+       AND status = 'pending' AND (from_wallet_id = $1 OR to_wallet_id = $1) ORDER BY seq DESC LIMIT {PENDING_LIMIT}
+) pending"""
+_USER_PENDING_OWNED = f"""SELECT 1, seq, {TX_DOC} FROM (
+    SELECT * FROM transactions WHERE owner_id = $1 AND user_id = $1 AND status = 'pending'
+     ORDER BY seq DESC LIMIT {PENDING_LIMIT}
+) pending"""
+_WALLET_HISTORY_OWNED = (f"SELECT 0, * FROM ({_WALLET_PAGE_OWNED}) page UNION ALL ({_WALLET_PENDING_OWNED}) "
+                         "ORDER BY 1, 2 DESC")
+_USER_HISTORY_OWNED = (f"SELECT 0, * FROM (SELECT seq, {TX_DOC} FROM {_page('owner_id')}) page "
+                       f"UNION ALL ({_USER_PENDING_OWNED}) ORDER BY 1, 2 DESC")
 
-async def wallet_page(pool: FairPool, wallet_id: uuid.UUID, before: int | None, limit: int):
+
+async def wallet_page(pool: FairPool, wallet_id: uuid.UUID, before: int | None, limit: int, owner_id: uuid.UUID):
     """(records as JSON texts, the next page's position or None, pending records as JSON texts).
-    A position is a global sequence number: the handlers seal it before a client sees it."""
+    A position is a global sequence number: the handlers seal it before a client sees it. The
+    caller has checked that owner_id owns the wallet."""
     if limit + 1 > MAX_ROWS:
         raise ValueError(f"a page holds at most {MAX_ROWS - 1} records")
-    return _split(await pool.fetch(_WALLET_HISTORY, wallet_id, before or _NO_CURSOR, limit + 1), limit)
+    if pool.distributed:
+        rows = await pool.fetch(_WALLET_HISTORY_OWNED, wallet_id, before or _NO_CURSOR, limit + 1, owner_id)
+    else:
+        rows = await pool.fetch(_WALLET_HISTORY, wallet_id, before or _NO_CURSOR, limit + 1)
+    return _split(rows, limit)
 
 
 async def user_page(pool: FairPool, user_id: uuid.UUID, before: int | None, limit: int):
-    return _split(await pool.fetch(_USER_HISTORY, user_id, before or _NO_CURSOR, limit + 1), limit)
+    query = _USER_HISTORY_OWNED if pool.distributed else _USER_HISTORY
+    return _split(await pool.fetch(query, user_id, before or _NO_CURSOR, limit + 1), limit)
 
 
 def _split(rows, limit):

@@ -9,7 +9,8 @@ so the lookup that follows sees the final outcome, and looks up one row the writ
 `Marker`. walletd generates every id it writes, so nothing else can have it, and the write was
 one transaction, so one row tells for all. A marker found is waited on until a synchronous
 standby has it too. Without a backend to stop, a marker not found proves nothing: the outcome
-stays unknown, never "not committed".
+stays unknown, never "not committed". On Citus the write's parts on the workers are finished first
+(persistence/citus/two_phase.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncpg
 import orjson
 
 from walletd.domain.ledger import Effects
+from walletd.persistence.citus.two_phase import finish_two_phase
 from walletd.persistence.db import Backend, FairPool, discard
 from walletd.persistence.failures import UNAVAILABLE, outage, server_refused
 
@@ -118,6 +120,8 @@ async def find_out(pool: FairPool, doubt: InDoubt, marker: Marker, seconds: floa
             async with pool.acquire(timeout=max(0.1, deadline - time.monotonic())) as conn:
                 if doubt.backend is not None:
                     await stop_backend(conn, doubt.backend, deadline)
+                    if pool.distributed:
+                        await finish_two_phase(conn, doubt.backend.pid, deadline)
                 committed = await conn.fetchval(marker.query, *marker.args)
                 if committed:
                     await wait_for_standby(conn, deadline)

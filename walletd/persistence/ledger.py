@@ -241,9 +241,7 @@ class PgLedger:
         # Plan on copies: a refused statement must leave the predictions as they were.
         wallets = {i: dataclasses.replace(state) for i, state in predicted.items()}
         now = datetime.now(timezone.utc)
-        settle_ids = [c.transaction_id for c in commands if isinstance(c, Settle)]
-        pending = await pending_states(self.pool, settle_ids, lock=False) if settle_ids else {}
-        pending |= await self._originals(self.pool, commands, lock=False)
+        pending = await self._pending(self.pool, commands, predicted, lock=False)
         rates = await rate_book(self.pool, now, self.rates_max_age) if converted else RateBook({}, now)
         keys = [c.idempotency for c in commands if c.idempotency is not None]
         stored = await self._stored_responses(self.pool, keys) if keys else {}
@@ -254,7 +252,7 @@ class PgLedger:
         if writes_anything(effects, idempotency_rows):
             async with self.pool.acquire() as conn:
                 # In autocommit the write is its own transaction: a lost answer leaves it in doubt.
-                await self._decisive(conn, write_batch(conn, effects, idempotency_rows),
+                await self._decisive(conn, self._write(conn, effects, idempotency_rows, wallets, pending),
                                      _Sent(results, effects, idempotency_rows))
         return Decided(results, effects.events, path="fast", learned=[effects])
 
@@ -272,18 +270,13 @@ class PgLedger:
 
     async def _apply_locked(self, commands: list[Command]) -> Decided:
         predicted, converted = await self.predictions.wallets_for(commands)
-        settle_ids = sorted({c.transaction_id for c in commands if isinstance(c, Settle)})
         keys = [c.idempotency for c in commands if c.idempotency is not None]
         async with self.pool.acquire() as conn:
             try:
                 async with transaction(conn):
-                    rows = await conn.fetch(
-                        "SELECT id, balance, reserved_balance FROM wallets WHERE id = ANY($1::uuid[]) "
-                        "ORDER BY id FOR UPDATE",
-                        sorted(predicted))
+                    rows = await self._locked_balances(conn, predicted)
                     wallets = {r[0]: dataclasses.replace(predicted[r[0]], balance=r[1], reserved=r[2]) for r in rows}
-                    pending = await pending_states(conn, settle_ids, lock=True) if settle_ids else {}
-                    pending |= await self._originals(conn, commands, lock=True)
+                    pending = await self._pending(conn, commands, predicted, lock=True)
                     now = datetime.now(timezone.utc)
                     rates = await rate_book(conn, now, self.rates_max_age) if converted else RateBook({}, now)
                     stored = await self._stored_responses(conn, keys) if keys else {}
@@ -291,7 +284,7 @@ class PgLedger:
                     results, idempotency_rows = self._plan_all(commands, wallets, rates, pending, stored, effects)
                     if writes_anything(effects, idempotency_rows):
                         # Inside a transaction only the COMMIT can leave the batch in doubt.
-                        await write_batch(conn, effects, idempotency_rows)
+                        await self._write(conn, effects, idempotency_rows, wallets, pending)
             except InDoubt as doubt:
                 if not writes_anything(effects, idempotency_rows):
                     # Nothing was written: the refusals and replays stand whatever the COMMIT did.
@@ -360,12 +353,25 @@ class PgLedger:
             log.exception("ledger.plan_failed", command=type(command).__name__, request_id=command.request_id)
             raise errors.InternalFailure() from None
 
+    # ---- what the Citus edition (persistence/citus/ledger.py) does its own way ----------------
+
     @staticmethod
-    async def _originals(conn, commands: list[Command], *, lock: bool) -> dict:
-        """What the batch's reversals undo, keyed apart from the settlements' pending states."""
+    async def _locked_balances(conn, predicted: dict) -> list:
+        return await conn.fetch("SELECT id, balance, reserved_balance FROM wallets WHERE id = ANY($1::uuid[]) "
+                                "ORDER BY id FOR UPDATE", sorted(predicted))
+
+    @staticmethod
+    async def _pending(conn, commands: list[Command], wallets: dict, *, lock: bool) -> dict:
+        """The records the batch settles, and what its reversals undo (keyed apart)."""
+        settle_ids = sorted({c.transaction_id for c in commands if isinstance(c, Settle)})
+        pending: dict = await pending_states(conn, settle_ids, lock=lock) if settle_ids else {}
         ids = sorted({c.transaction_id for c in commands if isinstance(c, Reverse)})
         states = await reversal_states(conn, ids, lock=lock) if ids else {}
-        return {(Reverse, i): state for i, state in states.items()}
+        return pending | {(Reverse, i): state for i, state in states.items()}
+
+    @staticmethod
+    def _write(conn, effects: Effects, idempotency_rows: list, wallets: dict, pending: dict) -> Awaitable[None]:
+        return write_batch(conn, effects, idempotency_rows)
 
     @staticmethod
     def _plan(command, wallets, desks, rates, pending, effects):

@@ -18,6 +18,9 @@ database records what it has applied in `schema_migrations` (version, name, chec
   was rolled back to) are logged and left alone; walletd still starts.
 - The seed (currencies, rates, operator account) is applied after the migrations, every time,
   with ON CONFLICT DO NOTHING: it never overwrites what an operator changed.
+- On a Citus coordinator (the citus extension is installed in the database), the tables are then
+  distributed as walletd/persistence/citus/layout.py says (persistence/citus/distribute.py):
+  after the migrations, which stay the same plain DDL on both engines, and before the seed.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import asyncpg
 from walletd.domain.rates import cross_rates
 from walletd.logs import get_logger
 from walletd.persistence import accounts
+from walletd.persistence.citus.distribute import citus_present, distribute
 
 _LOCK_ID = 0x77616C6C  # "wall": any constant shared by every walletd process (and the first release)
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -127,6 +131,8 @@ async def migrate(conn: asyncpg.Connection, seed_path: Path | None = None,
                                    migration.version, migration.name, migration.checksum)
             log.info("migrate.applied", version=migration.version, name=migration.name)
             applied.append(migration)
+        if await citus_present(conn):
+            await distribute(conn)
         async with conn.transaction():
             await _apply_seed(conn, seed)
     finally:

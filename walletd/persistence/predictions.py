@@ -52,15 +52,17 @@ class WalletPredictions:
             if state is not None:
                 state.post(bucket, amount)
 
-    async def states(self, ids: set[uuid.UUID]) -> dict[uuid.UUID, WalletState]:
-        """These wallets as predicted, reading the ones not predicted yet (one round trip)."""
+    async def states(self, ids: set[uuid.UUID], claims: dict[uuid.UUID, set[uuid.UUID]] | None = None,
+                     ) -> dict[uuid.UUID, WalletState]:
+        """These wallets as predicted, reading the ones not predicted yet (one round trip). claims:
+        wallet id -> the owners commands say it has (only the Citus edition reads by them)."""
         # Built from what this call saw and fetched, never re-read from the cache after an await:
         # a concurrent locked batch may drop entries meanwhile.
         found = {i: self.predicted[i] for i in ids if i in self.predicted}
         missing = [i for i in ids if i not in found]
         if missing:
             self.reads += 1
-            rows = await self.pool.fetch(_WALLET_STATES, missing)
+            rows = await self._read(missing, claims or {})
             if len(self.predicted) + len(rows) > CACHE_LIMIT:
                 self.predicted.clear()
             if len(self.owners) + len(rows) > CACHE_LIMIT:
@@ -69,6 +71,9 @@ class WalletPredictions:
                 found[r[0]] = self.predicted[r[0]] = WalletState(r[0], r[1], r[2], r[3], r[4], r[5])
                 self.owners[r[0]] = (r[1], r[3])
         return found
+
+    async def _read(self, ids: list[uuid.UUID], claims: dict[uuid.UUID, set[uuid.UUID]]) -> list:
+        return await self.pool.fetch(_WALLET_STATES, ids)
 
     async def owner(self, wallet_id: uuid.UUID, *read_along: uuid.UUID) -> tuple[uuid.UUID, str] | None:
         """(user id, kind) of the wallet, None if it does not exist. From memory when known; else
@@ -87,11 +92,15 @@ class WalletPredictions:
         ids: set[uuid.UUID] = set()
         for command in commands:
             ids |= wallets_touched(command)
-        wallets = await self.states(ids)
+        wallets = await self.states(ids, self._claims(commands))
         currencies = _converted_currencies(commands, wallets)
         if currencies:
-            wallets |= await self.states(await self._desk_ids(currencies))
+            desks = await self._desk_ids(currencies)
+            wallets |= await self.states(desks, {desk: {OPERATOR_USER_ID} for desk in desks})
         return wallets, currencies
+
+    def _claims(self, commands: list[Command]) -> dict[uuid.UUID, set[uuid.UUID]]:
+        return {}
 
     async def _desk_ids(self, currencies: set[int]) -> set[uuid.UUID]:
         if not currencies <= self.desks.keys():

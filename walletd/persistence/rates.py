@@ -85,7 +85,8 @@ async def set_rate(pool: FairPool, from_id: int, to_id: int, rate: Decimal, *, f
             return await conn.fetchrow(
                 """INSERT INTO exchange_rates (from_currency_id, to_currency_id, rate, updated_at)
                    VALUES ($1, $2, $3, now())
-                   ON CONFLICT (from_currency_id, to_currency_id) DO UPDATE SET rate = EXCLUDED.rate, updated_at = now()
+                   ON CONFLICT (from_currency_id, to_currency_id)
+                   DO UPDATE SET rate = EXCLUDED.rate, updated_at = EXCLUDED.updated_at
                    RETURNING from_currency_id, to_currency_id, rate, updated_at""",
                 from_id, to_id, rate)
         except (asyncpg.ForeignKeyViolationError, asyncpg.CheckViolationError):

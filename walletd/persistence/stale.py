@@ -29,13 +29,33 @@ UPDATE transactions t SET stale_at = now()
  WHERE t.id = due.id AND t.status = 'pending'
 RETURNING {_T_COLUMNS}, t.stale_at
 """
+# The Citus edition (persistence/citus/): Citus takes row locks only in a query on one shard, so
+# the due records are read first, then marked by a compare-and-set on stale_at (a record another
+# process marked meanwhile is not marked, nor published, twice), in one transaction that commits
+# with two-phase commit (the vote of persistence/citus/write_batch.sql): the marks on the workers
+# and the events on the coordinator commit together.
+_DUE_CITUS = """
+SELECT owner_id, id FROM transactions
+ WHERE status = 'pending' AND stale_at IS NULL AND created_at < now() - make_interval(secs => $1::double precision)
+ ORDER BY created_at LIMIT $2"""
+_MARK_CITUS = f"""
+UPDATE transactions t SET stale_at = now()
+ WHERE t.owner_id = ANY($1::uuid[]) AND t.id = ANY($2::uuid[]) AND t.status = 'pending' AND t.stale_at IS NULL
+RETURNING {_T_COLUMNS}, t.stale_at"""
 
 
 async def mark_stale(pool: FairPool, ttl_seconds: float, limit: int) -> list[dict]:
     """Marks up to `limit` pending records past the TTL (database clock) stale and publishes their
     events; returns their records as the API shows them."""
     async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(_MARK, float(ttl_seconds), limit)
+        if pool.distributed:
+            due = await conn.fetch(_DUE_CITUS, float(ttl_seconds), limit)
+            if not due:
+                return []
+            await conn.execute("INSERT INTO walletd_two_phase VALUES (1) ON CONFLICT DO NOTHING")
+            rows = await conn.fetch(_MARK_CITUS, [r[0] for r in due], [r[1] for r in due])
+        else:
+            rows = await conn.fetch(_MARK, float(ttl_seconds), limit)
         events = [(row["service_user_id"], {
             "id": str(new_id()), "type": f"{row['type']}.stale",
             "created_at": row["stale_at"].isoformat(timespec="microseconds"), "data": tx_json(row)})

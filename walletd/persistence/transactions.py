@@ -33,12 +33,13 @@ async def record(pool: FairPool, transaction_id: uuid.UUID) -> dict | None:
 async def pending_states(conn, ids: list[uuid.UUID], *, lock: bool) -> dict[uuid.UUID, PendingState]:
     """The transactions a batch settles, as planning needs them; locked (in id order) on the locked path."""
     rows = await conn.fetch(_PENDING + (" FOR UPDATE" if lock else ""), ids)
-    return {
-        r["id"]: PendingState(r["id"], r["type"], r["status"], r["amount"], r["from_wallet_id"], r["to_wallet_id"],
-                              r["user_id"], r["service_user_id"], r["external_wallet_id"], tx_json(r),
-                              r["commission"], r["stale"], r["settled_by"])
-        for r in rows
-    }
+    return {r["id"]: pending_state(r) for r in rows}
+
+
+def pending_state(r) -> PendingState:
+    return PendingState(r["id"], r["type"], r["status"], r["amount"], r["from_wallet_id"], r["to_wallet_id"],
+                        r["user_id"], r["service_user_id"], r["external_wallet_id"], tx_json(r),
+                        r["commission"], r["stale"], r["settled_by"])
 
 
 _ORIGINALS = ("SELECT id, type, status, parent_id, from_wallet_id, to_wallet_id, amount, converted_amount, rate, "
