@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 import time
 
-import structlog
 from aiohttp import web
 
-from walletd import metrics, server
+from walletd import logs, metrics, server
 from walletd.appkeys import principal_key, request_id_key, settings_key
 from walletd.domain.errors import DomainError, Unavailable
 from walletd.handlers.errors import (
@@ -63,12 +62,11 @@ async def request_context(request: web.Request, handler):
     """
     request_id = new_request_id()
     request[request_id_key] = request_id
-    structlog.contextvars.clear_contextvars()
     theirs = client_request_id(request)
     if theirs is None:
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        logs.bind_request(request_id=request_id)
     else:
-        structlog.contextvars.bind_contextvars(request_id=request_id, client_request_id=theirs)
+        logs.bind_request(request_id=request_id, client_request_id=theirs)
     started = time.perf_counter()
     try:
         response = await handler(request)
