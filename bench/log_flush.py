@@ -2,7 +2,7 @@
 
     python -m bench.log_flush [--lines 200000] [--repeat 3] [--out /dev/null]
 
-Three writers of the same JSON lines (the production structlog chain of walletd.logs):
+Three writers of the same JSON lines (walletd's own logger, walletd.logs):
 - `thread`: walletd's LineBuffer: the caller appends to a deque; a writer thread of its own
   writes what gathered every 25 ms;
 - `loop timer`: the previous design, kept here for comparison: the first line after a write set a
@@ -22,10 +22,7 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
-
-import structlog
 
 from walletd import logs
 
@@ -98,9 +95,8 @@ class Stamping:
 
 
 def use(writer) -> None:
-    """The production processor chain of walletd.logs, writing through `writer`."""
-    logs.configure("info", stream=sys.stdout)  # the chain; its logger factory is replaced below
-    structlog.configure(logger_factory=lambda *_: writer, cache_logger_on_first_use=False)
+    """walletd's own logger (walletd.logs), writing through `writer`."""
+    logs.configure("info", writer=writer)
 
 
 async def cost(log, lines: int) -> float:
@@ -161,7 +157,7 @@ async def main_async(args) -> None:
             stamping = Stamping(sink)
             writer = make(stamping)
             use(writer)
-            log = structlog.get_logger("bench")
+            log = logs.get_logger("bench")
             await cost(log, min(args.lines, 5000))  # warm-up
             seconds = await cost(log, args.lines)
             alone = await raw_cost(writer, args.lines)
@@ -170,7 +166,7 @@ async def main_async(args) -> None:
             runs[name].append((seconds, alone, steady, blocked))
     sink.close()
     print(f"{args.lines:,} request lines per run, {args.repeat} runs per writer (best cost, all delays), "
-          f"production processor chain, written to {args.out}")
+          f"walletd's logger, written to {args.out}")
     print(f"{'writer':<12}{'µs/line':>9}{'lines/s':>11}{'writer µs':>11}   {'delay at 2,000 lines/s':<30}"
           f"delay of a line before a {BLOCK_S * 1000:.0f} ms blocked loop")
     for name, results in runs.items():
@@ -180,7 +176,7 @@ async def main_async(args) -> None:
         blocked = [d for r in results for d in r[3]]
         print(f"{name:<12}{seconds * 1e6:>9.2f}{1 / seconds:>11,.0f}{alone * 1e6:>11.3f}   "
               f"{describe(steady):<30}{describe(blocked)}")
-    print("µs/line: one log.info of a request line (processors, JSON, writer); writer µs: the writer alone")
+    print("µs/line: one log.info of a request line (rendering, JSON, writer); writer µs: the writer alone")
 
 
 def main() -> None:

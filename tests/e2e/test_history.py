@@ -218,3 +218,25 @@ async def test_history_records_are_exactly_the_responses_that_created_them(make_
         by_id = {record["id"]: record for record in listed}
         for record in sent:
             assert by_id[record["id"]] == record
+
+
+async def test_a_history_record_is_the_record_its_movement_answered(make_client):
+    """PostgreSQL renders history records (persistence/history.py), walletd renders first answers
+    (domain/records.py): the same keys in the same order with the same values, nulls included."""
+    client = await make_client()
+    erin, finn = await register(client, "erin"), await register(client, "finn")
+    service = await register_service(client)
+    await fund(client, erin, service, 1, "100")
+    await api_external_wallet(client, erin, 1)
+    answers = []
+    for target, amount in ((finn["wallets"][1]["id"], "1.5"), (finn["wallets"][2]["id"], "2.25")):
+        resp = await api_transfer(client, erin, 1, target, amount)
+        assert resp.status == 200, await resp.text()
+        answers.append(await resp.json())
+    answers.append(await (await api_deposit(client, erin, service, 2, "7")).json())
+    answers.append(await (await api_withdraw(client, erin, service, 1, "3")).json())
+    body = await (await client.get("/user/transactions", headers=erin["headers"])).json()
+    listed = {tx["id"]: tx for tx in body["transactions"] + body["pending_transactions"]}
+    assert {answer["type"] for answer in answers} == {"transfer", "deposit", "withdraw"}
+    for answer in answers:
+        assert list(listed[answer["id"]].items()) == list(answer.items())

@@ -138,8 +138,10 @@ async def test_a_target_is_checked_again_at_every_delivery(make_client, db, log_
         row = await until(refused, what="two refused attempts recorded")
         assert row["last_error"].startswith("refused: url host 127.0.0.1 is a loopback address")
         assert receiver.received == []
+        # Other tests' endpoints with deliveries still due may be refused by this walletd too.
         lines = [json.loads(line) for line in log_tap.lines if '"webhook.refused"' in line]
-        assert lines and all(line["endpoint_id"] == hook_id and line["level"] == "warning" for line in lines)
+        ours = [line for line in lines if line["endpoint_id"] == hook_id]
+        assert ours and all(line["level"] == "warning" for line in lines)
     finally:
         await receiver.stop()
 

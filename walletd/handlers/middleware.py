@@ -8,10 +8,9 @@ import asyncio
 import os
 import time
 
-import structlog
 from aiohttp import web
 
-from walletd import metrics
+from walletd import logs, metrics
 from walletd.appkeys import breaker_key, challenge_key, principal_key, request_id_key, settings_key
 from walletd.config import ConfigError
 from walletd.domain.errors import DomainError, Unavailable
@@ -66,12 +65,11 @@ async def request_context(request: web.Request, handler):
     """
     request_id = new_request_id()
     request[request_id_key] = request_id
-    structlog.contextvars.clear_contextvars()
     theirs = client_request_id(request)
     if theirs is None:
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        logs.bind_request(request_id=request_id)
     else:
-        structlog.contextvars.bind_contextvars(request_id=request_id, client_request_id=theirs)
+        logs.bind_request(request_id=request_id, client_request_id=theirs)
     started = time.perf_counter()
     try:
         response = await handler(request)

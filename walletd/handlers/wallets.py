@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from walletd.appkeys import history_pool_key, keys_key, pool_key
+from walletd.appkeys import history_pool_key, keys_key, ledger_key, pool_key
 from walletd.auth.tokens import Principal
 from walletd.domain.access import is_own_user_wallet
 from walletd.domain.errors import CurrencyNotFound, ExternalWalletExists, WalletNotFound
@@ -98,9 +98,11 @@ async def user_transactions(request: web.Request, principal: Principal, params: 
         auth="user", params=WalletHistoryParams, response=HistoryOut, tags=["history"],
         errors=[WalletNotFound])
 async def wallet_transactions(request: web.Request, principal: Principal, params: WalletHistoryParams):
-    # Who owns a wallet decides what the caller may see: asked of the primary, even when the page
-    # itself comes from a standby.
-    await _own_wallet(request, principal, params.wallet_id)
+    # Who owns a wallet decides what the caller may see: known to the ledger (read from the primary
+    # once, then remembered: an owner never changes), even when the page comes from a standby.
+    if not is_own_user_wallet(principal.user_id,
+                              await request.app[ledger_key].owner(principal.user_id, params.wallet_id)):
+        raise WalletNotFound()
     scope = b"wallet:" + params.wallet_id.bytes
     return _history(request, scope, *await history.wallet_page(
         request.app[history_pool_key], params.wallet_id, _open_cursor(request, scope, params.cursor), params.limit,

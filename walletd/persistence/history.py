@@ -27,14 +27,22 @@ _RECORD = ("seq, id::text AS id, type, status, from_wallet_id::text AS from_wall
            "commission_rate::text AS commission_rate, commission::text AS commission")
 
 
-def _page(side: str, key: str = "$1", extra: str = "") -> str:
+# The largest page a client may ask for (handlers.schemas.HistoryParams), and the row that says
+# whether another page follows.
+MAX_ROWS = 200 + 1
+
+
+def _page(side: str, key: str = "$1", extra: str = "", limit: str = "$3") -> str:
     return (f"(SELECT {_RAW} FROM transactions WHERE {side} = {key} AND seq < $2 "
-            f"AND status <> 'pending' {extra} ORDER BY seq DESC LIMIT $3)")
+            f"AND status <> 'pending' {extra} ORDER BY seq DESC LIMIT {limit})")
 
 
-# The branches pick rows from the per-wallet indexes; only the rows kept are rendered.
-_WALLET_PAGE = (f"SELECT {_RECORD} FROM ({_page('from_wallet_id')} UNION ALL {_page('to_wallet_id')}) t "
-                "ORDER BY seq DESC LIMIT $3")
+# The branches pick rows from the per-wallet indexes; only the rows kept are rendered. Their limit
+# is a constant so that PostgreSQL plans this statement once per connection: with `LIMIT $3` a
+# generic plan is costed for a tenth of the wallet's rows and never chosen, and planning anew on
+# every page cost as much as running it. The branches are read lazily, up to the page's limit.
+_WALLET_PAGE = (f"SELECT {_RECORD} FROM ({_page('from_wallet_id', limit=str(MAX_ROWS))} UNION ALL "
+                f"{_page('to_wallet_id', limit=str(MAX_ROWS))}) t ORDER BY seq DESC LIMIT $3")
 # Per wallet of the user, the newest rows from each wallet index; a transfer between two wallets
 # of one user appears once (the `to` branch skips rows the user sent).
 _USER_PAGE = f"""
@@ -64,8 +72,9 @@ _USER_HISTORY = f"SELECT 0, * FROM ({_USER_PAGE}) page UNION ALL ({_USER_PENDING
 # The Citus editions (persistence/citus/): a record is stored once per user whose history it is
 # (owner_id, the distribution column), so a page names its owner ($4 for a wallet's, $1 for a
 # user's) and is a query on that user's shard alone. Pending records belong to their customer.
-_WALLET_PAGE_OWNED = (f"SELECT {_RECORD} FROM ({_page('owner_id = $4 AND from_wallet_id')} UNION ALL "
-                      f"{_page('owner_id = $4 AND to_wallet_id')}) t ORDER BY seq DESC LIMIT $3")
+_WALLET_PAGE_OWNED = (f"SELECT {_RECORD} FROM ({_page('owner_id = $4 AND from_wallet_id', limit=str(MAX_ROWS))} "
+                      f"UNION ALL {_page('owner_id = $4 AND to_wallet_id', limit=str(MAX_ROWS))}) t "
+                      "ORDER BY seq DESC LIMIT $3")
 _WALLET_PENDING_OWNED = f"""SELECT 1, {_RECORD} FROM (
     SELECT * FROM transactions WHERE owner_id = $4 AND user_id = $4
        AND status = 'pending' AND (from_wallet_id = $1 OR to_wallet_id = $1) ORDER BY seq DESC LIMIT {PENDING_LIMIT}
@@ -83,6 +92,8 @@ async def wallet_page(pool: FairPool, wallet_id: uuid.UUID, before: int | None, 
     """(records, the next page's position or None, pending records), the records as rows for
     domain.records.tx_json. A position is a global sequence number: the handlers seal it before a
     client sees it. The caller has checked that owner_id owns the wallet."""
+    if limit + 1 > MAX_ROWS:
+        raise ValueError(f"a page holds at most {MAX_ROWS - 1} records")
     if pool.distributed:
         rows = await pool.fetch(_WALLET_HISTORY_OWNED, wallet_id, before or _NO_CURSOR, limit + 1, owner_id)
     else:
