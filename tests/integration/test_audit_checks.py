@@ -136,3 +136,24 @@ async def test_a_record_that_disagrees_with_its_entry_is_found(books, tamper):
         assert any(line.startswith(RECORD) and str(record_id) in line for line in out.splitlines()), out
     else:
         assert any(str(record_id) in line for line in found), out
+
+
+async def test_rows_that_name_what_does_not_exist_are_found(books):
+    """A posting in a currency its wallet does not hold and a record naming a wallet that does not
+    exist: only a hand at the database (constraints and triggers switched off) writes them."""
+    url, conn, records = books
+    async with conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        posting = await conn.fetchrow(
+            "UPDATE postings SET currency_id = 3 WHERE ctid = (SELECT ctid FROM postings WHERE wallet_id = $1 "
+            "LIMIT 1) RETURNING entry_id, wallet_id", uuid.UUID(records["alice"]))
+        ghost = uuid.uuid4()
+        await conn.execute("UPDATE transactions SET to_wallet_id = $2 WHERE id = $1",
+                           uuid.UUID(str(records["transfer"])), ghost)
+    code, out = await audit(url)
+    assert code == 1, out
+    lines = out.splitlines()
+    assert any(line.startswith("posting names a missing wallet or the wrong currency") and
+               str(posting["entry_id"]) in line for line in lines), out
+    assert any(line.startswith("transaction names a missing wallet or entry") and
+               str(records["transfer"]) in line for line in lines), out

@@ -87,6 +87,8 @@ def _record_check() -> str:
             ELSE false END, false)"""
 
 
+# Missing-row checks are outer joins: an OR of NOT EXISTS cannot become an anti-join, and where
+# the rows are unindexed (Citus checks them on the coordinator) it rescans per row: quadratic.
 _CHECKS = {
     "wallet balance differs from its postings": f"""
         SELECT w.id, w.balance, w.reserved_balance,
@@ -107,13 +109,16 @@ _CHECKS = {
          GROUP BY currency_id HAVING sum(balance + reserved_balance) <> 0""",
     "posting names a missing wallet or the wrong currency": """
         SELECT p.entry_id, p.wallet_id, p.currency_id FROM postings p
-         WHERE NOT EXISTS (SELECT 1 FROM wallets w WHERE w.id = p.wallet_id AND w.currency_id = p.currency_id)
-            OR NOT EXISTS (SELECT 1 FROM journal_entries e WHERE e.id = p.entry_id)""",
+          LEFT JOIN wallets w ON w.id = p.wallet_id AND w.currency_id = p.currency_id
+          LEFT JOIN journal_entries e ON e.id = p.entry_id
+         WHERE w.id IS NULL OR e.id IS NULL""",
     "transaction names a missing wallet or entry": """
         SELECT t.id, t.type FROM transactions t
-         WHERE (t.from_wallet_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM wallets w WHERE w.id = t.from_wallet_id))
-            OR (t.to_wallet_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM wallets w WHERE w.id = t.to_wallet_id))
-            OR (t.entry_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM journal_entries e WHERE e.id = t.entry_id))""",
+          LEFT JOIN wallets f ON f.id = t.from_wallet_id
+          LEFT JOIN wallets o ON o.id = t.to_wallet_id
+          LEFT JOIN journal_entries e ON e.id = t.entry_id
+         WHERE (t.from_wallet_id IS NOT NULL AND f.id IS NULL) OR (t.to_wallet_id IS NOT NULL AND o.id IS NULL)
+            OR (t.entry_id IS NOT NULL AND e.id IS NULL)""",
     "posting's time differs from its journal entry's": """
         SELECT p.entry_id, p.wallet_id, p.created_at AS posting_time, e.created_at AS entry_time
           FROM postings p JOIN journal_entries e ON e.id = p.entry_id WHERE p.created_at <> e.created_at""",
