@@ -26,6 +26,7 @@ import asyncpg
 from walletd import metrics
 from walletd.domain.chain import Entry
 from walletd.domain.money import fmt
+from walletd.domain.vocabulary import Bucket
 from walletd.integrity import verify
 from walletd.logs import get_logger
 from walletd.persistence import chain
@@ -186,6 +187,40 @@ _WALLETS_CITUS = _WALLETS.replace("WHERE t.user_id = w.user_id",
                                   "WHERE t.owner_id = w.user_id AND t.user_id = w.user_id")
 
 
+# Citus: one statement per wallet, pushed down whole to the wallet's shard, reads its balances, its
+# postings and its pending withdrawals in one worker snapshot. The check's several statements
+# above do not share one snapshot on a cluster (each worker, even each connection to one, takes
+# its own), so a transfer committing between them looks like a wrong balance; a finding is
+# reported only when this confirms it.
+_CONFIRM_CITUS = f"""
+SELECT w.balance, w.reserved_balance,
+       (SELECT coalesce(sum(p.amount), 0) FROM postings p
+         WHERE p.user_id = w.user_id AND p.wallet_id = w.id AND p.bucket = '{Bucket.BALANCE}'),
+       (SELECT coalesce(sum(p.amount), 0) FROM postings p
+         WHERE p.user_id = w.user_id AND p.wallet_id = w.id AND p.bucket = '{Bucket.RESERVED}'),
+       (SELECT coalesce(sum(t.amount), 0) FROM transactions t
+         WHERE t.owner_id = w.user_id AND t.user_id = w.user_id AND t.status = 'pending' AND t.type = 'withdraw'
+           AND t.from_wallet_id = w.id)
+  FROM wallets w WHERE w.id = $1"""
+
+
+async def _confirmed_on_citus(conn, problems: list[Problem]) -> list[Problem]:
+    confirmed = []
+    for key, text in problems:
+        kind, _, wallet = key.partition(":")
+        if kind not in ("balance", "holds"):
+            confirmed.append((key, text))
+            continue
+        row = await conn.fetchrow(_CONFIRM_CITUS, uuid.UUID(wallet))
+        if row is None:
+            continue
+        balance, reserved, posted_balance, posted_reserved, held = row
+        wrong = (balance, reserved) != (posted_balance, posted_reserved) if kind == "balance" else reserved != held
+        if wrong:
+            confirmed.append((key, text))
+    return confirmed
+
+
 async def _balance_problems(conn, last, sealed: dict[uuid.UUID, tuple[Decimal, Decimal]],
                             distributed: bool) -> list[Problem]:
     """The wallets the newly checked entries and the entries not sealed yet touch, against the
@@ -216,4 +251,4 @@ async def _balance_problems(conn, last, sealed: dict[uuid.UUID, tuple[Decimal, D
                                                    f"pending withdrawals hold {fmt(held)}"))
     for wallet_id in touched - found:
         problems.append((f"wallet:{wallet_id}:missing", f"postings name wallet {wallet_id}, which does not exist"))
-    return problems
+    return await _confirmed_on_citus(conn, problems) if distributed and problems else problems
