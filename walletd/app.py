@@ -53,7 +53,7 @@ def add_routes(app: web.Application) -> None:
 
 
 def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Application:
-    middlewares = [request_context, route_body_limit, server.read_body_within(settings.body_timeout_seconds)]
+    middlewares = [request_context, server.read_body_within(settings.body_timeout_seconds, route_body_limit)]
     if settings.trusted_proxies:
         # First: every later middleware and handler sees the client's address as request.remote.
         middlewares.insert(0, TrustedProxies(settings.trusted_proxies).middleware())

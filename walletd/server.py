@@ -71,13 +71,16 @@ class BodyTimeout(web.HTTPRequestTimeout):
         super().__init__(reason=f"request body not received within {seconds:g} s")
 
 
-def read_body_within(seconds: float):
-    """Middleware: the body is read whole, within `seconds`, before the handler runs."""
+def read_body_within(seconds: float, set_limit: Callable[[web.Request], None] | None = None):
+    """Middleware: the body is read whole, within `seconds`, before the handler runs; `set_limit`
+    first sets the request's body limit (a route may allow more than the default)."""
     if seconds <= 0:
         raise ConfigError(f"WALLETD_BODY_TIMEOUT_SECONDS must be positive, got {seconds}")
 
     @web.middleware
     async def read_body(request: web.Request, handler):
+        if set_limit is not None:
+            set_limit(request)
         # A small body usually arrives with the head, already whole: then there is nothing to wait for.
         if request.body_exists and not request.content.is_eof():
             try:
