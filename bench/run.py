@@ -167,6 +167,7 @@ async def measure(cfg: Config, workdir: Path, report: dict, servers: list[Server
         population = await populate(cfg, url, admin)
         if cfg.citus is not None:
             report["meta"]["citus"] = await bench_citus.placement(admin, [u.id for u in population.users])
+            await bench_citus.defer_full_audit(admin)
     finally:
         await admin.close()
 
