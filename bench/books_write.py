@@ -31,9 +31,10 @@ from pathlib import Path
 import asyncpg
 
 from bench import procstat
-from walletd import testing
+from tests.support import servers
+from walletd.domain.effects import Effects
 from walletd.domain.ids import new_id
-from walletd.domain.ledger import Effects, WalletState
+from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 from walletd.persistence import embedded
 from walletd.persistence.batch_write import WRITE_BATCH, batch_document
@@ -56,7 +57,7 @@ def _transfers(pairs: list[tuple[WalletState, WalletState]]) -> str:
 
 
 async def _database(admin_url: str, name: str, through: int) -> tuple[asyncpg.Connection, list[WalletState]]:
-    url = await testing.create_empty_database(admin_url, name, replace=True)
+    url = await servers.create_empty_database(admin_url, name, replace=True)
     conn = await asyncpg.connect(url)
     await migrate(conn, migrations=[m for m in load_migrations() if m.version <= through])
     await conn.execute("SET synchronous_commit = off")
@@ -136,7 +137,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3000, help="single transfers per variant (default 3000)")
     parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (default 6)")
     args = parser.parse_args()
-    testing.run(_main(args.batches, args.rounds))
+    servers.run(_main(args.batches, args.rounds))
 
 
 if __name__ == "__main__":

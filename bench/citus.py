@@ -1,6 +1,6 @@
 """`bench.run --citus DIR`: the same runs on a Citus cluster instead of the embedded PostgreSQL.
 
-A coordinator and two workers on loopback (walletd/citus_cluster.py, the Citus that
+A coordinator and two workers on loopback (tests/support/citus_cluster.py, the Citus that
 tests/citus/build.sh built into DIR), on this same machine; walletd migrates the database, which
 distributes it. PostgreSQL CPU per operation is then the sum over the three nodes' process
 trees, and pgbench (reference c) runs on a plain table of the coordinator. The report gains
@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.config import DATABASE
-from walletd.citus_cluster import CitusCluster
+from tests.support.citus_cluster import CitusCluster
 
 
 @dataclass(frozen=True)

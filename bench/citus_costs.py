@@ -1,6 +1,6 @@
 """Micro-benchmark: what walletd's writes and its journal's upkeep cost a Citus cluster, call by call.
 
-Not part of `make bench`. On a running cluster (`python -m walletd.citus_cluster start DIR
+Not part of `make bench`. On a running cluster (`python -m tests.support.citus_cluster start DIR
 --install "$(tests/citus/build.sh)"`), `python -m bench.citus_costs DIR` creates a database there,
 migrates it (so distributes it), gives 1,000 users a funded wallet each, and measures, per call,
 the PostgreSQL CPU summed over every node's process tree (/proc: what the calls cost the cluster,
@@ -29,9 +29,10 @@ import asyncpg
 import orjson
 
 from bench import procstat
-from walletd.citus_cluster import CitusCluster
+from tests.support.citus_cluster import CitusCluster
+from walletd.domain.effects import Effects
 from walletd.domain.ids import new_id
-from walletd.domain.ledger import Effects, WalletState
+from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 from walletd.integrity.verify import audit_chain
 from walletd.persistence.audit import find_problems
@@ -126,7 +127,7 @@ async def _main(run_dir: Path, rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="the directory of a running walletd.citus_cluster")
+    parser.add_argument("run_dir", type=Path, help="the directory of a running tests.support.citus_cluster")
     parser.add_argument("--rounds", type=int, default=200, help="calls per measurement (default 200)")
     args = parser.parse_args()
     asyncio.run(_main(args.run_dir, args.rounds))

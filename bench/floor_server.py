@@ -11,7 +11,7 @@ import argparse
 
 from aiohttp import web
 
-from walletd.testing import new_event_loop
+from tests.support.servers import new_event_loop
 
 
 async def handler(request: web.Request) -> web.Response:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench import procstat
 from bench.config import HOST, REPO, Config
-from walletd.testing import ServerProcess, ServerStartError
+from tests.support.servers import ServerProcess, ServerStartError
 
 _T0 = time.monotonic()
 

@@ -31,7 +31,7 @@ import sys
 import time
 from collections import Counter
 
-from walletd import testing
+from tests.support import servers
 
 
 class ServerClosed(ConnectionError):
@@ -343,7 +343,7 @@ def main() -> None:
     spec_path, result_path = sys.argv[1], sys.argv[2]
     with open(spec_path) as handle:
         spec = json.load(handle)
-    result = testing.run(run(spec))
+    result = servers.run(run(spec))
     with open(result_path, "w") as handle:
         json.dump(result, handle)
     print("DONE", flush=True)

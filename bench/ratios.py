@@ -1,5 +1,5 @@
-"""The figures derived from the runs: ratios between scenarios and the issue's targets
-(evaluated for information only: speed never fails the run)."""
+"""The figures derived from the runs: ratios between scenarios and the speed targets walletd aims
+at (evaluated for information only: speed never fails the run)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def ratios(scenarios: dict, memory: dict | None) -> dict:
 
 
 def targets(r: dict, scenarios: dict, memory: dict | None) -> dict:
-    """The issue's targets, evaluated for information only: speed never fails the run."""
+    """The speed targets, evaluated for information only: speed never fails the run."""
     def check(value, op, bound):
         if value is None:
             return {"value": None, "target": f"{op} {bound}", "met": None}

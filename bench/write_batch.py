@@ -30,9 +30,10 @@ from pathlib import Path
 
 import asyncpg
 
-from walletd import testing
+from tests.support import servers
+from walletd.domain.effects import Effects
 from walletd.domain.ids import new_id
-from walletd.domain.ledger import Effects, WalletState
+from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 from walletd.persistence import accounts, embedded
 from walletd.persistence.batch_write import WRITE_BATCH, batch_document
@@ -81,9 +82,9 @@ SELECT walletd_expect((SELECT count(*) FROM settled), (SELECT (d->>'settling')::
 """
 _WRITE_BATCH = _WRITE_BATCH_TEMPLATE.format(tx_columns=", ".join(c for c, _ in _TX_INSERT), tx_types=_TX_TYPES,
                                             outbox="")
-# ---- issue 11: the transactional outbox. The events ride in the batch's own statement (so in its
+# ---- the transactional outbox. The events ride in the batch's own statement (so in its
 # transaction, and the in-doubt lookup of one row covers them too), with one delivery row per
-# endpoint of the event's service user (walletd/events/delivery.py sends them).
+# endpoint of the event's service user (walletd/jobs/webhook_delivery.py sends them).
 _OUTBOX_CTE = """, outbox AS (
     INSERT INTO events (id, service_user_id, type, transaction_id, body, created_at)
     SELECT o.id, o.service_user_id, o.type, o.transaction_id, o.body::json, (d->>'now')::timestamptz
@@ -145,7 +146,7 @@ async def _main(batches: int, rounds: int) -> None:
     base.chmod(0o755)
     server = embedded.start(base, throwaway=True)
     try:
-        url = await testing.create_empty_database(embedded.database_url(server), "walletd_write_batch_bench")
+        url = await servers.create_empty_database(embedded.database_url(server), "walletd_write_batch_bench")
         conn = await asyncpg.connect(url)
         try:
             await migrate(conn)
@@ -228,7 +229,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=2000, help="batches per variant (default 2000)")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default 4)")
     args = parser.parse_args()
-    testing.run(_main(args.batches, args.rounds))
+    servers.run(_main(args.batches, args.rounds))
 
 
 if __name__ == "__main__":

@@ -18,14 +18,15 @@ import asyncpg
 import pytest
 
 from tests.oracles import DEPOSIT_RATE, net_of_commission
-from walletd import logs, testing
+from tests.support import servers
+from tests.support.servers import ServerProcess, free_port, walletd_command, walletd_server  # noqa: F401 - re-exported
+from walletd import logs
 from walletd.app import create_app
 from walletd.config import Settings
 from walletd.integrity.verify import audit_chain
 from walletd.persistence import embedded
 from walletd.persistence.audit import find_problems
 from walletd.persistence.migrate import migrate
-from walletd.testing import ServerProcess, free_port, walletd_command, walletd_server  # noqa: F401 - re-exported
 
 JWT_SECRET = "test-secret-" + "x" * 40
 SECRETS_KEY = base64.urlsafe_b64encode(b"walletd-test-secrets-key-32bytes").decode()  # a Fernet key
@@ -73,7 +74,7 @@ def admin_url(pg_server) -> str:
 
 async def create_empty_database(admin_url: str) -> str:
     """A new database nothing has been applied to; returns its URL."""
-    return await testing.create_empty_database(admin_url, f"walletd_test_{os.getpid()}_{next(_db_counter)}")
+    return await servers.create_empty_database(admin_url, f"walletd_test_{os.getpid()}_{next(_db_counter)}")
 
 
 async def create_database(admin_url: str) -> str:
@@ -199,7 +200,7 @@ async def run_cli(database_url: str, *args: str, timeout: float = 60) -> tuple[i
 
 
 class ServeProcess(ServerProcess):
-    """A real `walletd serve` subprocess on 127.0.0.1 and a free port (walletd.testing does the work)."""
+    """A real `walletd serve` subprocess on 127.0.0.1 and a free port (tests/support/servers.py does the work)."""
 
     def __init__(self, database_url: str, **env: str) -> None:
         log = Path(tempfile.mkstemp(prefix="walletd-serve-", suffix=".log")[1])

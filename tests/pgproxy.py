@@ -1,8 +1,8 @@
 """A TCP proxy between walletd and PostgreSQL that loses messages on purpose.
 
-It forwards bytes unchanged until armed. Then, at the decisive step of the next write that
+It forwards bytes unchanged until armed. Then, at the commit step of the next write that
 carries walletd's batch document (the JSON parameter of walletd_write_batch) it acts:
-- at="write" (default): on the message carrying the batch document itself, the decisive step of
+- at="write" (default): on the message carrying the batch document itself, the commit step of
   the fast path (one statement in autocommit);
 - at="commit": on the COMMIT that ends a transaction in which the batch document was sent (the
   locked path, the registration of a user with a sign-up bonus).
@@ -101,8 +101,8 @@ class PgProxy:
             _abort(writer)
             self._writers.discard(writer)
 
-    def _decisive(self, window: bytes, fresh_from: int, link: dict) -> bool:
-        """Whether this chunk carries the armed decisive step; tracks the link's transaction."""
+    def _is_commit_step(self, window: bytes, fresh_from: int, link: dict) -> bool:
+        """Whether this chunk carries the armed commit step; tracks the link's transaction."""
         def seen(pattern: re.Pattern) -> bool:
             return any(m.end() > fresh_from for m in pattern.finditer(window))
 
@@ -132,7 +132,7 @@ class PgProxy:
             window = tail + chunk
             fresh_from = len(tail)
             tail = window[-_TAIL:]
-            if self._decisive(window, fresh_from, link):
+            if self._is_commit_step(window, fresh_from, link):
                 assert self.armed is not None
                 action, self.armed = self.armed[0], None
                 if action == "lose_reply":

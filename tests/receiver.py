@@ -9,7 +9,7 @@ import time
 
 from aiohttp import web
 
-from walletd.testing import LOOPBACK, free_port
+from tests.support.servers import LOOPBACK, free_port
 
 
 class Receiver:

@@ -1,3 +1,5 @@
+"""`python -m walletd`: the console script (walletd/cli.py)."""
+
 from walletd.cli import main
 
 main()

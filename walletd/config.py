@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import os
 import re
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from datetime import timedelta
 from decimal import Decimal
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
+
+from cryptography.fernet import Fernet
 
 
 class ConfigError(Exception):
@@ -52,7 +55,7 @@ class Settings:
     db_connect_timeout: float = 5.0
     log_level: str = "info"
     idempotency_retention_seconds: int = 86400
-    # events to the payment service (issue 11; walletd/events/)
+    # events to the payment service: the stale sweep, webhook delivery and secrets (walletd/jobs/, walletd/webhooks/)
     pending_ttl_seconds: float = 604800.0
     webhook_horizon_seconds: float = 259200.0
     webhook_backoff_seconds: float = 2.0
@@ -71,7 +74,7 @@ class Settings:
     header_timeout_seconds: float = 15.0
     body_timeout_seconds: float = 15.0
     max_connections: int = 512
-    # The journal's hash chain and the self-audit (walletd/integrity/, docs/journal-integrity.md).
+    # The journal's hash chain and the self-audit (walletd/jobs/, docs/journal-integrity.md).
     seal_interval_seconds: float = 1.0
     head_log_interval_seconds: float = 300.0
     audit_interval_seconds: float = 10.0
@@ -154,9 +157,7 @@ class Settings:
         if bonus < 0:
             raise ConfigError(f"WALLETD_SIGNUP_BONUS={bonus}: must not be negative")
         if settings.secrets_key is not None:
-            from walletd.keys import ServerKeys
-
-            ServerKeys(settings.secrets_key)  # a malformed key stops walletd here, naming the variable
+            secrets_keys(settings.secrets_key)  # a malformed key stops walletd here, naming the variable
         if settings.hash_queue < settings.hash_threads:
             raise ConfigError(f"WALLETD_HASH_QUEUE={settings.hash_queue} must be at least WALLETD_HASH_THREADS "
                               f"({settings.hash_threads}): a thread with nothing to hash is wasted")
@@ -192,6 +193,25 @@ def check_operator_key(key: str, source: str) -> str:
                           f"{OPERATOR_KEY_MIN_LENGTH} (e.g. python3 -c 'import secrets; "
                           "print(secrets.token_urlsafe(32))')")
     return key
+
+
+SECRETS_KEY_VARIABLE = "WALLETD_SECRETS_KEY"
+
+
+def secrets_keys(raw: str | None) -> list[str]:
+    """The keys of WALLETD_SECRETS_KEY, first the one that encrypts (walletd/keys.py derives
+    everything from them); ConfigError naming the variable when it is unset or malformed."""
+    names = [part.strip() for part in (raw or "").split(",") if part.strip()]
+    if not names:
+        raise ConfigError(f"{SECRETS_KEY_VARIABLE} is not set: it encrypts webhook secrets at rest (generate one "
+                          "with `walletd secrets-key`, or `openssl rand -base64 32 | tr '+/' '-_'`)")
+    try:
+        for name in names:
+            Fernet(name.encode())
+    except (ValueError, binascii.Error):
+        raise ConfigError(f"{SECRETS_KEY_VARIABLE}: each key must be 32 bytes in URL-safe base64 (44 characters); "
+                          "generate one with `walletd secrets-key`") from None
+    return names
 
 
 # HS256 keys shorter than the hash are easier to brute-force offline from any one token (RFC 7518 3.2).

@@ -24,9 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from walletd.config import ConfigError
-
-VARIABLE = "WALLETD_SECRETS_KEY"
+from walletd.config import secrets_keys
 
 
 def new_secrets_key() -> str:
@@ -44,15 +42,8 @@ class SecretUnreadable(Exception):
 
 class ServerKeys:
     def __init__(self, raw: str | None) -> None:
-        names = [part.strip() for part in (raw or "").split(",") if part.strip()]
-        if not names:
-            raise ConfigError(f"{VARIABLE} is not set: it encrypts webhook secrets at rest (generate one with "
-                              "`walletd secrets-key`, or `openssl rand -base64 32 | tr '+/' '-_'`)")
-        try:
-            fernets = [Fernet(name.encode()) for name in names]
-        except (ValueError, binascii.Error):
-            raise ConfigError(f"{VARIABLE}: each key must be 32 bytes in URL-safe base64 (44 characters); "
-                              "generate one with `walletd secrets-key`") from None
+        names = secrets_keys(raw)
+        fernets = [Fernet(name.encode()) for name in names]
         self._primary = fernets[0]
         self._all = MultiFernet(fernets)
         master = base64.urlsafe_b64decode(names[0])

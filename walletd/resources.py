@@ -14,7 +14,9 @@ from aiohttp import web
 from walletd.actors.committer import GroupCommitter
 from walletd.actors.registry import ActorRegistry
 from walletd.appkeys import (
+    breaker_key,
     database_url_key,
+    dispatcher_key,
     history_pool_key,
     http_key,
     keys_key,
@@ -26,18 +28,18 @@ from walletd.appkeys import (
     tokens_key,
 )
 from walletd.config import ConfigError
-from walletd.events.delivery import WebhookDispatcher, dispatcher_key
-from walletd.events.stale import StalePendingSweeper
 from walletd.handlers.errors import error_body
-from walletd.integrity.sealer import JournalSealer
-from walletd.integrity.self_audit import SelfAudit
+from walletd.jobs.idempotency_sweep import IdempotencySweeper
+from walletd.jobs.journal_sealer import JournalSealer
+from walletd.jobs.self_audit import SelfAudit
+from walletd.jobs.stale_sweep import StalePendingSweeper
+from walletd.jobs.supervision import start_supervised, stop_task
+from walletd.jobs.webhook_delivery import WebhookDispatcher
 from walletd.memory import release_memory
 from walletd.persistence.citus.ledger import CitusLedger
 from walletd.persistence.db import create_pool
-from walletd.persistence.failures import UNAVAILABLE, outage
+from walletd.persistence.failures import UNAVAILABLE
 from walletd.persistence.ledger import PgLedger
-from walletd.persistence.retention import IdempotencySweeper
-from walletd.supervisor import start_supervised, stop_task
 
 
 async def _open_pool(settings, url: str, size: int, what: str):
@@ -78,18 +80,19 @@ async def actors_ctx(app: web.Application):
     """Ledger, group committer and actors; on shutdown the actors drain what they accepted while
     the pool (an earlier context) is still open."""
     settings = app[settings_key]
+    breaker = app[breaker_key]
     # A refusal remembered under an Idempotency-Key is stored as the answer the edge gives.
     edition = CitusLedger if app[pool_key].distributed else PgLedger
-    ledger = edition(app[pool_key], settings.rates_max_age, refusal_response=error_body,
+    ledger = edition(app[pool_key], breaker, settings.rates_max_age, refusal_response=error_body,
                      in_doubt_seconds=settings.in_doubt_seconds)
     app[ledger_key] = ledger
     committer = GroupCommitter(ledger, workers=settings.committers, max_batch=settings.max_batch)
     registry = ActorRegistry(committer, mailbox_size=settings.mailbox_size,
                              idle_seconds=settings.actor_idle_seconds, max_batch=settings.max_batch,
-                             on_idle=lambda: release_memory(ledger, app[tokens_key]), admit=outage.admit)
+                             on_idle=lambda: release_memory(ledger, app[tokens_key]), admit=breaker.admit)
     app[registry_key] = registry
     committer.start()
-    stop_shedding = outage.on_lasting(committer.shed)
+    stop_shedding = breaker.while_open(committer.shed)
     try:
         yield
     finally:
@@ -110,18 +113,18 @@ class StartupError(ConfigError):
 
 
 async def idempotency_sweep_ctx(app: web.Application):
-    """Deletes expired idempotency keys in the background (walletd/persistence/retention.py);
+    """Deletes expired idempotency keys in the background (walletd/jobs/idempotency_sweep.py);
     after pool_ctx, so it stops before the pool closes."""
     sweeper = IdempotencySweeper(app[pool_key], app[settings_key].idempotency_retention_seconds)
-    task = start_supervised("idempotency_sweep", sweeper.run)
+    task = start_supervised("idempotency_sweep", sweeper.run, breaker=app[breaker_key])
     try:
         yield
     finally:
         await stop_task(task, timeout=5)
 
 
-async def events_ctx(app: web.Application):
-    """The payment service's background tasks: the stale sweep and webhook delivery (walletd/events/).
+async def payment_service_jobs_ctx(app: web.Application):
+    """The payment service's jobs: the stale sweep and webhook delivery (walletd/jobs/).
     After actors_ctx, so on shutdown they stop before the actors drain and the pool closes."""
     settings = app[settings_key]
     dispatcher = WebhookDispatcher(app[pool_key], app[keys_key], app[targets_key],
@@ -131,7 +134,9 @@ async def events_ctx(app: web.Application):
                                    horizon=settings.webhook_horizon_seconds)
     sweeper = StalePendingSweeper(app[pool_key], settings.pending_ttl_seconds, dispatcher.wake)
     app[dispatcher_key] = dispatcher
-    tasks = [start_supervised("pending_stale", sweeper.run), start_supervised("webhook_delivery", dispatcher.run)]
+    breaker = app[breaker_key]
+    tasks = [start_supervised("pending_stale", sweeper.run, breaker=breaker),
+             start_supervised("webhook_delivery", dispatcher.run, breaker=breaker)]
     try:
         yield
     finally:
@@ -139,13 +144,15 @@ async def events_ctx(app: web.Application):
             await stop_task(task, timeout=5)
 
 
-async def integrity_ctx(app: web.Application):
-    """The journal's sealer and the self-audit (walletd/integrity/); after pool_ctx, so they stop
+async def journal_jobs_ctx(app: web.Application):
+    """The journal's jobs: the sealer and the self-audit (walletd/jobs/); after pool_ctx, so they stop
     before the pool closes."""
     settings = app[settings_key]
     sealer = JournalSealer(app[pool_key], settings.seal_interval_seconds, settings.head_log_interval_seconds)
     audit = SelfAudit(app[pool_key], settings.audit_interval_seconds, settings.audit_full_interval_seconds)
-    tasks = [start_supervised("journal_sealer", sealer.run), start_supervised("self_audit", audit.run)]
+    breaker = app[breaker_key]
+    tasks = [start_supervised("journal_sealer", sealer.run, breaker=breaker),
+             start_supervised("self_audit", audit.run, breaker=breaker)]
     try:
         yield
     finally:

@@ -1,5 +1,6 @@
-"""The HTTP runner: what `walletd serve` listens with, and its protections against slow and
-vanished clients (docs/configuration.md).
+"""The HTTP runner: what `walletd serve` listens with, the connection cap, and the answer to what
+the HTTP parser refuses (docs/configuration.md describes every protection against slow and
+vanished clients, some of them request middlewares in handlers/middleware.py).
 
 What aiohttp offers and walletd uses:
 - `keepalive_timeout` is the header timeout. aiohttp arms it when a connection opens and again
@@ -9,11 +10,12 @@ What aiohttp offers and walletd uses:
 - `max_line_size` / `max_field_size` / `max_headers` (8190 / 8192 / 128) bound the head's size;
   `client_max_size` (WALLETD_MAX_BODY_BYTES) bounds the body.
 
-What aiohttp lacks and walletd adds here:
-- a body timeout: `read_body_within` reads the whole body (at most WALLETD_MAX_BODY_BYTES)
-  before the handler runs, within WALLETD_BODY_TIMEOUT_SECONDS, else 408 and the connection closes;
-  a client that disconnects mid-body is logged at info as `http.client_aborted`, never as a 500;
-- a connection cap: `ConnectionCap` answers connections beyond WALLETD_MAX_CONNECTIONS (per
+What aiohttp lacks and walletd adds:
+- a body timeout (handlers/middleware.py, `read_body_within`): the whole body (at most
+  WALLETD_MAX_BODY_BYTES) is read before the handler runs, within WALLETD_BODY_TIMEOUT_SECONDS,
+  else 408 and the connection closes; a client that disconnects mid-body is logged at info as
+  `http.client_aborted`, never as a 500 (handlers/disconnects.py);
+- here, a connection cap: `ConnectionCap` answers connections beyond WALLETD_MAX_CONNECTIONS (per
   process) with a canned 503 + Retry-After and closes them, before any byte is parsed;
 - requests the HTTP parser refuses (`JsonParseErrors`): a JSON error with a `code` (414 for an
   over-long request line, 431 for an over-long header or too many, 400 for anything else), one
@@ -35,71 +37,16 @@ import time
 from typing import Callable
 
 from aiohttp import web
-from aiohttp.http_exceptions import ContentLengthError, HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from walletd import metrics
 from walletd.config import ConfigError, Settings
+from walletd.handlers.errors import error_response
+from walletd.handlers.middleware import new_request_id
 from walletd.logs import get_logger
 
 log = get_logger("walletd.http")
-
-# Raised by a body read when the client went away: request._cancel(ConnectionResetError) on
-# connection loss, or ContentLengthError when the stream ended short of Content-Length.
-CLIENT_GONE = (ConnectionResetError, ContentLengthError)
-CLIENT_CLOSED_STATUS = 499  # nginx's "client closed request": nobody receives it, the log line shows it
-
-
-def client_went_away(request: web.BaseRequest, exc: BaseException) -> bool:
-    """exc is the client's disconnection, not (say) a database connection reset: the client's
-    own transport is gone too."""
-    transport = request.transport
-    return isinstance(exc, CLIENT_GONE) and (transport is None or transport.is_closing())
-
-
-def client_aborted(request: web.BaseRequest, exc: BaseException) -> web.Response:
-    log.info("http.client_aborted", method=request.method, path=request.path, reason=type(exc).__name__)
-    response = web.Response(status=CLIENT_CLOSED_STATUS)
-    response.force_close()
-    return response
-
-
-class BodyTimeout(web.HTTPRequestTimeout):
-    code = "request_timeout"
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(reason=f"request body not received within {seconds:g} s")
-
-
-def read_body_within(seconds: float, set_limit: Callable[[web.Request], None] | None = None):
-    """Middleware: the body is read whole, within `seconds`, before the handler runs; `set_limit`
-    first sets the request's body limit (a route may allow more than the default)."""
-    if seconds <= 0:
-        raise ConfigError(f"WALLETD_BODY_TIMEOUT_SECONDS must be positive, got {seconds}")
-
-    @web.middleware
-    async def read_body(request: web.Request, handler):
-        if set_limit is not None:
-            set_limit(request)
-        # A small body usually arrives with the head, already whole: then there is nothing to wait for.
-        if request.body_exists and not request.content.is_eof():
-            try:
-                async with asyncio.timeout(seconds):
-                    await request.read()  # kept by aiohttp: the handler's request.text() reads it again
-            except TimeoutError:
-                # Imported here: the middleware imports this module.
-                from walletd.handlers.middleware import error_for
-
-                log.info("http.body_timeout", method=request.method, path=request.path, seconds=seconds)
-                response = error_for(BodyTimeout(seconds), request)
-                response.force_close()  # the rest of a slow body must never be parsed as a next request
-                return response
-            except CLIENT_GONE as exc:
-                return client_aborted(request, exc)
-        return await handler(request)
-
-    return read_body
-
 
 _REFUSAL_BODY = b'{"status": 503, "message": "too many connections, retry later", "code": "too_many_connections"}'
 _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
@@ -154,10 +101,6 @@ class JsonParseErrors(RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
-        # Imported here: walletd.handlers imports this module.
-        from walletd.handlers.errors import error_response
-        from walletd.handlers.middleware import new_request_id
-
         status, code, text = unparsable(exc)
         request_id = new_request_id()
         log.info("http.unparsable", status=status, code=code, error=type(exc).__name__, request_id=request_id)

@@ -30,8 +30,9 @@ from tests.conftest import (
 )
 from walletd.integrity.verify import audit_chain
 from walletd.persistence.audit import find_problems
+from walletd.persistence.breaker import DatabaseBreaker
 from walletd.persistence.db import Backend, create_pool
-from walletd.persistence.in_doubt import InDoubt, Marker, find_out
+from walletd.persistence.in_doubt import Evidence, InDoubt, find_out
 
 _fake_pids = itertools.count(5_000_000)  # above Linux's largest pid (2**22): no real backend has it
 
@@ -153,14 +154,14 @@ async def test_an_in_doubt_lookup_finishes_the_writes_parts_first(world, db, dat
     pool = await create_pool(database_url, 2, acquire_timeout=5)
     try:
         gone = Backend(pid, datetime.now(timezone.utc))  # no such backend: nothing left to stop
-        marker = Marker(str(entry), "SELECT EXISTS (SELECT 1 FROM journal_entries WHERE id = $1)", (entry,))
-        assert await find_out(pool, InDoubt(gone, ConnectionResetError()), marker, 10) is True
+        marker = Evidence(str(entry), "SELECT EXISTS (SELECT 1 FROM journal_entries WHERE id = $1)", (entry,))
+        assert await find_out(pool, InDoubt(gone, ConnectionResetError()), marker, 10, DatabaseBreaker()) is True
         # A part prepared for a coordinator transaction that never committed: rolled back, not found.
         entry2, _, pid2 = await committed_but_prepared(db, citus_cluster, world["carol"])
         await db.execute("DELETE FROM pg_dist_transaction WHERE gid = $1", f"citus_0_{pid2}_1_1")
-        marker2 = Marker(str(entry2), marker.query, (entry2,))
+        marker2 = Evidence(str(entry2), marker.query, (entry2,))
         started = time.monotonic()
-        assert await find_out(pool, InDoubt(Backend(pid2, gone.started), ConnectionResetError()), marker2, 10) is False
+        assert await find_out(pool, InDoubt(Backend(pid2, gone.started), ConnectionResetError()), marker2, 10, DatabaseBreaker()) is False
         assert time.monotonic() - started < 10
         left = await db.fetchval(f"SELECT sum(r.result::int) FROM run_command_on_workers($$SELECT count(*) "
                                  f"FROM pg_prepared_xacts WHERE gid IN ('citus_0_{pid}_1_1', 'citus_0_{pid2}_1_1')$$) r")

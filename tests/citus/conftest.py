@@ -1,5 +1,5 @@
 """Fixtures of the Citus suite (`make test-citus`): one Citus cluster per session (a coordinator
-and two workers on loopback, walletd/citus_cluster.py), a fresh database per test module, migrated
+and two workers on loopback, tests/support/citus_cluster.py), a fresh database per test module, migrated
 by walletd itself (so distributed by its layout), and the real app through pytest-aiohttp.
 
 The shared fixtures of tests/conftest.py (client, make_client, db, and the helpers beside them)
@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from walletd.citus_cluster import CitusCluster
+from tests.support.citus_cluster import CitusCluster
 from walletd.persistence.migrate import migrate
 
 _databases = itertools.count()

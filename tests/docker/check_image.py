@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from tests.pgcluster import LocalCluster
-from walletd.testing import free_port
+from tests.support.servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTAINER_PORT = 8010

@@ -9,8 +9,9 @@ import typing
 from pydantic import BaseModel
 
 from tests.conftest import JWT_SECRET, REPO_ROOT, SECRETS_KEY
-from walletd.app import ROUTE_TABLES, create_app
+from walletd.app import create_app
 from walletd.config import Settings
+from walletd.handlers.routes import ROUTE_TABLES
 
 DOC = (REPO_ROOT / "docs" / "api.md").read_text()
 

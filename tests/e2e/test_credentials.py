@@ -16,9 +16,9 @@ import jwt
 import pytest
 
 from tests.conftest import JWT_SECRET, PASSWORD, REPO_ROOT, SECRETS_KEY, register
+from tests.support.servers import walletd_command
 from walletd.config import ConfigError, Settings
 from walletd.persistence import embedded
-from walletd.testing import walletd_command
 
 OLD_SECRET = "the-secret-before-the-rotation-" + "o" * 20
 

@@ -1,4 +1,4 @@
-"""Login throttling (issue 7, finding 5): per-username and per-address failure limits, 429 +
+"""Login throttling: per-username and per-address failure limits, 429 +
 Retry-After, the bounded password-hash pool, and what auth.login_failed may log."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """deploy/'s dashboard and alert rules against walletd's own /metrics: every walletd metric they
-name is one walletd exports (or one another branch adds, listed in EXPECTED_LATER), every alert
+name is one walletd exports (or one not exported yet, listed in EXPECTED_LATER), every alert
 has a promtool unit test, and the dashboard is well formed. The live check, with a real
 Prometheus evaluating every expression, is `make test-monitoring`."""
 

@@ -11,7 +11,7 @@ import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from tests.conftest import OPERATOR, register, register_service
-from walletd.app import ROUTE_TABLES
+from walletd.handlers.routes import ROUTE_TABLES
 
 METHODS = ("get", "post", "put", "delete", "patch")
 

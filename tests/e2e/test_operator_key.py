@@ -11,8 +11,8 @@ import os
 import pytest
 
 from tests.conftest import REPO_ROOT, walletd_command
+from tests.support.servers import free_port
 from walletd.persistence import embedded
-from walletd.testing import free_port
 
 SHORT = "x" * 23  # one character short
 

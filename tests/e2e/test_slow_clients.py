@@ -1,4 +1,4 @@
-"""Slow and vanished clients (issue 7, finding 6), over raw sockets on 127.0.0.1: a client that
+"""Slow and vanished clients, over raw sockets on 127.0.0.1: a client that
 leaves mid-body is an info line, not a 500; slow bodies get 408; slow heads and connections past
 the cap are cut by the real `walletd serve`."""
 

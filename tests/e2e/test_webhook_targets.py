@@ -14,10 +14,10 @@ from aiohttp.abc import AbstractResolver
 from tests.conftest import api_deposit, register, register_service
 from tests.polling import until
 from tests.receiver import Receiver, of_type
+from tests.support.servers import LOOPBACK, free_port
 from walletd.app import create_app
 from walletd.appkeys import targets_key
-from walletd.events.targets import TargetPolicy
-from walletd.testing import LOOPBACK, free_port
+from walletd.webhooks.targets import TargetPolicy
 
 # (url, what the refusal must say): every kind of internal address, in every spelling.
 REFUSED = [

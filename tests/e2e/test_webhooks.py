@@ -26,8 +26,8 @@ from tests.conftest import (
 )
 from tests.polling import until
 from tests.receiver import Receiver, of_type
-from walletd.events.delivery import verify
-from walletd.testing import LOOPBACK
+from tests.support.servers import LOOPBACK
+from walletd.webhooks.signatures import verify
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from tests.conftest import (
 )
 from tests.polling import until
 from walletd.appkeys import ledger_key, registry_key
-from walletd.domain.ledger import Transfer
+from walletd.domain.commands import Transfer
 
 
 def registry_of(client):

@@ -1,4 +1,4 @@
-"""Faults injected under load: an answer about money is never wrong (issue: failure semantics).
+"""Faults injected under load: an answer about money is never wrong (the outcome contract).
 
 200 = committed, 4xx = refused, 503 + Retry-After = certainly nothing moved, 500 only as
 `outcome_unknown`. Each test checks that contract by replaying every key that did not get a 200:
@@ -29,7 +29,7 @@ from tests.conftest import (
 from tests.polling import until
 from walletd.appkeys import registry_key
 from walletd.domain import errors
-from walletd.domain.ledger import Idempotency, RequestDeposit, Transfer
+from walletd.domain.commands import Idempotency, RequestDeposit, Transfer
 from walletd.persistence import embedded
 
 

@@ -21,8 +21,8 @@ from tests.conftest import (
     walletd_command,
 )
 from walletd.appkeys import pool_key
-from walletd.integrity.sealer import JournalSealer
-from walletd.integrity.self_audit import SelfAudit
+from walletd.jobs.journal_sealer import JournalSealer
+from walletd.jobs.self_audit import SelfAudit
 
 IDLE = {"seal_interval_seconds": 3600.0, "audit_interval_seconds": 3600.0, "audit_full_interval_seconds": 3600.0}
 

@@ -17,7 +17,7 @@ from tests.polling import until
 from walletd.actors.registry import ActorRegistry
 from walletd.appkeys import registry_key
 from walletd.domain import errors
-from walletd.domain.ledger import MultiTransfer, Transfer, TransferLeg
+from walletd.domain.commands import MultiTransfer, Transfer, TransferLeg
 
 
 def uid(user: dict, currency: int) -> uuid.UUID:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import PASSWORD, ServeProcess, create_database, create_empty_database, unique
 from tests.polling import until
-from walletd.testing import ServerProcess
+from tests.support.servers import ServerProcess
 
 
 def events(server: ServeProcess) -> list[dict]:

@@ -13,9 +13,10 @@ import pytest
 from tests.conftest import api_transfer, balance, fund, register, register_service
 from tests.polling import until
 from walletd.config import ConfigError, Settings
+from walletd.jobs.supervision import run_supervised, start_supervised, stop_task
+from walletd.persistence.breaker import DatabaseBreaker
 from walletd.persistence.db import create_pool
 from walletd.persistence.retention import prune_idempotency_keys, sweep_interval
-from walletd.supervisor import run_supervised, start_supervised, stop_task
 
 
 async def insert_keys(db, count: int, age: str) -> list[str]:
@@ -129,8 +130,7 @@ async def test_a_crashing_task_is_logged_and_restarted_with_backoff(log_tap):
 
 
 async def test_a_task_that_cannot_reach_the_database_is_retried_without_tracebacks(log_tap):
-    from walletd.persistence.failures import outage
-
+    breaker = DatabaseBreaker()
     runs = 0
     healthy = asyncio.Event()
 
@@ -142,12 +142,12 @@ async def test_a_task_that_cannot_reach_the_database_is_retried_without_tracebac
         healthy.set()
         await asyncio.Event().wait()
 
-    task = start_supervised("needs_db", body, min_backoff=0.01, max_backoff=0.04)
+    task = start_supervised("needs_db", body, min_backoff=0.01, max_backoff=0.04, breaker=breaker)
     try:
         await asyncio.wait_for(healthy.wait(), 10)
     finally:
         await stop_task(task, timeout=5)
-        outage.succeeded()  # the outage log is process-wide: leave it as it was
+        breaker.succeeded()
     assert not [line for line in log_tap.lines if '"task.crashed"' in line]
     assert len([line for line in log_tap.lines if '"db.unavailable"' in line]) == 1
 

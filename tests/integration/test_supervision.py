@@ -13,10 +13,11 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import api_transfer, assert_ledger_consistent, balance, fund, register, register_service
-from walletd.actors.committer import Envelope, GroupCommitter
+from walletd.actors.committer import GroupCommitter
+from walletd.actors.envelope import Envelope
 from walletd.appkeys import registry_key
 from walletd.domain import errors
-from walletd.domain.ledger import Transfer
+from walletd.domain.commands import Transfer
 from walletd.persistence.outcomes import Decided
 
 

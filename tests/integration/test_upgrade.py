@@ -37,8 +37,8 @@ from tests.conftest import (
     register_service,
     run_cli,
 )
+from tests.support.servers import LOOPBACK, ServerProcess, free_port
 from walletd.persistence.migrate import load_migrations
-from walletd.testing import LOOPBACK, ServerProcess, free_port
 
 FIRST_RELEASE = "1a4ec8a"
 

@@ -30,7 +30,7 @@ from tests.conftest import (
 )
 from tests.integration.test_upgrade import extract_release
 from tests.polling import until
-from walletd.testing import LOOPBACK, ServerProcess, free_port
+from tests.support.servers import LOOPBACK, ServerProcess, free_port
 
 PREVIOUS_RELEASE = "3ca972e"  # the last release whose expiry returned holds
 

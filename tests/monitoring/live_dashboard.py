@@ -31,7 +31,7 @@ from tests.monitoring.deployed import (
 )
 from tests.polling import until
 from tests.receiver import Receiver
-from walletd.testing import LOOPBACK, free_port
+from tests.support.servers import LOOPBACK, free_port
 
 EXAMPLE_CONFIG = ALERT_RULES.parent / "prometheus.yml"
 

@@ -34,7 +34,7 @@ import asyncpg
 
 from tests.conftest import JWT_SECRET, OPERATOR_KEY, SECRETS_KEY, fund, register, register_service
 from tests.pgcluster import LocalCluster
-from walletd.testing import free_port, walletd_command, walletd_server
+from tests.support.servers import free_port, walletd_command, walletd_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 4

@@ -1,4 +1,4 @@
-"""Property tests for the ledger planning (walletd.domain.ledger): every planned movement balances,
+"""Property tests for the ledger planning (walletd/domain/: transfers, requests, settlement): every planned movement balances,
 the postings of each settlement, the transfer arithmetic, and refusals that change nothing.
 Pure code, no I/O; expected amounts come from tests.oracles (exact fractions)."""
 
@@ -17,21 +17,14 @@ from hypothesis import strategies as st
 from tests.oracles import UNIT, commission_fee, truncated
 from tests.unit.strategies import amounts, commission_rates
 from walletd.domain import errors
-from walletd.domain.ledger import (
-    Effects,
-    PendingState,
-    RateBook,
-    RequestDeposit,
-    RequestWithdraw,
-    Settle,
-    Transfer,
-    WalletState,
-    plan_deposit_request,
-    plan_transfer,
-    plan_withdraw_request,
-)
+from walletd.domain.commands import RequestDeposit, RequestWithdraw, Settle, Transfer
+from walletd.domain.effects import Effects
 from walletd.domain.money import fmt
+from walletd.domain.rates import RateBook
+from walletd.domain.requests import plan_deposit_request, plan_withdraw_request
 from walletd.domain.settlement import plan_settlement
+from walletd.domain.state import PendingState, WalletState
+from walletd.domain.transfers import plan_transfer
 
 # ---- ledger planning: every movement balances ---------------------------------------------------
 

@@ -9,17 +9,18 @@ from decimal import Decimal
 import pytest
 
 from walletd.domain import errors
-from walletd.domain.ledger import Effects, WalletState
+from walletd.domain.access import check_settler
+from walletd.domain.effects import Effects
 from walletd.domain.policy import (
     DEFAULT_COMMISSION,
     OPERATOR_USER_ID,
     CommissionRates,
-    check_settler,
     fixed_commission_rate,
     plan_signup_bonus,
     settle_command,
 )
 from walletd.domain.rates import cross_rates
+from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import Bucket, TxStatus, TxType, WalletKind
 
 

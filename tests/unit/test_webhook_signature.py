@@ -9,7 +9,8 @@ import re
 import time
 from pathlib import Path
 
-from walletd.events.delivery import backoff, sign, verify
+from walletd.jobs.webhook_delivery import backoff
+from walletd.webhooks.signatures import sign, verify
 
 BODY = b'{"id":"e1","type":"deposit.requested","created_at":"2026-01-01T00:00:00.000000+00:00","data":{}}'
 

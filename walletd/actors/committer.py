@@ -18,25 +18,13 @@ import asyncio
 import contextvars
 import functools
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from walletd import metrics
+from walletd.actors.envelope import Envelope
 from walletd.domain.errors import DomainError, InternalFailure, OutcomeUnknown, Overloaded, Unavailable
-from walletd.domain.ledger import Command
 from walletd.logs import get_logger
 
-if TYPE_CHECKING:
-    from walletd.actors.registry import Joint
-
 log = get_logger("walletd.ledger")
-
-
-@dataclass
-class Envelope:
-    command: Command
-    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    joint: Joint | None = None  # set when the command sits in several wallets' mailboxes
 
 
 class GroupCommitter:
@@ -138,11 +126,11 @@ class GroupCommitter:
         _answer(batch, decided.results)
         self.batches += 1
         self.commands += len(batch)
-        for event, fields in decided.events:
+        for name, fields in decided.audit_lines:
             try:
-                log.info(event, **fields)
+                log.info(name, **fields)
             except Exception:  # noqa: BLE001 - one broken audit line must not cost the others
-                log.exception("audit.log_failed", audit_event=event)
+                log.exception("audit.log_failed", audit_event=name)
         self.ledger.learn(decided)
         metrics.committed(len(batch), time.perf_counter() - started)
 

@@ -25,32 +25,13 @@ from collections.abc import Callable
 from typing import Any
 
 from walletd import metrics
-from walletd.actors.committer import Envelope, GroupCommitter
+from walletd.actors.committer import GroupCommitter
+from walletd.actors.envelope import Envelope, Joint
+from walletd.domain.commands import Command, routing_wallets
 from walletd.domain.errors import InternalFailure, Overloaded, Unavailable
-from walletd.domain.ledger import Command, routing_wallets
 from walletd.logs import get_logger
 
 log = get_logger("walletd.actors")
-
-
-class Joint:
-    """A command queued in several actors' mailboxes: the last actor to arrive runs it; `ran`
-    resolves once it has run (or can no longer run), and releases the actors waiting for it."""
-
-    __slots__ = ("waiting", "ran")
-
-    def __init__(self, actors: int) -> None:
-        self.waiting = actors
-        self.ran: asyncio.Future = asyncio.get_running_loop().create_future()
-
-    def arrive(self) -> bool:
-        """True for the actor that must run it: the last to arrive, if it was not abandoned."""
-        self.waiting -= 1
-        return self.waiting == 0 and not self.ran.done()
-
-    def release(self) -> None:
-        if not self.ran.done():
-            self.ran.set_result(None)
 
 
 class WalletActor:
@@ -74,7 +55,7 @@ class WalletActor:
         if len(self.mailbox) >= self.registry.mailbox_size:
             raise Overloaded()
         self.mailbox.append(envelope)
-        metrics.MAILBOX_DEPTH.inc()  # metrics (api branch)
+        metrics.MAILBOX_DEPTH.inc()
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
@@ -86,7 +67,7 @@ class WalletActor:
                       queued=len(self.mailbox))
         while self.mailbox:
             envelope = self.mailbox.popleft()
-            metrics.MAILBOX_DEPTH.dec()  # metrics (api branch)
+            metrics.MAILBOX_DEPTH.dec()
             if envelope.joint is not None:
                 envelope.joint.release()  # this actor will never arrive: it can never run
             if not envelope.future.done():
@@ -118,7 +99,7 @@ class WalletActor:
                 batch.append(mailbox.popleft())
                 if batch[-1].joint is not None:
                     break  # a joint command ends the batch: what follows waits until it has run
-            metrics.MAILBOX_DEPTH.dec(len(batch))  # metrics (api branch)
+            metrics.MAILBOX_DEPTH.dec(len(batch))
             self.busy = True
             if batch[-1].joint is None:
                 await self._commit(batch)
@@ -185,7 +166,7 @@ class ActorRegistry:
             raise ValueError("mailbox_size and max_batch must be >= 1 and idle_seconds > 0")
         self.committer = committer
         # Asked before a command is queued; False refuses it at once (503, nothing moved). The
-        # composition root passes the database outage's fail-fast check (persistence/failures.py).
+        # composition root passes the database breaker's admission gate (persistence/breaker.py).
         self.admit = admit
         self.mailbox_size = mailbox_size
         self.idle_seconds = idle_seconds

@@ -9,10 +9,10 @@ import functools
 
 from aiohttp import web
 
-from walletd.appkeys import pool_key, principal_key, tokens_key
-from walletd.auth.tokens import Principal, TokenError, TokenExpiredError
+from walletd.auth.tokens import Principal, TokenError, TokenExpiredError, TokenIssuer
 from walletd.domain import errors
 from walletd.persistence import accounts
+from walletd.persistence.db import FairPool
 
 
 def _token_of(value: str) -> str:
@@ -39,7 +39,8 @@ def bearer_token(request: web.Request) -> str | None:
     return found[0] if found else None
 
 
-async def authenticate(request: web.Request, roles: str | tuple[str, ...]) -> Principal:
+async def authenticate(request: web.Request, roles: str | tuple[str, ...], tokens: TokenIssuer,
+                       pool: FairPool) -> Principal:
     """The token's principal, if its role is one of `roles` (both, on the routes a user and a
     payment service each use for their own wallets)."""
     roles = (roles,) if isinstance(roles, str) else roles
@@ -47,14 +48,13 @@ async def authenticate(request: web.Request, roles: str | tuple[str, ...]) -> Pr
     if not token:
         raise errors.TokenMissing()
     try:
-        principal = await request.app[tokens_key].verify_live(token, functools.partial(_role_of, request.app[pool_key]))
+        principal = await tokens.verify_live(token, functools.partial(_role_of, pool))
     except TokenExpiredError:
         raise errors.TokenExpired() from None
     except TokenError:
         raise errors.TokenInvalid() from None
     if principal.role not in roles:
         raise errors.WrongRole(" or ".join(roles))
-    request[principal_key] = principal.subject
     return principal
 
 

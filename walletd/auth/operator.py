@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from walletd.appkeys import pool_key, principal_key, settings_key
-from walletd.auth.throttle import throttle_key
+from walletd.auth.throttle import LoginThrottle
 from walletd.domain.errors import OperatorKeyRequired
 from walletd.domain.policy import OPERATOR_USER_ID
 from walletd.logs import get_logger
+from walletd.persistence.db import FairPool
 
 HEADER = "X-Operator-Key"
 log = get_logger("walletd.auth")
@@ -52,18 +52,17 @@ def matching_key(given: str, accepted: tuple[str, ...]) -> int | None:
     return results.index(True) if True in results else None
 
 
-async def authenticate(request: web.Request) -> OperatorPrincipal:
-    """The operator, or OperatorKeyRequired (403); TooManyAttempts (429) when this address has
-    sent too many wrong keys."""
-    settings = request.app[settings_key]
-    accepted = settings.operator_keys
+async def authenticate(request: web.Request, accepted: tuple[str, ...], throttle: LoginThrottle,
+                       pool: FairPool) -> OperatorPrincipal:
+    """The operator, if the request carries one of the `accepted` keys; else OperatorKeyRequired
+    (403), or TooManyAttempts (429) when this address has sent too many wrong keys."""
     if not accepted:
         raise OperatorKeyRequired("operator actions are closed: set WALLETD_OPERATOR_KEY and send it as "
                                   f"{HEADER}")
     given = request.headers.get(HEADER)
     if not given:
         raise OperatorKeyRequired()
-    pool, throttle, address = request.app[pool_key], request.app[throttle_key], request.remote or "unknown"
+    address = request.remote or "unknown"
     await throttle.check(pool, None, address)
     matched = matching_key(given, accepted)
     if matched is None:
@@ -72,5 +71,4 @@ async def authenticate(request: web.Request) -> OperatorPrincipal:
         raise OperatorKeyRequired("operator credential refused (X-Operator-Key)")
     if matched > 0:  # during a rotation: who still sends the key being retired
         log.info("auth.operator_key_previous", path=request.path, method=request.method, address=address)
-    request[principal_key] = OPERATOR.subject
     return OPERATOR

@@ -72,5 +72,3 @@ class LoginThrottle:
     def _key(self, username: str | None) -> str | None:
         return None if username is None else self.pseudonym(username)
 
-
-throttle_key = web.AppKey("login_throttle", LoginThrottle)

@@ -11,14 +11,19 @@ from __future__ import annotations
 import uuid
 
 from walletd.domain import errors
-from walletd.domain.ledger import Effects, MultiTransfer, RateBook, WalletState, book_transfer, tx_json
+from walletd.domain.commands import MultiTransfer
+from walletd.domain.effects import Effects
+from walletd.domain.rates import RateBook
+from walletd.domain.records import tx_json
+from walletd.domain.state import WalletState
+from walletd.domain.transfers import book_transfer
 from walletd.domain.vocabulary import EntryKind
 
 
 def plan_multi_transfer(cmd: MultiTransfer, wallets: dict[uuid.UUID, WalletState], desks: dict[int, WalletState],
                         rates: RateBook, effects: Effects) -> dict:
     """{"transfers": [record of each leg, in request order]}, or LegsRefused naming each refused leg."""
-    mark = effects.mark()
+    checkpoint = effects.checkpoint()
     entry_id = effects.entry(EntryKind.TRANSFER, cmd.request_id, [])
     records: list[dict] = []
     moved: list[dict] = []
@@ -34,10 +39,10 @@ def plan_multi_transfer(cmd: MultiTransfer, wallets: dict[uuid.UUID, WalletState
         records.append(tx_json(record, memo))
         moved.append(leg_moved)
     if refused:
-        effects.rollback(mark, wallets)
+        effects.rollback(checkpoint, wallets)
         raise errors.legs_refused(refused)
     # One audit line for the request, every leg in it: a line per leg would cost more than the leg.
-    effects.events.append(("money.transferred_legs", {
+    effects.audit_lines.append(("money.transferred_legs", {
         "entry_id": entry_id, "legs": moved, "principal": cmd.user_id, "request_id": cmd.request_id}))
     return {"transfers": records}
 

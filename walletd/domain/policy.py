@@ -1,6 +1,7 @@
-"""walletd's own money policy: who the operator is, the default commission rates, the rate a
-request fixes, whose wallet a pending transaction settles, and the sign-up bonus. No I/O here:
-persistence looks the rows up and stores what these functions decide."""
+"""walletd's own money policy: who the operator is, which wallets each role holds, the default
+commission rates, the rate a request fixes, whose wallet a pending transaction settles, and who
+gets the sign-up bonus. No I/O here: persistence looks the rows up and stores what these
+functions decide."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from walletd.domain import errors
+from walletd.domain.commands import SERVICE, Idempotency, Settle
+from walletd.domain.effects import Effects
 from walletd.domain.ids import new_id
-from walletd.domain.ledger import SERVICE, Effects, Idempotency, Settle, WalletState
 from walletd.domain.rates import ONE
-from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
+from walletd.domain.state import WalletState
+from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType, WalletKind
 
 # The operator account owns the exchange desks and funds sign-up bonuses; a fixed id so every
 # process (and every release) agrees on it.
@@ -28,10 +31,27 @@ class CommissionRates:
     def for_type(self, transaction_type: str) -> Decimal:
         return self.deposit if transaction_type == TxType.DEPOSIT else self.withdraw
 
+    @classmethod
+    def stored_or_default(cls, deposit: Decimal | None, withdraw: Decimal | None) -> CommissionRates:
+        """A service's rates as stored, the default for any it has no row for."""
+        return cls(DEFAULT_COMMISSION.deposit if deposit is None else deposit,
+                   DEFAULT_COMMISSION.withdraw if withdraw is None else withdraw)
 
-# A new service user's rates in every currency until it sets its own. (Migration 0001's column
-# defaults say the same; walletd always writes these values explicitly.)
+
+# A new service user's rates in every currency until it sets its own. walletd always writes them
+# explicitly; migration 0001's column defaults mirror them (tests/integration/test_rules_mirrored.py).
 DEFAULT_COMMISSION = CommissionRates(deposit=Decimal("0.01"), withdraw=Decimal("0.02"))
+
+# The wallets an account holds in every currency, by role: a user its own; a payment service one
+# collecting its commissions and one mirroring the money it moves in and out. The operator's
+# exchange desks are made apart (one per currency, persistence/accounts.ensure_operator_wallets).
+WALLET_KINDS = {"user": (WalletKind.USER,), "service": (WalletKind.SERVICE, WalletKind.GATEWAY)}
+
+
+def signup_bonus_for(role: str, configured: Decimal) -> Decimal:
+    """What a new account is granted at sign-up: WALLETD_SIGNUP_BONUS for a user, in each of its
+    wallets; nothing for a payment service."""
+    return configured if role == "user" and configured > 0 else Decimal(0)
 
 
 def user_wallet_of(transaction_type: str, from_wallet_id: uuid.UUID | None,
@@ -47,21 +67,11 @@ def fixed_commission_rate(rates: CommissionRates, transaction_type: str, ceiling
     return min(rates.for_type(transaction_type), ceiling)
 
 
-def check_settler(pending: Mapping | None, service_user_id: uuid.UUID | None, transaction_type: str) -> Mapping:
-    """Only the service user named on the transaction may settle it; anyone else's looks missing.
-    service_user_id None: the operator, who may reach every service's transactions."""
-    if pending is None or (service_user_id is not None and pending["service_user_id"] != service_user_id):
-        raise errors.TransactionNotFound()
-    if pending["type"] != transaction_type:
-        raise errors.InvalidTransactionType()
-    return pending
-
-
 def settle_command(pending: Mapping, *, new_status: str, service_wallet_id: uuid.UUID, gateway_wallet_id: uuid.UUID,
                    fallback_rate: Decimal, settled_by: str = SERVICE, request_id: str | None = None,
                    idempotency: Idempotency | None = None) -> Settle:
     """The Settle command for a record (id, type, service_user_id, from_wallet_id, to_wallet_id)
-    checked by check_settler. The commission is the one the record fixed; fallback_rate is charged
+    checked by access.check_settler. The commission is the one the record fixed; fallback_rate is charged
     only to a record that has none (written before fees were fixed at request time)."""
     kind = pending["type"]
     user_wallet = user_wallet_of(kind, pending["from_wallet_id"], pending["to_wallet_id"])

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from walletd.domain import errors
+from walletd.domain.commands import Reverse
+from walletd.domain.effects import Effects
 from walletd.domain.ids import new_id
-from walletd.domain.ledger import Effects, Reverse, WalletState, tx_json
+from walletd.domain.records import tx_json
+from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 
 
@@ -62,7 +65,7 @@ def plan_reversal(cmd: Reverse, state: ReversalState | None, wallets: dict[uuid.
     record = tx_json(row)
     if original["service_user_id"] is not None:
         effects.publish("transaction.reversed", original["service_user_id"], record)
-    effects.events.append(("money.reversed", {
+    effects.audit_lines.append(("money.reversed", {
         "entry_id": entry_id, "transaction_id": row["id"], "parent_id": original["id"],
         "reversed_type": original["type"], "from_wallet_id": debited.id, "to_wallet_id": credited.id,
         "amount": row["amount"], "currency_id": debited.currency_id, "converted_amount": row["converted_amount"],

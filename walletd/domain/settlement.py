@@ -15,9 +15,12 @@ from __future__ import annotations
 import uuid
 
 from walletd.domain import errors
-from walletd.domain.ledger import EXPIRY, OPERATOR, SERVICE, Effects, PendingState, Settle, WalletState
+from walletd.domain.access import refuse, settler_refusal
+from walletd.domain.commands import EXPIRY, OPERATOR, SERVICE, Settle
+from walletd.domain.effects import Effects
 from walletd.domain.money import commission
 from walletd.domain.rates import ONE
+from walletd.domain.state import PendingState, WalletState
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 
 
@@ -41,10 +44,9 @@ def _outcome(cmd: Settle, pending: PendingState) -> str:
 
 def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uuid.UUID, WalletState],
                     effects: Effects) -> dict:
-    if pending is None or pending.service_user_id != cmd.service_user_id:
+    if pending is None:
         raise errors.TransactionNotFound()
-    if pending.type != cmd.type:
-        raise errors.InvalidTransactionType()
+    refuse(settler_refusal(pending.service_user_id, pending.type, cmd.service_user_id, cmd.type))
     new_status = _outcome(cmd, pending)
     if pending.status == new_status:
         return pending.record
@@ -98,7 +100,7 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
     pending.record = {**pending.record, "status": new_status}
     outcome = "settled" if new_status == TxStatus.PAID else str(new_status)  # settled, rejected
     effects.publish(f"{pending.type}.{outcome}", cmd.service_user_id, pending.record)
-    effects.events.append((f"{pending.type}.settled", {
+    effects.audit_lines.append((f"{pending.type}.settled", {
         "entry_id": entry_id, "transaction_id": pending.id, "status": new_status, "wallet_id": user.id,
         "service_wallet_id": service.id, "gateway_wallet_id": gateway.id, "currency_id": user.currency_id,
         "principal": "operator" if cmd.settled_by == OPERATOR else cmd.service_user_id,

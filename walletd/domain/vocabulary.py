@@ -20,6 +20,14 @@ class WalletKind(StrEnum):
     OPERATOR = "operator"  # walletd's own: the exchange desk and the sign-up bonus source; may go negative
 
 
+# The kinds whose balance may go below zero: a gateway mirrors money outside walletd, and the
+# operator's desk pays out what it converts and the bonuses it grants. Every other balance, and
+# every hold, stays at zero or above. The database enforces the same rule whoever writes (the CHECK
+# balance_not_negative of migration 0001) and `walletd audit` reports a breach of it; both read
+# their list from here or are checked against it (tests/integration/test_rules_mirrored.py).
+MAY_GO_NEGATIVE: frozenset[WalletKind] = frozenset({WalletKind.GATEWAY, WalletKind.OPERATOR})
+
+
 class TxType(StrEnum):
     TRANSFER = "transfer"
     DEPOSIT = "deposit"

@@ -1,4 +1,4 @@
-"""Audit events written at the HTTP edge, where the outcome becomes a response: on the
+"""Audit lines written at the HTTP edge, where the outcome becomes a response: on the
 money-moving routes `money.refused` (reason = the error's code) and `money.replayed` (a stored
 first answer, a movement or a refusal, given again for an Idempotency-Key; `status` says which);
 on every route the operator calls, `operator.action` (principal "operator", the route and its

@@ -6,6 +6,8 @@ document holds exactly this table."""
 from __future__ import annotations
 
 from walletd.handlers.endpoint import PRINCIPALS, Endpoint
+from walletd.handlers.meta import PUBLIC_ROUTES
+from walletd.handlers.routes import ROUTE_TABLES
 
 _OPEN = {"open_service_registration": "only with WALLETD_OPEN_SERVICE_REGISTRATION=1 and no operator key "
                                       "(development)"}
@@ -26,9 +28,6 @@ def cells(spec: Endpoint) -> dict[str, str]:
 
 
 def rows() -> list[tuple[str, str, dict[str, str]]]:
-    from walletd.app import ROUTE_TABLES
-    from walletd.handlers.meta import PUBLIC_ROUTES
-
     found = [(f"{spec.method} {spec.path}", spec.summary, cells(spec))
              for table in ROUTE_TABLES for spec, _ in table.entries]
     anyone = {principal: "yes" for principal in PRINCIPALS}

@@ -12,10 +12,10 @@ from aiohttp import web
 
 from walletd.appkeys import history_pool_key, keys_key, pool_key
 from walletd.auth.tokens import Principal
+from walletd.domain.access import readable_kinds
 from walletd.domain.errors import WalletNotFound
 from walletd.domain.instants import iso
 from walletd.domain.money import fmt
-from walletd.domain.vocabulary import WalletKind
 from walletd.handlers import cursors
 from walletd.handlers.book_schemas import (
     BalanceOut,
@@ -52,14 +52,6 @@ _CSV_CONTENT = {
 _READERS = {"user": "its own wallets", "service": "its service and gateway wallets"}
 
 
-def readable_kinds(principal: Principal) -> tuple[str, ...]:
-    """The kinds of wallet a principal reads of its own: a payment service its service and
-    gateway wallets, a user its user wallets."""
-    if principal.role == "service":
-        return (WalletKind.SERVICE, WalletKind.GATEWAY)
-    return (WalletKind.USER,)
-
-
 @routes("GET", "/user/wallet/balance", summary="A wallet's balance at an instant (default: now)",
         description="Exactly what replaying the journal up to `at` (included) gives; zeros before the wallet "
                     "existed. A user reads its own wallets, a payment service its service and gateway wallets.",
@@ -68,7 +60,7 @@ def readable_kinds(principal: Principal) -> tuple[str, ...]:
 async def wallet_balance(request: web.Request, principal: Principal, params: BalanceParams):
     at = params.at or datetime.now(timezone.utc)
     row = await books.balance_at(request.app[pool_key], params.wallet_id, at, principal.user_id,
-                                 readable_kinds(principal))
+                                 readable_kinds(principal.role))
     if row is None:
         raise WalletNotFound()
     return BalanceOut(wallet_id=params.wallet_id, currency_id=row["currency_id"], at=at, balance=row["balance"],
@@ -83,7 +75,7 @@ async def wallet_balance(request: web.Request, principal: Principal, params: Bal
         errors=[WalletNotFound], other_content=[("text/csv", _CSV_CONTENT)])
 async def wallet_statement(request: web.Request, principal: Principal, params: StatementParams):
     wallet = await books.readable_wallet(request.app[pool_key], params.wallet_id, principal.user_id,
-                                         readable_kinds(principal))
+                                         readable_kinds(principal.role))
     if wallet is None:
         raise WalletNotFound()
     if params.format == "csv" or (params.format is None and _wants_csv(request)):
@@ -97,7 +89,7 @@ async def wallet_statement(request: web.Request, principal: Principal, params: S
 @routes("GET", "/service/wallets", summary="The caller's own wallets: a service and a gateway wallet per currency",
         auth="service", scope={"service": "its own"}, response=ServiceWalletsOut, tags=["service"])
 async def list_service_wallets(request: web.Request, principal: Principal):
-    rows = await books.service_wallets(request.app[pool_key], principal.user_id)
+    rows = await books.wallets_of(request.app[pool_key], principal.user_id, readable_kinds(principal.role))
     return ServiceWalletsOut(wallets=[
         ServiceWalletOut(id=r["id"], balance=r["balance"], reserved_balance=r["reserved_balance"],
                          available=r["balance"], currency_id=r["currency_id"], currency=r["currency"],

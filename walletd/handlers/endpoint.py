@@ -10,15 +10,15 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from walletd.appkeys import settings_key
+from walletd.appkeys import challenge_key, pool_key, principal_key, settings_key, throttle_key, tokens_key
 from walletd.auth import operator
 from walletd.auth.http import authenticate, basic_credentials
 from walletd.config import Settings
 from walletd.domain import errors
+from walletd.domain.commands import Replay
 from walletd.handlers import audit
-from walletd.handlers.errors import BASIC_CHALLENGE, challenge_key, render_error
+from walletd.handlers.errors import BASIC_CHALLENGE, render_error
 from walletd.handlers.params import gather_params, validate
-from walletd.persistence.outcomes import Replay
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -114,7 +114,7 @@ def wrap(spec: Endpoint, func: Handler) -> Handler:
                 raw = await gather_params(request)
                 params = kwargs["params"] = validate(spec.params, raw)
                 if spec.idempotent:
-                    # Only an Idempotency-Key's request hash reads them (money.idempotency).
+                    # Only an Idempotency-Key's request hash reads them (commands.idempotency).
                     kwargs["raw_params"] = (params.model_dump(mode="json") if "Idempotency-Key" in request.headers
                                             else {})
             result = await func(request, **kwargs)
@@ -167,9 +167,14 @@ async def _principal(request: web.Request, spec: Endpoint, roles: _Roles):
             # beside the switch (config refuses an explicit one), and the switch wins over it.
             return None
         if roles.token_role is None or operator.HEADER in request.headers:
-            return await operator.authenticate(request)
+            found = await operator.authenticate(request, settings.operator_keys, request.app[throttle_key],
+                                                request.app[pool_key])
+            request[principal_key] = found.subject
+            return found
     assert roles.token_role is not None
-    return await authenticate(request, roles.token_roles)
+    principal = await authenticate(request, roles.token_roles, request.app[tokens_key], request.app[pool_key])
+    request[principal_key] = principal.subject
+    return principal
 
 
 def render(spec: Endpoint, result: dict | BaseModel) -> bytes:

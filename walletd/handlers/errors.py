@@ -142,7 +142,6 @@ _CHALLENGE = {
     e.WrongRole: _BEARER + ', error="invalid_token", error_description="the token is of the other role"',
     e.TokenInvalid: _BEARER + ', error="invalid_token", error_description="not a token walletd issued"',
 }
-challenge_key = web.RequestKey("auth_challenge", str)
 
 
 def status_of(cls: type[e.DomainError]) -> int:

@@ -44,8 +44,8 @@ def _messages() -> dict[tuple[str, int], str]:
 
 
 def routes_by_code() -> tuple[dict[tuple[str, int], set[str]], int]:
-    from walletd.app import ROUTE_TABLES
     from walletd.handlers.openapi import documented_errors
+    from walletd.handlers.routes import ROUTE_TABLES
 
     by_code: dict[tuple[str, int], set[str]] = defaultdict(set)
     total = 0

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from aiohttp import web
 
-from walletd.appkeys import keys_key, pool_key, principal_key, request_id_key, settings_key, tokens_key
+from walletd.appkeys import (
+    breaker_key,
+    keys_key,
+    passwords_key,
+    pool_key,
+    principal_key,
+    request_id_key,
+    settings_key,
+    throttle_key,
+    tokens_key,
+)
 from walletd.auth.operator import OperatorPrincipal
 from walletd.auth.passwords import PasswordPool
-from walletd.auth.throttle import LoginThrottle, TooManyAttempts, throttle_key
+from walletd.auth.throttle import LoginThrottle, TooManyAttempts
 from walletd.auth.tokens import Principal
 from walletd.config import Settings
 from walletd.domain.errors import DuplicateAccount, InvalidCredentials, OutcomeUnknown, Overloaded
@@ -20,7 +28,6 @@ from walletd.persistence import accounts
 
 routes = Routes()
 log = get_logger("walletd.auth")
-passwords_key = web.AppKey("passwords", PasswordPool)
 _HASH_BUSY = (Overloaded, "too many logins in progress, retry later")  # the password-hash pool is full
 _REGISTRATION_UNKNOWN = (OutcomeUnknown, accounts.REGISTRATION_UNKNOWN)  # its COMMIT was cut off
 
@@ -31,8 +38,9 @@ async def _register(request: web.Request, params: RegisterParams, role: str):
     try:
         user_id, bonus_entry = await accounts.create_user(
             request.app[pool_key], username=params.username, email=params.email, password_hash=password_hash,
-            role=role, signup_bonus=settings.signup_bonus if role == "user" else Decimal(0),
-            request_id=request.get(request_id_key), in_doubt_seconds=settings.in_doubt_seconds)
+            role=role, signup_bonus=settings.signup_bonus,
+            request_id=request.get(request_id_key), in_doubt_seconds=settings.in_doubt_seconds,
+            breaker=request.app[breaker_key])
     except Exception as exc:
         log.info("auth.register_failed", username=params.username, role=role, reason=type(exc).__name__)
         raise

@@ -11,16 +11,13 @@ from aiohttp import web
 from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES
 
 from walletd import metrics
-from walletd.appkeys import pool_key, registry_key
-from walletd.events.delivery import dispatcher_key
+from walletd.appkeys import breaker_key, dispatcher_key, openapi_key, pool_key, registry_key
 from walletd.persistence import outbox, stale
-from walletd.persistence.failures import outage
 from walletd.persistence.migrate import schema_ready
 
 READY_TIMEOUT = 2.0
 _RETRY = {"Retry-After": "1"}
 
-openapi_key = web.AppKey("openapi", bytes)
 # The operational routes: open to anyone (anonymous), and hold no money or personal data. Listed
 # here for the authority table (docs/authority.md) beside the declared API routes.
 PUBLIC_ROUTES = (
@@ -105,7 +102,7 @@ async def database_problem(app: web.Application) -> str | None:
             "schema not applied" if not applied else "database is a read-only standby")
     metrics.DATABASE_UP.set(0 if problem else 1)
     if problem is None:
-        outage.succeeded()
+        app[breaker_key].succeeded()
     return problem
 
 
@@ -138,7 +135,7 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 async def _webhooks_pending(app: web.Application) -> None:
-    """Webhooks (walletd/events/delivery.py): the deliveries still pending in the database (all
+    """Webhooks (walletd/jobs/webhook_delivery.py): the deliveries still pending in the database (all
     processes). NaN (unknown) if the database cannot answer within READY_TIMEOUT, so /metrics
     never hangs on it."""
     if app.get(dispatcher_key) is None:

@@ -1,24 +1,27 @@
-"""The request middleware: a request id, one canonical log line and metrics per request, and every
-failure rendered as the JSON error shape (nothing a client sends yields a 500)."""
+"""The request middlewares: a request id, one canonical log line and metrics per request, every
+failure rendered as the JSON error shape (nothing a client sends yields a 500), a route's own body
+limit, and the body read whole within WALLETD_BODY_TIMEOUT_SECONDS before the handler runs."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
 from aiohttp import web
 
-from walletd import logs, metrics, server
-from walletd.appkeys import principal_key, request_id_key, settings_key
+from walletd import logs, metrics
+from walletd.appkeys import breaker_key, challenge_key, principal_key, request_id_key, settings_key
+from walletd.config import ConfigError
 from walletd.domain.errors import DomainError, Unavailable
+from walletd.handlers.disconnects import CLIENT_GONE, client_aborted, client_went_away
 from walletd.handlers.errors import (
-    challenge_key,
     domain_error_response,
     error_response,
     http_error_response,
 )
 from walletd.logs import get_logger
-from walletd.persistence.failures import is_unavailable, outage
+from walletd.persistence.failures import is_unavailable
 
 log = get_logger("walletd.http")
 
@@ -85,8 +88,8 @@ async def request_context(request: web.Request, handler):
 
 def route_body_limit(request: web.Request) -> None:
     """A route that declares a larger body (a multi-leg transfer: endpoint.Endpoint.max_body_bytes)
-    may read up to that; every other route keeps WALLETD_MAX_BODY_BYTES. Called by the body-reading
-    middleware before it reads (server.read_body_within): one middleware less per request."""
+    may read up to that; every other route keeps WALLETD_MAX_BODY_BYTES. Called by read_body_within
+    before it reads: one middleware less per request."""
     limit_of = getattr(request.match_info.handler, "max_body_bytes", None)
     if limit_of is not None:
         # aiohttp's only public way is request.clone(client_max_size=…), and a clone would keep
@@ -98,11 +101,11 @@ def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:
     request_id = request.get(request_id_key)
     if isinstance(exc, DomainError):
         return domain_error_response(exc, request_id, request.get(challenge_key))
-    if server.client_went_away(request, exc):  # before is_unavailable: a reset is an OSError too
-        return server.client_aborted(request, exc)
+    if client_went_away(request, exc):  # before is_unavailable: a reset is an OSError too
+        return client_aborted(request, exc)
     if is_unavailable(exc):
         # A read or a non-ledger write could not reach the database: nothing was done.
-        outage.failed(exc)
+        request.app[breaker_key].failed(exc)
         return domain_error_response(Unavailable(), request_id)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
@@ -110,3 +113,35 @@ def error_for(exc: Exception, request: web.Request) -> web.StreamResponse:
         return http_error_response(exc, request_id)
     log.exception("http.unhandled", path=request.path)
     return error_response(500, "internal_error", "internal error", request_id)
+
+
+class BodyTimeout(web.HTTPRequestTimeout):
+    code = "request_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(reason=f"request body not received within {seconds:g} s")
+
+
+def read_body_within(seconds: float):
+    """Middleware: the body is read whole, within `seconds`, before the handler runs."""
+    if seconds <= 0:
+        raise ConfigError(f"WALLETD_BODY_TIMEOUT_SECONDS must be positive, got {seconds}")
+
+    @web.middleware
+    async def read_body(request: web.Request, handler):
+        route_body_limit(request)
+        # A small body usually arrives with the head, already whole: then there is nothing to wait for.
+        if request.body_exists and not request.content.is_eof():
+            try:
+                async with asyncio.timeout(seconds):
+                    await request.read()  # kept by aiohttp: the handler's request.text() reads it again
+            except TimeoutError:
+                log.info("http.body_timeout", method=request.method, path=request.path, seconds=seconds)
+                response = error_for(BodyTimeout(seconds), request)
+                response.force_close()  # the rest of a slow body must never be parsed as a next request
+                return response
+            except CLIENT_GONE as exc:
+                return client_aborted(request, exc)
+        return await handler(request)
+
+    return read_body

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import datetime, timezone
 
 from aiohttp import web
 
-from walletd.appkeys import ledger_key, pool_key, registry_key, request_id_key, settings_key
-from walletd.auth.operator import OperatorPrincipal
+from walletd.appkeys import ledger_key, pool_key, request_id_key, settings_key
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
-from walletd.domain.ledger import Idempotency, RequestDeposit, RequestWithdraw, Transfer
+from walletd.domain.access import NOT_YOUR_WALLET, own_wallet_refusal, refuse, same_wallet_refusal
+from walletd.domain.commands import RequestDeposit, RequestWithdraw, Transfer
 from walletd.domain.policy import CommissionRates, fixed_commission_rate
 from walletd.domain.vocabulary import TxType
-from walletd.events.delivery import wake_delivery
+from walletd.handlers.commands import MOVE_ERRORS, hand_to_actors, idempotency, wake_delivery
 from walletd.handlers.endpoint import Routes
-from walletd.handlers.errors import InvalidIdempotencyKey
 from walletd.handlers.schemas import (
     DepositParams,
     ExchangeParams,
@@ -27,33 +24,10 @@ from walletd.handlers.schemas import (
     WithdrawParams,
 )
 from walletd.persistence import accounts, rates
-from walletd.persistence.outcomes import Replay
 
 routes = Routes()
 
-_WALLET_ERRORS = [(errors.NotYourWallet, "Wrong wallet ID or it is not your wallet ID"), errors.InvalidAmount]
-MOVE_ERRORS = [errors.IdempotencyKeyReused, InvalidIdempotencyKey, errors.Overloaded, errors.OutcomeUnknown,
-               errors.InternalFailure]
-
-
-def idempotency(request: web.Request, principal: Principal | OperatorPrincipal, raw_params: dict) -> Idempotency | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 128:
-        raise InvalidIdempotencyKey()
-    if not key.isprintable() or not key.isascii():
-        # Keys are stored as text: a byte that is not UTF-8 (or a control character) must be
-        # refused here, never reach the database inside somebody else's batch.
-        raise InvalidIdempotencyKey("Idempotency-Key must be printable ASCII")
-    canonical = json.dumps({"path": request.path, "params": raw_params}, sort_keys=True, default=str)
-    return Idempotency(principal.user_id, key, hashlib.sha256(canonical.encode()).hexdigest())
-
-
-async def run(request: web.Request, command) -> dict | Replay:
-    """Hand the command to its wallet's actor. The reply is the ledger's tx_json record, or a
-    Replay of the stored first one; endpoint.render writes both the same way."""
-    return await request.app[registry_key].execute(command)
+_WALLET_ERRORS = [(errors.NotYourWallet, NOT_YOUR_WALLET), errors.InvalidAmount]
 
 
 @routes("POST", "/wallet/transfer", summary="Transfer to any user's wallet, converting currency when they differ",
@@ -63,15 +37,16 @@ async def run(request: web.Request, command) -> dict | Replay:
         errors=_WALLET_ERRORS + MOVE_ERRORS + [errors.InsufficientFunds, errors.TargetWalletNotFound, errors.SameWallet,
                                                errors.RateNotFound, errors.RateStale])
 async def transfer(request: web.Request, principal: Principal, params: TransferParams, raw_params: dict):
-    if params.source_wallet_id == params.target_wallet_id:
-        raise errors.SameWallet()
+    refuse(same_wallet_refusal(params.source_wallet_id, params.target_wallet_id))
     # Before the command may enter the wallet's queue: someone naming another's wallet must neither
-    # fill its queue nor make an actor for a wallet that is not theirs (or does not exist).
-    if not await request.app[ledger_key].owns(principal.user_id, params.source_wallet_id, params.target_wallet_id):
-        raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
-    return await run(request, Transfer(principal.user_id, params.source_wallet_id, params.target_wallet_id,
-                                       params.amount, request.get(request_id_key),
-                                       idempotency(request, principal, raw_params)))
+    # fill its queue nor make an actor for a wallet that is not theirs (or does not exist). The
+    # target is the ledger's to check: its refusal is remembered under the Idempotency-Key.
+    owner = await request.app[ledger_key].owner(principal.user_id, params.source_wallet_id,
+                                                params.target_wallet_id)
+    refuse(own_wallet_refusal(principal.user_id, owner))
+    command = Transfer(principal.user_id, params.source_wallet_id, params.target_wallet_id, params.amount,
+                       request.get(request_id_key), idempotency(request, principal, raw_params))
+    return await hand_to_actors(request, command)
 
 
 @routes("POST", "/wallet/deposit", summary="Request a deposit through a payment service (pending; moves nothing)",
@@ -82,10 +57,10 @@ async def deposit(request: web.Request, principal: Principal, params: DepositPar
     pool = request.app[pool_key]
     wallet = await _own_wallet(pool, principal, params.wallet_id)
     service = await accounts.service_wallets(pool, params.service_user_id, wallet["currency_id"])
-    result = await run(request, RequestDeposit(principal.user_id, wallet["id"], service["gateway_wallet_id"],
-                                               params.service_user_id, params.amount, request.get(request_id_key),
-                                               idempotency(request, principal, raw_params),
-                                               commission_rate=_fixed_rate(request, service, TxType.DEPOSIT)))
+    command = RequestDeposit(principal.user_id, wallet["id"], service["gateway_wallet_id"], params.service_user_id,
+                             params.amount, request.get(request_id_key), idempotency(request, principal, raw_params),
+                             commission_rate=_fixed_rate(request, service, TxType.DEPOSIT))
+    result = await hand_to_actors(request, command)
     wake_delivery(request.app)  # its event is committed: send it now rather than at the next poll
     return result
 
@@ -103,11 +78,11 @@ async def withdraw(request: web.Request, principal: Principal, params: WithdrawP
     external = await accounts.external_wallet(pool, principal.user_id, wallet["currency_id"])
     if external is None:
         raise errors.ExternalWalletNotFound()
-    result = await run(request, RequestWithdraw(principal.user_id, wallet["id"], service["gateway_wallet_id"],
-                                                params.service_user_id, external["id"], params.amount,
-                                                request.get(request_id_key),
-                                                idempotency(request, principal, raw_params),
-                                                commission_rate=_fixed_rate(request, service, TxType.WITHDRAW)))
+    command = RequestWithdraw(principal.user_id, wallet["id"], service["gateway_wallet_id"], params.service_user_id,
+                              external["id"], params.amount, request.get(request_id_key),
+                              idempotency(request, principal, raw_params),
+                              commission_rate=_fixed_rate(request, service, TxType.WITHDRAW))
+    result = await hand_to_actors(request, command)
     wake_delivery(request.app)
     return result
 
@@ -128,12 +103,11 @@ async def exchange(request: web.Request, principal: Principal, params: ExchangeP
 def _fixed_rate(request: web.Request, service, kind: str):
     """The service's rate now, within the operator's ceiling: the record keeps it, and its
     settlement charges exactly the commission it fixes, whatever the service sets meanwhile."""
-    rates = CommissionRates(service["deposit_rate"], service["withdraw_rate"])
+    rates = CommissionRates.stored_or_default(service["deposit_rate"], service["withdraw_rate"])
     return fixed_commission_rate(rates, kind, request.app[settings_key].max_commission_rate)
 
 
 async def _own_wallet(pool, principal: Principal, wallet_id):
-    try:
-        return await accounts.owned_wallet(pool, principal.user_id, wallet_id)
-    except errors.WalletNotFound:
-        raise errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID") from None
+    row = await accounts.claimed_wallet(pool, principal.user_id, wallet_id)
+    refuse(own_wallet_refusal(principal.user_id, accounts.owner(row)))
+    return row

@@ -99,7 +99,7 @@ def documented_errors(spec: Endpoint) -> dict[int, list[tuple[str, str]]]:
         if entry not in bucket:
             bucket.append(entry)
     # Every request's body is read (within WALLETD_BODY_TIMEOUT_SECONDS) before its handler runs
-    # (server.read_body_within), so any operation can refuse a body too large (413) or too slow (408).
+    # (middleware.read_body_within), so any operation can refuse a body too large (413) or too slow (408).
     by_status.setdefault(413, []).append((he.HTTP_CODES[413][0], "Request Entity Too Large"))
     by_status.setdefault(408, []).append((he.HTTP_CODES[408][0], "request body not received in time"))
     by_status.setdefault(503, []).append((he.CONNECTION_CAP[0], "too many connections, retry later"))

@@ -7,11 +7,10 @@ from aiohttp import web
 from walletd.appkeys import pool_key, request_id_key
 from walletd.auth.operator import OperatorPrincipal
 from walletd.domain import errors
-from walletd.domain.ledger import Reverse
+from walletd.domain.commands import Reverse
 from walletd.domain.reversal import reversible
-from walletd.events.delivery import wake_delivery
+from walletd.handlers.commands import MOVE_ERRORS, hand_to_actors, idempotency, wake_delivery
 from walletd.handlers.endpoint import Routes
-from walletd.handlers.money import MOVE_ERRORS, idempotency, run
 from walletd.handlers.schemas import ReverseParams, TxOut
 from walletd.persistence import transactions
 
@@ -38,7 +37,8 @@ async def reverse_transaction(request: web.Request, principal: OperatorPrincipal
     if not reversible(original) or not wallet_ids:  # the ledger checks again, under its locks
         raise errors.NotReversible(f"only a completed transfer or a paid deposit can be reversed; this is a "
                                    f"{original['type']} ({original['status']})")
-    result = await run(request, Reverse(original["id"], original["to_wallet_id"], frozenset(wallet_ids),
-                                        request.get(request_id_key), idempotency(request, principal, raw_params)))
+    command = Reverse(original["id"], original["to_wallet_id"], frozenset(wallet_ids), request.get(request_id_key),
+                      idempotency(request, principal, raw_params))
+    result = await hand_to_actors(request, command)
     wake_delivery(request.app)  # its event is committed: send it now rather than at the next poll
     return result

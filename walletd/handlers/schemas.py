@@ -248,7 +248,7 @@ class ExternalWalletOut(Model):
 
 
 class TxOut(Model):
-    # Field order = domain.ledger.tx_json's key order: the order of every record on the wire,
+    # Field order = domain.records.tx_json's key order: the order of every record on the wire,
     # first response and idempotent replay alike (endpoint.render).
     id: uuid.UUID
     type: Literal["deposit", "withdraw", "transfer", "commission", "bonus", "reversal"]

@@ -17,14 +17,14 @@ from walletd.appkeys import pool_key, request_id_key, settings_key
 from walletd.auth.operator import OPERATOR, OperatorPrincipal
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
-from walletd.domain.ledger import EXPIRY
-from walletd.domain.ledger import OPERATOR as BY_OPERATOR
-from walletd.domain.ledger import SERVICE as BY_SERVICE
-from walletd.domain.policy import CommissionRates, check_settler, fixed_commission_rate, settle_command
+from walletd.domain.access import check_settler
+from walletd.domain.commands import EXPIRY
+from walletd.domain.commands import OPERATOR as BY_OPERATOR
+from walletd.domain.commands import SERVICE as BY_SERVICE
+from walletd.domain.policy import CommissionRates, fixed_commission_rate, settle_command
 from walletd.domain.vocabulary import TxType
-from walletd.events.delivery import wake_delivery
+from walletd.handlers.commands import MOVE_ERRORS, hand_to_actors, idempotency, wake_delivery
 from walletd.handlers.endpoint import Routes
-from walletd.handlers.money import MOVE_ERRORS, idempotency, run
 from walletd.handlers.schemas import Model, SettleParams, StaleParams, TxOut
 from walletd.logs import get_logger
 from walletd.persistence import accounts, outbox, stale, transactions
@@ -52,15 +52,15 @@ async def _settle(request: web.Request, principal: Principal | OperatorPrincipal
     found = await transactions.find_transaction(pool, params.transaction_id)
     pending = check_settler(found, None if by_operator else principal.user_id, kind)
     service = await accounts.service_wallets(pool, pending["service_user_id"], pending["currency_id"])
-    fallback = fixed_commission_rate(CommissionRates(service["deposit_rate"], service["withdraw_rate"]), kind,
-                                     request.app[settings_key].max_commission_rate)
+    rates = CommissionRates.stored_or_default(service["deposit_rate"], service["withdraw_rate"])
+    fallback = fixed_commission_rate(rates, kind, request.app[settings_key].max_commission_rate)
     command = settle_command(
         pending, new_status=params.new_status, service_wallet_id=service["service_wallet_id"],
         gateway_wallet_id=service["gateway_wallet_id"], fallback_rate=fallback,
         settled_by=BY_OPERATOR if by_operator else BY_SERVICE, request_id=request.get(request_id_key),
         idempotency=idempotency(request, principal, raw_params))
     try:
-        result = await run(request, command)
+        result = await hand_to_actors(request, command)
     except errors.SettlementConflict as exc:
         if not by_operator and exc.detail.get("settled_by") in (BY_OPERATOR, EXPIRY):
             await _report_conflict(request, pending, params.new_status, exc)

@@ -11,16 +11,15 @@ from walletd.appkeys import pool_key, request_id_key, settings_key
 from walletd.auth.tokens import Principal
 from walletd.config import Settings
 from walletd.domain import errors
-from walletd.domain.ledger import MultiTransfer, TransferLeg
+from walletd.domain.access import transfer_refusal
+from walletd.domain.commands import MultiTransfer, Replay, TransferLeg
 from walletd.domain.multi_transfer import leg_refusal
-from walletd.domain.vocabulary import WalletKind
 from walletd.handlers.book_schemas import TransfersOut, TransfersParams
+from walletd.handlers.commands import MOVE_ERRORS, hand_to_actors, idempotency
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.errors import ValidationFailed
-from walletd.handlers.money import MOVE_ERRORS, idempotency, run
 from walletd.handlers.schemas import TxOut
 from walletd.persistence import accounts
-from walletd.persistence.outcomes import Replay
 
 routes = Routes()
 
@@ -47,8 +46,9 @@ async def transfer_legs(request: web.Request, principal: Principal, params: Tran
             {"loc": "transfers", "msg": f"at most {most} legs (WALLETD_MAX_BATCH_LEGS)", "type": "too_long"}])
     legs = tuple(TransferLeg(leg.source_wallet_id, leg.target_wallet_id, leg.amount) for leg in params.transfers)
     await _check_wallets(request, principal, legs)
-    result = await run(request, MultiTransfer(principal.user_id, legs, request.get(request_id_key),
-                                              idempotency(request, principal, raw_params)))
+    command = MultiTransfer(principal.user_id, legs, request.get(request_id_key),
+                            idempotency(request, principal, raw_params))
+    result = await hand_to_actors(request, command)
     if isinstance(result, Replay) and result.status == 200:
         # The stored first answer comes back from jsonb with every record's keys reordered: put
         # them back in TxOut's order, so a replay repeats the first answer byte for byte.
@@ -64,15 +64,9 @@ async def _check_wallets(request: web.Request, principal: Principal, legs: tuple
         request.app[pool_key], list({w for leg in legs for w in (leg.source_wallet_id, leg.target_wallet_id)}))
     refused = []
     for index, leg in enumerate(legs):
-        source, target = wallets.get(leg.source_wallet_id), wallets.get(leg.target_wallet_id)
-        if source is None or source["user_id"] != principal.user_id or source["kind"] != WalletKind.USER:
-            problem: errors.DomainError = errors.NotYourWallet("Wrong wallet ID or it is not your wallet ID")
-        elif target is None or target["kind"] != WalletKind.USER:
-            problem = errors.TargetWalletNotFound()
-        elif leg.source_wallet_id == leg.target_wallet_id:
-            problem = errors.SameWallet()
-        else:
-            continue
-        refused.append(leg_refusal(index, problem))
+        problem = transfer_refusal(principal.user_id, leg.source_wallet_id, wallets.get(leg.source_wallet_id),
+                                   leg.target_wallet_id, wallets.get(leg.target_wallet_id))
+        if problem is not None:
+            refused.append(leg_refusal(index, problem))
     if refused:
         raise errors.legs_refused(refused)

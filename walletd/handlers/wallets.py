@@ -7,7 +7,9 @@ from aiohttp import web
 
 from walletd.appkeys import history_pool_key, keys_key, ledger_key, pool_key
 from walletd.auth.tokens import Principal
+from walletd.domain.access import is_own_user_wallet
 from walletd.domain.errors import CurrencyNotFound, ExternalWalletExists, WalletNotFound
+from walletd.domain.records import tx_json
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.errors import ValidationFailed
 from walletd.handlers.schemas import (
@@ -41,7 +43,7 @@ async def list_wallets(request: web.Request, principal: Principal):
 @routes("GET", "/user/wallet", summary="One of the caller's wallets", auth="user", params=WalletIdParams,
         response=WalletOut, tags=["user"], errors=[WalletNotFound])
 async def get_wallet(request: web.Request, principal: Principal, params: WalletIdParams):
-    return wallet_out(await accounts.owned_wallet(request.app[pool_key], principal.user_id, params.wallet_id))
+    return wallet_out(await _own_wallet(request, principal, params.wallet_id))
 
 
 @routes("POST", "/user/create/external_wallet", summary="Create the caller's external (payout) wallet for a currency",
@@ -51,6 +53,14 @@ async def create_external_wallet(request: web.Request, principal: Principal, par
     row = await accounts.create_external_wallet(request.app[pool_key], principal.user_id, params.wallet_name,
                                                 params.currency_id)
     return ExternalWalletOut(**dict(row))
+
+
+async def _own_wallet(request: web.Request, principal: Principal, wallet_id):
+    """One of the caller's wallets; anyone else's looks exactly like one that does not exist (404)."""
+    row = await accounts.claimed_wallet(request.app[pool_key], principal.user_id, wallet_id)
+    if not is_own_user_wallet(principal.user_id, accounts.owner(row)):
+        raise WalletNotFound()
+    return row
 
 
 # Cursors are sealed positions (walletd/keys.py), bound to the list they page: a bare sequence
@@ -65,13 +75,15 @@ def _open_cursor(request: web.Request, scope: bytes, raw: str | None) -> int | N
     return position
 
 
-def _history(request: web.Request, scope: bytes, docs: list[str], next_position: int | None,
-             pending: list[str]) -> web.Response:
-    """HistoryOut, assembled from the records' JSON texts (rendered by PostgreSQL)."""
+def _history(request: web.Request, scope: bytes, rows: list, next_position: int | None,
+             pending: list) -> web.Response:
+    """HistoryOut, each record rendered by tx_json, the one renderer of a transaction (a page's
+    records share owners, wallets and amounts: `memo` renders each once)."""
     cursor = None if next_position is None else request.app[keys_key].seal_cursor(scope, next_position)
-    body = "".join(('{"transactions":[', ",".join(docs), '],"pending_transactions":[', ",".join(pending),
-                    '],"next_cursor":', orjson.dumps(cursor).decode(), "}"))
-    return web.Response(text=body, content_type="application/json")
+    memo: dict = {}
+    body = {"transactions": [tx_json(row, memo) for row in rows],
+            "pending_transactions": [tx_json(row, memo) for row in pending], "next_cursor": cursor}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 @routes("GET", "/user/transactions", summary="The caller's history, newest first (keyset pagination)",
@@ -88,7 +100,8 @@ async def user_transactions(request: web.Request, principal: Principal, params: 
 async def wallet_transactions(request: web.Request, principal: Principal, params: WalletHistoryParams):
     # Who owns a wallet decides what the caller may see: known to the ledger (read from the primary
     # once, then remembered: an owner never changes), even when the page comes from a standby.
-    if not await request.app[ledger_key].owns(principal.user_id, params.wallet_id):
+    if not is_own_user_wallet(principal.user_id,
+                              await request.app[ledger_key].owner(principal.user_id, params.wallet_id)):
         raise WalletNotFound()
     scope = b"wallet:" + params.wallet_id.bytes
     return _history(request, scope, *await history.wallet_page(

@@ -1,4 +1,4 @@
-"""The payment service's subscriptions and event feed (delivery is walletd/events/)."""
+"""The payment service's subscriptions and event feed (delivery is walletd/jobs/webhook_delivery.py)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from walletd.appkeys import keys_key, pool_key, settings_key, targets_key
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
 from walletd.domain.ids import new_id
-from walletd.events.targets import UnsafeUrl
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.schemas import Model, Params, StatusOut, TxOut
 from walletd.logs import get_logger
 from walletd.persistence import outbox
+from walletd.webhooks.targets import UnsafeUrl
 
 routes = Routes()
 log = get_logger("walletd.webhooks")

@@ -1,1 +1,2 @@
-"""The journal's integrity: sealing it into a hash chain and auditing it (jobs and checks)."""
+"""The journal's integrity: checking it against its hash chain (the jobs that seal and audit it
+run in walletd/jobs/)."""

@@ -9,13 +9,21 @@ from decimal import Decimal
 import asyncpg
 
 from walletd.domain import errors
-from walletd.domain.ledger import Effects, WalletState
-from walletd.domain.policy import DEFAULT_COMMISSION, OPERATOR_USER_ID, plan_signup_bonus
+from walletd.domain.effects import Effects
+from walletd.domain.policy import (
+    DEFAULT_COMMISSION,
+    OPERATOR_USER_ID,
+    WALLET_KINDS,
+    plan_signup_bonus,
+    signup_bonus_for,
+)
+from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import WalletKind
 from walletd.logs import get_logger
 from walletd.persistence.batch_write import write_batch
+from walletd.persistence.breaker import DatabaseBreaker
 from walletd.persistence.db import FairPool
-from walletd.persistence.in_doubt import InDoubt, find_out, transaction, user_marker
+from walletd.persistence.in_doubt import InDoubt, find_out, registration_evidence, transaction
 
 WALLET_COLUMNS = """w.id, w.balance, w.reserved_balance, w.currency_id, c.code AS currency, w.user_id, w.kind"""
 
@@ -27,17 +35,20 @@ log = get_logger("walletd.accounts")
 
 async def create_user(pool: FairPool, *, username: str, email: str, password_hash: str, role: str,
                       signup_bonus: Decimal = Decimal(0), request_id: str | None = None,
-                      in_doubt_seconds: float = 30.0) -> tuple[uuid.UUID, uuid.UUID | None]:
-    """The user and a wallet in every currency, in one transaction; returns (user id, bonus entry id).
+                      in_doubt_seconds: float = 30.0,
+                      breaker: DatabaseBreaker | None = None) -> tuple[uuid.UUID, uuid.UUID | None]:
+    """The user and its wallets in every currency (policy.WALLET_KINDS), in one transaction;
+    returns (user id, bonus entry id).
 
-    A service user gets a service wallet and a gateway wallet per currency, and the default
-    commission rates. A user's sign-up bonus (walletd.domain.policy.plan_signup_bonus) is written
-    by the ledger's batch write, in the same transaction. A COMMIT whose answer is lost is found
-    out like a ledger batch's (persistence/in_doubt.py): the user row is the marker. Raises
+    A service user also gets the default commission rates. The sign-up bonus the policy grants
+    (signup_bonus: WALLETD_SIGNUP_BONUS; policy.signup_bonus_for, plan_signup_bonus) is written by
+    the ledger's batch write, in the same transaction. A COMMIT whose answer is lost is found
+    out like a ledger batch's (persistence/in_doubt.py): the user row is the evidence. Raises
     Unavailable only when nothing was created, OutcomeUnknown when that could not be found out.
     """
     user_id = uuid.uuid4()
-    kinds = (WalletKind.SERVICE, WalletKind.GATEWAY) if role == "service" else (WalletKind.USER,)
+    kinds = WALLET_KINDS[role]
+    bonus = signup_bonus_for(role, signup_bonus)
     entry_id = None
     try:
         async with pool.acquire() as conn, transaction(conn):
@@ -59,11 +70,12 @@ async def create_user(pool: FairPool, *, username: str, email: str, password_has
                     "INSERT INTO commission_rates (service_user_id, currency_id, deposit_rate, withdraw_rate) "
                     "SELECT $1, id, $2, $3 FROM currencies",
                     user_id, DEFAULT_COMMISSION.deposit, DEFAULT_COMMISSION.withdraw)
-            if role == "user" and signup_bonus > 0:
-                entry_id = await _grant_signup_bonus(conn, wallets, signup_bonus, request_id)
+            if bonus:
+                entry_id = await _grant_signup_bonus(conn, wallets, bonus, request_id)
     except InDoubt as doubt:
         log.warning("accounts.in_doubt", user_id=str(user_id), error=repr(doubt.cause)[:300])
-        committed = await find_out(pool, doubt, user_marker(user_id), in_doubt_seconds)
+        committed = await find_out(pool, doubt, registration_evidence(user_id), in_doubt_seconds,
+                                   breaker or DatabaseBreaker())
         if committed is None:
             log.error("accounts.outcome_unknown", user_id=str(user_id), username=username, bonus_entry=entry_id)
             raise errors.OutcomeUnknown(REGISTRATION_UNKNOWN) from None
@@ -103,14 +115,15 @@ async def ensure_operator_wallets(conn: asyncpg.Connection) -> None:
 
 async def add_wallets_in_new_currencies(conn: asyncpg.Connection, first_new_currency: int) -> None:
     """Every account gets its wallets in the currencies numbered from first_new_currency on."""
+    roles, kinds = zip(*((role, kind) for role, role_kinds in WALLET_KINDS.items() for kind in role_kinds),
+                       strict=True)
     await conn.execute(
         """INSERT INTO wallets (id, user_id, currency_id, kind)
            SELECT gen_random_uuid(), u.id, c.id, k.kind
              FROM users u
-             JOIN LATERAL unnest(CASE u.role WHEN 'service' THEN ARRAY['service', 'gateway']
-                                             WHEN 'user' THEN ARRAY['user'] ELSE ARRAY[]::text[] END) AS k(kind) ON true
+             JOIN unnest($2::text[], $3::text[]) AS k(role, kind) ON k.role = u.role
              CROSS JOIN currencies c WHERE c.id >= $1
-           ON CONFLICT DO NOTHING""", first_new_currency)
+           ON CONFLICT DO NOTHING""", first_new_currency, list(roles), list(kinds))
     await ensure_operator_wallets(conn)
 
 
@@ -129,36 +142,34 @@ async def user_wallets(pool: FairPool, user_id: uuid.UUID) -> list[asyncpg.Recor
             WHERE w.user_id = $1 AND w.kind = $2 ORDER BY w.currency_id""", user_id, WalletKind.USER)
 
 
-async def wallet(pool: FairPool | asyncpg.Connection, wallet_id: uuid.UUID) -> asyncpg.Record | None:
-    return await pool.fetchrow(
-        f"SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id WHERE w.id = $1", wallet_id)
+def owner(row: asyncpg.Record | None) -> tuple[uuid.UUID, str] | None:
+    """A wallet row's (owner's user id, kind): what domain/access.py decides on."""
+    return None if row is None else (row["user_id"], row["kind"])
 
 
-async def wallet_owners(pool: FairPool, wallet_ids: list[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
-    """Owner (user_id) and kind of each of these wallets that exists."""
+async def wallet_owners(pool: FairPool, wallet_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[uuid.UUID, str]]:
+    """(owner's user id, kind) of each of these wallets that exists."""
     rows = await pool.fetch("SELECT id, user_id, kind FROM wallets WHERE id = ANY($1::uuid[])", wallet_ids)
-    return {r["id"]: r for r in rows}
+    return {r["id"]: (r["user_id"], r["kind"]) for r in rows}
 
 
-async def owned_wallet(pool: FairPool, user_id: uuid.UUID, wallet_id: uuid.UUID) -> asyncpg.Record:
-    """A wallet of this user; anyone else's looks exactly like one that does not exist. Asked by
-    owner and id: on Citus that is the owner's shard only."""
-    row = await pool.fetchrow(f"SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id "
-                              "WHERE w.user_id = $1 AND w.id = $2", user_id, wallet_id)
-    if row is None or row["kind"] != WalletKind.USER:
-        raise errors.WalletNotFound()
-    return row
+async def claimed_wallet(pool: FairPool, user_id: uuid.UUID, wallet_id: uuid.UUID) -> asyncpg.Record | None:
+    """The wallet if this user owns it, else None; whether the caller may use it is
+    domain/access.py's to decide. Asked by owner and id: on Citus that is the owner's shard only."""
+    return await pool.fetchrow(f"SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id "
+                               "WHERE w.user_id = $1 AND w.id = $2", user_id, wallet_id)
 
 
 async def service_wallets(pool: FairPool, service_user_id: uuid.UUID, currency_id: int) -> asyncpg.Record:
+    """A payment service's service and gateway wallets in a currency, and its stored commission
+    rates there (None where it has none: policy.CommissionRates.stored_or_default decides)."""
     row = await pool.fetchrow(
-        """SELECT s.id AS service_wallet_id, g.id AS gateway_wallet_id,
-                  coalesce(r.deposit_rate, $3) AS deposit_rate, coalesce(r.withdraw_rate, $4) AS withdraw_rate
+        """SELECT s.id AS service_wallet_id, g.id AS gateway_wallet_id, r.deposit_rate, r.withdraw_rate
              FROM wallets s
-             JOIN wallets g ON g.user_id = s.user_id AND g.currency_id = s.currency_id AND g.kind = 'gateway'
+             JOIN wallets g ON g.user_id = s.user_id AND g.currency_id = s.currency_id AND g.kind = $4
              LEFT JOIN commission_rates r ON r.service_user_id = s.user_id AND r.currency_id = s.currency_id
-            WHERE s.user_id = $1 AND s.currency_id = $2 AND s.kind = 'service'""",
-        service_user_id, currency_id, DEFAULT_COMMISSION.deposit, DEFAULT_COMMISSION.withdraw)
+            WHERE s.user_id = $1 AND s.currency_id = $2 AND s.kind = $3""",
+        service_user_id, currency_id, WalletKind.SERVICE, WalletKind.GATEWAY)
     if row is None:
         raise errors.ServiceWalletNotFound()
     return row

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncpg
 
+from walletd.domain.vocabulary import MAY_GO_NEGATIVE, Bucket
 from walletd.persistence.citus.audit import citus_checks
+
+# The domain's rule, as an SQL list: which wallet kinds may hold a negative balance.
+_MAY_GO_NEGATIVE = ", ".join(f"'{kind}'" for kind in sorted(MAY_GO_NEGATIVE))
 
 # What each kind of transaction record says its journal entry did, as a condition on the record
 # `t`: its entry's kind, its parent's entry, the commissions charged on it (`fee`), and what its
@@ -51,12 +55,13 @@ def _record_check() -> str:
                       for (kind, status), rule in _RECORD_RULES.items())
     return f"""
         WITH moved AS (
-             SELECT entry_id, wallet_id, coalesce(sum(amount) FILTER (WHERE bucket = 'B'), 0) AS b,
-                    coalesce(sum(amount) FILTER (WHERE bucket = 'R'), 0) AS r
+             SELECT entry_id, wallet_id, coalesce(sum(amount) FILTER (WHERE bucket = '{Bucket.BALANCE}'), 0) AS b,
+                    coalesce(sum(amount) FILTER (WHERE bucket = '{Bucket.RESERVED}'), 0) AS r
                FROM postings GROUP BY entry_id, wallet_id),
         named AS (
-             SELECT entry_id, wallet_id, transaction_id, coalesce(sum(amount) FILTER (WHERE bucket = 'B'), 0) AS b,
-                    coalesce(sum(amount) FILTER (WHERE bucket = 'R'), 0) AS r
+             SELECT entry_id, wallet_id, transaction_id,
+                    coalesce(sum(amount) FILTER (WHERE bucket = '{Bucket.BALANCE}'), 0) AS b,
+                    coalesce(sum(amount) FILTER (WHERE bucket = '{Bucket.RESERVED}'), 0) AS r
                FROM postings GROUP BY entry_id, wallet_id, transaction_id),
         fees AS (SELECT parent_id, sum(amount) AS fee FROM transactions
                   WHERE type = 'commission' AND parent_id IS NOT NULL GROUP BY parent_id),
@@ -83,20 +88,20 @@ def _record_check() -> str:
 
 
 _CHECKS = {
-    "wallet balance differs from its postings": """
+    "wallet balance differs from its postings": f"""
         SELECT w.id, w.balance, w.reserved_balance,
                coalesce(p.b, 0) AS posted_balance, coalesce(p.r, 0) AS posted_reserved
           FROM wallets w LEFT JOIN (
-               SELECT wallet_id, sum(amount) FILTER (WHERE bucket = 'B') AS b,
-                      sum(amount) FILTER (WHERE bucket = 'R') AS r
+               SELECT wallet_id, sum(amount) FILTER (WHERE bucket = '{Bucket.BALANCE}') AS b,
+                      sum(amount) FILTER (WHERE bucket = '{Bucket.RESERVED}') AS r
                  FROM postings GROUP BY wallet_id) p ON p.wallet_id = w.id
          WHERE w.balance <> coalesce(p.b, 0) OR w.reserved_balance <> coalesce(p.r, 0)""",
     "journal entry does not balance": """
         SELECT entry_id, currency_id, sum(amount) AS total FROM postings
          GROUP BY entry_id, currency_id HAVING sum(amount) <> 0""",
-    "wallet is negative": """
+    "wallet is negative": f"""
         SELECT id, kind, balance, reserved_balance FROM wallets
-         WHERE reserved_balance < 0 OR (balance < 0 AND kind NOT IN ('gateway', 'operator'))""",
+         WHERE reserved_balance < 0 OR (balance < 0 AND kind NOT IN ({_MAY_GO_NEGATIVE}))""",
     "currency total is not zero": """
         SELECT currency_id, sum(balance + reserved_balance) AS total FROM wallets
          GROUP BY currency_id HAVING sum(balance + reserved_balance) <> 0""",

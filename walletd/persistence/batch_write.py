@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import orjson
 
-from walletd.domain.ledger import Effects
+from walletd.domain.effects import Effects
 
 WRITE_BATCH = "SELECT walletd_write_batch($1::jsonb)"
 

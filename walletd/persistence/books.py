@@ -18,6 +18,7 @@ from decimal import Context, Decimal
 import asyncpg
 
 from walletd.domain.money import fmt
+from walletd.domain.vocabulary import Bucket
 from walletd.persistence.accounts import WALLET_COLUMNS
 from walletd.persistence.db import FairPool
 
@@ -42,15 +43,18 @@ def _sums_at(at: str, sums: str, needed: str = "true", owner: str = "") -> str:
                  GROUP BY f.forward)"""
 
 
+# What a wallet's postings add to its balance and to its withdrawal hold.
+_BALANCE_SUM = f"coalesce(sum(p.amount) FILTER (WHERE p.bucket = '{Bucket.BALANCE}'), 0)"
+_RESERVED_SUM = f"coalesce(sum(p.amount) FILTER (WHERE p.bucket = '{Bucket.RESERVED}'), 0)"
+
+
 def _balance_at(owner: str = "") -> str:
     return f"""
 SELECT w.currency_id,
        CASE WHEN s.forward THEN 0 ELSE w.balance END + (CASE WHEN s.forward THEN 1 ELSE -1 END) * s.b AS balance,
        CASE WHEN s.forward THEN 0 ELSE w.reserved_balance END + (CASE WHEN s.forward THEN 1 ELSE -1 END) * s.r
            AS reserved
-  FROM wallets w CROSS JOIN LATERAL {_sums_at("$2::timestamptz",
-                                              "coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'B'), 0) AS b, "
-                                              "coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'R'), 0) AS r",
+  FROM wallets w CROSS JOIN LATERAL {_sums_at("$2::timestamptz", f"{_BALANCE_SUM} AS b, {_RESERVED_SUM} AS r",
                                               owner=owner)} s
  WHERE w.id = $1 AND w.user_id = $3 AND w.kind = ANY($4::text[])"""
 
@@ -68,7 +72,7 @@ def _line_sums(owner: str = "") -> str:
     return f"""
     SELECT p.created_at, p.entry_id, p.transaction_id, sum(p.amount) AS amount
       FROM postings p
-     WHERE p.wallet_id = $1 AND p.bucket = 'B'{f" AND p.user_id = {owner}" if owner else ""}
+     WHERE p.wallet_id = $1 AND p.bucket = '{Bucket.BALANCE}'{f" AND p.user_id = {owner}" if owner else ""}
        AND p.created_at > coalesce($2::timestamptz, '-infinity') AND p.created_at <= $3
        AND (p.created_at, p.entry_id, p.transaction_id)
            > (coalesce($4::timestamptz, '-infinity'), coalesce($5::uuid, '{NIL}'), coalesce($6::uuid, '{NIL}'))
@@ -85,7 +89,7 @@ SELECT l.created_at, l.entry_id, l.transaction_id AS tx, l.amount, t.type, t.sta
 
 # The balances at both ends of the period, in the same statement (so the same snapshot) as the
 # first lines: opening + the sum of every line = closing.
-_B = "coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'B'), 0) AS b"
+_B = f"{_BALANCE_SUM} AS b"
 
 
 def _ends(owner: str = "") -> str:
@@ -274,9 +278,10 @@ async def csv_chunk(pool: FairPool, wallet_id: uuid.UUID, start: datetime | None
                     row["balance_after"])
 
 
-async def service_wallets(pool: FairPool, service_user_id: uuid.UUID) -> list[asyncpg.Record]:
-    """A payment service's own wallets (its service and gateway wallet in every currency)."""
+async def wallets_of(pool: FairPool, owner: uuid.UUID, kinds: Sequence[str]) -> list[asyncpg.Record]:
+    """The owner's wallets of these kinds (a payment service's: its service and gateway wallet in
+    every currency), by currency, then kind in reverse order (service before gateway)."""
     return await pool.fetch(
         f"""SELECT {WALLET_COLUMNS} FROM wallets w JOIN currencies c ON c.id = w.currency_id
-            WHERE w.user_id = $1 AND w.kind IN ('service', 'gateway') ORDER BY w.currency_id, w.kind DESC""",
-        service_user_id)
+            WHERE w.user_id = $1 AND w.kind = ANY($2::text[]) ORDER BY w.currency_id, w.kind DESC""",
+        owner, list(kinds))

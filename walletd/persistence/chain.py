@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from walletd.domain.chain import Entry, Seal
-from walletd.domain.vocabulary import EntryKind
+from walletd.domain.vocabulary import Bucket, EntryKind
 
 SEAL_BATCH = 1000  # entries per sealing transaction
 # The previous release's expiry: the operator may still reconcile its record, and rejecting it
@@ -127,8 +127,8 @@ async def unbalanced(conn, ids: list[uuid.UUID]) -> list[tuple[uuid.UUID, int]]:
 _OF_ENTRIES = """FROM postings p JOIN unnest($1::uuid[]) AS wanted(id) ON wanted.id = p.entry_id
  WHERE p.entry_id BETWEEN $2 AND $3"""
 _SUMS = f"""
-SELECT p.wallet_id, coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'B'), 0),
-       coalesce(sum(p.amount) FILTER (WHERE p.bucket = 'R'), 0)
+SELECT p.wallet_id, coalesce(sum(p.amount) FILTER (WHERE p.bucket = '{Bucket.BALANCE}'), 0),
+       coalesce(sum(p.amount) FILTER (WHERE p.bucket = '{Bucket.RESERVED}'), 0)
   {_OF_ENTRIES} GROUP BY p.wallet_id"""
 _UNBALANCED = f"""
 SELECT p.entry_id, p.currency_id {_OF_ENTRIES} GROUP BY p.entry_id, p.currency_id HAVING sum(p.amount) <> 0"""

@@ -8,16 +8,6 @@ import uuid
 from walletd.persistence.db import FairPool
 
 _NO_CURSOR = 2**63 - 1
-# Each record as its JSON text, rendered by PostgreSQL exactly as domain.ledger.tx_json renders
-# it (same keys and order, fixed-point amounts, ISO timestamps with microseconds): a page costs
-# walletd one short string per row instead of decoding and re-encoding fourteen columns.
-TX_DOC = """json_build_object(
-    'id', id, 'type', type, 'status', status, 'from_wallet_id', from_wallet_id,
-    'from_currency_id', from_currency_id, 'amount', amount::text, 'to_wallet_id', to_wallet_id,
-    'to_currency_id', to_currency_id, 'rate', rate::text, 'converted_amount', converted_amount::text,
-    'timestamp', to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-    'user_id', user_id, 'service_user_id', service_user_id, 'parent_id', parent_id,
-    'commission_rate', commission_rate::text, 'commission', commission::text)::text"""
 # Pending deposits and withdrawals are listed whole (newest first, up to this many) on every
 # page rather than paginated: a client must always see what is still open.
 PENDING_LIMIT = 500
@@ -25,6 +15,16 @@ PENDING_LIMIT = 500
 
 _RAW = ("seq, id, type, status, from_wallet_id, from_currency_id, amount, to_wallet_id, to_currency_id, rate, "
         "converted_amount, created_at, user_id, service_user_id, parent_id, commission_rate, commission")
+# What a page selects of the rows it keeps: a record's columns, its ids, amounts and instant as the
+# text domain.records.tx_json writes (uuid::text is the canonical form; NUMERIC(…, 10) prints all
+# ten places; the instant in UTC with microseconds), which tx_json then keeps as it is: a page costs
+# walletd no decoding and re-encoding of each value.
+_RECORD = ("seq, id::text AS id, type, status, from_wallet_id::text AS from_wallet_id, from_currency_id, "
+           "amount::text AS amount, to_wallet_id::text AS to_wallet_id, to_currency_id, rate::text AS rate, "
+           "converted_amount::text AS converted_amount, "
+           """to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') AS created_at, """
+           "user_id::text AS user_id, service_user_id::text AS service_user_id, parent_id::text AS parent_id, "
+           "commission_rate::text AS commission_rate, commission::text AS commission")
 
 
 # The largest page a client may ask for (handlers.schemas.HistoryParams), and the row that says
@@ -41,12 +41,12 @@ def _page(side: str, key: str = "$1", extra: str = "", limit: str = "$3") -> str
 # is a constant so that PostgreSQL plans this statement once per connection: with `LIMIT $3` a
 # generic plan is costed for a tenth of the wallet's rows and never chosen, and planning anew on
 # every page cost as much as running it. The branches are read lazily, up to the page's limit.
-_WALLET_PAGE = (f"SELECT seq, {TX_DOC} FROM ({_page('from_wallet_id', limit=str(MAX_ROWS))} UNION ALL "
+_WALLET_PAGE = (f"SELECT {_RECORD} FROM ({_page('from_wallet_id', limit=str(MAX_ROWS))} UNION ALL "
                 f"{_page('to_wallet_id', limit=str(MAX_ROWS))}) t ORDER BY seq DESC LIMIT $3")
 # Per wallet of the user, the newest rows from each wallet index; a transfer between two wallets
 # of one user appears once (the `to` branch skips rows the user sent).
 _USER_PAGE = f"""
-SELECT seq, {TX_DOC} FROM (
+SELECT {_RECORD} FROM (
     SELECT t.* FROM wallets w CROSS JOIN LATERAL (
         {_page('from_wallet_id', 'w.id')}
         UNION ALL
@@ -59,11 +59,11 @@ SELECT seq, {TX_DOC} FROM (
 
 
 # One round trip per page: the settled records (kind 0) and the pending ones (kind 1).
-_WALLET_PENDING = f"""SELECT 1, seq, {TX_DOC} FROM (
+_WALLET_PENDING = f"""SELECT 1, {_RECORD} FROM (
     SELECT * FROM transactions WHERE user_id = (SELECT user_id FROM wallets WHERE id = $1)
        AND status = 'pending' AND (from_wallet_id = $1 OR to_wallet_id = $1) ORDER BY seq DESC LIMIT {PENDING_LIMIT}
 ) pending"""
-_USER_PENDING = f"""SELECT 1, seq, {TX_DOC} FROM (
+_USER_PENDING = f"""SELECT 1, {_RECORD} FROM (
     SELECT * FROM transactions WHERE user_id = $1 AND status = 'pending' ORDER BY seq DESC LIMIT {PENDING_LIMIT}
 ) pending"""
 _WALLET_HISTORY = f"SELECT 0, * FROM ({_WALLET_PAGE}) page UNION ALL ({_WALLET_PENDING}) ORDER BY 1, 2 DESC"
@@ -72,27 +72,26 @@ _USER_HISTORY = f"SELECT 0, * FROM ({_USER_PAGE}) page UNION ALL ({_USER_PENDING
 # The Citus editions (persistence/citus/): a record is stored once per user whose history it is
 # (owner_id, the distribution column), so a page names its owner ($4 for a wallet's, $1 for a
 # user's) and is a query on that user's shard alone. Pending records belong to their customer.
-_WALLET_PAGE_OWNED = (f"SELECT seq, {TX_DOC} FROM ({_page('owner_id = $4 AND from_wallet_id', limit=str(MAX_ROWS))} "
+_WALLET_PAGE_OWNED = (f"SELECT {_RECORD} FROM ({_page('owner_id = $4 AND from_wallet_id', limit=str(MAX_ROWS))} "
                       f"UNION ALL {_page('owner_id = $4 AND to_wallet_id', limit=str(MAX_ROWS))}) t "
                       "ORDER BY seq DESC LIMIT $3")
-_WALLET_PENDING_OWNED = f"""SELECT 1, seq, {TX_DOC} FROM (
+_WALLET_PENDING_OWNED = f"""SELECT 1, {_RECORD} FROM (
     SELECT * FROM transactions WHERE owner_id = $4 AND user_id = $4
        AND status = 'pending' AND (from_wallet_id = $1 OR to_wallet_id = $1) ORDER BY seq DESC LIMIT {PENDING_LIMIT}
 ) pending"""
-_USER_PENDING_OWNED = f"""SELECT 1, seq, {TX_DOC} FROM (
+_USER_PENDING_OWNED = f"""SELECT 1, {_RECORD} FROM (
     SELECT * FROM transactions WHERE owner_id = $1 AND user_id = $1 AND status = 'pending'
      ORDER BY seq DESC LIMIT {PENDING_LIMIT}
 ) pending"""
 _WALLET_HISTORY_OWNED = (f"SELECT 0, * FROM ({_WALLET_PAGE_OWNED}) page UNION ALL ({_WALLET_PENDING_OWNED}) "
                          "ORDER BY 1, 2 DESC")
-_USER_HISTORY_OWNED = (f"SELECT 0, * FROM (SELECT seq, {TX_DOC} FROM {_page('owner_id')}) page "
+_USER_HISTORY_OWNED = (f"SELECT 0, * FROM (SELECT {_RECORD} FROM {_page('owner_id')}) page "
                        f"UNION ALL ({_USER_PENDING_OWNED}) ORDER BY 1, 2 DESC")
 
-
 async def wallet_page(pool: FairPool, wallet_id: uuid.UUID, before: int | None, limit: int, owner_id: uuid.UUID):
-    """(records as JSON texts, the next page's position or None, pending records as JSON texts).
-    A position is a global sequence number: the handlers seal it before a client sees it. The
-    caller has checked that owner_id owns the wallet."""
+    """(records, the next page's position or None, pending records), the records as rows for
+    domain.records.tx_json. A position is a global sequence number: the handlers seal it before a
+    client sees it. The caller has checked that owner_id owns the wallet."""
     if limit + 1 > MAX_ROWS:
         raise ValueError(f"a page holds at most {MAX_ROWS - 1} records")
     if pool.distributed:
@@ -110,6 +109,6 @@ async def user_page(pool: FairPool, user_id: uuid.UUID, before: int | None, limi
 def _split(rows, limit):
     settled = [r for r in rows if r[0] == 0]
     page = settled[:limit]
-    next_position = page[-1][1] if len(settled) > limit else None
-    return [r[2] for r in page], next_position, [r[2] for r in rows if r[0] == 1]
+    next_position = page[-1]["seq"] if len(settled) > limit else None
+    return page, next_position, [r for r in rows if r[0] == 1]
 

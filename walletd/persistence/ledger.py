@@ -32,7 +32,7 @@ committed). Past `in_doubt_seconds`, or with no backend it could stop, it is `Ou
 (500): the client retries with its Idempotency-Key and learns the outcome. Only DomainErrors
 leave `apply`.
 
-Once the decisive step has returned, the batch's outcome is a value (`Decided`) and nothing but
+Once the step that commits has returned, the batch's outcome is a value (`Decided`) and nothing but
 returning it runs in this module: the committer answers the callers from it first, then calls
 `learn` (predictions, counters, metrics), which can fail without changing any answer.
 """
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -49,30 +50,17 @@ import asyncpg
 
 from walletd import metrics
 from walletd.domain import errors
-from walletd.domain.ledger import (
-    Command,
-    Effects,
-    MultiTransfer,
-    RateBook,
-    RequestDeposit,
-    RequestWithdraw,
-    Reverse,
-    Settle,
-    Transfer,
-    plan_deposit_request,
-    plan_transfer,
-    plan_withdraw_request,
-)
-from walletd.domain.multi_transfer import plan_multi_transfer
-from walletd.domain.reversal import plan_reversal
-from walletd.domain.settlement import plan_settlement
-from walletd.domain.vocabulary import WalletKind
+from walletd.domain.commands import Command, Replay, Reverse, Settle
+from walletd.domain.effects import Effects
+from walletd.domain.planning import plan
+from walletd.domain.rates import RateBook
 from walletd.logs import get_logger
 from walletd.persistence.batch_write import write_batch, writes_anything
+from walletd.persistence.breaker import DatabaseBreaker
 from walletd.persistence.db import FairPool
-from walletd.persistence.failures import UNAVAILABLE, outage
-from walletd.persistence.in_doubt import InDoubt, batch_marker, decisive, find_out, transaction
-from walletd.persistence.outcomes import Decided, RefusalResponse, Replay
+from walletd.persistence.failures import UNAVAILABLE
+from walletd.persistence.in_doubt import InDoubt, await_commit, batch_evidence, find_out, transaction
+from walletd.persistence.outcomes import Decided, RefusalResponse
 from walletd.persistence.predictions import WalletPredictions
 from walletd.persistence.rates import rate_book
 from walletd.persistence.transactions import pending_states, reversal_states
@@ -83,7 +71,7 @@ _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg
 
 
 @dataclass
-class _Sent:
+class _SentBatch:
     """What an in-doubt batch answers if it committed, and the rows it wrote."""
 
     results: list[object]
@@ -96,9 +84,10 @@ class _NeedsLocks(Exception):
 
 
 class PgLedger:
-    def __init__(self, pool: FairPool, rates_max_age: timedelta | None = None, *,
+    def __init__(self, pool: FairPool, breaker: DatabaseBreaker, rates_max_age: timedelta | None = None, *,
                  refusal_response: RefusalResponse, in_doubt_seconds: float = 30.0) -> None:
         self.pool = pool
+        self.breaker = breaker
         self.rates_max_age = rates_max_age
         self.in_doubt_seconds = in_doubt_seconds
         self.refusal_response = refusal_response
@@ -119,8 +108,8 @@ class PgLedger:
         """What this process learns from a batch whose callers have been answered: nothing here can
         change an answer, and a failure here costs at most a stale prediction (a locked-path retry)."""
         if not any(isinstance(result, errors.Unavailable) for result in decided.results):
-            outage.succeeded()  # the database answered this batch: any outage is over
-        for effects in decided.learned:
+            self.breaker.succeeded()  # the database answered this batch: any outage is over
+        for effects in decided.learn_from:
             self.predictions.learn(effects)
         self.predictions.forget(decided.forget)
         if decided.path == "fast":
@@ -129,9 +118,9 @@ class PgLedger:
         elif decided.path == "locked":
             self.locked_batches += 1
             metrics.LOCKED_PATH.inc()
-        for marker in decided.found:
+        for label in decided.found_committed:
             self.in_doubt["committed"] += 1
-            log.warning("ledger.in_doubt_resolved", committed=True, marker=marker)
+            log.warning("ledger.in_doubt_resolved", committed=True, marker=label)
 
     async def _decide(self, commands: list[Command]) -> Decided:
         try:
@@ -153,7 +142,7 @@ class PgLedger:
         except InDoubt:
             raise
         except UNAVAILABLE as exc:
-            outage.failed(exc)
+            self.breaker.failed(exc)
             raise errors.Unavailable() from None
         except errors.DomainError:
             raise
@@ -175,7 +164,7 @@ class PgLedger:
             except errors.DomainError as exc:
                 one = Decided([exc], [], path="locked")
             except UNAVAILABLE as exc:
-                outage.failed(exc)
+                self.breaker.failed(exc)
                 one = Decided([errors.Unavailable()], [], path="locked")
             except Exception:
                 log.exception("ledger.command_failed", command=type(command).__name__,
@@ -213,36 +202,37 @@ class PgLedger:
 
     async def _find_out(self, doubt: InDoubt) -> Decided:
         sent = doubt.outcome
-        assert isinstance(sent, _Sent)
+        assert isinstance(sent, _SentBatch)
         effects = sent.effects
-        marker = batch_marker(effects, sent.idempotency_rows)
-        log.warning("ledger.in_doubt", error=repr(doubt.cause)[:300], commands=len(sent.results), marker=marker.label,
+        evidence = batch_evidence(effects, sent.idempotency_rows)
+        log.warning("ledger.in_doubt", error=repr(doubt.cause)[:300], commands=len(sent.results), marker=evidence.label,
                     backend=doubt.backend and doubt.backend.pid)
-        committed = await find_out(self.pool, doubt, marker, self.in_doubt_seconds)
+        committed = await find_out(self.pool, doubt, evidence, self.in_doubt_seconds, self.breaker)
         touched = {wallet_id for _, wallet_id, _, _, _ in effects.postings}
         if committed is None:
             self.in_doubt["unknown"] += 1
             self.predictions.forget(touched)
-            log.error("ledger.outcome_unknown", marker=marker.label, commands=len(sent.results),
+            log.error("ledger.outcome_unknown", marker=evidence.label, commands=len(sent.results),
                       transactions=[str(t["id"]) for t in effects.new_transactions],
                       request_ids=sorted({r for _, _, r in effects.entries if r}))
             raise errors.OutcomeUnknown()
         if not committed:
             self.in_doubt["not_committed"] += 1
-            log.warning("ledger.in_doubt_resolved", committed=False, marker=marker.label)
+            log.warning("ledger.in_doubt_resolved", committed=False, marker=evidence.label)
             raise errors.Unavailable()
         # Committed: the predictions are re-read (cheaper than reasoning about half-known state).
-        return Decided(sent.results, effects.events, path="in_doubt", forget=touched, found=[marker.label])
+        return Decided(sent.results, effects.audit_lines, path="in_doubt", forget=touched,
+                       found_committed=[evidence.label])
 
     # ---- fast path ---------------------------------------------------------------------------
 
     async def _apply_fast(self, commands: list[Command]) -> Decided:
-        predicted, converted = await self.predictions.wallets_for(commands)
+        predicted, currencies_to_convert = await self.predictions.wallets_for(commands)
         # Plan on copies: a refused statement must leave the predictions as they were.
         wallets = {i: dataclasses.replace(state) for i, state in predicted.items()}
         now = datetime.now(timezone.utc)
         pending = await self._pending(self.pool, commands, predicted, lock=False)
-        rates = await rate_book(self.pool, now, self.rates_max_age) if converted else RateBook({}, now)
+        rates = await rate_book(self.pool, now, self.rates_max_age) if currencies_to_convert else RateBook({}, now)
         keys = [c.idempotency for c in commands if c.idempotency is not None]
         stored = await self._stored_responses(self.pool, keys) if keys else {}
         effects = Effects(now)
@@ -252,24 +242,25 @@ class PgLedger:
         if writes_anything(effects, idempotency_rows):
             async with self.pool.acquire() as conn:
                 # In autocommit the write is its own transaction: a lost answer leaves it in doubt.
-                await self._decisive(conn, self._write(conn, effects, idempotency_rows, wallets, pending),
-                                     _Sent(results, effects, idempotency_rows))
-        return Decided(results, effects.events, path="fast", learned=[effects])
+                await self._await_commit(conn, self._write(conn, effects, idempotency_rows, wallets, pending),
+                                         _SentBatch(results, effects, idempotency_rows))
+        return Decided(results, effects.audit_lines, path="fast", learn_from=[effects])
 
     def forget(self) -> None:
         """Drop every prediction (they are re-read on next use)."""
         self.predictions.forget()
 
-    async def owns(self, user_id, wallet_id, *read_along) -> bool:
-        """Whether wallet_id is one of the user's own (user-kind) wallets: asked before a command may
-        enter the wallet's queue, from memory for a warm wallet (see persistence/predictions.py)."""
-        owner = await self.predictions.owner(wallet_id, *read_along)
-        return owner is not None and owner[0] == user_id and owner[1] == WalletKind.USER
+    async def owner(self, claimed_by, wallet_id, *read_along) -> tuple[uuid.UUID, str] | None:
+        """(owner's user id, kind) of the wallet, None if it does not exist: what the edge asks
+        before a command may enter the wallet's queue, from memory for a warm wallet (see
+        persistence/predictions.py). claimed_by: the caller, who says the wallet is its own (only
+        the Citus edition reads by it)."""
+        return await self.predictions.owner(wallet_id, *read_along)
 
     # ---- locked path -------------------------------------------------------------------------
 
     async def _apply_locked(self, commands: list[Command]) -> Decided:
-        predicted, converted = await self.predictions.wallets_for(commands)
+        predicted, currencies_to_convert = await self.predictions.wallets_for(commands)
         keys = [c.idempotency for c in commands if c.idempotency is not None]
         async with self.pool.acquire() as conn:
             try:
@@ -278,7 +269,8 @@ class PgLedger:
                     wallets = {r[0]: dataclasses.replace(predicted[r[0]], balance=r[1], reserved=r[2]) for r in rows}
                     pending = await self._pending(conn, commands, predicted, lock=True)
                     now = datetime.now(timezone.utc)
-                    rates = await rate_book(conn, now, self.rates_max_age) if converted else RateBook({}, now)
+                    rates = (await rate_book(conn, now, self.rates_max_age) if currencies_to_convert
+                             else RateBook({}, now))
                     stored = await self._stored_responses(conn, keys) if keys else {}
                     effects = Effects(now)
                     results, idempotency_rows = self._plan_all(commands, wallets, rates, pending, stored, effects)
@@ -289,19 +281,19 @@ class PgLedger:
                 if not writes_anything(effects, idempotency_rows):
                     # Nothing was written: the refusals and replays stand whatever the COMMIT did.
                     return Decided(results, [], path="locked", forget=set(wallets))
-                doubt.outcome = _Sent(results, effects, idempotency_rows)
+                doubt.outcome = _SentBatch(results, effects, idempotency_rows)
                 raise
         # Balances were read under lock: drop the predictions, the next fast path re-reads them.
-        return Decided(results, effects.events, path="locked", forget=set(wallets))
+        return Decided(results, effects.audit_lines, path="locked", forget=set(wallets))
 
     # ---- shared ------------------------------------------------------------------------------
 
     @staticmethod
-    async def _decisive(conn, step: Awaitable[object], sent: _Sent) -> None:
-        """Await the step that commits (see in_doubt.decisive); an in-doubt batch carries what it
+    async def _await_commit(conn, step: Awaitable[object], sent: _SentBatch) -> None:
+        """Await the step that commits (see in_doubt.await_commit); an in-doubt batch carries what it
         answers if it committed."""
         try:
-            await decisive(conn, step)
+            await await_commit(conn, step)
         except InDoubt as doubt:
             doubt.outcome = sent
             raise
@@ -339,15 +331,15 @@ class PgLedger:
     def _plan_contained(self, command, wallets, desks, rates, pending, effects):
         """Plan one command; if it fails with anything but a refusal (a bug), undo what it had
         planned so the rest of the batch goes on without it."""
-        mark = effects.mark()
+        checkpoint = effects.checkpoint()
         state = pending.get(command.transaction_id) if isinstance(command, Settle) else None
         saved = (state.status, state.record, state.settled_by) if state is not None else None
         try:
-            return self._plan(command, wallets, desks, rates, pending, effects)
+            return plan(command, wallets, desks, rates, pending, effects)
         except errors.DomainError:
             raise
         except Exception:
-            effects.rollback(mark, wallets)
+            effects.rollback(checkpoint, wallets)
             if state is not None and saved is not None:
                 state.status, state.record, state.settled_by = saved
             log.exception("ledger.plan_failed", command=type(command).__name__, request_id=command.request_id)
@@ -372,22 +364,6 @@ class PgLedger:
     @staticmethod
     def _write(conn, effects: Effects, idempotency_rows: list, wallets: dict, pending: dict) -> Awaitable[None]:
         return write_batch(conn, effects, idempotency_rows)
-
-    @staticmethod
-    def _plan(command, wallets, desks, rates, pending, effects):
-        if isinstance(command, Reverse):
-            return plan_reversal(command, pending.get((Reverse, command.transaction_id)), wallets, effects)
-        if isinstance(command, Transfer):
-            return plan_transfer(command, wallets, desks, rates, effects)
-        if isinstance(command, Settle):
-            return plan_settlement(command, pending.get(command.transaction_id), wallets, effects)
-        if isinstance(command, RequestDeposit):
-            return plan_deposit_request(command, wallets, effects)
-        if isinstance(command, RequestWithdraw):
-            return plan_withdraw_request(command, wallets, effects)
-        if isinstance(command, MultiTransfer):
-            return plan_multi_transfer(command, wallets, desks, rates, effects)
-        raise TypeError(f"unknown command {command!r}")
 
     @staticmethod
     async def _stored_responses(conn, keys) -> dict:

@@ -1,5 +1,5 @@
-"""What a ledger batch decided, as values: the committer answers its callers from a `Decided`
-before anything else runs, and a `Replay` is a stored first answer given again."""
+"""What a ledger batch decided, as a value: the committer answers its callers from a `Decided`
+before anything else runs."""
 
 from __future__ import annotations
 
@@ -8,37 +8,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from walletd.domain import errors
-from walletd.domain.ledger import Effects
+from walletd.domain.effects import Effects
 
 # (error, request id) -> (HTTP status, the JSON-ready error body the first answer carries).
 RefusalResponse = Callable[[errors.DomainError, "str | None"], tuple[int, dict]]
 
 
-@dataclass(frozen=True)
-class Replay:
-    """A stored first answer (a movement, or a refusal the ledger decided) returned for a retried
-    Idempotency-Key."""
-
-    status: int
-    body: dict
-
-
 @dataclass
 class Decided:
-    """A batch's outcome, fixed once its decisive step returned: results aligned with the commands
-    (a tx dict, a Replay, or a DomainError), the audit events of what committed, and what this
-    process learns from it once the callers are answered (PgLedger.learn)."""
+    """A batch's outcome, fixed once the step that commits returned: results aligned with the
+    commands (a tx dict, a Replay, or a DomainError), the audit lines of what committed, and what
+    this process learns from it once the callers are answered (PgLedger.learn)."""
 
     results: list[object]
-    events: list[tuple[str, dict]]
+    audit_lines: list[tuple[str, dict]]  # (event name, fields) of each line, logged after the answers
     path: str = "fast"  # fast, locked (read under locks, also one command at a time) or in_doubt
-    learned: list[Effects] = field(default_factory=list)  # committed on predicted balances
+    learn_from: list[Effects] = field(default_factory=list)  # committed on predicted balances
     forget: set[uuid.UUID] = field(default_factory=set)  # wallets to re-read before the next plan
-    found: list[str] = field(default_factory=list)  # markers of in-doubt writes found committed
+    found_committed: list[str] = field(default_factory=list)  # evidence labels of in-doubt writes found committed
 
     def add(self, other: "Decided") -> None:
         self.results += other.results
-        self.events += other.events
-        self.learned += other.learned
+        self.audit_lines += other.audit_lines
+        self.learn_from += other.learn_from
         self.forget |= other.forget
-        self.found += other.found
+        self.found_committed += other.found_committed

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import uuid
 
-from walletd.domain.ledger import Command, Effects, MultiTransfer, Transfer, WalletState, wallets_touched
+from walletd.domain.commands import Command, MultiTransfer, Transfer, wallets_touched
+from walletd.domain.effects import Effects
 from walletd.domain.policy import OPERATOR_USER_ID
+from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import WalletKind
 from walletd.persistence.db import FairPool
 
@@ -93,7 +95,7 @@ class WalletPredictions:
         for command in commands:
             ids |= wallets_touched(command)
         wallets = await self.states(ids, self._claims(commands))
-        currencies = _converted_currencies(commands, wallets)
+        currencies = _currencies_to_convert(commands, wallets)
         if currencies:
             desks = await self._desk_ids(currencies)
             wallets |= await self.states(desks, {desk: {OPERATOR_USER_ID} for desk in desks})
@@ -109,7 +111,7 @@ class WalletPredictions:
         return {self.desks[c] for c in currencies if c in self.desks}
 
 
-def _converted_currencies(commands: list[Command], wallets: dict[uuid.UUID, WalletState]) -> set[int]:
+def _currencies_to_convert(commands: list[Command], wallets: dict[uuid.UUID, WalletState]) -> set[int]:
     """Currencies on either side of a cross-currency transfer in the batch."""
     currencies: set[int] = set()
     pairs = [(c.source_wallet_id, c.target_wallet_id) for c in commands if isinstance(c, Transfer)]

@@ -1,4 +1,5 @@
-"""Idempotency keys expire: a background sweep deletes those older than the retention.
+"""Idempotency keys expire: the statement that deletes those older than the retention (run by
+jobs/idempotency_sweep.py).
 
 - Retention: `WALLETD_IDEMPOTENCY_RETENTION` seconds (default 86400, the 24 hours the API
   documents). A key is deleted once older than that, measured by the database clock (now(), the
@@ -22,10 +23,8 @@ from __future__ import annotations
 
 import asyncio
 
-from walletd.logs import get_logger
 from walletd.persistence.db import FairPool
 
-log = get_logger("walletd.retention")
 BATCH = 1000
 
 _PRUNE = """
@@ -57,19 +56,3 @@ async def prune_idempotency_keys(pool: FairPool, retention_seconds: float, batch
         if deleted < batch:
             return total
         await asyncio.sleep(0)  # let requests have the event loop between batches
-
-
-class IdempotencySweeper:
-    def __init__(self, pool: FairPool, retention_seconds: float, batch: int = BATCH) -> None:
-        self.pool = pool
-        self.retention_seconds = retention_seconds
-        self.batch = batch
-        self.interval = sweep_interval(retention_seconds)
-
-    async def run(self) -> None:
-        """Sweeps now, then every interval, forever (run it under walletd.supervisor)."""
-        while True:
-            deleted = await prune_idempotency_keys(self.pool, self.retention_seconds, self.batch)
-            if deleted:
-                log.info("idempotency.pruned", deleted=deleted, retention_s=self.retention_seconds)
-            await asyncio.sleep(self.interval)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 
 from walletd.domain.ids import new_id
-from walletd.domain.ledger import tx_json
+from walletd.domain.records import tx_json
 from walletd.persistence import outbox
 from walletd.persistence.db import FairPool
 from walletd.persistence.transactions import TX_COLUMNS

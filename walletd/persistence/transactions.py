@@ -7,8 +7,9 @@ import uuid
 
 import asyncpg
 
-from walletd.domain.ledger import PendingState, tx_json
+from walletd.domain.records import tx_json
 from walletd.domain.reversal import ReversalState
+from walletd.domain.state import PendingState
 from walletd.domain.vocabulary import TxType
 from walletd.persistence.db import FairPool
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from walletd.domain.vocabulary import Bucket
+
 # The tables a check may join off the distribution column, as the coordinator reads them: a
 # record once (its first copy).
 _SHADOWS = {
@@ -27,12 +29,12 @@ _SHADOWS = {
 
 # The same checks on the owner (co-located joins: no rows move between nodes).
 _CO_LOCATED = {
-    "wallet balance differs from its postings": """
+    "wallet balance differs from its postings": f"""
         SELECT w.id, w.balance, w.reserved_balance,
                coalesce(p.b, 0) AS posted_balance, coalesce(p.r, 0) AS posted_reserved
           FROM wallets w LEFT JOIN (
-               SELECT user_id, wallet_id, sum(amount) FILTER (WHERE bucket = 'B') AS b,
-                      sum(amount) FILTER (WHERE bucket = 'R') AS r
+               SELECT user_id, wallet_id, sum(amount) FILTER (WHERE bucket = '{Bucket.BALANCE}') AS b,
+                      sum(amount) FILTER (WHERE bucket = '{Bucket.RESERVED}') AS r
                  FROM postings GROUP BY user_id, wallet_id) p ON p.user_id = w.user_id AND p.wallet_id = w.id
          WHERE w.balance <> coalesce(p.b, 0) OR w.reserved_balance <> coalesce(p.r, 0)""",
     # Stricter than the single-node check: an entry lives with the owner of one of its wallets.

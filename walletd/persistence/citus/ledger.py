@@ -19,7 +19,9 @@ from collections.abc import Mapping
 
 import orjson
 
-from walletd.domain.ledger import Command, Effects, PendingState, Reverse, Settle, WalletState
+from walletd.domain.commands import Command, Reverse, Settle
+from walletd.domain.effects import Effects
+from walletd.domain.state import PendingState, WalletState
 from walletd.domain.vocabulary import WalletKind
 from walletd.persistence.batch_write import WRITE_BATCH, batch_fields
 from walletd.persistence.citus.predictions import CitusPredictions
@@ -40,14 +42,14 @@ class CitusLedger(PgLedger):
         super().__init__(*args, **kwargs)
         self.predictions = CitusPredictions(self.pool)
 
-    async def owns(self, user_id, wallet_id, *read_along) -> bool:
+    async def owner(self, claimed_by, wallet_id, *read_along) -> tuple[uuid.UUID, str] | None:
         """Claimed by the caller, a wallet is read from the caller's shard: one that is not found
-        there is not the caller's (every wallet lives on its owner's shard)."""
+        there is not the caller's (every wallet lives on its owner's shard), and looks missing."""
         if wallet_id not in self.predictions.owners:
-            found = await self.predictions.states({wallet_id, *read_along}, {wallet_id: {user_id}})
+            found = await self.predictions.states({wallet_id, *read_along}, {wallet_id: {claimed_by}})
             if wallet_id not in found:
-                return False
-        return await super().owns(user_id, wallet_id, *read_along)
+                return None
+        return await super().owner(claimed_by, wallet_id, *read_along)
 
     @staticmethod
     async def _locked_balances(conn, predicted: dict) -> list:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 
-from walletd.domain.ledger import Command, MultiTransfer, RequestDeposit, RequestWithdraw, Settle, Transfer
+from walletd.domain.commands import Command, MultiTransfer, RequestDeposit, RequestWithdraw, Settle, Transfer
 from walletd.persistence.predictions import _WALLET_STATES, WalletPredictions
 
 _WALLET_STATES_OWNED = _WALLET_STATES + " AND user_id = ANY($2::uuid[])"

@@ -1,4 +1,5 @@
-"""Background tasks owned by the app: restarted after a crash, stopped within a bound.
+"""Supervision of the jobs (background tasks owned by the app): restarted after a crash,
+stopped within a bound.
 
 A background task that dies silently is worse than none (the work it did stops and nobody
 knows), so every crash is logged with its traceback and the task restarts after a backoff that
@@ -13,14 +14,17 @@ import time
 from collections.abc import Awaitable, Callable
 
 from walletd.logs import get_logger
-from walletd.persistence.failures import is_unavailable, outage
+from walletd.persistence.breaker import DatabaseBreaker
+from walletd.persistence.failures import is_unavailable
 
 log = get_logger("walletd.tasks")
 
 
 async def run_supervised(name: str, body: Callable[[], Awaitable[None]], *, min_backoff: float = 1.0,
-                         max_backoff: float = 60.0) -> None:
-    """Runs body() until cancelled, restarting it whenever it raises or returns."""
+                         max_backoff: float = 60.0, breaker: DatabaseBreaker | None = None) -> None:
+    """Runs body() until cancelled, restarting it whenever it raises or returns. A failure to
+    reach the database opens `breaker` (the app's; a job run alone gets its own)."""
+    breaker = breaker or DatabaseBreaker()
     delay = min_backoff
     while True:
         started = time.monotonic()
@@ -34,7 +38,7 @@ async def run_supervised(name: str, body: Callable[[], Awaitable[None]], *, min_
             if is_unavailable(exc):
                 # The database is away: reported once per outage (db.unavailable), not as a
                 # traceback per retry; the task simply tries again after its backoff.
-                outage.failed(exc)
+                breaker.failed(exc)
             else:
                 log.exception("task.crashed", task=name, restart_in_s=delay)
         else:
@@ -43,8 +47,10 @@ async def run_supervised(name: str, body: Callable[[], Awaitable[None]], *, min_
         delay = min(delay * 2, max_backoff)
 
 
-def start_supervised(name: str, body: Callable[[], Awaitable[None]], **backoff: float) -> asyncio.Task:
-    return asyncio.create_task(run_supervised(name, body, **backoff), name=name)
+def start_supervised(name: str, body: Callable[[], Awaitable[None]], *, min_backoff: float = 1.0,
+                     max_backoff: float = 60.0, breaker: DatabaseBreaker | None = None) -> asyncio.Task:
+    return asyncio.create_task(run_supervised(name, body, min_backoff=min_backoff, max_backoff=max_backoff,
+                                              breaker=breaker), name=name)
 
 
 async def stop_task(task: asyncio.Task, timeout: float) -> None:

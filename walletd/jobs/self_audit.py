@@ -52,7 +52,7 @@ class SelfAudit:
         self.batch = batch
 
     async def run(self) -> None:
-        """Passes until cancelled (run it under walletd.supervisor)."""
+        """Passes until cancelled (run it under walletd.jobs.supervision)."""
         await self.pool.execute("INSERT INTO audit_cursor DEFAULT VALUES ON CONFLICT DO NOTHING")
         while True:
             await self.incremental_pass()

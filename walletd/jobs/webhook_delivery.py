@@ -19,7 +19,7 @@
   "<t>.<raw body>")>` (signed afresh per attempt; during a secret rotation's overlap one more
   `v1=` under the previous secret), `Content-Type: application/json`. The body is the stored
   event text, byte for byte the same on every attempt and in the feed.
-- Where: every attempt checks its target again (walletd/events/targets.py). The client resolves
+- Where: every attempt checks its target again (walletd/webhooks/targets.py). The client resolves
   names only through the VettingResolver, so it connects to exactly the addresses just checked,
   never follows a redirect, and ignores proxy settings in the environment. A refused target is a
   failed attempt (`webhook.refused`), retried like any other: DNS may change back.
@@ -28,53 +28,27 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import aiohttp
-from aiohttp import web
 from yarl import URL
 
 from walletd import metrics
-from walletd.events.secrets import seal_stored_secrets, signing_secrets
-from walletd.events.targets import TargetPolicy, TargetRefused, UnsafeUrl, VettingResolver
 from walletd.keys import SecretUnreadable, ServerKeys
 from walletd.logs import get_logger
 from walletd.persistence import outbox
 from walletd.persistence.db import FairPool
 from walletd.persistence.outbox import Delivery
+from walletd.webhooks.secrets import seal_stored_secrets, signing_secrets
+from walletd.webhooks.signatures import sign
+from walletd.webhooks.targets import TargetPolicy, TargetRefused, UnsafeUrl, VettingResolver
 
 log = get_logger("walletd.webhooks")
 POLL = 0.1  # seconds between claims while nothing is due (an index probe on an empty partial index)
 MAX_DELAY = 3600.0
-
-
-def _digest(secret: str, body: bytes, timestamp: int) -> str:
-    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-
-
-def sign(secret: str, body: bytes, timestamp: int, *previous: str) -> str:
-    """`t=<timestamp>,v1=<hex>`, and one more `v1=` per previous secret (a rotation's overlap)."""
-    return ",".join([f"t={timestamp}", *(f"v1={_digest(s, body, timestamp)}" for s in (secret, *previous))])
-
-
-def verify(secret: str, body: bytes, header: str, tolerance: float = 300, now: float | None = None) -> bool:
-    """What a receiver does (docs/payment-service.md's receiver is this function): any `v1=` made with its
-    secret over this body, at a recent timestamp."""
-    try:
-        items = [item.split("=", 1) for item in header.split(",")]
-        timestamp = int(next(value for key, value in items if key == "t"))
-        signatures = [value for key, value in items if key == "v1"]
-    except (ValueError, StopIteration):
-        return False
-    if abs((time.time() if now is None else now) - timestamp) > tolerance:
-        return False
-    expected = _digest(secret, body, timestamp)
-    return any(hmac.compare_digest(expected, signature) for signature in signatures)
 
 
 def backoff(attempt: int, base: float) -> float:
@@ -108,8 +82,8 @@ class WebhookDispatcher:
         self._outcomes: list[Outcome] = []  # at most `concurrency` between two _record() calls
 
     async def run(self) -> None:
-        """Claims, sends and records forever (run it under walletd.supervisor); first seals the
-        secrets still stored in plaintext or under an older key (walletd/events/secrets.py)."""
+        """Claims, sends and records forever (run it under walletd.jobs.supervision); first seals the
+        secrets still stored in plaintext or under an older key (walletd/webhooks/secrets.py)."""
         await seal_stored_secrets(self.pool, self.keys)
         # No DNS cache: each new connection resolves, and so is checked, again.
         connector = aiohttp.TCPConnector(limit=self.concurrency, resolver=VettingResolver(self.policy),
@@ -232,14 +206,3 @@ class WebhookDispatcher:
                 metrics.WEBHOOKS_RETRIED.inc()
                 log.info("webhook.retry", event_id=str(d.event_id), endpoint_id=str(d.endpoint_id),
                          attempt=d.attempt, retry_in_s=round(o.delay, 2), error=o.error)
-
-
-dispatcher_key = web.AppKey("webhook_dispatcher", WebhookDispatcher)
-
-
-def wake_delivery(app: web.Application) -> None:
-    """Called by the deposit, withdrawal and settlement handlers after their commit (never by
-    transfers); other processes' events are found by the poll."""
-    dispatcher = app.get(dispatcher_key)
-    if dispatcher is not None:
-        dispatcher.wake()

@@ -1,0 +1,1 @@
+"""Helpers the test suite and the benchmark share. Under tests/, so `pip install .` never ships them."""

@@ -1,1 +1,0 @@
-"""Events to the payment service (issue 11): pending expiry, webhook delivery, signatures."""
