@@ -11,7 +11,7 @@ from walletd.auth.tokens import TokenIssuer
 from walletd.config import Settings, check_jwt_secret
 from walletd.handlers import endpoint, identity, meta, openapi
 from walletd.handlers.errors import catalogue
-from walletd.handlers.middleware import read_body_within, request_context, route_body_limit
+from walletd.handlers.middleware import read_body_within, request_context
 from walletd.handlers.proxies import TrustedProxies
 from walletd.handlers.routes import ROUTE_TABLES
 from walletd.keys import ServerKeys
@@ -39,7 +39,7 @@ def add_routes(app: web.Application) -> None:
 
 
 def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Application:
-    middlewares = [request_context, route_body_limit, read_body_within(settings.body_timeout_seconds)]
+    middlewares = [request_context, read_body_within(settings.body_timeout_seconds)]
     if settings.trusted_proxies:
         # First: every later middleware and handler sees the client's address as request.remote.
         middlewares.insert(0, TrustedProxies(settings.trusted_proxies).middleware())

@@ -97,20 +97,26 @@ class Routes:
 def wrap(spec: Endpoint, func: Handler) -> Handler:
     """A fresh aiohttp handler for one app: parse, authenticate, call func, render. On the
     money-moving (idempotent) routes, refusals and replays are audited here, at the edge."""
+    # Decided once per route, not per request.
+    basic_only, anonymous_only = spec.auth == ("basic",), spec.auth == ("anonymous",)
+    roles = _Roles(spec)
+
     async def handler(request: web.Request) -> web.StreamResponse:
         kwargs: dict[str, Any] = {}
         principal = params = None
-        if spec.auth == ("basic",):
+        if basic_only:
             request[challenge_key] = BASIC_CHALLENGE
             kwargs["credentials"] = basic_credentials(request)
-        elif spec.auth != ("anonymous",):
-            principal = kwargs["principal"] = await _principal(request, spec)
+        elif not anonymous_only:
+            principal = kwargs["principal"] = await _principal(request, spec, roles)
         try:
             if spec.params is not None:
                 raw = await gather_params(request)
                 params = kwargs["params"] = validate(spec.params, raw)
                 if spec.idempotent:
-                    kwargs["raw_params"] = params.model_dump(mode="json")
+                    # Only an Idempotency-Key's request hash reads them (commands.idempotency).
+                    kwargs["raw_params"] = (params.model_dump(mode="json") if "Idempotency-Key" in request.headers
+                                            else {})
             result = await func(request, **kwargs)
         except errors.DomainError as exc:
             if spec.idempotent:
@@ -141,22 +147,32 @@ def wrap(spec: Endpoint, func: Handler) -> Handler:
 _REPLAYED = {"Idempotent-Replayed": "true"}
 
 
-async def _principal(request: web.Request, spec: Endpoint):
+class _Roles:
+    """A route's ways in, read off its Endpoint once."""
+
+    __slots__ = ("operator", "token_role", "token_roles")
+
+    def __init__(self, spec: Endpoint) -> None:
+        self.operator = "operator" in spec.auth
+        self.token_role, self.token_roles = spec.token_role, spec.token_roles
+
+
+async def _principal(request: web.Request, spec: Endpoint, roles: _Roles):
     """The caller as one of the route's principals. The operator key decides when it is sent (or
     when the operator is the only way in); otherwise the token, of the route's token role."""
-    if "operator" in spec.auth:
+    if roles.operator:
         settings = request.app[settings_key]
         if spec.open_when and getattr(settings, spec.open_when):
             # Open to anyone, development only (Endpoint.open_when). Only a generated key can stand
             # beside the switch (config refuses an explicit one), and the switch wins over it.
             return None
-        if spec.token_role is None or operator.HEADER in request.headers:
+        if roles.token_role is None or operator.HEADER in request.headers:
             found = await operator.authenticate(request, settings.operator_keys, request.app[throttle_key],
                                                 request.app[pool_key])
             request[principal_key] = found.subject
             return found
-    assert spec.token_role is not None
-    principal = await authenticate(request, spec.token_roles, request.app[tokens_key], request.app[pool_key])
+    assert roles.token_role is not None
+    principal = await authenticate(request, roles.token_roles, request.app[tokens_key], request.app[pool_key])
     request[principal_key] = principal.subject
     return principal
 
