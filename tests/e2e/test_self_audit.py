@@ -123,3 +123,24 @@ async def test_an_entry_altered_after_its_check_is_found_by_the_full_pass(make_c
     assert line[0]["problem"].startswith(f"journal chain: entry {entry['entry_id']} (seal {entry['seq']}) was altered")
     assert line[0]["level"] == "error"
     await until(lambda: _at_least(client, "walletd_audit_problems", 1))
+
+
+async def test_the_full_pass_records_each_faulty_record_under_its_own_key(make_client, db, log_tap):
+    """Two records with the same fault are two problems: each is logged and stored, not only the first."""
+    client = await make_client(**FAST, audit_full_interval_seconds=1.0)
+    _, alice, bob = await users(client)
+    for amount in ("3", "5"):
+        assert (await api_transfer(client, alice, 1, bob["wallets"][1]["id"], amount)).status == 200
+    await until(lambda: checked_everything(db))
+    ids = [r[0] for r in await db.fetch("SELECT id FROM transactions WHERE type = 'transfer' AND amount IN (3, 5)")]
+    await db.execute("UPDATE transactions SET amount = amount + 1 WHERE id = ANY($1::uuid[])", ids)
+    title = "transaction record disagrees with its journal entry"
+
+    def record_problems() -> list[dict]:
+        return [p for p in problems_logged(log_tap) if p["problem"].startswith(title)]
+
+    found = await until(lambda: len(record_problems()) >= 2 and record_problems(), timeout=30,
+                        what="the full pass names both altered records")
+    assert {str(i) for i in ids} == {next(str(i) for i in ids if str(i) in p["problem"]) for p in found}
+    stored = await db.fetchval("SELECT count(*) FROM audit_problems WHERE problem LIKE $1", title + "%")
+    assert stored == 2

@@ -30,7 +30,7 @@ from walletd.domain.vocabulary import Bucket
 from walletd.integrity import verify
 from walletd.logs import get_logger
 from walletd.persistence import chain
-from walletd.persistence.audit import find_problems
+from walletd.persistence.audit import find_keyed_problems
 from walletd.persistence.db import FairPool
 
 log = get_logger("walletd.audit")
@@ -138,7 +138,7 @@ class SelfAudit:
         result = await verify.audit_chain(self.pool)
         problems = [(p.key, str(p)) for p in result.problems]
         async with self.pool.acquire() as conn:
-            problems += [(text.split(", ")[0], text) for text in await find_problems(conn)]
+            problems += await find_keyed_problems(conn)
             async with conn.transaction():
                 await record(conn, problems)
         log.info("audit.full_pass", entries=result.sealed, problems=len(problems))

@@ -7,6 +7,7 @@ import asyncpg
 
 from walletd.domain.vocabulary import MAY_GO_NEGATIVE, Bucket
 from walletd.persistence.citus.audit import citus_checks
+from walletd.persistence.citus.distribute import citus_present
 
 # The domain's rule, as an SQL list: which wallet kinds may hold a negative balance.
 _MAY_GO_NEGATIVE = ", ".join(f"'{kind}'" for kind in sorted(MAY_GO_NEGATIVE))
@@ -160,12 +161,19 @@ _CHECKS = {
 async def find_problems(conn: asyncpg.Connection) -> list[str]:
     """Every check on one snapshot of the database; an empty list means the ledger is clean. On a
     Citus coordinator, in the forms Citus runs (persistence/citus/audit.py)."""
+    return [text for _, text in await find_keyed_problems(conn)]
+
+
+async def find_keyed_problems(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    """(key, text) per problem: the key is the check's title and the row's first column (the
+    record or wallet it names), so the same fault keeps its key from one pass to the next."""
     problems = []
-    distributed = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+    distributed = await citus_present(conn)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         for title, sql in (citus_checks(_CHECKS) if distributed else _CHECKS).items():
             for row in await conn.fetch(sql):
-                problems.append(f"{title}: " + ", ".join(f"{k}={v}" for k, v in row.items()))
+                fields = [f"{k}={v}" for k, v in row.items()]
+                problems.append((f"{title}: {fields[0]}", f"{title}: " + ", ".join(fields)))
     return problems
 
 
