@@ -26,7 +26,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
-import orjson
 
 from bench import procstat
 from tests.support.citus_cluster import CitusCluster
@@ -36,8 +35,8 @@ from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 from walletd.integrity.verify import audit_chain
 from walletd.persistence.audit import find_problems
-from walletd.persistence.batch_write import WRITE_BATCH, batch_fields
-from walletd.persistence.citus.ledger import name_owners
+from walletd.persistence.batch_write import WRITE_BATCH
+from walletd.persistence.citus.ledger import citus_batch_document
 from walletd.persistence.migrate import migrate
 
 USERS = 1000
@@ -53,9 +52,7 @@ def _document(wallets: dict, pairs: list[tuple[WalletState, WalletState]]) -> st
                 record_id)
         fx.record(type=TxType.TRANSFER, status=TxStatus.CLOSE, source=source, target=target, amount=Decimal("0.01"),
                   converted=Decimal("0.01"), rate=Decimal(1), user_id=source.user_id, entry_id=entry_id, id=record_id)
-    document = batch_fields(fx, [])
-    name_owners(document, fx, wallets, {})
-    return orjson.dumps(document, default=str).decode()
+    return citus_batch_document(fx, [], wallets, {})
 
 
 async def _funded(conn: asyncpg.Connection) -> dict:
@@ -75,9 +72,7 @@ async def _funded(conn: asyncpg.Connection) -> dict:
         if wallet is not desk:
             fx.post(entry_id, [(desk, Bucket.BALANCE, Decimal(-10000)), (wallet, Bucket.BALANCE, Decimal(10000))],
                     None)
-    document = batch_fields(fx, [])
-    name_owners(document, fx, wallets, {})
-    await conn.fetchval(WRITE_BATCH, orjson.dumps(document, default=str).decode())
+    await conn.fetchval(WRITE_BATCH, citus_batch_document(fx, [], wallets, {}))
     return wallets
 
 

@@ -22,15 +22,14 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 import asyncpg
-import orjson
 
 from walletd.domain.effects import Effects
 from walletd.domain.policy import OPERATOR_USER_ID, plan_signup_bonus
 from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import WalletKind
 from walletd.persistence import accounts
-from walletd.persistence.batch_write import WRITE_BATCH, batch_fields, write_batch
-from walletd.persistence.citus.ledger import name_owners
+from walletd.persistence.batch_write import WRITE_BATCH, write_batch
+from walletd.persistence.citus.ledger import citus_batch_document
 
 BENCH_PASSWORD = "bench-Str0ng!pass"
 
@@ -224,9 +223,7 @@ async def grant_signup_bonus(conn: asyncpg.Connection, users: list[User], amount
         for user_wallets in by_user.values():
             plan_signup_bonus(user_wallets, desk_states, Decimal(amount), "bench-signup-bonus", effects)
         if await _distributed(conn):  # the distributed batch write places each row with its owner
-            document = batch_fields(effects, [])
-            name_owners(document, effects, {w.id: w for ws in by_user.values() for w in ws}
-                        | {d.id: d for d in desk_states.values()}, {})
-            await conn.fetchval(WRITE_BATCH, orjson.dumps(document, default=str).decode())
+            wallets = {w.id: w for ws in by_user.values() for w in ws} | {d.id: d for d in desk_states.values()}
+            await conn.fetchval(WRITE_BATCH, citus_batch_document(effects, [], wallets, {}))
         else:
             await write_batch(conn, effects, [])

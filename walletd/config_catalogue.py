@@ -144,7 +144,7 @@ SETTINGS: tuple[Setting, ...] = (
       field="max_commission_rate"),
     S("WALLETD_RATES_URL", TUNE, "money", "rate provider; walletd GETs <url>/latest and <url>/symbols",
       "Rate provider base URL: walletd GETs `<url>/latest` and `<url>/symbols` (exchangeratesapi.io's shapes) "
-      "when the operator asks for an update.", field="rates_url"),
+      "when the operator asks for an update.", field="rates_url", url=True),
     S("WALLETD_RATES_MAX_AGE", TUNE, "money", "seconds after which a stored rate refuses conversion (409)",
       field="rates_max_age_seconds"),
     S("WALLETD_RATE_MAX_CHANGE", TUNE, "money", "a rate write further than this fraction needs force=true",

@@ -83,10 +83,6 @@ def bind_request(**fields: Any) -> None:
     _request_fields.set(fields)
 
 
-def request_fields() -> dict[str, Any]:
-    return dict(_request_fields.get() or {})
-
-
 _stamp: tuple[int, str] = (-1, "")  # (second, its ISO text): formatted once per second
 
 

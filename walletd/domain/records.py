@@ -32,34 +32,29 @@ def tx_json(row, memo: dict | None = None) -> dict:
     }
 
 
-def _text(value, memo: dict | None):
+def _rendered(value, memo: dict | None, render):
+    """value's text (None stays None; text stays as it is), rendered once per memo."""
     if value is None or value.__class__ is str:
         return value
     if memo is None:
-        return str(value)
+        return render(value)
     found = memo.get(value)
     if found is None:
-        found = memo[value] = str(value)
+        found = memo[value] = render(value)
     return found
+
+
+def _text(value, memo: dict | None):
+    return _rendered(value, memo, str)
 
 
 def _amount(value, memo: dict | None):
-    if value is None or value.__class__ is str:
-        return value
-    if memo is None:
-        return fmt(value)
-    found = memo.get(value)
-    if found is None:
-        found = memo[value] = fmt(value)
-    return found
+    return _rendered(value, memo, fmt)
 
 
 def _instant(value, memo: dict | None) -> str:
-    if value.__class__ is str:
-        return value
-    if memo is None:
-        return value.isoformat(timespec="microseconds")
-    found = memo.get(value)
-    if found is None:
-        found = memo[value] = value.isoformat(timespec="microseconds")
-    return found
+    return _rendered(value, memo, _iso)
+
+
+def _iso(instant) -> str:
+    return instant.isoformat(timespec="microseconds")

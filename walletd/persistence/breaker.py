@@ -84,7 +84,3 @@ class DatabaseBreaker:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-
-    @property
-    def is_open(self) -> bool:
-        return self.since is not None

@@ -44,11 +44,6 @@ async def seal_pending(conn, max_entries: int = SEAL_BATCH) -> SealRound:
     return SealRound(row["sealed"], head)
 
 
-async def head(conn) -> Head | None:
-    row = await conn.fetchrow("SELECT seq, hash, entry_id FROM journal_seals ORDER BY seq DESC LIMIT 1")
-    return Head(row[0], bytes(row[1]), row[2]) if row else None
-
-
 async def seals_after(conn, after_seq: int, limit: int = READ_BATCH) -> list[Seal]:
     rows = await conn.fetch("SELECT seq, entry_id, entry_xid::text::bigint, prev_hash, hash FROM journal_seals "
                             "WHERE seq > $1 ORDER BY seq LIMIT $2", after_seq, limit)

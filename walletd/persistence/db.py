@@ -18,6 +18,7 @@ from decimal import Decimal
 
 import asyncpg
 
+from walletd.persistence.citus.distribute import citus_present
 from walletd.persistence.failures import is_unavailable
 
 
@@ -78,8 +79,7 @@ class FairPool:
             # JIT compilation only slows walletd's short OLTP statements.
             server_settings={"jit": "off", "application_name": "walletd"},
         )
-        self.distributed = bool(await self._pool.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"))
+        self.distributed = await citus_present(self._pool)
 
     async def _setup_connection(self, conn: asyncpg.Connection) -> None:
         # NUMERIC in text format: asyncpg's binary numeric codec costs about twice as much CPU

@@ -75,9 +75,15 @@ class CitusLedger(PgLedger):
 
     @staticmethod
     async def _write(conn, effects: Effects, idempotency_rows: list, wallets: dict, pending: dict) -> None:
-        document = batch_fields(effects, idempotency_rows)
-        name_owners(document, effects, wallets, pending)
-        await conn.fetchval(WRITE_BATCH, orjson.dumps(document, default=str).decode())
+        await conn.fetchval(WRITE_BATCH, citus_batch_document(effects, idempotency_rows, wallets, pending))
+
+
+def citus_batch_document(fx: Effects, idempotency_rows: list, wallets: Mapping[uuid.UUID, WalletState],
+                         pending: Mapping) -> str:
+    """The distributed batch write's document: the single-node one with every row's owner named."""
+    document = batch_fields(fx, idempotency_rows)
+    name_owners(document, fx, wallets, pending)
+    return orjson.dumps(document, default=str).decode()
 
 
 def name_owners(document: dict, fx: Effects, wallets: Mapping[uuid.UUID, WalletState], pending: Mapping) -> None:
