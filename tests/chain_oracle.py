@@ -45,8 +45,11 @@ async def recompute(conn) -> list[tuple[int, bytes, bytes]]:
     for p in await conn.fetch("SELECT entry_id, wallet_id, currency_id, bucket, amount FROM postings"):
         postings.setdefault(p["entry_id"], []).append(p)
     records: dict = {}
+    # On Citus a record between two users is stored once per side; the chain covers its first copy.
+    distributed = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+    first_copy = " AND owner_id = user_id" if distributed else ""
     for r in await conn.fetch(f"SELECT entry_id, {', '.join(_RECORD_COLUMNS)} FROM transactions "
-                              "WHERE entry_id IS NOT NULL AND status <> 'pending'"):
+                              f"WHERE entry_id IS NOT NULL AND status <> 'pending'{first_copy}"):
         records.setdefault(r["entry_id"], []).append(r)
     prev = bytes(32)
     out = []

@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import os
 import tempfile
-import uuid
 from pathlib import Path
 
 import asyncpg
@@ -95,10 +94,6 @@ async def recover_two_phase(database_url: str, timeout: float = 60) -> None:
             await asyncio.sleep(0.5)
     finally:
         await conn.close()
-
-
-def new_key() -> str:
-    return uuid.uuid4().hex
 
 
 @pytest.fixture

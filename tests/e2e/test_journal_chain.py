@@ -334,4 +334,5 @@ async def test_free_text_in_an_entry_is_sealed_and_checked_alike(client, db, dat
     for seq, stored, recomputed in await recompute(db):
         assert stored == recomputed, f"seal {seq}"
     code, lines = await audit(database_url)
+    assert code == 0, lines
     assert chain_lines(lines) == [], lines

@@ -213,8 +213,12 @@ async def test_only_completed_transfers_and_paid_deposits_are_reversible(client,
     await api_external_wallet(client, alice, 1)
     withdrawal = await (await api_withdraw(client, alice, service, 1, "5")).json()
     await api_settle(client, service, "withdraw", withdrawal["id"], "paid")
-    paid_deposit = (await db.fetchrow("SELECT parent_id FROM transactions WHERE type = 'commission' AND user_id = $1 "
-                                      "LIMIT 1", uuid.UUID(alice["id"])))[0]
+    # alice's commissions are a paid deposit's and a paid withdrawal's: the deposit's, by its parent's type
+    parents = [r[0] for r in await db.fetch("SELECT parent_id FROM transactions WHERE type = 'commission' "
+                                            "AND user_id = $1", uuid.UUID(alice["id"]))]
+    paid_deposit = await db.fetchval("SELECT id FROM transactions WHERE id = ANY($1::uuid[]) AND type = 'deposit' "
+                                     "AND status = 'paid' LIMIT 1", parents)
+    assert paid_deposit is not None
     parts = [r[0] for r in await db.fetch("SELECT id FROM transactions WHERE parent_id = $1", paid_deposit)]
     original = await (await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "1")).json()
     reversal = await (await reverse(client, original["id"])).json()

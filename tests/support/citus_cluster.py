@@ -22,13 +22,14 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+
+from tests.support.servers import free_port
 
 SYSTEM_USER = "walletd-citus"
 HOST = "127.0.0.1"
@@ -61,12 +62,6 @@ class ToolFailed(subprocess.CalledProcessError):
         return f"{super().__str__()}: {(self.stderr or '').strip()} {(self.stdout or '').strip()}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def kill_working_in(directory: Path) -> list[int]:
     """SIGKILL every process whose working directory is inside `directory` (every PostgreSQL
     process of a node works in its data directory), even after its parent died."""
@@ -93,10 +88,6 @@ class Node:
     name: str
     port: int
     data: Path
-
-    @property
-    def dsn(self) -> str:
-        return f"postgresql://postgres@{HOST}:{self.port}/postgres"
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@{HOST}:{self.port}/{database}"
@@ -156,7 +147,7 @@ class CitusCluster:
                 shutil.rmtree(self.install, ignore_errors=True)
                 shutil.copytree(self.source_install, self.install, symlinks=True)
         names = ["coordinator"] + [f"worker{i}" for i in range(1, self.worker_count + 1)]
-        self.nodes = [Node(name, free_port(), self.run_dir / name) for name in names]
+        self.nodes = [Node(name, free_port(HOST), self.run_dir / name) for name in names]
         for node in self.nodes:
             self._init_node(node)
             self.start_node(node.name)
@@ -164,7 +155,7 @@ class CitusCluster:
 
     def add_worker(self) -> Node:
         """One more worker, started (no database knows it yet: see add_to_database)."""
-        node = Node(f"worker{len(self.workers) + 1}", free_port(), self.run_dir / f"worker{len(self.workers) + 1}")
+        node = Node(f"worker{len(self.workers) + 1}", free_port(HOST), self.run_dir / f"worker{len(self.workers) + 1}")
         self.nodes.append(node)
         self._init_node(node)
         self.start_node(node.name)
