@@ -46,6 +46,8 @@ def plan_settlement(cmd: Settle, pending: PendingState | None, wallets: dict[uui
                     effects: Effects) -> dict:
     if pending is None:
         raise errors.TransactionNotFound()
+    # The caller was judged at the edge (the command carries the record's own service user, not the
+    # caller's): here the rule catches a record that is not of the type the command settles.
     refuse(settler_refusal(pending.service_user_id, pending.type, cmd.service_user_id, cmd.type))
     new_status = _outcome(cmd, pending)
     if pending.status == new_status:
