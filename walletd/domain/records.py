@@ -32,29 +32,36 @@ def tx_json(row, memo: dict | None = None) -> dict:
     }
 
 
-def _rendered(value, memo: dict | None, render):
-    """value's text (None stays None; text stays as it is), rendered once per memo."""
+# Three near-copies rather than one helper taking the render function: a history page calls them
+# 13 times per record, and the extra call cost 1 µs per record (+14 %, timeit).
+def _text(value, memo: dict | None):
     if value is None or value.__class__ is str:
         return value
     if memo is None:
-        return render(value)
+        return str(value)
     found = memo.get(value)
     if found is None:
-        found = memo[value] = render(value)
+        found = memo[value] = str(value)
     return found
 
 
-def _text(value, memo: dict | None):
-    return _rendered(value, memo, str)
-
-
 def _amount(value, memo: dict | None):
-    return _rendered(value, memo, fmt)
+    if value is None or value.__class__ is str:
+        return value
+    if memo is None:
+        return fmt(value)
+    found = memo.get(value)
+    if found is None:
+        found = memo[value] = fmt(value)
+    return found
 
 
 def _instant(value, memo: dict | None) -> str:
-    return _rendered(value, memo, _iso)
-
-
-def _iso(instant) -> str:
-    return instant.isoformat(timespec="microseconds")
+    if value.__class__ is str:
+        return value
+    if memo is None:
+        return value.isoformat(timespec="microseconds")
+    found = memo.get(value)
+    if found is None:
+        found = memo[value] = value.isoformat(timespec="microseconds")
+    return found
