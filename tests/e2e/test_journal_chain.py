@@ -336,3 +336,42 @@ async def test_free_text_in_an_entry_is_sealed_and_checked_alike(client, db, dat
     code, lines = await audit(database_url)
     assert code == 0, lines
     assert chain_lines(lines) == [], lines
+
+
+async def test_a_segment_read_in_parts_names_what_one_read_names(client, db, monkeypatch):
+    """The audit reads and hashes a segment's entries a part at a time, parts sized by their postings
+    and records (walletd/integrity/verify.py). Parts of one entry, or of 40-leg entries, check the
+    same chain as one read: the same ids in seal order, the same problems at the same seals."""
+    from walletd.integrity import verify
+    from walletd.persistence import chain
+
+    people = await movements(client)
+    alice, bob = people["alice"], people["bob"]
+    for n in range(3):
+        resp = await client.post("/wallet/transfers", headers=alice["headers"], json={"transfers": [
+            {"source_wallet_id": alice["wallets"][1]["id"], "target_wallet_id": bob["wallets"][1]["id"],
+             "amount": f"0.0{n + 1}"} for _ in range(40)]})
+        assert resp.status == 200, await resp.text()
+    length = await all_sealed(db)
+    altered = await entry_of_transfer(db, bob["wallets"][1]["id"])
+    await db.execute("UPDATE transactions SET amount = amount + 1 WHERE entry_id = $1", altered["id"])
+    removed = await db.fetchrow("SELECT entry_id, seq FROM journal_seals ORDER BY seq DESC LIMIT 1")  # a 40-leg one
+    async with db.transaction():
+        await db.execute("SET LOCAL session_replication_role = replica")
+        for table, column in (("postings", "entry_id"), ("transactions", "entry_id"), ("journal_entries", "id")):
+            await db.execute(f"DELETE FROM {table} WHERE {column} = $1", removed["entry_id"])
+
+    async def read_segment() -> verify.Segment:
+        async with chain.reading(db):
+            return await verify.check_after(db, None, length)
+
+    whole = await read_segment()
+    assert [(p.kind, p.seq) for p in whole.problems] == [("altered", altered["seq"]), ("removed", removed["seq"])]
+    assert whole.count == length and len(whole.entry_ids) == length - 1
+    for entries_per_read, items_per_read in ((1, 10_000), (3, 10_000), (500, 20), (500, 1)):
+        monkeypatch.setattr(verify, "ENTRIES_PER_READ", entries_per_read)
+        monkeypatch.setattr(verify, "ITEMS_PER_READ", items_per_read)
+        parts = await read_segment()
+        assert (parts.problems, parts.entry_ids, parts.without_postings, parts.last, parts.count) == (
+            whole.problems, whole.entry_ids, whole.without_postings, whole.last, whole.count), (entries_per_read,
+                                                                                               items_per_read)

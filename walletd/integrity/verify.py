@@ -19,18 +19,26 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from walletd.domain.chain import ChainProblem, Entry, Seal, check_seals
+from walletd.domain.chain import ChainProblem, Seal, check_seals
 from walletd.persistence import chain
 from walletd.persistence.audit import find_problems
 from walletd.persistence.db import FairPool
 
+# Entries are read and hashed a part at a time, at most this many postings and records held at once:
+# a run of 1,000-leg entries would otherwise hold hundreds of MB and hash for a second without
+# yielding to the requests the process serves meanwhile.
+ENTRIES_PER_READ = 500
+ITEMS_PER_READ = 10_000
+
 
 @dataclass
 class Segment:
-    """Seals after `previous`, checked: their problems, the entries they name, the last seal read."""
+    """Seals after `previous`, checked: their problems, the ids of the entries they name (in seal
+    order; a removed entry is absent), those entries with no posting, the last seal read."""
 
     problems: list[ChainProblem]
-    entries: list[Entry]
+    entry_ids: list[uuid.UUID]
+    without_postings: list[uuid.UUID]
     last: Seal | None
     count: int
 
@@ -39,11 +47,23 @@ async def check_after(conn, previous: Seal | None, limit: int = chain.READ_BATCH
     """The next `limit` seals after `previous`; inside a transaction opened by chain.reading (or set up
     like it)."""
     seals = await chain.seals_after(conn, previous.seq if previous else 0, limit)
-    if not seals:
-        return Segment([], [], previous, 0)
-    entries = await chain.read_entries(conn, [s.entry_id for s in seals])
-    problems = check_seals(previous, seals, entries)
-    return Segment(problems, [entries[s.entry_id] for s in seals if s.entry_id in entries], seals[-1], len(seals))
+    segment = Segment([], [], [], seals[-1] if seals else previous, len(seals))
+    before, start, step = previous, 0, ENTRIES_PER_READ
+    while start < len(seals):
+        part = seals[start:start + step]
+        entries = await chain.read_entries(conn, [s.entry_id for s in part])
+        segment.problems += check_seals(before, part, entries)
+        for seal in part:
+            entry = entries.get(seal.entry_id)
+            if entry is not None:
+                segment.entry_ids.append(entry.id)
+                if not entry.postings:
+                    segment.without_postings.append(entry.id)
+        items = sum(len(e.postings) + len(e.records) for e in entries.values())
+        # The next part sized by what this one held per entry (legs vary from 1 to thousands).
+        step = max(1, min(ENTRIES_PER_READ, ITEMS_PER_READ * len(part) // max(items, 1)))
+        before, start = part[-1], start + len(part)
+    return segment
 
 
 @dataclass

@@ -24,7 +24,6 @@ from decimal import Decimal
 import asyncpg
 
 from walletd import metrics
-from walletd.domain.chain import Entry
 from walletd.domain.money import fmt
 from walletd.domain.vocabulary import Bucket
 from walletd.integrity import verify
@@ -102,8 +101,8 @@ class SelfAudit:
                                                         "checked, was removed"))
         segment = await verify.check_after(conn, previous, self.batch)
         problems += [(p.key, str(p)) for p in segment.problems]
-        problems += await _entry_problems(conn, segment.entries)
-        sealed = await chain.posting_sums(conn, [entry.id for entry in segment.entries])
+        problems += await _entry_problems(conn, segment)
+        sealed = await chain.posting_sums(conn, segment.entry_ids)
         head_seq = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM journal_seals")
         last_seq = segment.last.seq if segment.last else 0
         caught_up = last_seq >= head_seq
@@ -165,10 +164,10 @@ async def record(conn, problems: list[Problem]) -> None:
         log.error("audit.problem", key=key, problem=text)
 
 
-async def _entry_problems(conn, entries: list[Entry]) -> list[Problem]:
-    problems = [(f"entry:{entry.id}:empty", f"journal entry {entry.id} has no postings")
-                for entry in entries if not entry.postings]
-    for entry_id, currency in await chain.unbalanced(conn, [entry.id for entry in entries]):
+async def _entry_problems(conn, segment: verify.Segment) -> list[Problem]:
+    problems = [(f"entry:{entry_id}:empty", f"journal entry {entry_id} has no postings")
+                for entry_id in segment.without_postings]
+    for entry_id, currency in await chain.unbalanced(conn, segment.entry_ids):
         problems.append((f"entry:{entry_id}:unbalanced:{currency}",
                          f"journal entry {entry_id} does not balance in currency {currency}"))
     return problems
