@@ -72,3 +72,39 @@ async def test_settling_a_transaction_no_longer_pending_writes_nothing_of_the_ba
     assert await db.fetchval("SELECT count(*) FROM journal_entries WHERE id = $1", other) == 0
     assert await db.fetchval("SELECT status FROM transactions WHERE id = $1", tx_id) == "rejected"
     assert await db.fetchval("SELECT balance FROM wallets WHERE id = $1", mine["id"]) == 0
+
+
+async def _scans_of_transactions(db) -> int:
+    await db.execute("SELECT pg_stat_force_next_flush()")
+    await db.execute("SELECT pg_stat_clear_snapshot()")
+    return await db.fetchval("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'transactions'")
+
+
+async def test_a_settlement_batch_finds_its_records_by_primary_key_whatever_its_plan_saw(db):
+    """Migration 0012: PL/pgSQL keeps a statement's plan for the session. Planned on a small table,
+    the settling UPDATE kept scanning the whole of transactions once the table had grown; now a
+    batch reads the records it settles by primary key however the plan was made."""
+    mine, desk = await _wallets(db)
+    user_id = await db.fetchval("SELECT user_id FROM wallets WHERE id = $1", mine["id"])
+
+    async def pending(count: int) -> list[uuid.UUID]:
+        ids = [new_id() for _ in range(count)]
+        await db.execute(
+            """INSERT INTO transactions (id, type, status, from_wallet_id, from_currency_id, amount, to_wallet_id,
+                                         to_currency_id, converted_amount, user_id)
+               SELECT i, 'deposit', 'pending', $2, 1, 1, $3, 1, 1, $4 FROM unnest($1::uuid[]) AS i""",
+            ids, desk["id"], mine["id"], user_id)
+        return ids
+
+    async def settle(ids: list[uuid.UUID]) -> int:
+        doc = {"now": "2026-01-01T00:00:00+00:00", "settled": [{"id": str(i), "status": "rejected"} for i in ids]}
+        return await db.fetchval("SELECT walletd_write_batch($1::text::jsonb)", json.dumps(doc))
+
+    for tx_id in await pending(8):  # more calls than PL/pgSQL plans afresh before it keeps a plan
+        assert await settle([tx_id]) == 1
+    later = await pending(5000)
+    before = await _scans_of_transactions(db)
+    assert await settle(later[:3]) == 3
+    assert await _scans_of_transactions(db) == before
+    assert await db.fetchval("SELECT count(*) FROM transactions WHERE id = ANY($1::uuid[]) AND status = 'rejected'",
+                             later[:3]) == 3
