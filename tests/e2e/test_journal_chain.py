@@ -339,9 +339,10 @@ async def test_free_text_in_an_entry_is_sealed_and_checked_alike(client, db, dat
 
 
 async def test_a_segment_read_in_parts_names_what_one_read_names(client, db, monkeypatch):
-    """The audit reads and hashes a segment's entries a part at a time, parts sized by their postings
-    and records (walletd/integrity/verify.py). Parts of one entry, or of 40-leg entries, check the
-    same chain as one read: the same ids in seal order, the same problems at the same seals."""
+    """The audit reads and hashes a segment's entries a part at a time, parts bounded by entries and
+    by postings (walletd/integrity/verify.py). Parts of one entry, of three, or cut by postings
+    around 40-leg entries check the same chain as one read: the same ids in seal order, the same
+    entries without postings, the same problems at the same seals."""
     from walletd.integrity import verify
     from walletd.persistence import chain
 
@@ -355,23 +356,41 @@ async def test_a_segment_read_in_parts_names_what_one_read_names(client, db, mon
     length = await all_sealed(db)
     altered = await entry_of_transfer(db, bob["wallets"][1]["id"])
     await db.execute("UPDATE transactions SET amount = amount + 1 WHERE entry_id = $1", altered["id"])
+    emptied = await db.fetchrow("SELECT entry_id, seq FROM journal_seals WHERE seq = 1")
     removed = await db.fetchrow("SELECT entry_id, seq FROM journal_seals ORDER BY seq DESC LIMIT 1")  # a 40-leg one
     async with db.transaction():
         await db.execute("SET LOCAL session_replication_role = replica")
+        await db.execute("DELETE FROM postings WHERE entry_id = $1", emptied["entry_id"])
         for table, column in (("postings", "entry_id"), ("transactions", "entry_id"), ("journal_entries", "id")):
             await db.execute(f"DELETE FROM {table} WHERE {column} = $1", removed["entry_id"])
+    parts_read: list[int] = []
+    read_entries = chain.read_entries
+
+    async def counted(conn, ids):
+        parts_read.append(len(ids))
+        return await read_entries(conn, ids)
+
+    monkeypatch.setattr(chain, "read_entries", counted)
 
     async def read_segment() -> verify.Segment:
+        parts_read.clear()
         async with chain.reading(db):
             return await verify.check_after(db, None, length)
 
     whole = await read_segment()
-    assert [(p.kind, p.seq) for p in whole.problems] == [("altered", altered["seq"]), ("removed", removed["seq"])]
+    assert parts_read == [length]
+    assert [(p.kind, p.seq) for p in whole.problems] == [
+        ("altered", emptied["seq"]), ("altered", altered["seq"]), ("removed", removed["seq"])]
     assert whole.count == length and len(whole.entry_ids) == length - 1
-    for entries_per_read, items_per_read in ((1, 10_000), (3, 10_000), (500, 20), (500, 1)):
+    assert whole.without_postings == [emptied["entry_id"]]
+    forty_legs = await db.fetchval("SELECT count(*) FROM postings p JOIN journal_seals s ON s.entry_id = p.entry_id "
+                                   "WHERE s.seq = $1", length - 1)
+    for entries_per_read, postings_per_read, most in ((1, 10**6, 1), (3, 10**6, 3), (500, forty_legs, length - 3),
+                                                      (500, 1, 1)):
         monkeypatch.setattr(verify, "ENTRIES_PER_READ", entries_per_read)
-        monkeypatch.setattr(verify, "ITEMS_PER_READ", items_per_read)
+        monkeypatch.setattr(verify, "POSTINGS_PER_READ", postings_per_read)
         parts = await read_segment()
+        assert len(parts_read) > 1 and max(parts_read) == most, (entries_per_read, postings_per_read, parts_read)
+        assert sum(parts_read) == length
         assert (parts.problems, parts.entry_ids, parts.without_postings, parts.last, parts.count) == (
-            whole.problems, whole.entry_ids, whole.without_postings, whole.last, whole.count), (entries_per_read,
-                                                                                               items_per_read)
+            whole.problems, whole.entry_ids, whole.without_postings, whole.last, whole.count), parts_read
