@@ -111,14 +111,6 @@ async def posting_sums(conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[Deci
     return {r[0]: (r[1], r[2]) for r in await conn.fetch(_SUMS, found, found[0], found[-1])}
 
 
-async def posting_counts(conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
-    """How many postings each of these entries has (an entry with none is absent)."""
-    if not ids:
-        return {}
-    found = sorted(ids)
-    return {r[0]: r[1] for r in await conn.fetch(_COUNTS, found, found[0], found[-1])}
-
-
 async def unbalanced(conn, ids: list[uuid.UUID]) -> list[tuple[uuid.UUID, int]]:
     """(entry, currency) of these entries whose postings do not sum to zero in that currency."""
     if not ids:
@@ -133,7 +125,6 @@ _SUMS = f"""
 SELECT p.wallet_id, coalesce(sum(p.amount) FILTER (WHERE p.bucket = '{Bucket.BALANCE}'), 0),
        coalesce(sum(p.amount) FILTER (WHERE p.bucket = '{Bucket.RESERVED}'), 0)
   {_OF_ENTRIES} GROUP BY p.wallet_id"""
-_COUNTS = f"SELECT p.entry_id, count(*) {_OF_ENTRIES} GROUP BY p.entry_id"
 _UNBALANCED = f"""
 SELECT p.entry_id, p.currency_id {_OF_ENTRIES} GROUP BY p.entry_id, p.currency_id HAVING sum(p.amount) <> 0"""
 
