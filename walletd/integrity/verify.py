@@ -24,14 +24,15 @@ from walletd.persistence import chain
 from walletd.persistence.audit import find_problems
 from walletd.persistence.db import FairPool
 
-# Entries are read and hashed a part at a time: a run of 1,000-leg entries read at once would hold
-# hundreds of MB and hash for a second without yielding to the requests the process serves. A
-# part is sized by what the previous one held per entry (postings and records), at most
-# ITEMS_PER_READ of them, and grows at most twofold from FIRST_READ entries up to ENTRIES_PER_READ:
-# a stretch of heavy entries right after light ones may make one part larger than the budget, the
-# next is back within it. Counting every entry's postings first would bound it strictly, but that
-# extra scan cost the multi-leg bench a quarter more PostgreSQL CPU (docs/performance.md).
-FIRST_READ = 50
+# Entries are read and hashed a part at a time: 2,000 multi-leg entries read at once held ~100 MB
+# and hashed for a few hundred ms without yielding to the requests the process serves. A segment's
+# first part is FIRST_READ entries; each next part is sized by what the previous one held per entry
+# (postings and records) to about ITEMS_PER_READ of them, at most ENTRIES_PER_READ entries. So one
+# part can exceed the budget (the first, or the first after light entries give way to heavy ones);
+# bounding every part strictly (counting each entry's postings first, or starting small) cost the
+# multi-leg and deposit-request benches 50-250 % more PostgreSQL CPU in alternating runs
+# (docs/performance.md).
+FIRST_READ = 500
 ENTRIES_PER_READ = 500
 ITEMS_PER_READ = 10_000
 
@@ -65,7 +66,7 @@ async def check_after(conn, previous: Seal | None, limit: int = chain.READ_BATCH
                 if not entry.postings:
                     segment.without_postings.append(entry.id)
         items = sum(len(e.postings) + len(e.records) for e in entries.values())
-        step = max(1, min(2 * len(part), ENTRIES_PER_READ, ITEMS_PER_READ * len(part) // max(items, 1)))
+        step = max(1, min(ENTRIES_PER_READ, ITEMS_PER_READ * len(part) // max(items, 1)))
         before, start = part[-1], start + len(part)
     return segment
 
