@@ -30,8 +30,7 @@ from walletd.persistence.db import FairPool
 # (postings and records) to about ITEMS_PER_READ of them, at most ENTRIES_PER_READ entries. So one
 # part can exceed the budget (the first, or the first after light entries give way to heavy ones);
 # bounding every part strictly (counting each entry's postings first, or starting small) cost the
-# multi-leg and deposit-request benches 50-250 % more PostgreSQL CPU in alternating runs
-# (docs/performance.md).
+# multi-leg bench 25-65 % more PostgreSQL CPU per request in alternating runs (docs/performance.md).
 FIRST_READ = 500
 ENTRIES_PER_READ = 500
 ITEMS_PER_READ = 10_000
