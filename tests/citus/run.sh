@@ -13,7 +13,7 @@ RUN_DIR=$(mktemp -d /tmp/walletd-citus.XXXXXX)
 chmod 755 "$RUN_DIR"
 cleanup() {
     status=$?
-    .venv/bin/python -c 'import sys; from pathlib import Path; from tests.support.citus_cluster import kill_working_in; kill_working_in(Path(sys.argv[1]))' "$RUN_DIR" || true
+    .venv/bin/python -c 'import sys; from pathlib import Path; from tests.support.processes import kill_working_in; kill_working_in(Path(sys.argv[1]))' "$RUN_DIR" || true
     if [ "$status" = 0 ] && [ -z "${WALLETD_CITUS_KEEP:-}" ]; then
         rm -rf "$RUN_DIR"
     else  # keep the node logs for a look, drop the data

@@ -15,11 +15,16 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# The HA scripts run as files (tests/ha/run.sh), not as modules of the tests package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support.processes import kill_working_in  # noqa: E402
 
 SCOPE = "walletd-ha"
 HA_SECRETS_KEY = "aGEtdGVzdC1zZWNyZXRzLWtleS1vZi0zMi1ieXRlcy0="  # a Fernet key (32 bytes, URL-safe base64)
@@ -57,28 +62,6 @@ def http_json(url: str, timeout: float = 1.0):
             return exc.code, None
     except (OSError, ValueError):
         return None, None
-
-
-def kill_working_in(directory: Path) -> list[int]:
-    """SIGKILL every process whose working directory is inside `directory`: Patroni runs in its
-    node's folder and every PostgreSQL process in its data directory, so this finds a node's
-    processes even after their parent died and they were handed to init."""
-    root = os.path.realpath(directory)
-    killed = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd").removesuffix(" (deleted)")
-        except OSError:
-            continue
-        if cwd == root or cwd.startswith(root + os.sep):
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
-            except ProcessLookupError:
-                pass
-    return killed
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.1):

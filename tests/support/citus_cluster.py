@@ -21,7 +21,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import asyncpg
 
+from tests.support.processes import kill_working_in
 from tests.support.servers import free_port
 
 SYSTEM_USER = "walletd-citus"
@@ -60,27 +60,6 @@ class ToolFailed(subprocess.CalledProcessError):
 
     def __str__(self) -> str:
         return f"{super().__str__()}: {(self.stderr or '').strip()} {(self.stdout or '').strip()}"
-
-
-def kill_working_in(directory: Path) -> list[int]:
-    """SIGKILL every process whose working directory is inside `directory` (every PostgreSQL
-    process of a node works in its data directory), even after its parent died."""
-    root = os.path.realpath(directory)
-    killed = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd").removesuffix(" (deleted)")
-        except OSError:
-            continue
-        if cwd == root or cwd.startswith(root + os.sep):
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
-            except ProcessLookupError:
-                pass
-    return killed
 
 
 @dataclass
