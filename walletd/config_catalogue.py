@@ -40,6 +40,8 @@ class Setting:
     default: str | None = None  # shown instead of the Settings default (or for a command-line setting)
     secret: bool = False  # never printed; a URL's password is masked
     url: bool = False
+    # Printed as scheme://host only: a provider's key may sit in the user part or the path.
+    origin_only: bool = False
 
 
 S = Setting
@@ -144,7 +146,7 @@ SETTINGS: tuple[Setting, ...] = (
       field="max_commission_rate"),
     S("WALLETD_RATES_URL", TUNE, "money", "rate provider; walletd GETs <url>/latest and <url>/symbols",
       "Rate provider base URL: walletd GETs `<url>/latest` and `<url>/symbols` (exchangeratesapi.io's shapes) "
-      "when the operator asks for an update.", field="rates_url", url=True),
+      "when the operator asks for an update.", field="rates_url", url=True, origin_only=True),
     S("WALLETD_RATES_MAX_AGE", TUNE, "money", "seconds after which a stored rate refuses conversion (409)",
       field="rates_max_age_seconds"),
     S("WALLETD_RATE_MAX_CHANGE", TUNE, "money", "a rate write further than this fraction needs force=true",
@@ -214,18 +216,22 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced (in the user part and in a `password=` parameter)."""
+def mask_url(url: str, origin_only: bool = False) -> str:
+    """The URL with any password replaced (in the user part and in a `password=` or `sslpassword=`
+    parameter); origin_only: scheme and host, anything else `***`."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "***"
     location, slash, tail = rest.partition("/")
     userinfo, at, hosts = location.rpartition("@")
+    if origin_only:
+        return f"{scheme}://{'***@' if at else ''}{hosts}{'/***' if slash and tail else ''}"
     if at and ":" in userinfo:
         location = userinfo.split(":", 1)[0] + ":***@" + hosts
     path, question, query = tail.partition("?")
     if question:
-        pairs = [(k, "***" if k == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        pairs = [(k, "***" if k in ("password", "sslpassword") else v)
+                 for k, v in parse_qsl(query, keep_blank_values=True)]
         query = urlencode(pairs, safe="*,:/")
     return f"{scheme}://{location}{slash}{path}{question}{query}"
 
@@ -250,7 +256,7 @@ def effective(settings: Settings, env: dict[str, str],
         elif setting.secret:
             shown = f"set ({len(str(value))} characters, masked)"
         elif setting.url:
-            shown = mask_url(str(value))
+            shown = mask_url(str(value), setting.origin_only)
         else:
             shown = _text(value)
         rows.append((setting, shown, source))

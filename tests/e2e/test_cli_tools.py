@@ -55,16 +55,20 @@ async def test_config_prints_every_setting_with_secrets_masked(empty_data_dir):
     secrets = {"WALLETD_JWT_SECRET": "jwt-" + "s" * 44, "WALLETD_SECRETS_KEY": SECRETS_KEY,
                "WALLETD_OPERATOR_KEY": OPERATOR_KEY, "WALLETD_JWT_SECRET_PREVIOUS": "old-" + "p" * 44}
     env = {"DATABASE_URL": "postgresql://walletd:db-password-1@db.internal:5432/walletd?sslmode=verify-full",
-           "WALLETD_READ_DATABASE_URL": "postgresql://reader@replica/walletd?password=read-password-2",
+           "WALLETD_READ_DATABASE_URL": "postgresql://reader@replica/walletd?password=read-password-2"
+                                        "&sslpassword=key-password-3",
+           "WALLETD_RATES_URL": "https://user-key-4@rates.example/v6/path-key-5",
            "WALLETD_POOL_SIZE": "12", **secrets}
     code, out = await walletd("config", env=env)
     assert code == 0, out
-    for secret in [*secrets.values(), "db-password-1", "read-password-2"]:
+    for secret in [*secrets.values(), "db-password-1", "read-password-2", "key-password-3", "user-key-4",
+                   "path-key-5"]:
         assert secret not in out
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip() and not line.startswith("#")}
     assert all(s.name in lines for s in SETTINGS), [s.name for s in SETTINGS if s.name not in lines]
     assert "postgresql://walletd:***@db.internal:5432/walletd?sslmode=verify-full" in lines["DATABASE_URL"]
     assert "password=***" in lines["WALLETD_READ_DATABASE_URL"]
+    assert "https://***@rates.example/***" in lines["WALLETD_RATES_URL"]
     assert re.search(r"WALLETD_POOL_SIZE\s+12\s+\(environment\)", lines["WALLETD_POOL_SIZE"])
     assert re.search(r"WALLETD_MAX_BATCH_LEGS\s+1000\s+\(default\)", lines["WALLETD_MAX_BATCH_LEGS"])
     assert "masked" in lines["WALLETD_JWT_SECRET"] and "(environment)" in lines["WALLETD_JWT_SECRET"]
