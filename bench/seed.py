@@ -29,6 +29,7 @@ from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import WalletKind
 from walletd.persistence import accounts
 from walletd.persistence.batch_write import WRITE_BATCH, write_batch
+from walletd.persistence.breaker import DatabaseBreaker
 from walletd.persistence.citus.ledger import citus_batch_document
 
 BENCH_PASSWORD = "bench-Str0ng!pass"
@@ -67,7 +68,8 @@ async def create_users(conn: asyncpg.Connection, prefix: str, count: int, passwo
 async def create_service_user(pool: asyncpg.Pool, username: str, password_hash: str) -> User:
     """Through walletd's own create_user: service and gateway wallets plus commission rates."""
     user_id, _ = await accounts.create_user(pool, username=username, email=f"{username}@bench.invalid",
-                                            password_hash=password_hash, role="service")
+                                            password_hash=password_hash, role="service",
+                                            breaker=DatabaseBreaker())
     rows = await pool.fetch("SELECT id, currency_id FROM wallets WHERE user_id = $1 AND kind = 'service'", user_id)
     return User(user_id, username, {r["currency_id"]: r["id"] for r in rows})
 

@@ -37,6 +37,7 @@ from walletd.domain.state import WalletState
 from walletd.domain.vocabulary import Bucket, EntryKind, TxStatus, TxType
 from walletd.persistence import accounts, embedded
 from walletd.persistence.batch_write import WRITE_BATCH, batch_document
+from walletd.persistence.breaker import DatabaseBreaker
 from walletd.persistence.migrate import migrate
 
 # ---- the statements as they were (walletd 1a4ec8a .. migration 0003) ----------------------------
@@ -155,9 +156,9 @@ async def _main(batches: int, rounds: int) -> None:
             await conn.execute("SET synchronous_commit = off")
             pool_like = _OneConnection(conn)
             user_id, _ = await accounts.create_user(pool_like, username="bench_user", email="u@bench.invalid",
-                                                    password_hash="!", role="user")
+                                                    password_hash="!", role="user", breaker=DatabaseBreaker())
             service_id, _ = await accounts.create_user(pool_like, username="bench_service", email="s@bench.invalid",
-                                                       password_hash="!", role="service")
+                                                       password_hash="!", role="service", breaker=DatabaseBreaker())
             await conn.execute("INSERT INTO webhook_endpoints (id, service_user_id, url, secret) "
                                "VALUES ($1, $2, 'http://127.0.0.1:9/hook', 'bench')", new_id(), service_id)
             states = "id, user_id, currency_id, kind, balance, reserved_balance"

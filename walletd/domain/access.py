@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Mapping
 
 from walletd.domain import errors
+from walletd.domain.policy import WALLET_KINDS
 from walletd.domain.vocabulary import WalletKind
 
 # A wallet's (owner's user id, kind), as the edge reads it or the snapshot holds it; None: no such wallet.
@@ -52,12 +53,12 @@ def transfer_refusal(user_id: uuid.UUID, source_id: uuid.UUID, source: Owner, ta
     return same_wallet_refusal(source_id, target_id)
 
 
-def settler_refusal(record_service_user_id: uuid.UUID | None, record_type: str | None, caller: uuid.UUID | None,
+def settler_refusal(record_service_user_id: uuid.UUID | None, record_type: str, caller: uuid.UUID | None,
                     wanted_type: str) -> errors.DomainError | None:
     """Only the payment service named on a pending record settles it; caller None is the operator,
-    who reaches every service's records. Anyone else's record looks missing (record_type None:
-    there is no such record); a record of the other type is InvalidTransactionType."""
-    if record_type is None or (caller is not None and record_service_user_id != caller):
+    who reaches every service's records. Anyone else's record looks missing; a record of the other
+    type is InvalidTransactionType. (A missing record is refused by the callers before they ask.)"""
+    if caller is not None and record_service_user_id != caller:
         return errors.TransactionNotFound()
     if record_type != wanted_type:
         return errors.InvalidTransactionType()
@@ -75,6 +76,4 @@ def check_settler(pending: Mapping | None, caller: uuid.UUID | None, wanted_type
 def readable_kinds(role: str) -> tuple[str, ...]:
     """The kinds of wallet a principal reads of its own (balances, statements, its wallet list): a
     payment service its service and gateway wallets, a user its user wallets."""
-    if role == "service":
-        return (WalletKind.SERVICE, WalletKind.GATEWAY)
-    return (WalletKind.USER,)
+    return WALLET_KINDS["service" if role == "service" else "user"]

@@ -17,7 +17,7 @@ def tx_json(row, memo: dict | None = None) -> dict:
     amounts recur (the legs of a multi-leg transfer share their source, owner, time and often
     amount and rate): each value is rendered once."""
     return {
-        "id": _text(row["id"], memo), "type": row["type"], "status": row["status"],
+        "id": _text(row["id"], None), "type": row["type"], "status": row["status"],  # an id is unique: no memo
         "from_wallet_id": _text(row["from_wallet_id"], memo), "from_currency_id": row["from_currency_id"],
         "amount": _amount(row["amount"], memo), "to_wallet_id": _text(row["to_wallet_id"], memo),
         "to_currency_id": row["to_currency_id"], "rate": _amount(row["rate"], memo),

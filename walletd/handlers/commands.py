@@ -8,11 +8,12 @@ import json
 
 from aiohttp import web
 
-from walletd.appkeys import dispatcher_key, registry_key
+from walletd.appkeys import dispatcher_key, registry_key, settings_key
 from walletd.auth.operator import OperatorPrincipal
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
 from walletd.domain.commands import Idempotency, Replay
+from walletd.domain.policy import CommissionRates, fixed_commission_rate
 from walletd.handlers.errors import InvalidIdempotencyKey
 
 MOVE_ERRORS = [errors.IdempotencyKeyReused, InvalidIdempotencyKey, errors.Overloaded, errors.OutcomeUnknown,
@@ -45,3 +46,10 @@ def wake_delivery(app: web.Application) -> None:
     dispatcher = app.get(dispatcher_key)
     if dispatcher is not None:
         dispatcher.wake()
+
+
+def fixed_rate(request: web.Request, service, kind: str):
+    """The service's rate now, within the operator's ceiling: the record keeps it, and its
+    settlement charges exactly the commission it fixes, whatever the service sets meanwhile."""
+    rates = CommissionRates.stored_or_default(service["deposit_rate"], service["withdraw_rate"])
+    return fixed_commission_rate(rates, kind, request.app[settings_key].max_commission_rate)

@@ -11,9 +11,8 @@ from walletd.auth.tokens import Principal
 from walletd.domain import errors
 from walletd.domain.access import NOT_YOUR_WALLET, own_wallet_refusal, refuse, same_wallet_refusal
 from walletd.domain.commands import RequestDeposit, RequestWithdraw, Transfer
-from walletd.domain.policy import CommissionRates, fixed_commission_rate
 from walletd.domain.vocabulary import TxType
-from walletd.handlers.commands import MOVE_ERRORS, hand_to_actors, idempotency, wake_delivery
+from walletd.handlers.commands import MOVE_ERRORS, fixed_rate, hand_to_actors, idempotency, wake_delivery
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.schemas import (
     DepositParams,
@@ -59,7 +58,7 @@ async def deposit(request: web.Request, principal: Principal, params: DepositPar
     service = await accounts.service_wallets(pool, params.service_user_id, wallet["currency_id"])
     command = RequestDeposit(principal.user_id, wallet["id"], service["gateway_wallet_id"], params.service_user_id,
                              params.amount, request.get(request_id_key), idempotency(request, principal, raw_params),
-                             commission_rate=_fixed_rate(request, service, TxType.DEPOSIT))
+                             commission_rate=fixed_rate(request, service, TxType.DEPOSIT))
     result = await hand_to_actors(request, command)
     wake_delivery(request.app)  # its event is committed: send it now rather than at the next poll
     return result
@@ -81,7 +80,7 @@ async def withdraw(request: web.Request, principal: Principal, params: WithdrawP
     command = RequestWithdraw(principal.user_id, wallet["id"], service["gateway_wallet_id"], params.service_user_id,
                               external["id"], params.amount, request.get(request_id_key),
                               idempotency(request, principal, raw_params),
-                              commission_rate=_fixed_rate(request, service, TxType.WITHDRAW))
+                              commission_rate=fixed_rate(request, service, TxType.WITHDRAW))
     result = await hand_to_actors(request, command)
     wake_delivery(request.app)
     return result
@@ -98,13 +97,6 @@ async def exchange(request: web.Request, principal: Principal, params: ExchangeP
     rate, converted = book.quote(params.from_currency, params.to_currency, params.amount)
     return QuoteOut(from_currency=params.from_currency, amount_int=params.amount, to_currency=params.to_currency,
                     rate=rate, amount_ext=converted)
-
-
-def _fixed_rate(request: web.Request, service, kind: str):
-    """The service's rate now, within the operator's ceiling: the record keeps it, and its
-    settlement charges exactly the commission it fixes, whatever the service sets meanwhile."""
-    rates = CommissionRates.stored_or_default(service["deposit_rate"], service["withdraw_rate"])
-    return fixed_commission_rate(rates, kind, request.app[settings_key].max_commission_rate)
 
 
 async def _own_wallet(pool, principal: Principal, wallet_id):

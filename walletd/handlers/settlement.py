@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import Field
 
 from walletd import metrics
-from walletd.appkeys import pool_key, request_id_key, settings_key
+from walletd.appkeys import pool_key, request_id_key
 from walletd.auth.operator import OPERATOR, OperatorPrincipal
 from walletd.auth.tokens import Principal
 from walletd.domain import errors
@@ -21,9 +21,9 @@ from walletd.domain.access import check_settler
 from walletd.domain.commands import EXPIRY
 from walletd.domain.commands import OPERATOR as BY_OPERATOR
 from walletd.domain.commands import SERVICE as BY_SERVICE
-from walletd.domain.policy import CommissionRates, fixed_commission_rate, settle_command
+from walletd.domain.policy import settle_command
 from walletd.domain.vocabulary import TxType
-from walletd.handlers.commands import MOVE_ERRORS, hand_to_actors, idempotency, wake_delivery
+from walletd.handlers.commands import MOVE_ERRORS, fixed_rate, hand_to_actors, idempotency, wake_delivery
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.schemas import Model, SettleParams, StaleParams, TxOut
 from walletd.logs import get_logger
@@ -52,8 +52,7 @@ async def _settle(request: web.Request, principal: Principal | OperatorPrincipal
     found = await transactions.find_transaction(pool, params.transaction_id)
     pending = check_settler(found, None if by_operator else principal.user_id, kind)
     service = await accounts.service_wallets(pool, pending["service_user_id"], pending["currency_id"])
-    rates = CommissionRates.stored_or_default(service["deposit_rate"], service["withdraw_rate"])
-    fallback = fixed_commission_rate(rates, kind, request.app[settings_key].max_commission_rate)
+    fallback = fixed_rate(request, service, kind)
     command = settle_command(
         pending, new_status=params.new_status, service_wallet_id=service["service_wallet_id"],
         gateway_wallet_id=service["gateway_wallet_id"], fallback_rate=fallback,

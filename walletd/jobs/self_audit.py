@@ -186,8 +186,10 @@ _WALLETS_CITUS = _WALLETS.replace("WHERE t.user_id = w.user_id",
                                   "WHERE t.owner_id = w.user_id AND t.user_id = w.user_id")
 
 
-# Citus: one statement per wallet, pushed down whole to the wallet's shard, reads its balances, its
-# postings and its pending withdrawals in one worker snapshot. The check's several statements
+# Citus: one statement per wallet reads its balances, its postings and its pending withdrawals in
+# one worker snapshot: the subqueries join on the owner, so each shard runs the whole statement
+# and only the wallet's own shard finds it (the wallet is named by id alone, so every shard is
+# asked; this runs only for a suspected problem). The check's several statements
 # above do not share one snapshot on a cluster (each worker, even each connection to one, takes
 # its own), so a transfer committing between them looks like a wrong balance; a finding is
 # reported only when this confirms it.

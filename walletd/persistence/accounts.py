@@ -36,7 +36,7 @@ log = get_logger("walletd.accounts")
 async def create_user(pool: FairPool, *, username: str, email: str, password_hash: str, role: str,
                       signup_bonus: Decimal = Decimal(0), request_id: str | None = None,
                       in_doubt_seconds: float = 30.0,
-                      breaker: DatabaseBreaker | None = None) -> tuple[uuid.UUID, uuid.UUID | None]:
+                      breaker: DatabaseBreaker) -> tuple[uuid.UUID, uuid.UUID | None]:
     """The user and its wallets in every currency (policy.WALLET_KINDS), in one transaction;
     returns (user id, bonus entry id).
 
@@ -75,7 +75,7 @@ async def create_user(pool: FairPool, *, username: str, email: str, password_has
     except InDoubt as doubt:
         log.warning("accounts.in_doubt", user_id=str(user_id), error=repr(doubt.cause)[:300])
         committed = await find_out(pool, doubt, registration_evidence(user_id), in_doubt_seconds,
-                                   breaker or DatabaseBreaker())
+                                   breaker)
         if committed is None:
             log.error("accounts.outcome_unknown", user_id=str(user_id), username=username, bonus_entry=entry_id)
             raise errors.OutcomeUnknown(REGISTRATION_UNKNOWN) from None
