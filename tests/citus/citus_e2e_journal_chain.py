@@ -1,4 +1,4 @@
-"""tests/e2e/test_journal_chain.py, run whole on Citus."""
+"""tests/e2e/test_journal_chain.py on Citus, but for its tampering tests (below)."""
 import pytest
 
 from tests.citus.conftest import create_citus_database

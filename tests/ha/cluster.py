@@ -13,7 +13,6 @@ import os
 import pwd
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 # The HA scripts run as files (tests/ha/run.sh), not as modules of the tests package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.support.processes import kill_working_in  # noqa: E402
+from tests.support.servers import free_port  # noqa: E402
 
 SCOPE = "walletd-ha"
 HA_SECRETS_KEY = "aGEtdGVzdC1zZWNyZXRzLWtleS1vZi0zMi1ieXRlcy0="  # a Fernet key (32 bytes, URL-safe base64)
@@ -42,12 +42,6 @@ def deployed_dcs(patroni_bin: Path) -> dict:
     if any(section != sections[0] for section in sections):
         raise RuntimeError("deploy/patroni/pg*.yml disagree on bootstrap.dcs")
     return sections[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_json(url: str, timeout: float = 1.0):
