@@ -1,5 +1,5 @@
 """Everything one ledger batch decided (its Effects), written by one call of the schema's
-walletd_write_batch(doc jsonb) (migration 0005, extended by 0006 and 0009; the document's shape is
+walletd_write_batch(doc jsonb) (migration 0005, extended by 0006, 0009 and 0012; the document's shape is
 written down there).
 
 One JSON parameter: a single document is several times cheaper to encode than dozens of typed
