@@ -50,6 +50,7 @@ def wake_delivery(app: web.Application) -> None:
 
 def fixed_rate(request: web.Request, service, kind: str):
     """The service's rate now, within the operator's ceiling: the record keeps it, and its
-    settlement charges exactly the commission it fixes, whatever the service sets meanwhile."""
+    settlement charges exactly the commission it fixes, whatever the service sets meanwhile (a
+    settlement uses it only for a record written before fees were fixed at request time)."""
     rates = CommissionRates.stored_or_default(service["deposit_rate"], service["withdraw_rate"])
     return fixed_commission_rate(rates, kind, request.app[settings_key].max_commission_rate)
