@@ -195,11 +195,17 @@ async def test_two_processes_random_transfers_across_shards_one_sigkilled(server
 async def test_a_worker_stopped_under_load_answers_503_and_recovers(servers, db, database_url, citus_cluster):
     procs, session = servers
     service = await register_service_user(session, procs[0].url)
-    load = Load(await register_funded(session, procs[1].url, service, 8))
     victim_node = citus_cluster.workers[-1]
-    on_victim = [u for u in load.users if await worker_of(db, u["id"]) == victim_node.port]
-    elsewhere = [u for u in load.users if u not in on_victim]
-    assert on_victim and elsewhere, "users on both workers"
+    users = await register_funded(session, procs[1].url, service, 8)
+    # Eight users hash onto one worker now and then: more are registered until each side has two.
+    for _ in range(32):
+        on_victim = [u for u in users if await worker_of(db, u["id"]) == victim_node.port]
+        if 2 <= len(on_victim) <= len(users) - 2:
+            break
+        users += await register_funded(session, procs[1].url, service, 1)
+    elsewhere = [u for u in users if u not in on_victim]
+    assert len(on_victim) >= 2 and len(elsewhere) >= 2, "users on both workers"
+    load = Load(users)
     rng = random.Random(7)
     phase = {"name": "before"}
     during: Counter = Counter()

@@ -84,13 +84,15 @@ class SelfAudit:
                     if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", LOCK_ID):
                         return None
                     await conn.execute("SET LOCAL enable_nestloop = off")  # see chain.read_entries
-                    return await self._check_next(conn)
+                    count, caught_up, stored = await self._check_next(conn)
             except (asyncpg.SerializationError, _Overtaken):
                 # Another process's pass committed after this snapshot was taken (the lock came
                 # free in between): its cursor is newer, and updating ours failed. Nothing written.
                 return None
+        log_stored(stored)
+        return count, caught_up
 
-    async def _check_next(self, conn) -> tuple[int, bool]:
+    async def _check_next(self, conn) -> tuple[int, bool, list[Problem]]:
         cursor = await conn.fetchval("SELECT verified_seq FROM audit_cursor")
         if cursor is None:
             raise _Overtaken()  # no cursor row: run() creates it
@@ -122,8 +124,7 @@ class SelfAudit:
                                    "WHERE verified_seq = $2", last_seq, cursor)
         if moved != "UPDATE 1":
             raise _Overtaken()  # the sums above are rolled back with it
-        await record(conn, problems)
-        return segment.count, caught_up
+        return segment.count, caught_up, await record(conn, problems)
 
     # ---- full ----------------------------------------------------------------------------------
 
@@ -139,7 +140,8 @@ class SelfAudit:
         async with self.pool.acquire() as conn:
             problems += await find_keyed_problems(conn)
             async with conn.transaction():
-                await record(conn, problems)
+                stored = await record(conn, problems)
+        log_stored(stored)
         log.info("audit.full_pass", entries=result.sealed, problems=len(problems))
         return True
 
@@ -153,14 +155,20 @@ class SelfAudit:
             metrics.AUDIT_PROBLEMS.set(row[1])
 
 
-async def record(conn, problems: list[Problem]) -> None:
-    """Stores problems not known yet and logs each of those once."""
+async def record(conn, problems: list[Problem]) -> list[Problem]:
+    """Stores problems not known yet; returns those, for log_stored once the transaction commits."""
     if not problems:
-        return
+        return []
     unique = dict(problems)
     rows = await conn.fetch("INSERT INTO audit_problems (key, problem) SELECT * FROM unnest($1::text[], $2::text[]) "
                             "ON CONFLICT (key) DO NOTHING RETURNING key, problem", list(unique), list(unique.values()))
-    for key, text in rows:
+    return [(key, text) for key, text in rows]
+
+
+def log_stored(problems: list[Problem]) -> None:
+    """Logs each newly stored problem once, after its commit: a logged problem is always in audit_problems
+    (a pass rolled back logs nothing and the next one finds the problem again)."""
+    for key, text in problems:
         log.error("audit.problem", key=key, problem=text)
 
 
