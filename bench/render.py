@@ -44,6 +44,11 @@ def render(report: dict) -> str:
         lines.append(f"  walletd.transfer_legs: {legs['ops_per_s']:.0f} requests/s x {legs['legs_per_request']} legs "
                      f"= {legs['legs_per_s']:.0f} transfers/s")
     for name, s in scenarios.items():
+        after = s.get("after_run")
+        if after and after["seconds"] >= 1:  # what the run left for the sealer, self-audit, autovacuum
+            lines.append(f"  {name}: leftovers took {after['seconds']:g}s after the window (PostgreSQL "
+                         f"{after['pg_cpu_s']:g} CPU s, walletd {cell(after['server_cpu_s'], 'g')} CPU s)")
+    for name, s in scenarios.items():
         if s.get("errors"):
             lines.append(f"  {name}: status {s.get('status')}, transport {s.get('transport_errors')}, "
                          f"unfinished {s.get('unfinished')}; e.g. {json.dumps(s.get('error_samples'))[:300]}")

@@ -184,7 +184,7 @@ async def measure(cfg: Config, workdir: Path, report: dict, servers: list[Server
     await walletd.start("/ready")
     bench = Bench(cfg, workdir)
     wd = Target(walletd_port, walletd.pid, pg_pid, walletd)
-    runs = WalletdScenarios(cfg, bench, wd, population)
+    runs = WalletdScenarios(cfg, bench, wd, population, url)
     report["meta"]["funding"] = await runs.fund()
     if cfg.wants("reads"):
         report["meta"]["history"] = await runs.load_history(url)
