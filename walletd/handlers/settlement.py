@@ -49,13 +49,14 @@ async def _settle(request: web.Request, principal: Principal | OperatorPrincipal
                   raw_params: dict, kind: str):
     pool = request.app[pool_key]
     by_operator = principal is OPERATOR
-    found = await transactions.find_transaction(pool, params.transaction_id)
-    pending = check_settler(found, None if by_operator else principal.user_id, kind)
-    service = await accounts.service_wallets(pool, pending["service_user_id"], pending["currency_id"])
-    fallback = fixed_rate(request, service, kind)
+    # The record and its payment service's wallets and rates, in one lookup.
+    pending = check_settler(await accounts.settlement_lookup(pool, params.transaction_id),
+                            None if by_operator else principal.user_id, kind)
+    if pending["service_wallet_id"] is None:
+        raise errors.ServiceWalletNotFound()
     command = settle_command(
-        pending, new_status=params.new_status, service_wallet_id=service["service_wallet_id"],
-        gateway_wallet_id=service["gateway_wallet_id"], fallback_rate=fallback,
+        pending, new_status=params.new_status, service_wallet_id=pending["service_wallet_id"],
+        gateway_wallet_id=pending["gateway_wallet_id"], fallback_rate=fixed_rate(request, pending, kind),
         settled_by=BY_OPERATOR if by_operator else BY_SERVICE, request_id=request.get(request_id_key),
         idempotency=idempotency(request, principal, raw_params))
     try:

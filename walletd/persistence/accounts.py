@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -160,19 +161,47 @@ async def claimed_wallet(pool: FairPool, user_id: uuid.UUID, wallet_id: uuid.UUI
                                "WHERE w.user_id = $1 AND w.id = $2", user_id, wallet_id)
 
 
+_SERVICE_WALLETS = """SELECT s.id AS service_wallet_id, g.id AS gateway_wallet_id, r.deposit_rate, r.withdraw_rate
+  FROM wallets s
+  JOIN wallets g ON g.user_id = s.user_id AND g.currency_id = s.currency_id AND g.kind = '{gateway}'
+  LEFT JOIN commission_rates r ON r.service_user_id = s.user_id AND r.currency_id = s.currency_id
+ WHERE s.user_id = {service_user_id} AND s.currency_id = {currency_id} AND s.kind = '{service}'"""
+
+
 async def service_wallets(pool: FairPool, service_user_id: uuid.UUID, currency_id: int) -> asyncpg.Record:
     """A payment service's service and gateway wallets in a currency, and its stored commission
     rates there (None where it has none: policy.CommissionRates.stored_or_default decides)."""
-    row = await pool.fetchrow(
-        """SELECT s.id AS service_wallet_id, g.id AS gateway_wallet_id, r.deposit_rate, r.withdraw_rate
-             FROM wallets s
-             JOIN wallets g ON g.user_id = s.user_id AND g.currency_id = s.currency_id AND g.kind = $4
-             LEFT JOIN commission_rates r ON r.service_user_id = s.user_id AND r.currency_id = s.currency_id
-            WHERE s.user_id = $1 AND s.currency_id = $2 AND s.kind = $3""",
-        service_user_id, currency_id, WalletKind.SERVICE, WalletKind.GATEWAY)
+    row = await pool.fetchrow(_SERVICE_WALLETS.format(service_user_id="$1", currency_id="$2", **_KINDS),
+                              service_user_id, currency_id)
     if row is None:
         raise errors.ServiceWalletNotFound()
     return row
+
+
+_KINDS = {"service": WalletKind.SERVICE.value, "gateway": WalletKind.GATEWAY.value}
+_SETTLING = ("SELECT t.id, t.type, t.status, t.service_user_id, t.from_wallet_id, t.to_wallet_id, "
+             "coalesce(t.from_currency_id, t.to_currency_id) AS currency_id")
+# One round trip for a settlement's two lookups. Not on Citus: a record lives on its customer's
+# shard, the service's wallets on the service's, so the join would cross shards.
+_SETTLEMENT = (f"{_SETTLING}, w.* FROM transactions t LEFT JOIN LATERAL ("
+               + _SERVICE_WALLETS.format(service_user_id="t.service_user_id",
+                                         currency_id="coalesce(t.from_currency_id, t.to_currency_id)", **_KINDS)
+               + ") w ON true WHERE t.id = $1")
+
+
+async def settlement_lookup(pool: FairPool, transaction_id: uuid.UUID) -> Mapping | None:
+    """A record a settlement names (access.check_settler's fields) with its payment service's
+    wallets and rates in the record's currency (service_wallet_id None: it has none there; the caller
+    says so only once check_settler has let it see the record). None: no such record."""
+    if not pool.distributed:
+        return await pool.fetchrow(_SETTLEMENT, transaction_id)
+    found = await pool.fetchrow(f"{_SETTLING} FROM transactions t WHERE t.id = $1", transaction_id)
+    if found is None:
+        return None
+    service = await pool.fetchrow(_SERVICE_WALLETS.format(service_user_id="$1", currency_id="$2", **_KINDS),
+                                  found["service_user_id"], found["currency_id"])
+    nothing = dict.fromkeys(("service_wallet_id", "gateway_wallet_id", "deposit_rate", "withdraw_rate"))
+    return {**found, **(service or nothing)}
 
 
 async def create_external_wallet(pool: FairPool, user_id: uuid.UUID, name: str, currency_id: int) -> asyncpg.Record:

@@ -1,11 +1,9 @@
-"""Looking transactions up: one by id (a settlement's first check), and pending ones as the
-ledger plans their settlement."""
+"""Looking transactions up: one by id as the API shows it, and pending ones as the ledger plans
+their settlement (a settlement's first check is accounts.settlement_lookup)."""
 
 from __future__ import annotations
 
 import uuid
-
-import asyncpg
 
 from walletd.domain.records import tx_json
 from walletd.domain.reversal import ReversalState
@@ -17,12 +15,6 @@ TX_COLUMNS = ("id, type, status, from_wallet_id, from_currency_id, amount, to_wa
               "converted_amount, created_at, user_id, service_user_id, parent_id, commission_rate, commission")
 _PENDING = (f"SELECT {TX_COLUMNS}, external_wallet_id, stale_at IS NOT NULL AS stale, settled_by "
             "FROM transactions WHERE id = ANY($1::uuid[]) ORDER BY id")
-
-
-async def find_transaction(pool: FairPool, transaction_id: uuid.UUID) -> asyncpg.Record | None:
-    return await pool.fetchrow(
-        "SELECT id, type, status, service_user_id, from_wallet_id, to_wallet_id, "
-        "coalesce(from_currency_id, to_currency_id) AS currency_id FROM transactions WHERE id = $1", transaction_id)
 
 
 async def record(pool: FairPool, transaction_id: uuid.UUID) -> dict | None:
