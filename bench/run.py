@@ -1,6 +1,6 @@
 """walletd's benchmark: one command, no setup beyond `make install`.
 
-    .venv/bin/python -m bench.run            # full run (< 5 minutes on 2 cores)
+    .venv/bin/python -m bench.run            # full run (about 9 minutes on 2 cores)
     .venv/bin/python -m bench.run --smoke    # bounded version for CI: seconds, asserts nothing about speed
     make bench-citus                         # the same runs on a Citus coordinator and two workers (bench/citus.py)
 
