@@ -1,5 +1,6 @@
-"""A transaction record as the API shows it: one function, so the first response, its
-idempotent replay, the history pages and the events agree."""
+"""A transaction record as the API shows it: tx_json, so the first response, its idempotent
+replay and the events agree; history pages split the same fields from PostgreSQL's one text per
+record (tx_from_line; tests/e2e/test_history.py compares the two record by record)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,26 @@ def tx_json(row, memo: dict | None = None) -> dict:
         # asyncpg Record: both have get()).
         "commission_rate": _amount(row.get("commission_rate"), memo),
         "commission": _amount(row.get("commission"), memo),
+    }
+
+
+# The record's fields in tx_json's (and TxOut's) order.
+TX_FIELDS = ("id", "type", "status", "from_wallet_id", "from_currency_id", "amount", "to_wallet_id", "to_currency_id",
+             "rate", "converted_amount", "timestamp", "user_id", "service_user_id", "parent_id", "commission_rate",
+             "commission")
+
+
+def tx_from_line(line: str) -> dict:
+    """tx_json of a record PostgreSQL wrote as one text (persistence/history.py): TX_FIELDS in
+    order, each as tx_json writes it, between unit separators (U+001F), '' for NULL (no field of a
+    record is ever empty text). Spelled out rather than zipped: a history page calls it 50 times."""
+    v = line.split("\x1f")
+    return {
+        "id": v[0], "type": v[1], "status": v[2], "from_wallet_id": v[3] or None,
+        "from_currency_id": int(v[4]) if v[4] else None, "amount": v[5] or None, "to_wallet_id": v[6] or None,
+        "to_currency_id": int(v[7]) if v[7] else None, "rate": v[8] or None, "converted_amount": v[9] or None,
+        "timestamp": v[10], "user_id": v[11] or None, "service_user_id": v[12] or None, "parent_id": v[13] or None,
+        "commission_rate": v[14] or None, "commission": v[15] or None,
     }
 
 

@@ -9,7 +9,6 @@ from walletd.appkeys import history_pool_key, keys_key, ledger_key, pool_key
 from walletd.auth.tokens import Principal
 from walletd.domain.access import is_own_user_wallet
 from walletd.domain.errors import CurrencyNotFound, ExternalWalletExists, WalletNotFound
-from walletd.domain.records import tx_json
 from walletd.handlers.endpoint import Routes
 from walletd.handlers.errors import ValidationFailed
 from walletd.handlers.schemas import (
@@ -75,13 +74,11 @@ def _open_cursor(request: web.Request, scope: bytes, raw: str | None) -> int | N
     return position
 
 
-def _history(request: web.Request, scope: bytes, rows: list, next_position: int | None,
-             pending: list) -> web.Response:
-    """HistoryOut, each record rendered by tx_json, the one renderer of a transaction (the page's
-    rows arrive with ids, amounts and instants already as text: nothing to memoise)."""
+def _history(request: web.Request, scope: bytes, records: list[dict], next_position: int | None,
+             pending: list[dict]) -> web.Response:
+    """HistoryOut; the records arrive as the API shows them (persistence/history.py)."""
     cursor = None if next_position is None else request.app[keys_key].seal_cursor(scope, next_position)
-    body = {"transactions": [tx_json(row) for row in rows],
-            "pending_transactions": [tx_json(row) for row in pending], "next_cursor": cursor}
+    body = {"transactions": records, "pending_transactions": pending, "next_cursor": cursor}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
