@@ -396,3 +396,22 @@ async def test_a_segment_read_in_parts_names_what_one_read_names(client, db, mon
         assert sum(parts_read) == length
         assert (parts.problems, parts.entry_ids, parts.without_postings, parts.last, parts.count) == (
             whole.problems, whole.entry_ids, whole.without_postings, whole.last, whole.count), parts_read
+    # One read hashed in slices (the event loop turns between them): the same chain, each slice
+    # chained to the last seal of the one before.
+    for setting, value in (("FIRST_READ", length), ("ENTRIES_PER_READ", length), ("ITEMS_PER_READ", 10**6)):
+        monkeypatch.setattr(verify, setting, value)
+    slices: list[int] = []
+    check_seals = verify.check_seals
+
+    def sliced_check(before, seals, entries):
+        slices.append(len(seals))
+        return check_seals(before, seals, entries)
+
+    monkeypatch.setattr(verify, "check_seals", sliced_check)
+    for size in (1, 2, length):
+        monkeypatch.setattr(verify, "HASHED_BETWEEN_YIELDS", size)
+        slices.clear()
+        sliced = await read_segment()
+        assert parts_read == [length] and sum(slices) == length and max(slices) == size, slices
+        assert (sliced.problems, sliced.entry_ids, sliced.without_postings, sliced.last) == (
+            whole.problems, whole.entry_ids, whole.without_postings, whole.last), size
