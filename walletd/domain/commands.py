@@ -7,6 +7,8 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
+from walletd.domain.vocabulary import TxType
+
 
 @dataclass(frozen=True)
 class Idempotency:
@@ -128,7 +130,10 @@ def routing_wallet(command: Command) -> uuid.UUID:
     if isinstance(command, Transfer):
         return command.source_wallet_id
     if isinstance(command, Settle):
-        return command.user_wallet_id
+        # A deposit's settlement debits the gateway (credits need no actor): its settlements share
+        # the gateway's batches instead of racing each other for its row from every customer's
+        # actor. A withdrawal's moves its customer's hold.
+        return command.gateway_wallet_id if command.type == TxType.DEPOSIT else command.user_wallet_id
     if isinstance(command, MultiTransfer):
         return min(routing_wallets(command))
     if isinstance(command, Reverse):
