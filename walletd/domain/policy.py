@@ -57,7 +57,8 @@ def signup_bonus_for(role: str, configured: Decimal) -> Decimal:
 def user_wallet_of(transaction_type: str, from_wallet_id: uuid.UUID | None,
                    to_wallet_id: uuid.UUID | None) -> uuid.UUID | None:
     """The customer's wallet of a pending transaction: a deposit credits it, a withdrawal holds
-    money in it. That wallet's actor runs the settlement."""
+    money in it. A withdrawal's settlement runs in that wallet's actor, a deposit's in the
+    gateway's (commands.routing_wallet)."""
     return to_wallet_id if transaction_type == TxType.DEPOSIT else from_wallet_id
 
 
