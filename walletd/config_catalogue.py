@@ -98,6 +98,8 @@ SETTINGS: tuple[Setting, ...] = (
       "Most legs of one `POST /wallet/transfers` (at most 10000); that route reads bodies up to "
       "max(`WALLETD_MAX_BODY_BYTES`, 256 × this) bytes.", field="max_batch_legs"),
     S("WALLETD_MAILBOX_SIZE", TUNE, "capacity", "commands queued per wallet before 503 + Retry-After",
+      "Commands queued per wallet before 503 + Retry-After (nothing moved). A payment service's deposit "
+      "settlements queue on its gateway wallet: more than this many at once in one process are refused.",
       field="mailbox_size"),
     S("WALLETD_ACTOR_IDLE_SECONDS", TUNE, "capacity", "an idle wallet actor retires after this long",
       field="actor_idle_seconds"),

@@ -161,6 +161,7 @@ async def claimed_wallet(pool: FairPool, user_id: uuid.UUID, wallet_id: uuid.UUI
                                "WHERE w.user_id = $1 AND w.id = $2", user_id, wallet_id)
 
 
+_KINDS = {"service": WalletKind.SERVICE.value, "gateway": WalletKind.GATEWAY.value}
 _SERVICE_WALLETS = """SELECT s.id AS service_wallet_id, g.id AS gateway_wallet_id, r.deposit_rate, r.withdraw_rate
   FROM wallets s
   JOIN wallets g ON g.user_id = s.user_id AND g.currency_id = s.currency_id AND g.kind = '{gateway}'
@@ -178,7 +179,6 @@ async def service_wallets(pool: FairPool, service_user_id: uuid.UUID, currency_i
     return row
 
 
-_KINDS = {"service": WalletKind.SERVICE.value, "gateway": WalletKind.GATEWAY.value}
 _SETTLING = ("SELECT t.id, t.type, t.status, t.service_user_id, t.from_wallet_id, t.to_wallet_id, "
              "coalesce(t.from_currency_id, t.to_currency_id) AS currency_id")
 # One round trip for a settlement's two lookups. Not on Citus: a record lives on its customer's

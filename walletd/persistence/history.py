@@ -21,7 +21,8 @@ _RAW = ("seq, id, type, status, from_wallet_id, from_currency_id, amount, to_wal
 # is the canonical form; NUMERIC(…, 10) prints all ten places; the instant in UTC with
 # microseconds), between unit separators, '' for NULL: domain.records.tx_from_line splits it. One
 # column rather than sixteen: walletd decodes 51 values a page instead of 816 (a page's CPU in
-# walletd 0.155 → 0.120 ms, PostgreSQL's unchanged, timed alone).
+# walletd 0.155 → 0.120 ms, PostgreSQL's unchanged, timed alone by hand on 2026-12-05; paired
+# runs in docs/performance.md).
 _FIELD_TEXT = {
     "id": "id::text", "type": "type", "status": "status", "from_wallet_id": "from_wallet_id::text",
     "from_currency_id": "from_currency_id::text", "amount": "amount::text", "to_wallet_id": "to_wallet_id::text",
@@ -96,8 +97,8 @@ _USER_HISTORY_OWNED = (f"SELECT 0, * FROM (SELECT {_RECORD} FROM {_page('owner_i
 
 async def wallet_page(pool: FairPool, wallet_id: uuid.UUID, before: int | None, limit: int, owner_id: uuid.UUID):
     """(records, the next page's position or None, pending records), the records as the API shows
-    them (domain.records.tx_from_line). A position is a global sequence number: the handlers seal it before a
-    client sees it. The caller has checked that owner_id owns the wallet."""
+    them (domain.records.tx_from_line). A position is a global sequence number: the handlers seal
+    it before a client sees it. The caller has checked that owner_id owns the wallet."""
     if limit + 1 > MAX_ROWS:
         raise ValueError(f"a page holds at most {MAX_ROWS - 1} records")
     if pool.distributed:
