@@ -196,14 +196,17 @@ async def test_a_worker_stopped_under_load_answers_503_and_recovers(servers, db,
     procs, session = servers
     service = await register_service_user(session, procs[0].url)
     victim_node = citus_cluster.workers[-1]
-    users = await register_funded(session, procs[1].url, service, 8)
     # Eight users hash onto one worker now and then: more are registered until each side has two.
+    on_victim: list[dict] = []
+    elsewhere: list[dict] = []
+    for user in await register_funded(session, procs[1].url, service, 8):
+        (on_victim if await worker_of(db, user["id"]) == victim_node.port else elsewhere).append(user)
     for _ in range(32):
-        on_victim = [u for u in users if await worker_of(db, u["id"]) == victim_node.port]
-        if 2 <= len(on_victim) <= len(users) - 2:
+        if len(on_victim) >= 2 and len(elsewhere) >= 2:
             break
-        users += await register_funded(session, procs[1].url, service, 1)
-    elsewhere = [u for u in users if u not in on_victim]
+        (user,) = await register_funded(session, procs[1].url, service, 1)
+        (on_victim if await worker_of(db, user["id"]) == victim_node.port else elsewhere).append(user)
+    users = on_victim + elsewhere
     assert len(on_victim) >= 2 and len(elsewhere) >= 2, "users on both workers"
     load = Load(users)
     rng = random.Random(7)

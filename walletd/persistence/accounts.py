@@ -162,18 +162,21 @@ async def claimed_wallet(pool: FairPool, user_id: uuid.UUID, wallet_id: uuid.UUI
 
 
 _KINDS = {"service": WalletKind.SERVICE.value, "gateway": WalletKind.GATEWAY.value}
-_SERVICE_WALLETS = """SELECT s.id AS service_wallet_id, g.id AS gateway_wallet_id, r.deposit_rate, r.withdraw_rate
+# A service's wallets, for a service and currency given as SQL expressions (parameters, or a
+# record's columns in _SETTLEMENT below).
+_SERVICE_WALLETS_OF = """SELECT s.id AS service_wallet_id, g.id AS gateway_wallet_id, r.deposit_rate, r.withdraw_rate
   FROM wallets s
   JOIN wallets g ON g.user_id = s.user_id AND g.currency_id = s.currency_id AND g.kind = '{gateway}'
   LEFT JOIN commission_rates r ON r.service_user_id = s.user_id AND r.currency_id = s.currency_id
  WHERE s.user_id = {service_user_id} AND s.currency_id = {currency_id} AND s.kind = '{service}'"""
+_SERVICE_WALLETS = _SERVICE_WALLETS_OF.format(service_user_id="$1", currency_id="$2", **_KINDS)
+_NO_SERVICE_WALLETS = dict.fromkeys(("service_wallet_id", "gateway_wallet_id", "deposit_rate", "withdraw_rate"))
 
 
 async def service_wallets(pool: FairPool, service_user_id: uuid.UUID, currency_id: int) -> asyncpg.Record:
     """A payment service's service and gateway wallets in a currency, and its stored commission
     rates there (None where it has none: policy.CommissionRates.stored_or_default decides)."""
-    row = await pool.fetchrow(_SERVICE_WALLETS.format(service_user_id="$1", currency_id="$2", **_KINDS),
-                              service_user_id, currency_id)
+    row = await pool.fetchrow(_SERVICE_WALLETS, service_user_id, currency_id)
     if row is None:
         raise errors.ServiceWalletNotFound()
     return row
@@ -184,8 +187,8 @@ _SETTLING = ("SELECT t.id, t.type, t.status, t.service_user_id, t.from_wallet_id
 # One round trip for a settlement's two lookups. Not on Citus: a record lives on its customer's
 # shard, the service's wallets on the service's, so the join would cross shards.
 _SETTLEMENT = (f"{_SETTLING}, w.* FROM transactions t LEFT JOIN LATERAL ("
-               + _SERVICE_WALLETS.format(service_user_id="t.service_user_id",
-                                         currency_id="coalesce(t.from_currency_id, t.to_currency_id)", **_KINDS)
+               + _SERVICE_WALLETS_OF.format(service_user_id="t.service_user_id",
+                                            currency_id="coalesce(t.from_currency_id, t.to_currency_id)", **_KINDS)
                + ") w ON true WHERE t.id = $1")
 
 
@@ -198,10 +201,8 @@ async def settlement_lookup(pool: FairPool, transaction_id: uuid.UUID) -> Mappin
     found = await pool.fetchrow(f"{_SETTLING} FROM transactions t WHERE t.id = $1", transaction_id)
     if found is None:
         return None
-    service = await pool.fetchrow(_SERVICE_WALLETS.format(service_user_id="$1", currency_id="$2", **_KINDS),
-                                  found["service_user_id"], found["currency_id"])
-    nothing = dict.fromkeys(("service_wallet_id", "gateway_wallet_id", "deposit_rate", "withdraw_rate"))
-    return {**found, **(service or nothing)}
+    service = await pool.fetchrow(_SERVICE_WALLETS, found["service_user_id"], found["currency_id"])
+    return {**found, **(service or _NO_SERVICE_WALLETS)}
 
 
 async def create_external_wallet(pool: FairPool, user_id: uuid.UUID, name: str, currency_id: int) -> asyncpg.Record:
