@@ -40,6 +40,9 @@ class JournalSealer:
 
     async def seal_once(self) -> int:
         async with self.pool.acquire() as conn:
+            # Before reading the new entries: their postings and records are found through BRIN
+            # ranges, and a range without a summary is read by every sealing and audit read.
+            await chain.summarize_new_ranges(conn)
             result = await chain.seal_pending(conn, self.batch)
         if result.sealed:
             metrics.JOURNAL_SEALED.inc(result.sealed)

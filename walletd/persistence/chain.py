@@ -44,6 +44,13 @@ async def seal_pending(conn, max_entries: int = SEAL_BATCH) -> SealRound:
     return SealRound(row["sealed"], head)
 
 
+async def summarize_new_ranges(conn) -> int:
+    """Summarizes the full BRIN block ranges added to postings and transactions since the last call
+    (migration 0013), so the sealer's and the self-audit's reads by entry id skip them; returns how
+    many it summarized."""
+    return await conn.fetchval("SELECT walletd_summarize_chain_ranges()")
+
+
 async def seals_after(conn, after_seq: int, limit: int = READ_BATCH) -> list[Seal]:
     rows = await conn.fetch("SELECT seq, entry_id, entry_xid::text::bigint, prev_hash, hash FROM journal_seals "
                             "WHERE seq > $1 ORDER BY seq LIMIT $2", after_seq, limit)
