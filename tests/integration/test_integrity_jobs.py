@@ -4,10 +4,12 @@ are told to wait an hour), and their settings refused at start when they make no
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import uuid
 
+import asyncpg
 import pytest
 
 from tests.conftest import (
@@ -21,8 +23,10 @@ from tests.conftest import (
     walletd_command,
 )
 from walletd.appkeys import pool_key
+from walletd.integrity import verify
 from walletd.jobs.journal_sealer import JournalSealer
 from walletd.jobs.self_audit import SelfAudit
+from walletd.persistence import chain
 
 IDLE = {"seal_interval_seconds": 3600.0, "audit_interval_seconds": 3600.0, "audit_full_interval_seconds": 3600.0}
 
@@ -100,3 +104,65 @@ async def test_a_nonsense_integrity_setting_stops_serve_naming_the_variable(data
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2, out.decode()
     assert variable in out.decode()
+
+
+
+def backend_xmin_from_another_thread(database_url: str, pid: int) -> tuple:
+    """What PostgreSQL says of a backend's snapshot and xid, asked while this event loop is busy."""
+    async def ask():
+        conn = await asyncpg.connect(database_url)
+        try:
+            return tuple(await conn.fetchrow("SELECT backend_xmin, backend_xid FROM pg_stat_activity WHERE pid = $1",
+                                             pid))
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, ask()).result(timeout=30)
+
+
+async def test_a_pass_holds_no_snapshot_while_it_hashes(make_client, database_url, monkeypatch):
+    # A snapshot held through the hashing keeps PostgreSQL from pruning the rows updated meanwhile.
+    client = await make_client(**IDLE)
+    pool = client.app[pool_key]
+    service = await register_service(client)
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    await fund(client, alice, service, 1, "50")
+    assert (await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "1")).status == 200
+    await seal_everything(pool)
+    read_entries, check_seals = chain.read_entries, verify.check_seals
+    reader, while_hashing = [], []
+
+    async def observed_read(conn, ids):
+        reader.append(conn.get_server_pid())
+        return await read_entries(conn, ids)
+
+    def observed_hashing(before, seals, entries):
+        while_hashing.append(backend_xmin_from_another_thread(database_url, reader[-1]))
+        return check_seals(before, seals, entries)
+
+    monkeypatch.setattr(chain, "read_entries", observed_read)
+    monkeypatch.setattr(verify, "check_seals", observed_hashing)
+    assert await SelfAudit(pool, interval=3600, full_interval=3600).incremental_pass() == 2  # funding, transfer
+    assert while_hashing == [(None, None)]
+
+
+async def test_a_pass_that_fails_midway_leaves_its_lock_to_the_next(make_client, db, monkeypatch):
+    # The lock is the session's: a pass that fails must release it before its connection goes back.
+    client = await make_client(**IDLE)
+    pool = client.app[pool_key]
+    service = await register_service(client)
+    alice = await register(client, "alice")
+    await fund(client, alice, service, 1, "5")
+    await seal_everything(pool)
+    read_entries = chain.read_entries
+
+    async def broken(conn, ids):
+        raise RuntimeError("a bug while reading")
+
+    monkeypatch.setattr(chain, "read_entries", broken)
+    with pytest.raises(RuntimeError):
+        await SelfAudit(pool, interval=3600, full_interval=3600).incremental_pass()
+    assert await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    monkeypatch.setattr(chain, "read_entries", read_entries)
+    assert await SelfAudit(pool, interval=3600, full_interval=3600).incremental_pass() == 1

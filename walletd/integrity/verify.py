@@ -53,14 +53,19 @@ class Segment:
 
 
 async def check_after(conn, previous: Seal | None, limit: int = chain.READ_BATCH) -> Segment:
-    """The next `limit` seals after `previous`; inside a transaction opened by chain.reading (or set up
-    like it)."""
+    """The next `limit` seals after `previous`, on a connection outside any transaction: each part is
+    read in a short transaction of its own and hashed once it has ended. A snapshot held while
+    Python hashes (even the last statement's, which a transaction keeps until its next statement)
+    keeps PostgreSQL from pruning the dead versions of the rows updated meanwhile (a payment
+    service's wallets, once per batch), and every update of them walks those versions. Sealed
+    entries do not change, so parts read at different instants check the same chain."""
     seals = await chain.seals_after(conn, previous.seq if previous else 0, limit)
     segment = Segment([], [], [], seals[-1] if seals else previous, len(seals))
     before, start, step = previous, 0, min(FIRST_READ, ENTRIES_PER_READ)
     while start < len(seals):
         part = seals[start:start + step]
-        entries = await chain.read_entries(conn, [s.entry_id for s in part])
+        async with chain.reading(conn, "repeatable_read"):  # an entry's postings and records of one instant
+            entries = await chain.read_entries(conn, [s.entry_id for s in part])
         for first in range(0, len(part), HASHED_BETWEEN_YIELDS):
             if first:
                 await asyncio.sleep(0)  # the requests this process serves wait for no more than one slice
@@ -99,7 +104,7 @@ async def audit_chain(source, expect_head: bytes | None = None, *, inserted_limi
     result = ChainAudit()
     previous: Seal | None = None
     while True:
-        async with _connection(source) as conn, chain.reading(conn):  # a short transaction per segment
+        async with _connection(source) as conn:
             segment = await check_after(conn, previous)
         if segment.count == 0:
             break

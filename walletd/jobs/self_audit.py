@@ -2,8 +2,10 @@
 journal every full interval. A problem is recorded once (audit_problems, keyed by what it is about)
 and logged once, as `audit.problem` at error level; it stays until an operator deletes its row.
 
-Incremental pass, every interval, by one process at a time (a transaction-level advisory lock; the
-others only read the results for their metrics), through the seals added since the last pass:
+Incremental pass, every interval, by one process at a time (an advisory lock; the others only read
+the results for their metrics), through the seals added since the last pass, a batch at a time:
+read and hashed outside any transaction, then the balances checked, the problems stored and the
+cursor moved in one short transaction (see _step):
 - chain: each new seal against its entry (walletd/domain/chain.py), each new entry balanced;
 - balances: audit_balances holds, per wallet, the sums of the postings of every entry verified so
   far. Once the pass has reached the chain's head, every wallet the new entries touch, or the
@@ -18,6 +20,7 @@ every check of `walletd audit` (find_problems), which also sees wallets no new e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from decimal import Decimal
 
@@ -30,7 +33,7 @@ from walletd.integrity import verify
 from walletd.logs import get_logger
 from walletd.persistence import chain
 from walletd.persistence.audit import find_keyed_problems
-from walletd.persistence.db import FairPool
+from walletd.persistence.db import FairPool, discard
 
 log = get_logger("walletd.audit")
 
@@ -42,6 +45,22 @@ Problem = tuple[str, str]  # (key, text)
 
 class _Overtaken(Exception):
     """The cursor is no longer where this pass found it."""
+
+
+@contextlib.asynccontextmanager
+async def _pass_lock(conn):
+    """The incremental pass's lock, held by the session (its reads run in transactions of their own)
+    and released before the connection goes back to the pool, which resets nothing; yields whether
+    it was taken. It also excludes the previous release, which takes it per transaction."""
+    taken = await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_ID)
+    try:
+        yield taken
+    finally:
+        if taken:
+            try:
+                await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_ID)
+            except Exception:  # noqa: BLE001 - closing the session releases the lock with it
+                discard(conn)
 
 
 class SelfAudit:
@@ -77,22 +96,25 @@ class SelfAudit:
                 return checked
 
     async def _step(self) -> tuple[int, bool] | None:
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, _pass_lock(conn) as taken:
+            if not taken:
+                return None
             try:
-                # Repeatable read: the balance check compares wallets, postings and holds of one instant.
+                # Read and hashed outside any transaction (verify.check_after says why)...
+                cursor, segment, problems = await self._check_next(conn)
+                # ...then the balance check compares wallets, postings and holds of one instant.
                 async with conn.transaction(isolation="repeatable_read"):
-                    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", LOCK_ID):
-                        return None
-                    await conn.execute("SET LOCAL enable_nestloop = off")  # see chain.read_entries
-                    count, caught_up, stored = await self._check_next(conn)
+                    await conn.execute(chain.PLAN_FOR_READS)
+                    count, caught_up, stored = await self._settle_segment(conn, cursor, segment, problems)
             except (asyncpg.SerializationError, _Overtaken):
-                # Another process's pass committed after this snapshot was taken (the lock came
-                # free in between): its cursor is newer, and updating ours failed. Nothing written.
+                # The cursor moved after this pass read it (a process of the previous release, or an
+                # operator): its cursor is newer, and updating ours failed. Nothing written.
                 return None
         log_stored(stored)
         return count, caught_up
 
-    async def _check_next(self, conn) -> tuple[int, bool, list[Problem]]:
+    async def _check_next(self, conn) -> tuple[int, verify.Segment, list[Problem]]:
+        """The seals after the cursor, checked against their entries (nothing written)."""
         cursor = await conn.fetchval("SELECT verified_seq FROM audit_cursor")
         if cursor is None:
             raise _Overtaken()  # no cursor row: run() creates it
@@ -103,6 +125,12 @@ class SelfAudit:
                                                         "checked, was removed"))
         segment = await verify.check_after(conn, previous, self.batch)
         problems += [(p.key, str(p)) for p in segment.problems]
+        return cursor, segment, problems
+
+    async def _settle_segment(self, conn, cursor: int, segment: verify.Segment,
+                              problems: list[Problem]) -> tuple[int, bool, list[Problem]]:
+        """The checked segment's balances, its problems stored and the cursor moved past it, in one
+        transaction."""
         problems += await _entry_problems(conn, segment)
         sealed = await chain.posting_sums(conn, segment.entry_ids)
         head_seq = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM journal_seals")

@@ -92,7 +92,7 @@ SELECT DISTINCT t.entry_id,
 
 async def read_entries(conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, Entry]:
     """These journal entries with their postings and their records (those no longer pending); an id
-    with no entry is simply absent. Needs enable_nestloop off in the caller's transaction (see
+    with no entry is simply absent. Needs PLAN_FOR_READS in the caller's transaction (see
     `reading`): the id range looks tiny to the planner, which then probes the id list per row."""
     if not ids:
         return {}
@@ -136,11 +136,18 @@ _UNBALANCED = f"""
 SELECT p.entry_id, p.currency_id {_OF_ENTRIES} GROUP BY p.entry_id, p.currency_id HAVING sum(p.amount) <> 0"""
 
 
+# For the reads by entry id (read_entries, posting_sums, unbalanced), inside the caller's transaction:
+# no nested loops (see read_entries), and no parallel workers: these reads are background work, and
+# workers spread it over the cores the requests need (the self-audit's reads started two or three
+# workers each during a settlement burst; pg_stat_activity, 2026-12-05).
+PLAN_FOR_READS = "SET LOCAL enable_nestloop = off; SET LOCAL max_parallel_workers_per_gather = 0"
+
+
 @contextlib.asynccontextmanager
 async def reading(conn, isolation: str = "read_committed"):
     """A read-only transaction planned for read_entries (SET LOCAL ends with it)."""
     async with conn.transaction(isolation=isolation, readonly=True):
-        await conn.execute("SET LOCAL enable_nestloop = off")
+        await conn.execute(PLAN_FOR_READS)
         yield conn
 
 
