@@ -1,6 +1,7 @@
 """The sealer keeps the chain's BRIN indexes summarized (migration 0013): every full block range at
 the end of postings gets its summary before the next seal, the last, partial one never (inserts
-into it would have to update a summary), and a range VACUUM holds is left to it.
+into it would have to update a summary), a range VACUUM holds is left to it, and a database that
+refuses summarizing still gets its entries sealed.
 
 Each test has a database of its own, with autovacuum off on postings: only walletd summarizes."""
 
@@ -90,3 +91,15 @@ async def test_a_range_locked_by_vacuum_is_left_to_it_and_summarized_by_a_later_
     finally:
         await vacuum.close()
     assert await db.fetchval("SELECT walletd_summarize_chain_ranges()") == 1
+
+
+async def test_a_database_that_refuses_summarizing_still_gets_its_entries_sealed(make_client, db, log_tap):
+    sealer, wallet = await setup(make_client, db)
+    await db.execute("""CREATE OR REPLACE FUNCTION walletd_summarize_chain_ranges() RETURNS integer
+                        LANGUAGE plpgsql AS $$ BEGIN RAISE insufficient_privilege USING MESSAGE = 'not the owner';
+                        END $$""")
+    await add_postings_until(db, wallet, 5)
+    assert await sealer.seal_once() > 0
+    assert await sealer.seal_once() == 0  # nothing new; refused again, not logged again
+    refused = [line for line in log_tap.lines if '"journal.summarize_refused"' in line]
+    assert len(refused) == 1 and "not the owner" in refused[0]
