@@ -106,7 +106,6 @@ async def test_a_nonsense_integrity_setting_stops_serve_naming_the_variable(data
     assert variable in out.decode()
 
 
-
 def backend_xmin_from_another_thread(database_url: str, pid: int) -> tuple:
     """What PostgreSQL says of a backend's snapshot and xid, asked while this event loop is busy."""
     async def ask():
@@ -163,6 +162,7 @@ async def test_a_pass_that_fails_midway_leaves_its_lock_to_the_next(make_client,
     monkeypatch.setattr(chain, "read_entries", broken)
     with pytest.raises(RuntimeError):
         await SelfAudit(pool, interval=3600, full_interval=3600).incremental_pass()
-    assert await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    assert await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                             "(SELECT oid FROM pg_database WHERE datname = current_database())") == 0
     monkeypatch.setattr(chain, "read_entries", read_entries)
     assert await SelfAudit(pool, interval=3600, full_interval=3600).incremental_pass() == 1
