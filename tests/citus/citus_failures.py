@@ -199,13 +199,16 @@ async def test_a_worker_stopped_under_load_answers_503_and_recovers(servers, db,
     # Eight users hash onto one worker now and then: more are registered until each side has two.
     on_victim: list[dict] = []
     elsewhere: list[dict] = []
-    for user in await register_funded(session, procs[1].url, service, 8):
-        (on_victim if await worker_of(db, user["id"]) == victim_node.port else elsewhere).append(user)
+
+    async def place(users: list[dict]) -> None:
+        for user in users:
+            (on_victim if await worker_of(db, user["id"]) == victim_node.port else elsewhere).append(user)
+
+    await place(await register_funded(session, procs[1].url, service, 8))
     for _ in range(32):
         if len(on_victim) >= 2 and len(elsewhere) >= 2:
             break
-        (user,) = await register_funded(session, procs[1].url, service, 1)
-        (on_victim if await worker_of(db, user["id"]) == victim_node.port else elsewhere).append(user)
+        await place(await register_funded(session, procs[1].url, service, 1))
     users = on_victim + elsewhere
     assert len(on_victim) >= 2 and len(elsewhere) >= 2, "users on both workers"
     load = Load(users)

@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 
 from tests.conftest import create_database, register
+from tests.integration.test_integrity_jobs import IDLE
 from walletd.appkeys import pool_key
 from walletd.jobs.journal_sealer import JournalSealer
 
-IDLE = {"seal_interval_seconds": 3600.0, "audit_interval_seconds": 3600.0, "audit_full_interval_seconds": 3600.0}
 PAGES_PER_RANGE = 32  # the BRIN indexes' (migration 0011)
 
 

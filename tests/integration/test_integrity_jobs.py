@@ -44,12 +44,17 @@ async def seal_everything(pool) -> int:
     return total
 
 
-async def test_an_entry_altered_between_its_seal_and_its_check_is_named_by_the_next_pass(make_client, db, log_tap):
+async def alice_funded(make_client, amount: str) -> tuple:
+    """An app whose jobs wait an hour, and alice funded with `amount` by a payment service; bob unfunded."""
     client = await make_client(**IDLE)
-    pool = client.app[pool_key]
     service = await register_service(client)
     alice, bob = await register(client, "alice"), await register(client, "bob")
-    await fund(client, alice, service, 1, "50")
+    await fund(client, alice, service, 1, amount)
+    return client, client.app[pool_key], alice, bob
+
+
+async def test_an_entry_altered_between_its_seal_and_its_check_is_named_by_the_next_pass(make_client, db, log_tap):
+    client, pool, alice, bob = await alice_funded(make_client, "50")
     audit = SelfAudit(pool, interval=3600, full_interval=3600)
     # the app's own jobs ran once at start, before anything existed; seal and check the funding
     await seal_everything(pool)
@@ -75,11 +80,7 @@ async def test_an_entry_altered_between_its_seal_and_its_check_is_named_by_the_n
 
 
 async def test_a_pass_overtaken_by_another_process_changes_nothing(make_client, db):
-    client = await make_client(**IDLE)
-    pool = client.app[pool_key]
-    service = await register_service(client)
-    alice = await register(client, "alice")
-    await fund(client, alice, service, 1, "5")
+    _, pool, alice, _ = await alice_funded(make_client, "5")
     await seal_everything(pool)
     unchecked = await db.fetchval("SELECT count(*) - (SELECT verified_seq FROM audit_cursor) FROM journal_seals")
     first, second = SelfAudit(pool, 3600, 3600), SelfAudit(pool, 3600, 3600)
@@ -122,11 +123,7 @@ def backend_xmin_from_another_thread(database_url: str, pid: int) -> tuple:
 
 async def test_a_pass_holds_no_snapshot_while_it_hashes(make_client, database_url, monkeypatch):
     # A snapshot held through the hashing keeps PostgreSQL from pruning the rows updated meanwhile.
-    client = await make_client(**IDLE)
-    pool = client.app[pool_key]
-    service = await register_service(client)
-    alice, bob = await register(client, "alice"), await register(client, "bob")
-    await fund(client, alice, service, 1, "50")
+    client, pool, alice, bob = await alice_funded(make_client, "50")
     assert (await api_transfer(client, alice, 1, bob["wallets"][1]["id"], "1")).status == 200
     await seal_everything(pool)
     read_entries, check_seals = chain.read_entries, verify.check_seals
@@ -148,11 +145,7 @@ async def test_a_pass_holds_no_snapshot_while_it_hashes(make_client, database_ur
 
 async def test_a_pass_that_fails_midway_leaves_its_lock_to_the_next(make_client, db, monkeypatch):
     # The lock is the session's: a pass that fails must release it before its connection goes back.
-    client = await make_client(**IDLE)
-    pool = client.app[pool_key]
-    service = await register_service(client)
-    alice = await register(client, "alice")
-    await fund(client, alice, service, 1, "5")
+    _, pool, _, _ = await alice_funded(make_client, "5")
     await seal_everything(pool)
     read_entries = chain.read_entries
 
