@@ -6,7 +6,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from walletd import metrics
-from walletd.appkeys import breaker_key, database_url_key, keys_key, settings_key, targets_key, tokens_key
+from walletd.appkeys import (
+    breaker_key,
+    database_url_key,
+    keys_key,
+    load_key,
+    settings_key,
+    targets_key,
+    tokens_key,
+)
 from walletd.auth.tokens import TokenIssuer
 from walletd.config import Settings, check_jwt_secret
 from walletd.handlers import endpoint, identity, meta, openapi
@@ -14,6 +22,7 @@ from walletd.handlers.errors import catalogue
 from walletd.handlers.middleware import read_body_within, request_context
 from walletd.handlers.proxies import TrustedProxies
 from walletd.handlers.routes import ROUTE_TABLES
+from walletd.jobs.request_load import RequestLoad
 from walletd.keys import ServerKeys
 from walletd.persistence.breaker import DatabaseBreaker
 from walletd.resources import (
@@ -47,6 +56,7 @@ def create_app(settings: Settings, database_url: str, jwt_secret: str) -> web.Ap
     app[settings_key] = settings
     app[database_url_key] = database_url
     app[breaker_key] = DatabaseBreaker()
+    app[load_key] = RequestLoad()
     app[tokens_key] = TokenIssuer(check_jwt_secret(jwt_secret, "WALLETD_JWT_SECRET"), settings.token_ttl_seconds,
                                   settings.jwt_secret_previous)
     app[keys_key] = ServerKeys(settings.secrets_key)

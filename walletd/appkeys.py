@@ -11,6 +11,7 @@ from walletd.auth.passwords import PasswordPool
 from walletd.auth.throttle import LoginThrottle
 from walletd.auth.tokens import TokenIssuer
 from walletd.config import Settings
+from walletd.jobs.request_load import RequestLoad
 from walletd.jobs.webhook_delivery import WebhookDispatcher
 from walletd.keys import ServerKeys
 from walletd.persistence.breaker import DatabaseBreaker
@@ -32,6 +33,7 @@ breaker_key = web.AppKey("database_breaker", DatabaseBreaker)  # this app's view
 passwords_key = web.AppKey("passwords", PasswordPool)
 throttle_key = web.AppKey("login_throttle", LoginThrottle)
 dispatcher_key = web.AppKey("webhook_dispatcher", WebhookDispatcher)
+load_key = web.AppKey("request_load", RequestLoad)  # the requests in flight: background checks wait for none
 openapi_key = web.AppKey("openapi", bytes)  # the OpenAPI document, rendered once
 
 request_id_key = web.RequestKey("request_id", str)  # walletd's own, random: what the journal records

@@ -89,6 +89,8 @@ AUDIT_VERIFIED = Counter("walletd_audit_verified_entries", "New journal entries 
                          "balances, holds)")
 AUDIT_PROBLEMS = Gauge("walletd_audit_problems", "Problems the self-audit has found and nobody has cleared yet "
                        "(rows of audit_problems)", multiprocess_mode="mostrecent")
+AUDIT_WAITED = Counter("walletd_audit_waited_seconds", "Seconds the self-audit's passes waited for a moment with "
+                       "no request in flight in this process (WALLETD_AUDIT_MAX_WAIT_SECONDS bounds each pass)")
 AUDIT_LAST_SUCCESS = Gauge("walletd_audit_last_success_timestamp_seconds", "When the self-audit last completed "
                            "a pass (Unix time)", multiprocess_mode="mostrecent")
 

@@ -21,6 +21,7 @@ from walletd.appkeys import (
     http_key,
     keys_key,
     ledger_key,
+    load_key,
     pool_key,
     registry_key,
     settings_key,
@@ -149,7 +150,8 @@ async def journal_jobs_ctx(app: web.Application):
     before the pool closes."""
     settings = app[settings_key]
     sealer = JournalSealer(app[pool_key], settings.seal_interval_seconds, settings.head_log_interval_seconds)
-    audit = SelfAudit(app[pool_key], settings.audit_interval_seconds, settings.audit_full_interval_seconds)
+    audit = SelfAudit(app[pool_key], settings.audit_interval_seconds, settings.audit_full_interval_seconds,
+                      load=app[load_key], max_wait=settings.audit_max_wait_seconds)
     breaker = app[breaker_key]
     tasks = [start_supervised("journal_sealer", sealer.run, breaker=breaker),
              start_supervised("self_audit", audit.run, breaker=breaker)]

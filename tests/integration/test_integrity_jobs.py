@@ -96,6 +96,7 @@ async def test_a_pass_overtaken_by_another_process_changes_nothing(make_client, 
 @pytest.mark.parametrize("variable, value", [
     ("WALLETD_SEAL_INTERVAL_SECONDS", "0"), ("WALLETD_HEAD_LOG_INTERVAL_SECONDS", "soon"),
     ("WALLETD_AUDIT_INTERVAL_SECONDS", "-1"), ("WALLETD_AUDIT_FULL_INTERVAL_SECONDS", "inf"),
+    ("WALLETD_AUDIT_MAX_WAIT_SECONDS", "-0.5"),
 ])
 async def test_a_nonsense_integrity_setting_stops_serve_naming_the_variable(database_url, variable, value):
     env = {**os.environ, "DATABASE_URL": database_url, "WALLETD_JWT_SECRET": JWT_SECRET, variable: value}

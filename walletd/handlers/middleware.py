@@ -11,7 +11,7 @@ import time
 from aiohttp import web
 
 from walletd import logs, metrics
-from walletd.appkeys import breaker_key, challenge_key, principal_key, request_id_key, settings_key
+from walletd.appkeys import breaker_key, challenge_key, load_key, principal_key, request_id_key, settings_key
 from walletd.config import ConfigError
 from walletd.domain.errors import DomainError, Unavailable
 from walletd.handlers.disconnects import CLIENT_GONE, client_aborted, client_went_away
@@ -71,10 +71,14 @@ async def request_context(request: web.Request, handler):
     else:
         logs.bind_request(request_id=request_id, client_request_id=theirs)
     started = time.perf_counter()
+    load = request.app[load_key]
+    load.in_flight += 1
     try:
         response = await handler(request)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
         response = error_for(exc, request)
+    finally:
+        load.in_flight -= 1
     response.headers["X-Request-ID"] = request_id
     response.headers["Server"] = "walletd"  # no versions: they only help an attacker pick an exploit
     route = request.match_info.route.resource

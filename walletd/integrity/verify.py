@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -97,13 +98,17 @@ class ChainAudit:
                 f"{self.unsealed} newer entries not sealed yet")
 
 
-async def audit_chain(source, expect_head: bytes | None = None, *, inserted_limit: int = 100) -> ChainAudit:
+async def audit_chain(source, expect_head: bytes | None = None, *, inserted_limit: int = 100,
+                      pace: Callable[[], Awaitable[None]] | None = None) -> ChainAudit:
     """The whole chain, from seal 1 to the head, then the entries inserted inside it and, given an
     expected head, whether the chain still holds it. `source` is a connection, or a pool to take one
-    from per segment (a long walk then never holds a connection others wait for)."""
+    from per segment (a long walk then never holds a connection others wait for); `pace`, awaited
+    before each segment, lets the self-audit wait for quiet moments."""
     result = ChainAudit()
     previous: Seal | None = None
     while True:
+        if pace is not None:
+            await pace()
         async with _connection(source) as conn:
             segment = await check_after(conn, previous)
         if segment.count == 0:

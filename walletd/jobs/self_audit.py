@@ -15,6 +15,11 @@ cursor moved in one short transaction (see _step):
 Full pass, every full interval, claimed by one process through audit_cursor.full_pass_at: the whole
 chain again (an entry altered after its first check), entries inserted inside the sealed part, and
 every check of `walletd audit` (find_problems), which also sees wallets no new entry touched.
+Both passes check what is already committed and sealed, so they give way to requests: before each
+batch a pass waits for a moment with no request in flight in this process, up to
+WALLETD_AUDIT_MAX_WAIT_SECONDS in all (request_load.py); a burst's answers then do not queue behind
+the hashing, and under sustained load a pass runs at most that late. The sealer does not wait: an
+entry is tamper-evident only once sealed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from walletd import metrics
 from walletd.domain.money import fmt
 from walletd.domain.vocabulary import Bucket
 from walletd.integrity import verify
+from walletd.jobs.request_load import QuietWait, RequestLoad
 from walletd.logs import get_logger
 from walletd.persistence import chain
 from walletd.persistence.audit import find_keyed_problems
@@ -64,11 +70,14 @@ async def _pass_lock(conn):
 
 
 class SelfAudit:
-    def __init__(self, pool: FairPool, interval: float, full_interval: float, batch: int = chain.READ_BATCH) -> None:
+    def __init__(self, pool: FairPool, interval: float, full_interval: float, batch: int = chain.READ_BATCH,
+                 *, load: RequestLoad | None = None, max_wait: float = 0.0) -> None:
         self.pool = pool
         self.interval = interval
         self.full_interval = full_interval
         self.batch = batch
+        self.load = load  # this process's requests: each pass waits up to max_wait for moments with none
+        self.max_wait = max_wait
 
     async def run(self) -> None:
         """Passes until cancelled (run it under walletd.jobs.supervision)."""
@@ -85,7 +94,9 @@ class SelfAudit:
         """Checks every seal added since the last pass, a batch per transaction; returns how many
         this process checked (0 when another process holds the pass)."""
         checked = 0
+        quiet = QuietWait(self.load, self.max_wait)
         while True:
+            await quiet()
             step = await self._step()
             if step is None:
                 return checked
@@ -163,7 +174,7 @@ class SelfAudit:
                RETURNING true""", float(self.full_interval))
         if not claimed:
             return False
-        result = await verify.audit_chain(self.pool)
+        result = await verify.audit_chain(self.pool, pace=QuietWait(self.load, self.max_wait))
         problems = [(p.key, str(p)) for p in result.problems]
         async with self.pool.acquire() as conn:
             problems += await find_keyed_problems(conn)
