@@ -79,7 +79,7 @@ class Settings:
     head_log_interval_seconds: float = 300.0
     audit_interval_seconds: float = 10.0
     audit_full_interval_seconds: float = 3600.0
-    audit_max_wait_seconds: float = 30.0
+    audit_max_wait_seconds: float = 10.0
 
     @property
     def rates_max_age(self) -> timedelta:
@@ -151,7 +151,7 @@ class Settings:
             head_log_interval_seconds=read.number("WALLETD_HEAD_LOG_INTERVAL_SECONDS", 300.0, minimum=1.0),
             audit_interval_seconds=read.number("WALLETD_AUDIT_INTERVAL_SECONDS", 10.0, minimum=0.1),
             audit_full_interval_seconds=read.number("WALLETD_AUDIT_FULL_INTERVAL_SECONDS", 3600.0, minimum=1.0),
-            audit_max_wait_seconds=read.number("WALLETD_AUDIT_MAX_WAIT_SECONDS", 30.0, minimum=0.0),
+            audit_max_wait_seconds=read.number("WALLETD_AUDIT_MAX_WAIT_SECONDS", 10.0, minimum=0.0),
         )
         if settings.operator_key_previous and not settings.operator_key:
             raise ConfigError("WALLETD_OPERATOR_KEY_PREVIOUS is set but WALLETD_OPERATOR_KEY is not: a rotation "
