@@ -5,12 +5,12 @@
 -- computed inside the query: its statements are planned for any ids, so the planner cannot see how
 -- narrow that range is. After the full `make bench` set-up (a million bulk-loaded history rows whose
 -- ids share one random prefix, then other runs' rows and 100,000 wallets' bonuses, so the ids
--- hardly follow the tables' order: correlation 0.10 and 0.15) that plan read both tables whole, in parallel: 349 ms for the 1,000 newest entries against 24 ms
--- through the BRIN ranges (EXPLAIN ANALYZE of the function's body as a generic plan), and 87–96 ms
--- per sealing call during the settlement burst against 24–27 ms in smaller set-ups
--- (pg_stat_statements; 386,700 blocks read from outside shared buffers in 18 calls). The range a
--- batch of consecutive entries asks for is narrow by construction, so the ranges are always the
--- cheaper read; with sequential scans off inside the function they are the only one. On Citus,
--- `walletd migrate` installs the Citus edition over this (persistence/citus/distribute.py); its
--- workers plan their own shards.
+-- hardly follow the tables' order: correlation 0.10 and 0.15) that plan read both tables whole, in
+-- parallel: 349 ms for the 1,000 newest entries against 24 ms through the BRIN ranges (EXPLAIN
+-- ANALYZE of the function's body as a generic plan), and 87–96 ms per sealing call during the
+-- settlement burst against 24–27 ms in smaller set-ups (pg_stat_statements; 386,700 blocks read
+-- from outside shared buffers in 18 calls). The range a batch of consecutive entries asks for is
+-- narrow by construction, so the ranges are always the cheaper read; with sequential scans off
+-- inside the function they are the only one. On Citus, `walletd migrate` installs the Citus
+-- edition over this (persistence/citus/distribute.py); its workers plan their own shards.
 ALTER FUNCTION walletd_chain_bodies(uuid[]) SET enable_seqscan = off;
