@@ -48,7 +48,7 @@ async def world(database_url, citus_cluster):
     # The tests seal, and say when: the app's own sealer and self-audit run once at start only.
     settings = Settings(database_url=database_url, jwt_secret=JWT_SECRET, operator_key=OPERATOR_KEY,
                         secrets_key=SECRETS_KEY, pool_size=4, seal_interval_seconds=3600,
-                        audit_interval_seconds=3600)
+                        audit_interval_seconds=3600, audit_max_wait_seconds=0.0)
     client = TestClient(TestServer(create_app(settings, database_url, JWT_SECRET)))
     await client.start_server()
     conn = await asyncpg.connect(database_url)
