@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-from tests.conftest import create_database, fund, register, register_service
-from tests.integration.test_integrity_jobs import IDLE, seal_everything
-from walletd.appkeys import load_key, pool_key
+from tests.conftest import create_database
+from tests.integration.test_integrity_jobs import alice_funded, seal_everything
+from walletd.appkeys import load_key
 from walletd.jobs.self_audit import SelfAudit
 
 
@@ -23,10 +23,7 @@ async def database_url(admin_url) -> str:
 
 async def funded_app(make_client):
     """An app whose own jobs wait an hour and whose slow bodies may take a minute; alice funded, sealed."""
-    client = await make_client(**IDLE, body_timeout_seconds=60.0)
-    service = await register_service(client)
-    await fund(client, await register(client, "alice"), service, 1, "50")
-    pool = client.app[pool_key]
+    client, pool, _, _ = await alice_funded(make_client, "50", body_timeout_seconds=60.0)
     return client, pool, await seal_everything(pool)
 
 

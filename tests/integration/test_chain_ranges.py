@@ -14,8 +14,8 @@ import uuid
 import asyncpg
 import pytest
 
-from tests.conftest import api_transfer, create_database, fund, register, register_service
-from tests.integration.test_integrity_jobs import IDLE
+from tests.conftest import api_transfer, create_database, register
+from tests.integration.test_integrity_jobs import IDLE, alice_funded
 from walletd.appkeys import pool_key
 from walletd.jobs.journal_sealer import JournalSealer
 
@@ -114,10 +114,7 @@ async def blocks_touched(db) -> int:
 
 
 async def test_the_sealer_reads_through_the_ranges_whatever_the_planner_would_rather_do(make_client, db):
-    client = await make_client(**IDLE)
-    service = await register_service(client)
-    alice, bob = await register(client, "alice"), await register(client, "bob")
-    await fund(client, alice, service, 1, "100")
+    client, _, alice, bob = await alice_funded(make_client, "100")
     # 120,000 entries with their records, as history bulk-loaded or imported from elsewhere; the
     # second half's ids sort before the first half's, so the ids no longer follow the tables' order.
     for prefix in ("01000000-0000-7000-8000-", "00000000-0000-4000-8000-"):

@@ -47,9 +47,10 @@ async def seal_everything(pool) -> int:
     return total
 
 
-async def alice_funded(make_client, amount: str) -> tuple:
-    """An app whose jobs wait an hour, and alice funded with `amount` by a payment service; bob unfunded."""
-    client = await make_client(**IDLE)
+async def alice_funded(make_client, amount: str, **settings) -> tuple:
+    """An app whose jobs wait an hour (and `settings`), and alice funded with `amount` by a payment
+    service; bob unfunded."""
+    client = await make_client(**IDLE, **settings)
     service = await register_service(client)
     alice, bob = await register(client, "alice"), await register(client, "bob")
     await fund(client, alice, service, 1, amount)

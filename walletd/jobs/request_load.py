@@ -22,7 +22,8 @@ class RequestLoad:
 
 class QuietWait:
     """Waits, each time it is awaited, until no request is in flight, for at most `budget` seconds
-    over all its waits; once spent, it returns at once."""
+    over all its waits; once spent, it returns at once. The self-audit's only: what it waits is
+    counted in walletd_audit_waited_seconds_total."""
 
     def __init__(self, load: RequestLoad | None, budget: float) -> None:
         self.load = load

@@ -11,6 +11,7 @@
 -- settlement burst against 24–27 ms in smaller set-ups (pg_stat_statements; 386,700 blocks read
 -- from outside shared buffers in 18 calls). The range a batch of consecutive entries asks for is
 -- narrow by construction, so the ranges are always the cheaper read; with sequential scans off
--- inside the function they are the only one. On Citus, `walletd migrate` installs the Citus
--- edition over this (persistence/citus/distribute.py); its workers plan their own shards.
+-- inside the function they are the only one (a later CREATE OR REPLACE must keep the SET). On
+-- Citus, `walletd migrate` installs the Citus edition over this (persistence/citus/distribute.py);
+-- its workers plan their own shards.
 ALTER FUNCTION walletd_chain_bodies(uuid[]) SET enable_seqscan = off;
