@@ -6,6 +6,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import sys
+
+import yarl
 
 from walletd.auth.tokens import TokenIssuer
 from walletd.logs import get_logger
@@ -19,10 +22,24 @@ def release_memory(ledger: PgLedger, tokens: TokenIssuer) -> None:
     (glibc keeps freed arenas otherwise), so RSS falls back once a burst of wallets goes idle."""
     ledger.forget()
     tokens.forget()
+    # The type cache holds attribute names that C code made afresh for each call during the
+    # burst; scattered over the heap, they would keep its pages from being trimmed.
+    sys._clear_type_cache()
+    _clear_url_caches()
     gc.collect()
     if _malloc_trim is not None:
         _malloc_trim(0)
     log.info("memory.released")
+
+
+def _clear_url_caches() -> None:
+    # aiohttp parses each request's target through yarl, which keeps the last URLs it built (each
+    # with its parsed query) in lru_caches of its own; yarl.cache_clear() reaches only its host caches.
+    yarl.cache_clear()
+    for module in (getattr(yarl, "_url", None), getattr(yarl, "_parse", None)):
+        for value in vars(module).values() if module is not None else ():
+            if callable(cache_clear := getattr(value, "cache_clear", None)):
+                cache_clear()
 
 
 def _load_malloc_trim():

@@ -36,6 +36,14 @@ class Backend:
     started: datetime
 
 
+class Row(asyncpg.Record):
+    """asyncpg's own Record type keeps up to 2,000 freed rows of each width for reuse, wherever
+    they lie in the heap; after a burst those pin pages that would otherwise go back to the OS.
+    Rows of a subclass are freed like any object."""
+
+    __slots__ = ()
+
+
 class WalletdConnection(asyncpg.Connection):
     """An asyncpg connection that knows its server process from the moment it opens: the handle
     lives and dies with the connection, so no connection in use can lack it."""
@@ -75,6 +83,12 @@ class FairPool:
             reset=_keep_session,
             init=self._setup_connection,
             connection_class=WalletdConnection,
+            record_class=Row,
+            # Neither a statement nor an idle connection expires: walletd keeps every connection
+            # open and its few statements prepared, and asyncpg's expiry timers, re-armed on every
+            # release and prepare, cost CPU and leave objects behind that pin the heap after a burst.
+            max_cached_statement_lifetime=0,
+            max_inactive_connection_lifetime=0,
             timeout=connect_timeout,
             # JIT compilation only slows walletd's short OLTP statements.
             server_settings={"jit": "off", "application_name": "walletd"},
