@@ -5,13 +5,16 @@ behind in a cache or a free list, where it would keep the heap's pages from goin
 from __future__ import annotations
 
 import asyncio
+import sys
 import tracemalloc
 
 import aiohttp
+import pytest
 
 from tests.conftest import LOG_TAP, fund, register, register_service
 from tests.polling import until
-from walletd.appkeys import ledger_key, pool_key, registry_key
+from walletd.appkeys import ledger_key, pool_key, registry_key, tokens_key
+from walletd.memory import release_memory
 
 BURST = 2_400
 # What may stay behind: the C free lists of uvloop and asyncio (a few hundred handles), the ABCs'
@@ -94,3 +97,15 @@ async def test_rows_are_freed_once_read_not_kept_for_reuse(make_client):
     # asyncpg keeps up to 2,000 freed rows of each width of its own Record type for reuse.
     kept = sum(s.count for s in snapshot.statistics("filename"))
     assert kept < 500, f"{kept} blocks of the rows read outlive them"
+
+
+async def test_names_held_by_the_type_cache_are_let_go_once_memory_is_released(make_client):
+    client = await make_client()
+    app = client.server.app
+    name = "".join(("not_an_", "attribute"))  # built at run time: a string of its own, as C code makes them
+    held = sys.getrefcount(name)
+    getattr(object(), name, None)
+    if sys.getrefcount(name) == held:
+        pytest.skip("this Python's type cache keeps interned names only: nothing to let go")
+    release_memory(app[ledger_key], app[tokens_key])
+    assert sys.getrefcount(name) == held
