@@ -36,8 +36,9 @@ def _clear_url_caches() -> None:
     # aiohttp parses each request's target through yarl, which keeps the last URLs it built (each
     # with its parsed query) in lru_caches of its own; yarl.cache_clear() reaches only its host caches.
     yarl.cache_clear()
-    for module in (getattr(yarl, "_url", None), getattr(yarl, "_parse", None)):
-        for value in vars(module).values() if module is not None else ():
+    modules = [getattr(yarl, name, None) for name in ("_url", "_parse")]  # private: may move
+    for module in filter(None, modules):
+        for value in vars(module).values():
             if callable(cache_clear := getattr(value, "cache_clear", None)):
                 cache_clear()
 
