@@ -19,7 +19,7 @@ from walletd.memory import release_memory
 BURST = 2_400
 # What may stay behind, about 900-1,200 blocks here: the free lists of asyncio's handles and
 # futures, the ABCs' instance caches, statements a background job prepared on a connection for the
-# first time. yarl's URL caches alone, left uncleared, keep about 1,600 more; the row and type
+# first time. yarl's URL caches alone, left uncleared, keep about 2,000 more; the row and type
 # caches have tests of their own below.
 MAX_SURVIVING_BLOCKS = 1_500
 
