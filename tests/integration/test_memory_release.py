@@ -34,7 +34,7 @@ async def _released(app) -> None:
 async def _burst(base_url: str, users: list[dict]) -> list[int]:
     gate = asyncio.Semaphore(32)
 
-    async def transfer(session: aiohttp.ClientSession, i: int) -> int:
+    async def one_request(session: aiohttp.ClientSession, i: int) -> int:
         user, target = users[i % len(users)], users[(i + 1) % len(users)]
         params = {"source_wallet_id": user["wallets"][1]["id"], "target_wallet_id": target["wallets"][1]["id"],
                   "amount": f"0.{i + 1:04d}"}
@@ -51,7 +51,7 @@ async def _burst(base_url: str, users: list[dict]) -> list[int]:
 
     # A session of its own, closed before the count: the client's pooled connections are not walletd's.
     async with aiohttp.ClientSession() as session:
-        return await asyncio.gather(*[transfer(session, i) for i in range(BURST)])
+        return await asyncio.gather(*[one_request(session, i) for i in range(BURST)])
 
 
 async def test_a_burst_leaves_next_to_nothing_allocated_once_every_actor_has_retired(make_client):
