@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import LOG_TAP, fund, register, register_service
+from tests.integration.test_integrity_jobs import IDLE
 from tests.polling import until
 from walletd.appkeys import ledger_key, pool_key, registry_key, tokens_key
 from walletd.memory import release_memory
@@ -57,8 +58,7 @@ async def _burst(base_url: str, users: list[dict]) -> list[int]:
 async def test_a_burst_leaves_next_to_nothing_allocated_once_every_actor_has_retired(make_client):
     # Two connections, both warmed by the first burst; the journal jobs wait (their statements
     # would otherwise be prepared, once, on whichever connection they first ran).
-    client = await make_client(actor_idle_seconds=0.3, pool_size=2, committers=1, seal_interval_seconds=3600.0,
-                               audit_interval_seconds=3600.0, audit_full_interval_seconds=3600.0)
+    client = await make_client(**IDLE, actor_idle_seconds=0.3, pool_size=2, committers=1)
     app = client.server.app
     service = await register_service(client)
     users = [await register(client, "burst") for _ in range(6)]
